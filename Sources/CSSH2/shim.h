@@ -1,0 +1,3 @@
+#pragma once
+#include <libssh2.h>
+#include <libssh2_sftp.h>

@@ -1,0 +1,118 @@
+// The local directory backend: restic's layout, files 0400, directories 0700, every save atomic and
+// durable (temp, fsync, rename, fsync dir). Blocking I/O runs on TidemarkSystem's blocking threads.
+import Foundation
+import TidemarkCore
+import TidemarkSystem
+
+public struct LocalBackend: Backend {
+  public let root: BytePath
+  public var location: String { root.description }
+
+  public init(path: BytePath) { root = path }
+
+  func dir(_ t: FileType) -> BytePath { root.appending(t.rawValue) }
+
+  func path(_ h: Handle) -> BytePath {
+    switch h.type {
+    case .config: return root.appending("config")
+    case .pack: return dir(.pack).appending(String(h.name.prefix(2))).appending(h.name)
+    default: return dir(h.type).appending(h.name)
+    }
+  }
+
+  public func create() async throws {
+    let root = self.root
+    try await Blocking.run {
+      try Sys.mkdirAll(root, 0o700)
+      for t in FileType.allCases where t != .config { try Sys.mkdir(root.appending(t.rawValue), 0o700) }
+      for i in 0..<256 {
+        try Sys.mkdir(root.appending("data").appending(String(format: "%02x", i)), 0o700)
+      }
+    }
+  }
+
+  public func save(_ h: Handle, data: [UInt8]) async throws {
+    let p = path(h)
+    let root = self.root
+    try await Blocking.run {
+      do {
+        try data.withUnsafeBytes { try Sys.writeAtomically(p, $0, mode: 0o400) }
+      } catch let e as SystemError where e.errno == ENOENT && h.type == .pack {
+        // A repository made by an older tool may lack a data/XX directory.
+        try Sys.mkdir(root.appending("data").appending(String(h.name.prefix(2))), 0o700)
+        try data.withUnsafeBytes { try Sys.writeAtomically(p, $0, mode: 0o400) }
+      }
+    }
+  }
+
+  public func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8] {
+    let p = path(h)
+    return try await Blocking.run {
+      let fd: Int32
+      do {
+        fd = try Sys.open(p, O_RDONLY)
+      } catch let e as SystemError where e.errno == ENOENT {
+        throw BackendNotFound(h)
+      }
+      defer { Sys.close(fd) }
+      let size = Int(try Sys.fstat(fd).size)
+      let n = length == 0 ? size - offset : length
+      guard offset >= 0, n >= 0, offset + n <= size else {
+        throw TidemarkError.corrupt("\(h) is shorter than expected (\(size) bytes, wanted \(offset)+\(n))")
+      }
+      var out = [UInt8](repeating: 0, count: n)
+      let got = try out.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(offset)) }
+      guard got == n else { throw TidemarkError.corrupt("\(h): short read") }
+      return out
+    }
+  }
+
+  public func size(_ h: Handle) async throws -> Int {
+    let p = path(h)
+    return try await Blocking.run {
+      do {
+        return Int(try Sys.lstat(p).size)
+      } catch let e as SystemError where e.errno == ENOENT {
+        throw BackendNotFound(h)
+      }
+    }
+  }
+
+  public func list(_ t: FileType) async throws -> [FileInfo] {
+    let d = dir(t)
+    return try await Blocking.run {
+      func listOne(_ d: BytePath) throws -> [FileInfo] {
+        let names: [[UInt8]]
+        do {
+          names = try Sys.readDirectory(d)
+        } catch let e as SystemError where e.errno == ENOENT {
+          return []
+        }
+        var out: [FileInfo] = []
+        for n in names where n.count == 64 {
+          let s = String(decoding: n, as: UTF8.self)
+          guard RawID(hex: s) != nil, let st = try? Sys.lstat(d.appending(n)), st.isRegular else { continue }
+          out.append(FileInfo(name: s, size: Int(st.size)))
+        }
+        return out
+      }
+      if t == .pack {
+        var all: [FileInfo] = []
+        for sub in (try? Sys.readDirectory(d)) ?? [] where sub.count == 2 { all += try listOne(d.appending(sub)) }
+        return all
+      }
+      return try listOne(d)
+    }
+  }
+
+  public func remove(_ h: Handle) async throws {
+    let p = path(h)
+    try await Blocking.run {
+      do {
+        try Sys.unlink(p)
+      } catch let e as SystemError where e.errno == ENOENT {
+        throw BackendNotFound(h)
+      }
+    }
+  }
+}

@@ -1,0 +1,67 @@
+// The one storage contract every backend (local, SFTP, S3) fulfils; checked by one conformance suite.
+//
+// Contract:
+// - Backends move bytes only: no encryption, no caching, no retries (those are decorators).
+// - `save` is atomic and durable: after it returns the whole file is stored under its final name and
+//   survives a crash; a reader never sees a partial file. Saving an existing name replaces it atomically.
+// - `load(h, offset, length)` returns exactly `length` bytes from `offset` (length 0: to the end);
+//   a missing file throws `BackendNotFound`; a short file throws.
+// - `list(t)` returns every stored file of the type with its size, in no particular order; it never
+//   returns temporary files.
+// - `remove` of a missing file throws `BackendNotFound`.
+// - All methods may be called concurrently. Blocking I/O never runs on Swift's cooperative pool.
+
+public enum FileType: String, Sendable, CaseIterable {
+  case config
+  case key = "keys"
+  case lock = "locks"
+  case snapshot = "snapshots"
+  case index
+  case pack = "data"
+}
+
+/// Names one stored file: its type and its name (hex ID; "config" for the config file).
+public struct Handle: Hashable, Sendable, CustomStringConvertible {
+  public var type: FileType
+  public var name: String
+  public init(_ type: FileType, _ name: String) {
+    self.type = type
+    self.name = name
+  }
+  public static let config = Handle(.config, "config")
+  public var description: String { type == .config ? "config" : "\(type.rawValue)/\(name)" }
+}
+
+public struct FileInfo: Sendable {
+  public var name: String
+  public var size: Int
+  public init(name: String, size: Int) {
+    self.name = name
+    self.size = size
+  }
+}
+
+public protocol Backend: Sendable {
+  /// Where the repository lives, for messages (`/srv/repo`, `sftp:host:/path`).
+  var location: String { get }
+  /// Creates the repository's directories (idempotent).
+  func create() async throws
+  func save(_ h: Handle, data: [UInt8]) async throws
+  func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8]
+  func size(_ h: Handle) async throws -> Int
+  func list(_ type: FileType) async throws -> [FileInfo]
+  func remove(_ h: Handle) async throws
+}
+
+extension Backend {
+  public func load(_ h: Handle) async throws -> [UInt8] { try await load(h, offset: 0, length: 0) }
+
+  public func exists(_ h: Handle) async throws -> Bool {
+    do {
+      _ = try await size(h)
+      return true
+    } catch is BackendNotFound {
+      return false
+    }
+  }
+}

@@ -1,0 +1,120 @@
+// Writing blobs: deduplicate against the index and against blobs already queued, compress, encrypt,
+// and collect them into packs (data and tree blobs never share one). Full packs are stored as they
+// fill; `finish` stores the rest and then the index that names them. Packs always land before the
+// index that names them, and the index before any snapshot that needs it.
+import Synchronization
+import TidemarkZstd
+
+public struct BlobSaverStats: Sendable {
+  public var blobsAdded = [0, 0]  // by BlobType.rawValue
+  public var bytesAdded = 0  // plaintext bytes of new blobs
+  public var bytesStored = 0  // stored (compressed + sealed) bytes of new blobs
+  public var packsWritten = 0
+}
+
+public final class BlobSaver: Sendable {
+  public static let targetPackSize = 16 << 20
+  /// Write an index file after this many packs so an interrupted run leaves reusable packs.
+  static let packsPerIndex = 64
+
+  private struct PackBuffer {
+    var bytes: [UInt8] = []
+    var blobs: [PackedBlob] = []
+  }
+
+  private struct State {
+    var pending = Set<BlobID>()
+    var packers: [BlobType: PackBuffer] = [:]
+    var unindexed = IndexFile()
+    var stats = BlobSaverStats()
+  }
+
+  public let repository: Repository
+  private let state = Mutex(State())
+
+  public init(repository: Repository) { self.repository = repository }
+
+  public var stats: BlobSaverStats { state.withLock { $0.stats } }
+
+  /// Stores a blob unless the repository already has it. Returns true when it was new.
+  @discardableResult
+  public func save(_ type: BlobType, _ plaintext: [UInt8], id knownID: BlobID? = nil) async throws -> Bool {
+    let id = knownID ?? BlobID(RawID.hash(plaintext))
+    if repository.index.has(id) { return false }
+    let fresh = state.withLock { $0.pending.insert(id).inserted }
+    guard fresh else { return false }
+    let (sealed, ulen) = try encode(type, plaintext)
+    let full: PackBuffer? = state.withLock { s in
+      var p = s.packers[type] ?? PackBuffer()
+      if p.bytes.isEmpty { p.bytes.reserveCapacity(BlobSaver.targetPackSize + (1 << 20)) }
+      p.blobs.append(
+        PackedBlob(id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(sealed.count), uncompressedLength: ulen))
+      p.bytes += sealed
+      s.stats.blobsAdded[Int(type.rawValue)] += 1
+      s.stats.bytesAdded += plaintext.count
+      s.stats.bytesStored += sealed.count
+      if p.bytes.count >= BlobSaver.targetPackSize {
+        s.packers[type] = nil
+        return p
+      }
+      s.packers[type] = p
+      return nil
+    }
+    if let full { try await writePack(full) }
+    return true
+  }
+
+  private func encode(_ type: BlobType, _ plaintext: [UInt8]) throws -> ([UInt8], UInt32) {
+    let comp = repository.compression
+    if comp != .off && !plaintext.isEmpty {
+      let z = try plaintext.withUnsafeBytes { try Zstd.compress($0, level: comp.level) }
+      if z.count < plaintext.count || type == .tree {
+        return (try repository.key.seal(z), UInt32(plaintext.count))
+      }
+    }
+    return (try repository.key.seal(plaintext), 0)
+  }
+
+  private func writePack(_ p: PackBuffer) async throws {
+    var bytes = p.bytes
+    let header = try repository.key.seal(PackHeader.encode(p.blobs))
+    bytes += header
+    let n = UInt32(header.count)
+    for s in [0, 8, 16, 24] as [UInt32] { bytes.append(UInt8(truncatingIfNeeded: n >> s)) }
+    let packID = PackID(RawID.hash(bytes))
+    try await repository.backend.save(Handle(.pack, packID.hex), data: bytes)
+    let indexNow: IndexFile? = state.withLock { s in
+      s.unindexed.packs.append((packID, p.blobs))
+      s.stats.packsWritten += 1
+      if s.unindexed.packs.count >= BlobSaver.packsPerIndex {
+        let f = s.unindexed
+        s.unindexed = IndexFile()
+        return f
+      }
+      return nil
+    }
+    if let indexNow { try await writeIndex(indexNow) }
+  }
+
+  private func writeIndex(_ f: IndexFile) async throws {
+    _ = try await repository.saveUnpacked(.index, json: f.encode())
+    for p in f.packs { repository.index.add(pack: p.id, blobs: p.blobs) }
+    state.withLock { s in for p in f.packs { for b in p.blobs { s.pending.remove(b.id) } } }
+  }
+
+  /// Stores partly filled packs, then the index for everything stored. Call once, after the last `save`.
+  public func finish() async throws {
+    let rest = state.withLock { s in
+      let r = Array(s.packers.values)
+      s.packers = [:]
+      return r
+    }
+    for p in rest where !p.blobs.isEmpty { try await writePack(p) }
+    let f = state.withLock { s in
+      let f = s.unindexed
+      s.unindexed = IndexFile()
+      return f
+    }
+    if !f.packs.isEmpty { try await writeIndex(f) }
+  }
+}

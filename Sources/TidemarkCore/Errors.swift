@@ -1,0 +1,44 @@
+// Errors are values with a kind (which decides the exit code, mapped once in the CLI),
+// a one-line message saying what is wrong, and a hint saying what to do.
+
+public struct TidemarkError: Error, CustomStringConvertible, Sendable {
+  public enum Kind: Sendable {
+    case general
+    /// Some source files could not be read; the snapshot was still written.
+    case incompleteBackup
+    case repositoryNotFound
+    case locked
+    case wrongPassword
+    case interrupted
+    case usage
+    case corrupt
+    case notFound
+    case alreadyExists
+  }
+
+  public var kind: Kind
+  public var message: String
+  public var hint: String?
+
+  public init(_ kind: Kind, _ message: String, hint: String? = nil) {
+    self.kind = kind
+    self.message = message
+    self.hint = hint
+  }
+
+  public var description: String {
+    if let hint { return "\(message); \(hint)" }
+    return message
+  }
+
+  public static func corrupt(_ message: String, hint: String? = nil) -> TidemarkError {
+    TidemarkError(.corrupt, message, hint: hint ?? "run `tidemark check --read-data` to see what is damaged")
+  }
+}
+
+/// A backend reports a missing file with this error so callers can tell "absent" from "broken".
+public struct BackendNotFound: Error, CustomStringConvertible, Sendable {
+  public let handle: Handle
+  public init(_ handle: Handle) { self.handle = handle }
+  public var description: String { "\(handle) does not exist" }
+}

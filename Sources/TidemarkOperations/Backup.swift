@@ -1,0 +1,483 @@
+// Backup: walk the given paths, chunk and store file contents, store one tree per directory, then the
+// snapshot. Files unchanged since the parent snapshot (size, mtime, ctime, inode) reuse its content
+// without being read. Work is pipelined: the walk runs ahead while files are read, chunked, hashed,
+// compressed and encrypted concurrently; a semaphore bounds files in flight, and so memory.
+// Ordering: packs, then index (BlobSaver.finish), then the snapshot.
+import Foundation
+import Synchronization
+import TidemarkCore
+import TidemarkSystem
+
+public struct BackupOptions: Sendable {
+  public var paths: [BytePath] = []
+  public var host: String = SystemInfo.hostname
+  public var tags: [String] = []
+  public var excludes: [PathPattern] = []
+  public var parent: SnapshotID? = nil
+  public var force = false
+  public var dryRun = false
+  public var time: Timestamp? = nil
+  /// Back up standard input as one file of this name.
+  public var stdinFilename: String? = nil
+  public var programVersion = "tidemark"
+  public init() {}
+}
+
+public struct BackupStats: Sendable {
+  public var filesNew = 0, filesChanged = 0, filesUnmodified = 0
+  public var dirsNew = 0, dirsChanged = 0, dirsUnmodified = 0
+  public var filesDone = 0
+  public var bytesDone: Int64 = 0
+  public var totalFiles = 0
+  public var totalBytes: Int64 = 0
+  public var scanFinished = false
+  public var errors: [String] = []
+  public var currentFiles: Set<String> = []
+}
+
+public struct BackupResult: Sendable {
+  public var snapshotID: SnapshotID?
+  public var snapshot: Snapshot
+  public var stats: BackupStats
+  public var saver: BlobSaverStats
+  public var duration: Double
+  public var parent: SnapshotID?
+}
+
+public final class Backup: Sendable {
+  let repo: Repository
+  let options: BackupOptions
+  let saver: BlobSaver
+  let names = NameCache()
+  let filePermits: AsyncSemaphore
+  let chunkPermits: AsyncSemaphore
+  let state = Mutex(BackupStats())
+
+  public init(repository: Repository, options: BackupOptions) {
+    repo = repository
+    self.options = options
+    saver = BlobSaver(repository: repository)
+    let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    filePermits = AsyncSemaphore(cores * 2 + 2)
+    chunkPermits = AsyncSemaphore(cores + 2)
+  }
+
+  public var stats: BackupStats { state.withLock { $0 } }
+
+  func warn(_ msg: String) { state.withLock { $0.errors.append(msg) } }
+
+  // MARK: Running
+
+  public func run() async throws -> BackupResult {
+    let start = ContinuousClock.now
+    let parentID = try await findParent()
+    var parentTree: Tree? = nil
+    if let parentID { parentTree = try await repo.loadTree(try await repo.loadSnapshot(parentID).tree) }
+    var tree: Tree
+    let paths: [String]
+    if let name = options.stdinFilename {
+      tree = Tree(nodes: [try await stdinNode(name)])
+      paths = ["/" + name]
+    } else {
+      let roots = options.paths.map { $0.absolute() }
+      paths = roots.map(\.description)
+      tree = try await rootTree(parentTree: parentTree)
+    }
+    tree.sort()
+    let treeID = try await saveTree(tree)
+    try await saver.finish()
+    var snap = Snapshot(time: options.time ?? .now(), tree: treeID, paths: paths)
+    snap.parent = parentID
+    snap.hostname = options.host
+    snap.username = SystemInfo.username
+    snap.uid = getuid()
+    snap.gid = getgid()
+    snap.tags = options.tags
+    snap.excludes = options.excludes.map(\.text)
+    snap.programVersion = options.programVersion
+    var id: SnapshotID? = nil
+    if !options.dryRun { id = try await repo.saveSnapshot(snap) }
+    snap.id = id
+    let d = ContinuousClock.now - start
+    return BackupResult(
+      snapshotID: id, snapshot: snap, stats: stats, saver: saver.stats,
+      duration: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18, parent: parentID)
+  }
+
+  func findParent() async throws -> SnapshotID? {
+    if options.force { return nil }
+    if let p = options.parent { return p }
+    guard options.stdinFilename == nil else { return nil }
+    let want = Set(options.paths.map { $0.absolute().description })
+    let all = try await repo.listSnapshots()
+    return all.last { $0.hostname == options.host && Set($0.paths) == want }?.id
+  }
+
+  func saveTree(_ t: Tree) async throws -> BlobID {
+    let data = t.encode()
+    let id = BlobID(RawID.hash(data))
+    if !options.dryRun { try await saver.save(.tree, data, id: id) }
+    return id
+  }
+
+  // MARK: The root: one directory node per path component, as restic builds it
+
+  /// A node of the virtual tree above the backed-up paths.
+  final class VDir: @unchecked Sendable {
+    var path: BytePath
+    var children: [[UInt8]: VDir] = [:]
+    var isTarget = false
+    init(path: BytePath) { self.path = path }
+  }
+
+  func rootTree(parentTree: Tree?) async throws -> Tree {
+    let root = VDir(path: BytePath("/"))
+    for p in options.paths {
+      let given = p.bytes
+      let relative = !p.isAbsolute && !p.components.contains([46, 46])
+      let abs = p.absolute()
+      var comps = relative ? BytePath(bytes: given).components.filter { $0 != [46] } : abs.components
+      if comps.isEmpty { comps = abs.components }
+      // Real paths of each component: the last `comps.count` components of the absolute path.
+      let absComps = abs.components
+      var cur = root
+      for (i, c) in comps.enumerated() {
+        let real = BytePath(bytes: [47] + Array(absComps[0..<(absComps.count - comps.count + i + 1)].joined(separator: [47])))
+        if let next = cur.children[c] {
+          cur = next
+        } else {
+          let next = VDir(path: real)
+          cur.children[c] = next
+          cur = next
+        }
+      }
+      cur.isTarget = true
+    }
+    let pending = try await virtualChildren(root, parentTree: parentTree)
+    var nodes: [Node] = []
+    for p in pending { if let n = try await p.value { nodes.append(n) } }
+    return Tree(nodes: nodes)
+  }
+
+  func virtualChildren(_ v: VDir, parentTree: Tree?) async throws -> [PendingNode] {
+    var out: [PendingNode] = []
+    for (name, child) in v.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+      let pnode = parentTree?.node(named: name)
+      let st: FileStat
+      do {
+        st = try await Blocking.run { [path = child.path] in try Sys.lstat(path) }
+      } catch {
+        warn("\(child.path): \(error)")
+        continue
+      }
+      if child.isTarget {
+        out.append(try await entry(path: child.path, name: name, stat: st, parentNode: pnode))
+      } else {
+        // An intermediate directory: its own metadata, and only the listed children.
+        let path = child.path
+        var node = try await Blocking.run { [names] in try Node.from(path: path, name: name, stat: st, names: names) }
+        var ptree: Tree? = nil
+        if let sub = pnode?.subtree { ptree = try? await repo.loadTree(sub) }
+        let kids = try await virtualChildren(child, parentTree: ptree)
+        let task = Task<Node?, Error> {
+          var t = Tree()
+          for k in kids { if let n = try await k.value { t.nodes.append(n) } }
+          t.sort()
+          node.subtree = try await self.saveTree(t)
+          return node
+        }
+        out.append(.task(task))
+      }
+    }
+    return out
+  }
+
+  // MARK: The walk
+
+  enum PendingNode: Sendable {
+    case ready(Node?)
+    case task(Task<Node?, Error>)
+    var value: Node? {
+      get async throws {
+        switch self {
+        case .ready(let n): return n
+        case .task(let t): return try await t.value
+        }
+      }
+    }
+  }
+
+  func excluded(_ path: BytePath) -> Bool {
+    guard !options.excludes.isEmpty else { return false }
+    let comps = path.components
+    return options.excludes.contains { $0.matches(comps) }
+  }
+
+  /// Starts backing up one filesystem entry; returns its node now or a task that yields it.
+  func entry(path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?) async throws -> PendingNode {
+    let node: Node
+    do {
+      node = try await Blocking.run { [names] in try Node.from(path: path, name: name, stat: st, names: names) }
+    } catch {
+      warn("\(path): \(error)")
+      return .ready(nil)
+    }
+    switch node.type {
+    case .dir:
+      return try await directory(path: path, node: node, parentNode: parentNode)
+    case .file:
+      return try await file(path: path, node: node, parentNode: parentNode)
+    default:
+      return .ready(node)
+    }
+  }
+
+  func file(path: BytePath, node: Node, parentNode: Node?) async throws -> PendingNode {
+    var node = node
+    state.withLock {
+      $0.totalFiles += 1
+      $0.totalBytes += Int64(node.size)
+    }
+    if let p = parentNode, p.type == .file, p.size == node.size, p.mtime == node.mtime, p.ctime == node.ctime,
+      p.inode == node.inode, let content = p.content, content.allSatisfy({ repo.index.has($0) })
+    {
+      node.content = content
+      state.withLock {
+        $0.filesUnmodified += 1
+        $0.filesDone += 1
+        $0.bytesDone += Int64(node.size)
+      }
+      return .ready(node)
+    }
+    let isNew = parentNode == nil
+    if node.size == 0 {
+      // Still open it: an unreadable empty file is an error like any other.
+      do {
+        let fd = try await Blocking.run { try Sys.open(path, O_RDONLY | O_NONBLOCK) }
+        Sys.close(fd)
+      } catch {
+        warn("\(path): \(error)")
+        return .ready(nil)
+      }
+      state.withLock {
+        if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+        $0.filesDone += 1
+      }
+      return .ready(node)
+    }
+    await filePermits.acquire()
+    let task = Task<Node?, Error> {
+      defer { self.filePermits.release() }
+      self.state.withLock { _ = $0.currentFiles.insert(path.description) }
+      defer { self.state.withLock { _ = $0.currentFiles.remove(path.description) } }
+      do {
+        let (content, size) = try await self.saveContent(path: path, expectedSize: Int64(node.size), sparse: true)
+        node.content = content
+        node.size = UInt64(size)
+      } catch let e as SystemError {
+        self.warn("\(path): \(e)")
+        return nil
+      }
+      self.state.withLock {
+        if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+        $0.filesDone += 1
+      }
+      return node
+    }
+    return .task(task)
+  }
+
+  func directory(path: BytePath, node: Node, parentNode: Node?) async throws -> PendingNode {
+    var node = node
+    let entries: [([UInt8], FileStat)]
+    do {
+      entries = try await Blocking.run {
+        var out: [([UInt8], FileStat)] = []
+        for n in try Sys.readDirectory(path) {
+          if let st = try? Sys.lstat(path.appending(n)) { out.append((n, st)) }
+        }
+        return out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
+      }
+    } catch {
+      warn("\(path): \(error)")
+      return .ready(nil)
+    }
+    var ptree: Tree? = nil
+    if let p = parentNode, p.type == .dir, let sub = p.subtree {
+      ptree = try? await repo.loadTree(sub)
+    }
+    var parentByName: [[UInt8]: Node] = [:]
+    for n in ptree?.nodes ?? [] { parentByName[n.name] = n }
+    var children: [PendingNode] = []
+    children.reserveCapacity(entries.count)
+    for (name, st) in entries {
+      let childPath = path.appending(name)
+      if excluded(childPath) { continue }
+      children.append(try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name]))
+    }
+    let parentSubtree = parentNode?.subtree
+    let task = Task<Node?, Error> {
+      var t = Tree()
+      t.nodes.reserveCapacity(children.count)
+      for c in children { if let n = try await c.value { t.nodes.append(n) } }
+      let id = try await self.saveTree(t)
+      node.subtree = id
+      self.state.withLock {
+        if parentSubtree == nil { $0.dirsNew += 1 } else if parentSubtree == id { $0.dirsUnmodified += 1 } else { $0.dirsChanged += 1 }
+      }
+      return node
+    }
+    return .task(task)
+  }
+
+  // MARK: File content
+
+  static let readSize = 4 << 20
+
+  /// Reads a file, cuts it into chunks and stores them. Holes of sparse files are not read.
+  func saveContent(path: BytePath, expectedSize: Int64, sparse: Bool) async throws -> ([BlobID], Int64) {
+    let fd = try await Blocking.run {
+      do {
+        return try Sys.open(path, O_RDONLY | Sys.oNoAtime | O_NOFOLLOW)
+      } catch let e as SystemError where e.errno == EPERM {
+        return try Sys.open(path, O_RDONLY | O_NOFOLLOW)
+      }
+    }
+    defer { Sys.close(fd) }
+    let st = try Sys.fstat(fd)
+    let maybeSparse = sparse && st.blocks * 512 < st.size
+    // Small files are one chunk: read them whole.
+    if expectedSize < Int64(Chunker.minSize) {
+      let data = try await Blocking.run { () -> [UInt8] in
+        var buf = [UInt8](repeating: 0, count: Int(expectedSize) + 1)
+        let n = try buf.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: 0) }
+        if n <= Int(expectedSize) { return Array(buf[0..<n]) }
+        // Grew while we looked: read the rest too.
+        var more = Array(buf[0..<n])
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+          let k = try chunk.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(more.count)) }
+          if k == 0 { break }
+          more += chunk[0..<k]
+        }
+        return more
+      }
+      if data.count >= Chunker.minSize { return try await chunked(fd: fd, sparse: false) }
+      if data.isEmpty { return ([], 0) }
+      let id = try await storeChunk(data)
+      state.withLock { $0.bytesDone += Int64(data.count) }
+      return ([id], Int64(data.count))
+    }
+    return try await chunked(fd: fd, sparse: maybeSparse)
+  }
+
+  func chunked(fd: Int32, sparse: Bool) async throws -> ([BlobID], Int64) {
+    var chunker = Chunker(tables: repo.chunkerTables)
+    var buffer = [UInt8]()
+    buffer.reserveCapacity(Chunker.maxSize + Backup.readSize)
+    var offset: Int64 = 0
+    var scanned = 0  // bytes of `buffer` already fed to the chunker
+    var inflight: [Task<BlobID, Error>] = []
+    var ids: [BlobID] = []
+    var eof = false
+    while !eof || !buffer.isEmpty {
+      if !eof {
+        let block = try await Blocking.run { [offset] () -> [UInt8] in
+          try Backup.readBlock(fd: fd, offset: offset, count: Backup.readSize, sparse: sparse)
+        }
+        if block.isEmpty { eof = true } else {
+          buffer += block
+          offset += Int64(block.count)
+        }
+      }
+      var start = 0
+      while scanned < buffer.count {
+        let cut = buffer.withUnsafeBytes { chunker.next(UnsafeRawBufferPointer(rebasing: $0[scanned...])) }
+        guard let cut else {
+          scanned = buffer.count
+          break
+        }
+        scanned += cut
+        let chunk = Array(buffer[start..<scanned])
+        start = scanned
+        await chunkPermits.acquire()
+        inflight.append(Task { defer { self.chunkPermits.release() }; return try await self.storeChunk(chunk) })
+        if inflight.count > 2 { ids.append(try await inflight.removeFirst().value) }
+      }
+      if eof && start < buffer.count {
+        let chunk = Array(buffer[start...])
+        start = buffer.count
+        await chunkPermits.acquire()
+        inflight.append(Task { defer { self.chunkPermits.release() }; return try await self.storeChunk(chunk) })
+      }
+      if start > 0 {
+        buffer.removeFirst(start)
+        scanned -= start
+      }
+      state.withLock { $0.bytesDone += Int64(start) }
+      if eof && buffer.isEmpty { break }
+    }
+    for t in inflight { ids.append(try await t.value) }
+    return (ids, offset)
+  }
+
+  /// Reads up to `count` bytes at `offset`; holes (SEEK_HOLE) are returned as zeros without reading.
+  static func readBlock(fd: Int32, offset: Int64, count: Int, sparse: Bool) throws -> [UInt8] {
+    var buf = [UInt8](repeating: 0, count: count)
+    var done = 0
+    try buf.withUnsafeMutableBytes { b in
+      while done < count {
+        let pos = offset + Int64(done)
+        if sparse {
+          guard let data = try Sys.nextData(fd, from: pos) else {
+            // ENXIO: only a hole remains up to the end of the file.
+            let size = Int64(try Sys.fstat(fd).size)
+            done += Int(min(Int64(count - done), max(0, size - pos)))
+            return
+          }
+          if data > pos {
+            done += Int(min(data - pos, Int64(count - done)))  // zeros already there
+            continue
+          }
+          let hole = try Sys.nextHole(fd, from: pos)
+          let want = Int(max(1, min(hole - pos, Int64(count - done))))
+          let n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: b[done..<(done + want)]), offset: pos)
+          done += n
+          if n < want { return }
+        } else {
+          let n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: b[done...]), offset: pos)
+          done += n
+          return
+        }
+      }
+    }
+    return done == count ? buf : Array(buf[0..<done])
+  }
+
+  func storeChunk(_ chunk: [UInt8]) async throws -> BlobID {
+    let id = BlobID(RawID.hash(chunk))
+    if !options.dryRun { try await saver.save(.data, chunk, id: id) }
+    return id
+  }
+
+  // MARK: stdin
+
+  func stdinNode(_ name: String) async throws -> Node {
+    var node = Node(name: Array(name.utf8), type: .file)
+    let now = Timestamp.now()
+    node.mode = 0o600
+    (node.mtime, node.atime, node.ctime) = (now, now, now)
+    node.uid = getuid()
+    node.gid = getgid()
+    node.user = names.user(node.uid)
+    node.group = names.group(node.gid)
+    let (content, size) = try await chunked(fd: 0, sparse: false)
+    node.content = content
+    node.size = UInt64(size)
+    state.withLock {
+      $0.filesNew += 1
+      $0.filesDone += 1
+    }
+    return node
+  }
+}

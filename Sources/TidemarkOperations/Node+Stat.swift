@@ -1,0 +1,46 @@
+// Building tree nodes from the filesystem.
+import TidemarkCore
+import TidemarkSystem
+
+extension Node {
+  /// A node for `path` from its lstat result: metadata, xattrs, link target, device number.
+  static func from(path: BytePath, name: [UInt8], stat st: FileStat, names: NameCache) throws -> Node {
+    let type: NodeType
+    switch st.fileType {
+    case 0o100000: type = .file
+    case 0o040000: type = .dir
+    case 0o120000: type = .symlink
+    case 0o060000: type = .dev
+    case 0o020000: type = .chardev
+    case 0o010000: type = .fifo
+    case 0o140000: type = .socket
+    default: type = .irregular
+    }
+    var n = Node(name: name, type: type)
+    n.mode = GoMode.from(stMode: st.mode)
+    n.mtime = .local(seconds: st.mtime.0, nanoseconds: st.mtime.1)
+    n.atime = .local(seconds: st.atime.0, nanoseconds: st.atime.1)
+    n.ctime = .local(seconds: st.ctime.0, nanoseconds: st.ctime.1)
+    n.uid = st.uid
+    n.gid = st.gid
+    n.user = names.user(st.uid)
+    n.group = names.group(st.gid)
+    n.inode = st.inode
+    n.deviceID = st.device
+    switch type {
+    case .file:
+      n.size = UInt64(st.size)
+      n.links = st.links
+      n.content = []
+    case .symlink:
+      n.linkTarget = try Sys.readlink(path)
+      n.links = st.links
+    case .dev, .chardev:
+      n.device = st.rdev
+      n.links = st.links
+    default: break
+    }
+    n.xattrs = ((try? Sys.extendedAttributes(path)) ?? []).map { ExtendedAttribute(name: $0.name, value: $0.value) }
+    return n
+  }
+}

@@ -1,0 +1,89 @@
+// TidemarkZstd: thin Swift over libzstd. The only module that imports CZstd.
+// Concurrency: contexts are per call (ZSTD_CCtx is not thread-safe); all functions are thread-safe.
+internal import CZstd
+
+public struct ZstdError: Error, CustomStringConvertible {
+  public let message: String
+  public var description: String { "zstd: \(message)" }
+}
+
+public enum Zstd {
+  /// Compresses `input` into one frame at `level`, with the content size in the frame header.
+  public static func compress(_ input: UnsafeRawBufferPointer, level: Int32) throws -> [UInt8] {
+    let bound = ZSTD_compressBound(input.count)
+    guard let cctx = ZSTD_createCCtx() else { throw ZstdError(message: "cannot create context") }
+    defer { ZSTD_freeCCtx(cctx) }
+    var err: Int = 0
+    let out = [UInt8](unsafeUninitializedCapacity: bound) { buf, n in
+      let r = ZSTD_compressCCtx(cctx, buf.baseAddress, bound, input.baseAddress, input.count, level)
+      if ZSTD_isError(r) != 0 {
+        err = r
+        n = 0
+      } else {
+        n = r
+      }
+    }
+    if err != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(err))) }
+    return out
+  }
+
+  /// Decompresses one or more frames. `expectedSize` (when known, e.g. from the index) sizes the output
+  /// exactly; otherwise the frame's content size or streaming decompression is used (restic may omit it).
+  public static func decompress(_ input: UnsafeRawBufferPointer, expectedSize: Int? = nil, limit: Int = 1 << 31)
+    throws -> [UInt8]
+  {
+    if let size = expectedSize ?? knownContentSize(input) {
+      guard size <= limit else { throw ZstdError(message: "frame larger than \(limit) bytes") }
+      var err: Int = 0
+      var got = 0
+      let out = [UInt8](unsafeUninitializedCapacity: max(size, 1)) { buf, n in
+        let r = ZSTD_decompress(buf.baseAddress, size, input.baseAddress, input.count)
+        if ZSTD_isError(r) != 0 { err = r; n = 0 } else { got = r; n = r }
+      }
+      if err != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(err))) }
+      if let e = expectedSize, got != e {
+        throw ZstdError(message: "decompressed \(got) bytes, expected \(e)")
+      }
+      return out
+    }
+    return try decompressStream(input, limit: limit)
+  }
+
+  private static func knownContentSize(_ input: UnsafeRawBufferPointer) -> Int? {
+    let s = ZSTD_getFrameContentSize(input.baseAddress, input.count)
+    // ZSTD_CONTENTSIZE_UNKNOWN / _ERROR are the two largest UInt64 values.
+    if s >= UInt64.max - 1 { return nil }
+    // Multi-frame input: the first frame's size is not the total.
+    if ZSTD_findFrameCompressedSize(input.baseAddress, input.count) != input.count { return nil }
+    return Int(s)
+  }
+
+  /// Streaming decompression for frames without a content size.
+  public static func decompressStream(_ input: UnsafeRawBufferPointer, limit: Int) throws -> [UInt8] {
+    guard let dctx = ZSTD_createDStream() else { throw ZstdError(message: "cannot create stream") }
+    defer { ZSTD_freeDStream(dctx) }
+    var result: [UInt8] = []
+    let chunk = ZSTD_DStreamOutSize()
+    var buffer = [UInt8](repeating: 0, count: chunk)
+    var inBuf = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+    var last = 0
+    while true {
+      let before = inBuf.pos
+      var produced = 0
+      let r = buffer.withUnsafeMutableBytes { b -> Int in
+        var outBuf = ZSTD_outBuffer(dst: b.baseAddress, size: chunk, pos: 0)
+        let r = ZSTD_decompressStream(dctx, &outBuf, &inBuf)
+        produced = outBuf.pos
+        return r
+      }
+      if ZSTD_isError(r) != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(r))) }
+      result.append(contentsOf: buffer[0..<produced])
+      guard result.count <= limit else { throw ZstdError(message: "output larger than \(limit) bytes") }
+      last = r
+      if inBuf.pos == inBuf.size && produced < chunk { break }
+      if produced == 0 && inBuf.pos == before { break }
+    }
+    if last != 0 { throw ZstdError(message: "truncated frame") }
+    return result
+  }
+}

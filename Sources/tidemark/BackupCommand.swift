@@ -1,0 +1,287 @@
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkOperations
+import TidemarkSystem
+
+struct Backup: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Back up files and directories into a new snapshot.",
+    discussion: """
+      Unchanged files (same size, mtime, ctime and inode as in the parent snapshot) are not read again. \
+      The parent is the latest snapshot of the same host and paths unless --parent or --force says otherwise.
+      Files that cannot be read are reported, left out, and make the exit code 3; the snapshot is still saved.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Option(name: [.customShort("H"), .long], help: "Hostname to record (default: this machine's).") var host: String?
+  @Option(help: "Tag the snapshot (repeatable, or comma-separated).") var tag: [String] = []
+  @Option(name: [.customShort("e"), .long], help: "Exclude paths matching this pattern (repeatable).") var exclude: [String] = []
+  @Option(help: "Read exclude patterns from this file, one per line (repeatable).") var excludeFile: [String] = []
+  @Flag(help: "Back up standard input as a file.") var stdin = false
+  @Option(help: "File name for --stdin.") var stdinFilename = "stdin"
+  @Option(help: "Use this snapshot as parent instead of the latest matching one.") var parent: String?
+  @Flag(help: "Read every file, ignoring the parent snapshot.") var force = false
+  @Flag(name: [.customShort("n"), .long], help: "Do everything except writing to the repository.") var dryRun = false
+  @Option(help: "Record this time instead of now (\"2006-01-02 15:04:05\").") var time: String?
+  @Argument(help: "Files and directories to back up.") var paths: [String] = []
+
+  func validate() throws {
+    if !stdin && paths.isEmpty { throw ValidationError("nothing to back up: give at least one path, or --stdin") }
+    if stdin && !paths.isEmpty { throw ValidationError("--stdin takes no paths") }
+  }
+
+  func run() async throws {
+    let repo = try await global.openIndexed()
+    var opts = BackupOptions()
+    opts.paths = paths.map { BytePath($0) }
+    if let host { opts.host = host }
+    opts.tags = tag.flatMap { $0.split(separator: ",").map(String.init) }
+    var patterns = exclude
+    for f in excludeFile {
+      let text: [UInt8]
+      do { text = try Sys.readFile(BytePath(f)) } catch {
+        throw TidemarkError(.usage, "cannot read exclude file \(f): \(error)")
+      }
+      for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
+        let l = line.trimmingCharacters(in: .whitespaces)
+        if !l.isEmpty && !l.hasPrefix("#") { patterns.append(l) }
+      }
+    }
+    opts.excludes = patterns.map(PathPattern.init)
+    opts.force = force
+    opts.dryRun = dryRun
+    opts.programVersion = "tidemark \(Tidemark.version)"
+    if stdin { opts.stdinFilename = stdinFilename }
+    if let time {
+      guard let t = Timestamp(rfc3339: time.replacingOccurrences(of: " ", with: "T") + (time.contains("Z") || time.contains("+") ? "" : "Z")) else {
+        throw TidemarkError(.usage, "invalid --time \(time)", hint: "use \"2006-01-02 15:04:05\"")
+      }
+      opts.time = t
+    }
+    for p in opts.paths where !Sys.exists(p) {
+      throw TidemarkError(.usage, "\(p) does not exist", hint: "check the paths to back up")
+    }
+    if let parent { opts.parent = try await repo.findSnapshot(parent).id }
+
+    let result = try await global.withLock(repo, exclusive: false) {
+      let backup = TidemarkOperations.Backup(repository: repo, options: opts)
+      let ticker = startProgress(backup)
+      defer { ticker?.cancel() }
+      return try await backup.run()
+    }
+    report(result)
+    if !result.stats.errors.isEmpty {
+      throw TidemarkError(
+        .incompleteBackup,
+        "\(result.stats.errors.count) source file\(result.stats.errors.count == 1 ? "" : "s") could not be read; snapshot \(result.snapshotID?.short ?? "-") is incomplete",
+        hint: "fix the permissions or exclude them (see the errors above)")
+    }
+  }
+
+  func startProgress(_ b: TidemarkOperations.Backup) -> Task<Void, Never>? {
+    let tty = global.progressEnabled
+    let json = global.json
+    guard tty || json else { return nil }
+    let start = ContinuousClock.now
+    return Task {
+      var printedErrors = 0
+      while !Task.isCancelled {
+        try? await Task.sleep(for: .milliseconds(tty ? 250 : 1000))
+        if Task.isCancelled { break }
+        let s = b.stats
+        let el = ContinuousClock.now - start
+        let secs = Double(el.components.seconds) + Double(el.components.attoseconds) / 1e18
+        let pct = s.totalBytes > 0 ? min(1.0, Double(s.bytesDone) / Double(s.totalBytes)) : 0
+        if json {
+          Out.line(
+            "{\"message_type\":\"status\",\"seconds_elapsed\":\(Int(secs)),\"percent_done\":\(pct),\"total_files\":\(s.totalFiles),\"files_done\":\(s.filesDone),\"total_bytes\":\(s.totalBytes),\"bytes_done\":\(s.bytesDone),\"error_count\":\(s.errors.count)}"
+          )
+                  } else {
+          while printedErrors < s.errors.count {
+            Out.errRaw("\r\u{1b}[Kerror: \(s.errors[printedErrors])\n")
+            printedErrors += 1
+          }
+          let rate = secs > 0 ? Double(s.bytesDone) / secs : 0
+          let eta = rate > 0 && s.totalBytes > s.bytesDone ? " ETA \(Out.duration(Double(s.totalBytes - s.bytesDone) / rate))" : ""
+          Out.errRaw(
+            "\r\u{1b}[K[\(Out.duration(secs))] \(String(format: "%.1f", pct * 100))%  \(s.filesDone) files \(Out.bytes(s.bytesDone)), total \(s.totalFiles) files \(Out.bytes(s.totalBytes)), \(Out.bytes(Int64(rate)))/s, \(s.errors.count) errors\(eta)")
+        }
+      }
+      if tty { Out.errRaw("\r\u{1b}[K") }
+    }
+  }
+
+  func report(_ r: BackupResult) {
+    let s = r.stats
+    if global.json {
+      for e in s.errors {
+        Out.line("{\"message_type\":\"error\",\"error\":{\"message\":\(Out.jsonString(e))},\"during\":\"archival\"}")
+      }
+      Out.line(
+        "{\"message_type\":\"summary\",\"files_new\":\(s.filesNew),\"files_changed\":\(s.filesChanged),\"files_unmodified\":\(s.filesUnmodified),\"dirs_new\":\(s.dirsNew),\"dirs_changed\":\(s.dirsChanged),\"dirs_unmodified\":\(s.dirsUnmodified),\"data_blobs\":\(r.saver.blobsAdded[0]),\"tree_blobs\":\(r.saver.blobsAdded[1]),\"data_added\":\(r.saver.bytesAdded),\"data_added_packed\":\(r.saver.bytesStored),\"total_files_processed\":\(s.filesDone),\"total_bytes_processed\":\(s.totalBytes),\"total_duration\":\(r.duration),\"snapshot_id\":\"\(r.snapshotID?.short ?? "")\"\(r.snapshotID.map { ",\"id\":\"\($0.hex)\"" } ?? "")}"
+      )
+      return
+    }
+    for e in s.errors { Out.err("error: \(e)") }
+    if global.quiet { return }
+    if let p = r.parent { Out.line("using parent snapshot \(p.short)") }
+    Out.line("")
+    Out.line(String(format: "Files:       %5d new, %5d changed, %5d unmodified", s.filesNew, s.filesChanged, s.filesUnmodified))
+    Out.line(String(format: "Dirs:        %5d new, %5d changed, %5d unmodified", s.dirsNew, s.dirsChanged, s.dirsUnmodified))
+    Out.line("Added to the repository: \(Out.bytes(Int64(r.saver.bytesAdded))) (\(Out.bytes(Int64(r.saver.bytesStored))) stored)")
+    Out.line("")
+    Out.line("processed \(s.filesDone) files, \(Out.bytes(s.totalBytes)) in \(Out.duration(r.duration))")
+    if let id = r.snapshotID {
+      Out.line("snapshot \(id.short) saved")
+    } else {
+      Out.line("dry run: no snapshot saved")
+    }
+  }
+}
+
+struct RestoreCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "restore",
+    abstract: "Restore a snapshot (or a path inside it) into a directory.",
+    discussion: """
+      SNAPSHOT is an ID, a unique prefix or `latest`; SNAPSHOT:SUBPATH restores only that directory's contents. \
+      Files are written under a temporary name and renamed into place when complete. Nothing is written outside \
+      --target, and nothing there is deleted.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Option(name: [.customShort("t"), .long], help: "Directory to restore into.") var target: String
+  @Option(name: [.customShort("i"), .long], help: "Restore only paths matching this pattern (repeatable).") var include: [String] = []
+  @Option(name: [.customShort("e"), .long], help: "Do not restore paths matching this pattern (repeatable).") var exclude: [String] = []
+  @Option(name: [.customShort("H"), .long], help: "With `latest`: only this host.") var host: String?
+  @Option(help: "With `latest`: only snapshots with this path.") var path: [String] = []
+  @Flag(name: [.customShort("n"), .long], help: "Only report what would be restored.") var dryRun = false
+  @Argument(help: "SNAPSHOT[:SUBPATH]") var snapshot: String
+
+  func run() async throws {
+    let repo = try await global.openIndexed()
+    let parts = snapshot.split(separator: ":", maxSplits: 1).map(String.init)
+    let snap = try await repo.findSnapshot(parts[0], host: host, paths: path)
+    var tree = snap.tree
+    if parts.count > 1 { tree = try await resolveTree(repo, snap.tree, parts[1]) }
+    var opts = RestoreOptions(target: BytePath(target).absolute())
+    opts.includes = include.map(PathPattern.init)
+    opts.excludes = exclude.map(PathPattern.init)
+    opts.dryRun = dryRun
+    if !global.quiet && !global.json {
+      Out.line("restoring <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)> to \(opts.target)")
+    }
+    let start = ContinuousClock.now
+    let stats = try await global.withLock(repo, exclusive: false) {
+      try await Restore(repository: repo, options: opts).run(tree: tree)
+    }
+    let d = ContinuousClock.now - start
+    let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    for e in stats.errors { Out.err("error: \(e)") }
+    if global.json {
+      Out.line(
+        "{\"message_type\":\"summary\",\"seconds_elapsed\":\(Int(secs)),\"total_files\":\(stats.totalFiles),\"files_restored\":\(stats.filesRestored),\"total_bytes\":\(stats.totalBytes),\"bytes_restored\":\(stats.bytesRestored),\"error_count\":\(stats.errors.count)}"
+      )
+    } else if !global.quiet {
+      Out.line("restored \(stats.filesRestored) files, \(Out.bytes(stats.bytesRestored)) in \(Out.duration(secs))")
+    }
+    if !stats.errors.isEmpty {
+      throw TidemarkError(.general, "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the files named above were not restored",
+        hint: "run `tidemark check --read-data` if the repository may be damaged")
+    }
+  }
+}
+
+struct KeyCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "key", abstract: "Manage the repository's keys (passwords).",
+    subcommands: [List.self, Add.self, Remove.self, Passwd.self])
+
+  struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List keys; * marks the one in use.")
+    @OptionGroup var global: GlobalOptions
+    func run() async throws {
+      let repo = try await global.open()
+      var rows: [(String, KeyFile)] = []
+      for f in try await repo.backend.list(.key) {
+        if let k = try? KeyFile(json: try await repo.backend.load(Handle(.key, f.name))) { rows.append((f.name, k)) }
+      }
+      rows.sort { $0.1.created < $1.1.created }
+      if global.json {
+        let items = rows.map { name, k in
+          "{\"current\":\(name == repo.keyID?.hex),\"id\":\"\(name)\",\"userName\":\(Out.jsonString(k.username)),\"hostName\":\(Out.jsonString(k.hostname)),\"created\":\"\(Out.time(k.created))\"}"
+        }
+        Out.line("[" + items.joined(separator: ",") + "]")
+        return
+      }
+      printTable(
+        header: [" ID", "User", "Host", "Created"],
+        rows: rows.map { name, k in [(name == repo.keyID?.hex ? "*" : " ") + String(name.prefix(8)), k.username, k.hostname, Out.time(k.created)] })
+    }
+  }
+
+  static func newPassword(_ file: String?) throws -> [UInt8] {
+    if let file { return GlobalOptions.trimmed(try Sys.readFile(BytePath(file))) }
+    if let v = GlobalOptions.env("NEW_PASSWORD") { return Array(v.utf8) }
+    if isatty(0) == 1, let p = getpass("enter new password: ") {
+      let a = String(cString: p)
+      guard let b = getpass("enter password again: "), String(cString: b) == a else {
+        throw TidemarkError(.usage, "passwords do not match")
+      }
+      return Array(a.utf8)
+    }
+    throw TidemarkError(.usage, "no new password given", hint: "use --new-password-file")
+  }
+
+  static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
+    let kf = try KeyFile.create(
+      master: repo.key, password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname)
+    let json = kf.json
+    let id = RawID.hash(json).hex
+    try await repo.backend.save(Handle(.key, id), data: json)
+    return id
+  }
+
+  struct Add: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Add a key (a new password for the same repository).")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Read the new password from this file.") var newPasswordFile: String?
+    @Option(help: "Username to record.") var user: String?
+    @Option(help: "Hostname to record.") var host: String?
+    func run() async throws {
+      let repo = try await global.open()
+      let id = try await global.withLock(repo, exclusive: false) {
+        try await KeyCommand.addKey(repo, try KeyCommand.newPassword(newPasswordFile), user: user, host: host)
+      }
+      if !global.quiet { Out.line("saved new key with ID \(id)") }
+    }
+  }
+
+  struct Remove: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove a key (not the one in use).")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Key ID (a unique prefix is enough).") var id: String
+    func run() async throws {
+      let repo = try await global.open()
+      let name = try await repo.resolve(.key, prefix: id)
+      if name == repo.keyID?.hex {
+        throw TidemarkError(.usage, "refusing to remove the key in use", hint: "open the repository with another password first")
+      }
+      try await global.withLock(repo, exclusive: true) { try await repo.backend.remove(Handle(.key, name)) }
+      if !global.quiet { Out.line("removed key \(name)") }
+    }
+  }
+
+  struct Passwd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Change the password: add a new key, remove the old one.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Read the new password from this file.") var newPasswordFile: String?
+    func run() async throws {
+      let repo = try await global.open()
+      try await global.withLock(repo, exclusive: true) {
+        let id = try await KeyCommand.addKey(repo, try KeyCommand.newPassword(newPasswordFile), user: nil, host: nil)
+        if let old = repo.keyID { try await repo.backend.remove(Handle(.key, old.hex)) }
+        if !global.quiet { Out.line("saved new key as \(id)") }
+      }
+    }
+  }
+}

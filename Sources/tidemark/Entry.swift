@@ -1,0 +1,129 @@
+// tidemark's command line: argument parsing, wiring, output and exit codes. Nothing else lives here.
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkSystem
+
+@main
+struct Tidemark: AsyncParsableCommand {
+  static let version = "0.1.0"
+
+  static let configuration = CommandConfiguration(
+    commandName: "tidemark",
+    abstract: "Encrypted, deduplicated backups on restic's repository format, built for disaster recovery.",
+    discussion: """
+      tidemark reads and writes restic repositories (format version 2): what tidemark stores, restic \
+      can check and restore, and the other way round.
+
+      Exit codes:
+        0    success
+        1    error (the message says what and what to do)
+        3    backup incomplete: some source files could not be read (the snapshot was written)
+        10   no repository at the given location
+        11   the repository is locked by another process
+        12   wrong password
+        130  interrupted
+      """,
+    version: version,
+    subcommands: [
+      Init.self, Backup.self, Snapshots.self, Ls.self, Cat.self, RestoreCommand.self, KeyCommand.self,
+      Unlock.self, VersionCommand.self,
+    ])
+
+  /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.
+  static func main() async {
+    do {
+      var command = try parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+      if var c = command as? AsyncParsableCommand {
+        try await c.run()
+      } else {
+        try command.run()
+      }
+    } catch {
+      exit(withCode: report(error))
+    }
+  }
+
+  /// restic accepts global options before the verb (`tidemark -r REPO backup …`); ArgumentParser wants
+  /// them after it. Moves leading options behind the (sub)command path.
+  static func hoistingGlobalOptions(_ args: [String]) -> [String] {
+    let takesValue: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock"]
+    var leading: [String] = []
+    var i = 0
+    while i < args.count, args[i].hasPrefix("-") {
+      leading.append(args[i])
+      if takesValue.contains(args[i]), i + 1 < args.count {
+        leading.append(args[i + 1])
+        i += 1
+      }
+      i += 1
+    }
+    guard !leading.isEmpty, i < args.count else { return args }
+    var path = [args[i]]
+    i += 1
+    if path[0] == "key", i < args.count, ["list", "add", "remove", "passwd"].contains(args[i]) {
+      path.append(args[i])
+      i += 1
+    }
+    return path + leading + Array(args[i...])
+  }
+
+  static func exit(withCode code: Int32) -> Never {
+        Foundation.exit(code)
+  }
+
+  /// The one place errors become exit codes.
+  static func report(_ error: Error) -> Int32 {
+    switch error {
+    case let e as TidemarkError:
+      Out.errRaw("tidemark: \(e.description)\n")
+      return ExitCodes.code(for: e.kind)
+    case let e as SystemError:
+      Out.errRaw("tidemark: \(e.description)\n")
+      return 1
+    case is CancellationError:
+      Out.errRaw("tidemark: interrupted\n")
+      return 130
+    default:
+      let code = Tidemark.exitCode(for: error)
+      let msg = Tidemark.fullMessage(for: error)
+      if code == .success {
+        if !msg.isEmpty { Out.line(msg) }
+        return 0
+      }
+      if error is ExitCode { return code.rawValue }
+      // Argument errors: the parser's message and usage, but restic's exit code 1.
+      Out.errRaw(msg + "\n")
+      return 1
+    }
+  }
+}
+
+enum ExitCodes {
+  static func code(for kind: TidemarkError.Kind) -> Int32 {
+    switch kind {
+    case .general, .usage, .corrupt, .notFound, .alreadyExists: return 1
+    case .incompleteBackup: return 3
+    case .repositoryNotFound: return 10
+    case .locked: return 11
+    case .wrongPassword: return 12
+    case .interrupted: return 130
+    }
+  }
+}
+
+struct VersionCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "version", abstract: "Print version information.")
+  @Flag(help: "Print as JSON.") var json = false
+  func run() {
+    let fuse = FUSEVersion.string
+    let ssh = SSHVersion.string
+    if json {
+      Out.line(
+        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\",\"libssh2\":\"\(ssh)\"}")
+    } else {
+      Out.line("tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh))")
+    }
+  }
+}

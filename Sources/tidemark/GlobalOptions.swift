@@ -1,0 +1,268 @@
+// Options every command shares, and how they become an opened repository.
+import ArgumentParser
+import Dispatch
+import Foundation
+import TidemarkBackends
+import TidemarkCore
+import TidemarkSystem
+
+struct GlobalOptions: ParsableArguments {
+  @Option(
+    name: [.customShort("r"), .customLong("repo")],
+    help: "Repository: a directory path or local:/path (env: TIDEMARK_REPOSITORY, RESTIC_REPOSITORY).")
+  var repo: String?
+
+  @Option(help: "Read the password from this file (env: TIDEMARK_PASSWORD_FILE, RESTIC_PASSWORD_FILE).")
+  var passwordFile: String?
+
+  @Option(help: "Run this shell command and use its output as the password (env: TIDEMARK_PASSWORD_COMMAND).")
+  var passwordCommand: String?
+
+  @Flag(help: "Machine-readable JSON output.")
+  var json = false
+
+  @Flag(name: [.customShort("q"), .long], help: "Print only errors.")
+  var quiet = false
+
+  @Flag(name: [.customShort("v"), .long], help: "More output (repeat for even more).")
+  var verbose: Int
+
+  @Option(help: "Compression for new data: auto, off or max (env: RESTIC_COMPRESSION).")
+  var compression: String?
+
+  @Option(help: "Keep retrying for this long when the repository is locked, e.g. 30s, 5m (default: fail at once).")
+  var retryLock: String?
+
+  @Flag(help: "Do not take a lock (read-only commands only; use with care).")
+  var noLock = false
+
+  static func env(_ name: String) -> String? {
+    let e = ProcessInfo.processInfo.environment
+    if let v = e["TIDEMARK_" + name], !v.isEmpty { return v }
+    if let v = e["RESTIC_" + name], !v.isEmpty { return v }
+    return nil
+  }
+
+  func repositoryLocation() throws -> String {
+    guard let r = repo ?? GlobalOptions.env("REPOSITORY") else {
+      throw TidemarkError(
+        .usage, "no repository given", hint: "pass -r/--repo PATH or set TIDEMARK_REPOSITORY")
+    }
+    return r
+  }
+
+  static func backend(for location: String) throws -> any Backend {
+    var loc = location
+    if loc.hasPrefix("local:") { loc.removeFirst(6) }
+    for scheme in ["sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
+      throw TidemarkError(
+        .usage, "repository type \(scheme.dropLast()) is not supported by this tidemark build",
+        hint: "use a local directory (path or local:/path)")
+    }
+    guard !loc.isEmpty else { throw TidemarkError(.usage, "empty repository path") }
+    return LocalBackend(path: BytePath(loc).absolute())
+  }
+
+  func backend() throws -> any Backend { try GlobalOptions.backend(for: repositoryLocation()) }
+
+  var compressionMode: Compression {
+    get throws {
+      let c = compression ?? GlobalOptions.env("COMPRESSION") ?? "auto"
+      guard let m = Compression(rawValue: c) else {
+        throw TidemarkError(.usage, "unknown compression mode \(c)", hint: "use auto, off or max")
+      }
+      return m
+    }
+  }
+
+  var lockRetry: Duration {
+    get throws {
+      guard let r = retryLock else { return .zero }
+      return try parseDuration(r)
+    }
+  }
+
+  func password(prefix: String = "", fileOption: String? = nil, commandOption: String? = nil, prompt: String = "enter password for repository: ")
+    throws -> [UInt8]
+  {
+    try GlobalOptions.readPassword(
+      file: fileOption ?? (prefix.isEmpty ? passwordFile : nil),
+      command: commandOption ?? (prefix.isEmpty ? passwordCommand : nil), envPrefix: prefix, prompt: prompt)
+  }
+
+  static func readPassword(file: String?, command: String?, envPrefix: String, prompt: String) throws -> [UInt8] {
+    if let f = file ?? env(envPrefix + "PASSWORD_FILE") {
+      do {
+        let b = try Sys.readFile(BytePath(f))
+        return trimmed(b)
+      } catch {
+        throw TidemarkError(.usage, "cannot read password file \(f): \(error)", hint: "check --password-file")
+      }
+    }
+    if let c = command ?? env(envPrefix + "PASSWORD_COMMAND") {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: "/bin/sh")
+      p.arguments = ["-c", c]
+      let pipe = Pipe()
+      p.standardOutput = pipe
+      try p.run()
+      let data = pipe.fileHandleForReading.readDataToEndOfFile()
+      p.waitUntilExit()
+      guard p.terminationStatus == 0 else {
+        throw TidemarkError(.usage, "password command `\(c)` failed with exit code \(p.terminationStatus)")
+      }
+      return trimmed(Array(data))
+    }
+    if let v = env(envPrefix + "PASSWORD") { return Array(v.utf8) }
+    if isatty(0) == 1 {
+      guard let p = getpass(prompt) else { throw TidemarkError(.usage, "no password entered") }
+      return Array(String(cString: p).utf8)
+    }
+    throw TidemarkError(
+      .usage, "no password given",
+      hint: "use --password-file, --password-command or TIDEMARK_PASSWORD (RESTIC_PASSWORD works too)")
+  }
+
+  static func trimmed(_ b: [UInt8]) -> [UInt8] {
+    var b = b
+    while let l = b.last, l == 10 || l == 13 || l == 32 || l == 9 { b.removeLast() }
+    while let f = b.first, f == 32 || f == 9 { b.removeFirst() }
+    return b
+  }
+
+  func open() async throws -> Repository {
+    let backend = try backend()
+    let pw = try password()
+    return try await Repository.open(backend: backend, password: pw, compression: try compressionMode)
+  }
+
+  func openIndexed() async throws -> Repository {
+    let r = try await open()
+    try await r.loadIndex()
+    return r
+  }
+
+  /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130.
+  func withLock<T>(_ repo: Repository, exclusive: Bool, _ body: () async throws -> T) async throws -> T {
+    if noLock && !exclusive { return try await body() }
+    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try lockRetry)
+    let signals = SignalGuard { await lock.release() }
+    defer { signals.cancel() }
+    do {
+      let r = try await body()
+      await lock.release()
+      return r
+    } catch {
+      await lock.release()
+      throw error
+    }
+  }
+
+  var progressEnabled: Bool { !quiet && !json && isatty(2) == 1 }
+}
+
+/// On SIGINT/SIGTERM: run cleanup, say so, exit 130. No global state: the closure holds what it needs.
+final class SignalGuard: @unchecked Sendable {
+  // Only touched in init and cancel, from the owning task.
+  private let sources: [any DispatchSourceSignal]
+
+  init(cleanup: @escaping @Sendable () async -> Void) {
+    var s: [any DispatchSourceSignal] = []
+    for sig in [SIGINT, SIGTERM] {
+      signal(sig, SIG_IGN)
+      let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+      src.setEventHandler {
+        Out.errRaw("\nsignal received, cleaning up\n")
+        Task {
+          await cleanup()
+          Foundation.exit(130)
+        }
+      }
+      src.resume()
+      s.append(src)
+    }
+    sources = s
+  }
+
+  func cancel() {
+    for s in sources { s.cancel() }
+    signal(SIGINT, SIG_DFL)
+    signal(SIGTERM, SIG_DFL)
+  }
+}
+
+func parseDuration(_ s: String) throws -> Duration {
+  var num = ""
+  var total = 0.0
+  for c in s {
+    if c.isNumber || c == "." {
+      num.append(c)
+      continue
+    }
+    guard let v = Double(num) else { throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h") }
+    switch c {
+    case "s": total += v
+    case "m": total += v * 60
+    case "h": total += v * 3600
+    default: throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h")
+    }
+    num = ""
+  }
+  if !num.isEmpty {
+    guard let v = Double(num) else { throw TidemarkError(.usage, "invalid duration \(s)") }
+    total += v
+  }
+  return .milliseconds(Int64(total * 1000))
+}
+
+// MARK: Output helpers
+
+/// Output goes straight to the file descriptors (no shared stdio buffers): one write per call.
+enum Out {
+  static func line(_ s: String) { raw(Array(s.utf8) + [10]) }
+  static func raw(_ b: [UInt8]) { write(fd: 1, b) }
+  static func err(_ s: String) { errRaw(s + "\n") }
+  static func errRaw(_ s: String) { write(fd: 2, Array(s.utf8)) }
+
+  static func write(fd: Int32, _ b: [UInt8]) {
+    b.withUnsafeBytes { buf in
+      var done = 0
+      while done < buf.count {
+        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+        if n < 0 {
+          if errno == EINTR { continue }
+          return
+        }
+        done += n
+      }
+    }
+  }
+
+  static func bytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 {
+      v /= 1024
+      u += 1
+    }
+    return u == 0 ? "\(n) B" : String(format: "%.3f %@", v, units[u])
+  }
+
+  static func duration(_ secs: Double) -> String {
+    let s = Int(secs)
+    return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+  }
+
+  /// "2006-01-02 15:04:05" in the snapshot's zone.
+  static func time(_ t: Timestamp) -> String {
+    let c = t.civil
+    return String(format: "%04d-%02d-%02d %02d:%02d:%02d", c.year, c.month, c.day, c.hour, c.minute, c.second)
+  }
+
+  static func jsonString(_ s: String) -> String {
+    var w = JSONWriter()
+    w.string(s)
+    return String(decoding: w.out, as: UTF8.self)
+  }
+}

@@ -1,0 +1,5 @@
+import TidemarkFUSE
+import TidemarkSSH
+
+enum FUSEVersion { static var string: String { FUSELibrary.version } }
+enum SSHVersion { static var string: String { SSHLibrary.version } }
