@@ -40,7 +40,9 @@ let package = Package(
       ]),
     .testTarget(
       name: "TidemarkCoreTests",
-      dependencies: ["TidemarkCore", "TidemarkCrypto", "TidemarkZstd", "TidemarkBackends", "TidemarkSystem"]),
+      dependencies: [
+        "TidemarkCore", "TidemarkCrypto", "TidemarkZstd", "TidemarkBackends", "TidemarkSystem", "TidemarkOperations",
+      ]),
     .testTarget(
       name: "TidemarkIntegrationTests",
       dependencies: ["TidemarkCore", "TidemarkBackends", "TidemarkSystem"]),
