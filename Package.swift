@@ -42,7 +42,8 @@ let package = Package(
       name: "TidemarkCoreTests",
       dependencies: [
         "TidemarkCore", "TidemarkCrypto", "TidemarkZstd", "TidemarkBackends", "TidemarkSystem", "TidemarkOperations",
-      ]),
+      ],
+      exclude: ["Fixtures"]),
     .testTarget(
       name: "TidemarkIntegrationTests",
       dependencies: ["TidemarkCore", "TidemarkBackends", "TidemarkSystem"]),

@@ -1,0 +1,105 @@
+// Bad input gets one clear line and restic's exit code.
+import Foundation
+import Testing
+import TidemarkBackends
+import TidemarkCore
+import TidemarkSystem
+
+@Suite(.serialized) struct ErrorTests {
+  @Test func wrongPasswordMissingRepositoryAndNoPassword() throws {
+    let ws = try Workspace("err")
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let again = try ws.tidemark(["-r", "repo", "init"])
+    #expect(again.status == 1 && again.stderr.contains("already exists"))
+
+    let wrong = try ws.tidemark(["-r", "repo", "snapshots"], password: "not-it")
+    #expect(wrong.status == 12)
+    #expect(wrong.stderr.contains("wrong password"))
+    #expect(wrong.stderr.split(separator: "\n").count == 1)
+
+    let missing = try ws.tidemark(["-r", "nowhere", "snapshots"])
+    #expect(missing.status == 10)
+    #expect(missing.stderr.contains("no repository at"))
+
+    let nopw = try ws.tidemark(["-r", "repo", "snapshots"], password: "")
+    #expect(nopw.status == 1 && nopw.stderr.contains("no password given"))
+
+    // RESTIC_* names work as fallbacks; --password-file too.
+    let viaRestic = try Tools.run(Tools.tidemark, ["snapshots"], env: ["RESTIC_REPOSITORY": ws.sub("repo"), "RESTIC_PASSWORD": "test-pw"])
+    #expect(viaRestic.status == 0, "\(viaRestic.stderr)")
+    try "test-pw\n".write(toFile: ws.sub("pwfile"), atomically: true, encoding: .utf8)
+    #expect(try ws.tidemark(["-r", "repo", "snapshots", "--password-file", "pwfile"], password: "").status == 0)
+
+    let badArg = try ws.tidemark(["-r", "repo", "backup"])
+    #expect(badArg.status == 1)
+    let bogusPath = try ws.tidemark(["-r", "repo", "backup", "does-not-exist"])
+    #expect(bogusPath.status == 1 && bogusPath.stderr.contains("does not exist"))
+  }
+
+  @Test func heldLockGivesExitCode11AndStaleLocksAreIgnored() async throws {
+    let ws = try Workspace("lock")
+    try Tools.sh("mkdir data && echo hi > data/f", cwd: ws.path)
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let repo = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+
+    let lock = try await RepositoryLock.acquire(repo, exclusive: true)
+    let locked = try ws.tidemark(["-r", "repo", "backup", "data"])
+    #expect(locked.status == 11)
+    #expect(locked.stderr.contains("locked exclusively by PID \(getpid())"))
+    #expect(locked.stderr.contains("tidemark unlock"))
+    // restic sees tidemark's lock too.
+    let rlocked = try ws.restic(["-r", "repo", "backup", "data"])
+    #expect(rlocked.status != 0 && rlocked.stderr.contains("locked"))
+    await lock.release()
+
+    // A lock left by a process that no longer exists on this host is stale.
+    var dead = RepositoryLock.info(exclusive: true)
+    dead.pid = 4_000_000
+    _ = try await repo.saveUnpacked(.lock, json: dead.encode())
+    let ok = try ws.tidemark(["-r", "repo", "backup", "data"])
+    #expect(ok.status == 0, "\(ok.stderr)")
+    let unlock = try ws.tidemark(["-r", "repo", "unlock"])
+    #expect(unlock.status == 0 && unlock.out.contains("removed 1 lock"))
+    #expect(try await repo.backend.list(.lock).isEmpty)
+  }
+
+  @Test func flippedByteInAPackNamesPackBlobAndFileAndLeavesNoPartialFile() throws {
+    let ws = try Workspace("corrupt")
+    try Tools.sh("mkdir data && head -c 2000000 /dev/urandom > data/victim && echo fine > data/ok", cwd: ws.path)
+    #expect(try ws.tidemark(["-r", "repo", "init", "--compression", "off"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "data"]).status == 0)
+    // The largest pack holds the data blobs; flip one byte in its middle.
+    let packs = try Tools.sh("find repo/data -type f -printf '%s %p\\n' | sort -n | tail -1", cwd: ws.path).out
+    let packPath = String(packs.split(separator: " ")[1].trimmingCharacters(in: .whitespacesAndNewlines))
+    let packID = String(packPath.split(separator: "/").last!)
+    #expect(try Tools.sh("chmod u+w \(packPath) && printf '\\001' | dd of=\(packPath) bs=1 seek=1000000 conv=notrunc status=none", cwd: ws.path).status == 0)
+
+    let r = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "out"])
+    #expect(r.status == 1)
+    #expect(r.stderr.contains(String(packID.prefix(8))), "\(r.stderr)")
+    #expect(r.stderr.contains("data/victim"))
+    #expect(r.stderr.contains("blob "))
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("out/data/victim")))
+    let leftovers = try Tools.sh("find out -name '.tidemark-restore-*' | wc -l", cwd: ws.path).out
+    #expect(leftovers.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("out/data/ok")))
+  }
+
+  @Test func unreadableSourceFileGivesExitCode3AndStillSavesTheSnapshot() throws {
+    let ws = try Workspace("unreadable")
+    // Root reads everything, so run the backup as `nobody` on a tree it can only partly read.
+    try Tools.sh(
+      "mkdir -p data && echo readable > data/ok && echo secret > data/secret && chmod 000 data/secret && chown -R 65534:65534 data && chown root data/secret && mkdir repo && chown 65534 repo && chmod 755 .",
+      cwd: ws.path)
+    let pw = ["TIDEMARK_PASSWORD": "test-pw"]
+    let asNobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Tools.tidemark]
+    let i = try Tools.run(asNobody[0], Array(asNobody.dropFirst()) + ["-r", "repo/r", "init"], env: pw, cwd: ws.path)
+    #expect(i.status == 0, "\(i.stderr)")
+    let b = try Tools.run(asNobody[0], Array(asNobody.dropFirst()) + ["-r", "repo/r", "backup", "data"], env: pw, cwd: ws.path)
+    #expect(b.status == 3, "\(b.stderr)")
+    #expect(b.stderr.contains("data/secret"))
+    #expect(b.out.contains("snapshot ") && b.out.contains(" saved"))
+    let ls = try ws.tidemark(["-r", "repo/r", "ls", "latest"])
+    #expect(ls.out.contains("/data/ok") && !ls.out.contains("/data/secret"))
+  }
+}

@@ -1,0 +1,133 @@
+// Compatibility with the real restic (Debian's 0.14): each tool reads, checks and restores what the other wrote.
+import Foundation
+import Testing
+import TidemarkBackends
+import TidemarkCore
+import TidemarkSystem
+
+@Suite(.serialized) struct InteropTests {
+  @Test func tidemarkBackupPassesResticCheckAndRestoresWithBoth() throws {
+    let ws = try Workspace("t2r")
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: true)
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "src", "--json"])
+    #expect(b.status == 0, "\(b.stderr)")
+    #expect(b.out.contains("\"message_type\":\"summary\""))
+
+    let check = try ws.restic(["-r", "repo", "check", "--read-data"])
+    #expect(check.status == 0, "restic check failed: \(check.out) \(check.stderr)")
+    #expect(check.out.contains("no errors were found"))
+
+    let source = try describeTree(ws.sub("src"))
+    #expect(source.count > 20)
+
+    let rr = try ws.restic(["-r", "repo", "restore", "latest", "--target", "by-restic"])
+    #expect(rr.status == 0, "\(rr.stderr)")
+    // restic 0.14 reads only the lossy UTF-8 `linktarget` (it predates `linktarget_raw`).
+    let d1 = differences(source, try describeTree(ws.sub("by-restic/src")), ignoreLinkTargetOf: ["badtarget"])
+    #expect(d1.isEmpty, "restic restore differs:\n\(d1.joined(separator: "\n"))")
+
+    let tr = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "by-tidemark"])
+    #expect(tr.status == 0, "\(tr.stderr)")
+    let d2 = differences(source, try describeTree(ws.sub("by-tidemark/src")))
+    #expect(d2.isEmpty, "tidemark restore differs:\n\(d2.joined(separator: "\n"))")
+
+    // The sparse file comes back sparse from tidemark.
+    let sparse = try Sys.lstat(BytePath(ws.sub("by-tidemark/src/sparse")))
+    #expect(sparse.blocks * 512 < 1 << 20)
+  }
+
+  @Test func resticBackupRestoresWithTidemarkAndListsTheSame() throws {
+    let ws = try Workspace("r2t")
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: false)
+    #expect(try ws.restic(["-r", "repo", "init"]).status == 0)
+    let b = try ws.restic(["-r", "repo", "backup", "src"])
+    #expect(b.status == 0, "\(b.stderr)")
+
+    let tr = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "out"])
+    #expect(tr.status == 0, "\(tr.stderr)")
+    let d = differences(try describeTree(ws.sub("src")), try describeTree(ws.sub("out/src")))
+    #expect(d.isEmpty, "tidemark restore of a restic snapshot differs:\n\(d.joined(separator: "\n"))")
+
+    let rl = try ws.restic(["-r", "repo", "ls", "latest"])
+    let tl = try ws.tidemark(["-r", "repo", "ls", "latest"])
+    #expect(tl.status == 0)
+    let resticLines = rl.stdout.split(separator: 10).dropFirst().map { Array($0) }  // restic prints a header line
+    let tidemarkLines = tl.stdout.split(separator: 10).map { Array($0) }
+    #expect(resticLines.count > 20)
+    #expect(tidemarkLines == resticLines)
+
+    // A subpath restore and an include filter.
+    let sub = try ws.tidemark(["-r", "repo", "restore", "latest:src/sub", "--target", "only-sub"])
+    #expect(sub.status == 0, "\(sub.stderr)")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("only-sub/numbers.txt")))
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("only-sub/file.txt")))
+    let inc = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "inc", "--include", "*.txt"])
+    #expect(inc.status == 0)
+    #expect(FileManager.default.fileExists(atPath: ws.sub("inc/src/sub/numbers.txt")))
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("inc/src/sub/random.bin")))
+  }
+
+  @Test func unchangedDataDeduplicatesAcrossTheTools() throws {
+    let ws = try Workspace("dedup")
+    let r = try Tools.sh(
+      "mkdir -p data/a data/b && head -c 6000000 /dev/urandom > data/a/r1 && seq 1 400000 > data/b/n && head -c 2000000 /dev/urandom > data/b/r2",
+      cwd: ws.path)
+    #expect(r.status == 0)
+    let corpus = try ws.size("data")
+
+    // tidemark first, then restic into the same repository.
+    #expect(try ws.tidemark(["-r", "tm", "init"]).status == 0)
+    #expect(try ws.tidemark(["-r", "tm", "backup", "data"]).status == 0)
+    let before = try ws.size("tm")
+    let rb = try ws.restic(["-r", "tm", "backup", "data", "--force"])
+    #expect(rb.status == 0, "\(rb.stderr)")
+    let grew = try ws.size("tm") - before
+    #expect(grew < 64 << 10, "restic added \(grew) bytes to a tidemark repository holding the same \(corpus) bytes")
+
+    // restic first, then tidemark (reading every file: --force) into the same repository.
+    #expect(try ws.restic(["-r", "rs", "init"]).status == 0)
+    #expect(try ws.restic(["-r", "rs", "backup", "data"]).status == 0)
+    let before2 = try ws.size("rs")
+    let tb = try ws.tidemark(["-r", "rs", "backup", "data", "--force", "--json"])
+    #expect(tb.status == 0, "\(tb.stderr)")
+    let grew2 = try ws.size("rs") - before2
+    #expect(grew2 < 64 << 10, "tidemark added \(grew2) bytes to a restic repository holding the same \(corpus) bytes")
+    #expect(tb.out.contains("\"data_blobs\":0"))
+    #expect(try ws.restic(["-r", "rs", "check"]).status == 0)
+  }
+
+  @Test func chunkBoundariesMatchResticOn64MiB() async throws {
+    let ws = try Workspace("chunk")
+    // 64 MiB of deterministic, mixed content: random runs and repeated text.
+    let gen = """
+      import random
+      r = random.Random(1234)
+      with open('big.bin', 'wb') as f:
+          for i in range(64):
+              if i % 4 == 3:
+                  f.write((b'tidemark line %d\\n' % i) * (1048576 // 16) + b'x' * (1048576 - 16 * (1048576 // 16)))
+              else:
+                  f.write(r.randbytes(1048576))
+      """
+    #expect(try Tools.run("/usr/bin/env", ["python3", "-c", gen], cwd: ws.path).status == 0)
+    #expect(try ws.restic(["-r", "rs", "init"]).status == 0)
+    #expect(try ws.restic(["-r", "rs", "backup", "big.bin"]).status == 0)
+
+    let repo = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("rs"))), password: Array("test-pw".utf8))
+    try await repo.loadIndex()
+    let snap = try #require(try await repo.listSnapshots().last)
+    let root = try await repo.loadTree(snap.tree)
+    let resticIDs = try #require(root.node(named: Array("big.bin".utf8))?.content)
+    #expect(resticIDs.count > 20)
+
+    // tidemark, in a repository that copied restic's chunker polynomial, stores the same blobs.
+    #expect(try ws.tidemark(["-r", "tm", "init", "--copy-chunker-params", "--from-repo", "rs"], env: ["TIDEMARK_FROM_PASSWORD": "test-pw"]).status == 0)
+    #expect(try ws.tidemark(["-r", "tm", "backup", "big.bin"]).status == 0)
+    let tm = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("tm"))), password: Array("test-pw".utf8))
+    try await tm.loadIndex()
+    let tsnap = try #require(try await tm.listSnapshots().last)
+    let tids = try #require(try await tm.loadTree(tsnap.tree).node(named: Array("big.bin".utf8))?.content)
+    #expect(tids == resticIDs)
+  }
+}

@@ -1,0 +1,197 @@
+// Helpers for tests that run the real tidemark binary and the real restic binary side by side.
+import Foundation
+import TidemarkCore
+import TidemarkCrypto
+import TidemarkSystem
+
+struct RunResult {
+  var status: Int32
+  var stdout: [UInt8]
+  var stderr: String
+  var out: String { String(decoding: stdout, as: UTF8.self) }
+}
+
+enum Tools {
+  static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+  /// TIDEMARK_BIN (set by scripts/test.sh), else the newest built binary.
+  static var tidemark: String {
+    if let b = ProcessInfo.processInfo.environment["TIDEMARK_BIN"], !b.isEmpty { return b }
+    let cands = ["release", "debug"].map { packageRoot.appendingPathComponent(".build/\($0)/tidemark").path }
+      .filter { FileManager.default.fileExists(atPath: $0) }
+    return cands.max {
+      ((try? FileManager.default.attributesOfItem(atPath: $0)[.modificationDate] as? Date) ?? .distantPast)
+        < ((try? FileManager.default.attributesOfItem(atPath: $1)[.modificationDate] as? Date) ?? .distantPast)
+    } ?? cands.first ?? "tidemark"
+  }
+
+  static let restic = "/usr/bin/restic"
+
+  @discardableResult
+  static func run(_ exe: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil)
+    throws -> RunResult
+  {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: exe)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    for k in e.keys where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") { e[k] = nil }
+    e["TIDEMARK_TEST_KDF"] = "1024,8,1"
+    e["RESTIC_CACHE_DIR"] = NSTemporaryDirectory() + "restic-test-cache"
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+    let errFile = NSTemporaryDirectory() + "tm-stderr-\(UUID().uuidString)"
+    FileManager.default.createFile(atPath: errFile, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: errFile) }
+    let outPipe = Pipe()
+    p.standardOutput = outPipe
+    p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errFile))
+    let inPipe = Pipe()
+    p.standardInput = stdin == nil ? FileHandle.nullDevice : inPipe
+    try p.run()
+    if let stdin {
+      inPipe.fileHandleForWriting.write(Data(stdin))
+      try inPipe.fileHandleForWriting.close()
+    }
+    let out = outPipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
+    return RunResult(status: p.terminationStatus, stdout: Array(out), stderr: err)
+  }
+
+  static func sh(_ script: String, cwd: String) throws -> RunResult { try run("/bin/sh", ["-ec", script], cwd: cwd) }
+}
+
+/// A scratch directory removed at the end.
+final class Workspace {
+  let path: String
+  init(_ name: String) throws {
+    path = "/tmp/tidemark-test-\(name)-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+  }
+  deinit {
+    _ = try? Tools.run("/bin/rm", ["-rf", path])
+  }
+  func sub(_ s: String) -> String { path + "/" + s }
+
+  func tidemark(_ args: [String], password: String = "test-pw", env: [String: String] = [:], stdin: [UInt8]? = nil) throws -> RunResult {
+    var e = env
+    if e["TIDEMARK_PASSWORD"] == nil && !password.isEmpty { e["TIDEMARK_PASSWORD"] = password }
+    return try Tools.run(Tools.tidemark, args, env: e, cwd: path, stdin: stdin)
+  }
+
+  func restic(_ args: [String], password: String = "test-pw") throws -> RunResult {
+    try Tools.run(Tools.restic, args, env: ["RESTIC_PASSWORD": password], cwd: path)
+  }
+
+  /// Total bytes of the files under `dir`.
+  func size(_ dir: String) throws -> Int64 {
+    Int64(try Tools.run("/usr/bin/du", ["-sb", "--apparent-size", sub(dir)]).out.split(separator: "\t")[0]) ?? 0
+  }
+}
+
+/// Everything a restore must reproduce about one entry.
+struct EntryFacts: Equatable, CustomStringConvertible {
+  var type: UInt32
+  var perm: UInt32
+  var size: Int64
+  var mtime: String
+  var uid: UInt32
+  var gid: UInt32
+  var linkTarget: [UInt8]
+  var xattrs: [String]
+  var content: String
+  var hardlinkGroup: String
+  var rdev: UInt64
+
+  var description: String {
+    "type=\(String(type, radix: 8)) perm=\(String(perm, radix: 8)) size=\(size) mtime=\(mtime) uid=\(uid) gid=\(gid) link=\(BytePath.display(linkTarget)) xattrs=\(xattrs) content=\(content.prefix(12)) hl=\(hardlinkGroup) rdev=\(rdev)"
+  }
+}
+
+/// Walks `root` and describes each entry by its path relative to `root`.
+func describeTree(_ root: String) throws -> [String: EntryFacts] {
+  var out: [String: EntryFacts] = [:]
+  var firstByInode: [UInt64: String] = [:]
+  func walk(_ p: BytePath, _ rel: [UInt8]) throws {
+    let st = try Sys.lstat(p)
+    let relS = BytePath.display(rel)
+    var group = ""
+    if !st.isDirectory && st.links > 1 {
+      if let f = firstByInode[st.inode] { group = f } else {
+        firstByInode[st.inode] = relS
+        group = relS
+      }
+    }
+    var content = ""
+    if st.isRegular { content = RawID.hash(try Sys.readFile(p)).hex }
+    let xattrs = try Sys.extendedAttributes(p).filter { $0.name.starts(with: Array("user.".utf8)) }
+      .map { BytePath.display($0.name) + "=" + toHexString($0.value) }
+    out[relS] = EntryFacts(
+      type: st.fileType, perm: st.mode & 0o7777, size: st.isDirectory ? 0 : st.size,
+      mtime: st.isSymlink ? "" : "\(st.mtime.0).\(st.mtime.1)", uid: st.uid, gid: st.gid,
+      linkTarget: st.isSymlink ? try Sys.readlink(p) : [], xattrs: xattrs, content: content, hardlinkGroup: group,
+      rdev: st.rdev)
+    if st.isDirectory {
+      for n in try Sys.readDirectory(p).sorted(by: { $0.lexicographicallyPrecedes($1) }) {
+        try walk(p.appending(n), rel.isEmpty ? n : rel + [47] + n)
+      }
+    }
+  }
+  try walk(BytePath(root), [])
+  return out
+}
+
+func toHexString(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+
+/// Lists differences between two described trees (empty when equal).
+func differences(_ a: [String: EntryFacts], _ b: [String: EntryFacts], ignoreLinkTargetOf: Set<String> = [], ignoreRootMtime: Bool = true) -> [String] {
+  var diffs: [String] = []
+  for k in Set(a.keys).union(b.keys).sorted() {
+    guard var x = a[k], var y = b[k] else {
+      diffs.append("\(k): only in \(a[k] == nil ? "second" : "first")")
+      continue
+    }
+    if ignoreLinkTargetOf.contains(k) { (x.linkTarget, y.linkTarget, x.size, y.size) = ([], [], 0, 0) }
+    if k == "" && ignoreRootMtime { (x.mtime, y.mtime) = ("", "") }
+    if x != y { diffs.append("\(k):\n   \(x)\n   \(y)") }
+  }
+  return diffs
+}
+
+/// The awkward tree: every kind of entry restic stores, with the metadata that must survive.
+func makeAwkwardTree(in dir: String, nonUTF8LinkTarget: Bool) throws {
+  let script = """
+    mkdir -p src/empty-dir src/sub/deeper src/sticky src/setgid-dir
+    printf 'hello tidemark\\n' > src/file.txt
+    : > src/empty-file
+    ln src/file.txt src/hardlink
+    ln src/file.txt src/sub/hardlink2
+    ln -s file.txt src/symlink
+    ln -s /nonexistent/dangling/target src/dangling
+    printf 'not utf-8 name\\n' > "src/$(printf 'bad\\377name')"
+    mkdir "src/$(printf 'dir\\376')"
+    printf 'x' > "src/$(printf 'dir\\376')/inner"
+    printf 'quote"back\\\\slash' > 'src/we"ird\\name'
+    \(nonUTF8LinkTarget ? "ln -s \"$(printf 'tgt\\375')\" src/badtarget" : "")
+    setfattr -n user.note -v 'hello xattr' src/file.txt
+    setfattr -n user.bin -v 0x00ff10 src/sub/deeper
+    truncate -s 48M src/sparse
+    printf 'middle' | dd of=src/sparse bs=1 seek=20000000 conv=notrunc status=none
+    mkfifo src/fifo
+    printf '#!/bin/sh\\n' > src/setuid && chmod 4755 src/setuid
+    chmod 1777 src/sticky
+    chmod 2750 src/setgid-dir
+    head -c 3000000 /dev/urandom > src/sub/random.bin
+    seq 1 300000 > src/sub/numbers.txt
+    printf 'owned' > src/owned && chown 1234:5678 src/owned
+    chmod 0600 src/sub/numbers.txt
+    mknod src/chardev c 1 3 2>/dev/null || true
+    touch -h -d '2021-03-04 05:06:07.123456789' src/symlink
+    touch -d '2019-01-01 00:00:00.5' src/file.txt src/sub/deeper src/empty-dir
+    """
+  let r = try Tools.sh(script, cwd: dir)
+  if r.status != 0 { throw TidemarkError(.general, "building the test tree failed: \(r.stderr)") }
+}
