@@ -19,7 +19,8 @@ extension Node {
     var n = Node(name: name, type: type)
     n.mode = GoMode.from(stMode: st.mode)
     n.mtime = .local(seconds: st.mtime.0, nanoseconds: st.mtime.1)
-    n.atime = .local(seconds: st.atime.0, nanoseconds: st.atime.1)
+    // restic records atime = mtime unless asked otherwise: reading a file must not change its tree.
+    n.atime = n.mtime
     n.ctime = .local(seconds: st.ctime.0, nanoseconds: st.ctime.1)
     n.uid = st.uid
     n.gid = st.gid

@@ -359,10 +359,16 @@ public enum Sys {
   public static func readFile(_ p: BytePath) throws -> [UInt8] {
     let fd = try open(p, O_RDONLY)
     defer { close(fd) }
-    let size = Int(try fstat(fd).size)
-    var out = [UInt8](repeating: 0, count: size)
-    let n = try out.withUnsafeMutableBytes { try pread(fd, $0, offset: 0) }
-    return n == size ? out : Array(out[0..<n])
+    // Read to the end, not to fstat's size: pipes (`<(…)`) report 0.
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: max(4096, Int(try fstat(fd).size) + 1))
+    while true {
+      let n = try chunk.withUnsafeMutableBytes { b in
+        try check("read", p.description) { Glibc.read(fd, b.baseAddress, b.count) }
+      }
+      if n == 0 { return out }
+      out += chunk[0..<n]
+    }
   }
 }
 

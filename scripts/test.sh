@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the tests need, lints, builds the release binary and runs the whole test suite.
+# Exit code: the test run's. Lint problems are printed but not fatal unless TIDEMARK_STRICT_LINT=1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+ensure_swift
+
+log "phase 1/4: system packages"
+ensure_packages
+
+log "phase 2/4: lint (swift format lint --strict, config .swift-format)"
+lint_rc=0
+if swift format --version >/dev/null 2>&1; then
+  swift format lint --strict --recursive Sources Tests Package.swift || lint_rc=$?
+  if [ "$lint_rc" -eq 0 ]; then
+    echo "lint: clean"
+  elif [ "${TIDEMARK_STRICT_LINT:-0}" = 1 ]; then
+    log "lint failed (exit code $lint_rc) and TIDEMARK_STRICT_LINT=1: stopping"
+    exit "$lint_rc"
+  else
+    echo "lint: problems above (exit code $lint_rc); not fatal. Set TIDEMARK_STRICT_LINT=1 to make them fatal."
+  fi
+else
+  if [ "${TIDEMARK_STRICT_LINT:-0}" = 1 ]; then die "swift format is not available and TIDEMARK_STRICT_LINT=1"; fi
+  echo "lint: skipped (swift format is not available in this toolchain)"
+fi
+
+log "phase 3/4: build (swift build -c release)"
+swift build -c release
+
+# Integration tests run the real binary.
+export TIDEMARK_BIN="$PWD/.build/release/tidemark"
+[ -x "$TIDEMARK_BIN" ] || die "build finished but $TIDEMARK_BIN is missing"
+
+log "phase 4/4: tests (swift test -c release, TIDEMARK_BIN=$TIDEMARK_BIN)"
+test_rc=0
+swift test -c release || test_rc=$?
+if [ "$test_rc" -eq 0 ]; then
+  log "tests passed"
+else
+  log "tests FAILED (exit code $test_rc)"
+fi
+exit "$test_rc"
