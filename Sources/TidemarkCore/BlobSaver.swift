@@ -27,10 +27,16 @@ public final class BlobSaver: Sendable {
     var packers: [BlobType: PackBuffer] = [:]
     var unindexed = IndexFile()
     var stats = BlobSaverStats()
+    /// Emptied pack buffers, kept for reuse: freeing 16 MiB buffers makes glibc raise its mmap
+    /// threshold and then fragment its heap, which costs far more memory than keeping a few.
+    var spare: [[UInt8]] = []
   }
 
   public let repository: Repository
   private let state = Mutex(State())
+  private let compressors = ZstdCompressorPool()
+  /// Finished packs waiting to be stored hold 16 MiB each: store at most two at a time.
+  private let packWrites = PackWriteGate(2)
 
   public init(repository: Repository) { self.repository = repository }
 
@@ -45,18 +51,23 @@ public final class BlobSaver: Sendable {
     guard fresh else { return false }
     let (sealed, ulen) = try encode(type, plaintext)
     let full: PackBuffer? = state.withLock { s in
-      var p = s.packers[type] ?? PackBuffer()
-      if p.bytes.isEmpty { p.bytes.reserveCapacity(BlobSaver.targetPackSize + (1 << 20)) }
+      // Take the buffer out of the dictionary so the append below happens in place (no copy-on-write).
+      var p = s.packers.removeValue(forKey: type) ?? PackBuffer()
+      if p.bytes.capacity == 0 {
+        if let b = s.spare.popLast() {
+          p.bytes = b
+        } else {
+          // Room for the largest blob and the header: never reallocate (untouched pages cost no memory).
+          p.bytes.reserveCapacity(BlobSaver.targetPackSize + Chunker.maxSize + (2 << 20))
+        }
+      }
       p.blobs.append(
         PackedBlob(id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(sealed.count), uncompressedLength: ulen))
       p.bytes += sealed
       s.stats.blobsAdded[Int(type.rawValue)] += 1
       s.stats.bytesAdded += plaintext.count
       s.stats.bytesStored += sealed.count
-      if p.bytes.count >= BlobSaver.targetPackSize {
-        s.packers[type] = nil
-        return p
-      }
+      if p.bytes.count >= BlobSaver.targetPackSize { return p }
       s.packers[type] = p
       return nil
     }
@@ -64,27 +75,43 @@ public final class BlobSaver: Sendable {
     return true
   }
 
+  /// Compresses (when worth it) and seals a blob in one buffer: zstd writes at offset 16, the cipher
+  /// runs in place, the MAC goes behind.
   private func encode(_ type: BlobType, _ plaintext: [UInt8]) throws -> ([UInt8], UInt32) {
     let comp = repository.compression
     if comp != .off && !plaintext.isEmpty {
-      let z = try plaintext.withUnsafeBytes { try Zstd.compress($0, level: comp.level) }
-      if z.count < plaintext.count || type == .tree {
-        return (try repository.key.seal(z), UInt32(plaintext.count))
+      var out = try plaintext.withUnsafeBytes {
+        try compressors.compress($0, level: comp.level, headroom: 16, tailroom: 16)
+      }
+      let zlen = out.count - 32
+      if zlen < plaintext.count || type == .tree {
+        try repository.key.sealInPlace(&out)
+        return (out, UInt32(plaintext.count))
       }
     }
     return (try repository.key.seal(plaintext), 0)
   }
 
-  private func writePack(_ p: PackBuffer) async throws {
-    var bytes = p.bytes
-    let header = try repository.key.seal(PackHeader.encode(p.blobs))
+  private func writePack(_ p: consuming PackBuffer) async throws {
+    let blobs = p.blobs
+    var bytes = (consume p).bytes
+    let header = try repository.key.seal(PackHeader.encode(blobs))
     bytes += header
     let n = UInt32(header.count)
     for s in [0, 8, 16, 24] as [UInt32] { bytes.append(UInt8(truncatingIfNeeded: n >> s)) }
     let packID = PackID(RawID.hash(bytes))
-    try await repository.backend.save(Handle(.pack, packID.hex), data: bytes)
+    await packWrites.enter()
+    do {
+      try await repository.backend.save(Handle(.pack, packID.hex), data: bytes)
+      packWrites.leave()
+    } catch {
+      packWrites.leave()
+      throw error
+    }
+    bytes.removeAll(keepingCapacity: true)
     let indexNow: IndexFile? = state.withLock { s in
-      s.unindexed.packs.append((packID, p.blobs))
+      if s.spare.count < 3 && bytes.capacity >= BlobSaver.targetPackSize { s.spare.append(bytes) }
+      s.unindexed.packs.append((packID, blobs))
       s.stats.packsWritten += 1
       if s.unindexed.packs.count >= BlobSaver.packsPerIndex {
         let f = s.unindexed
@@ -116,5 +143,40 @@ public final class BlobSaver: Sendable {
       return f
     }
     if !f.packs.isEmpty { try await writeIndex(f) }
+  }
+}
+
+/// A counting gate for async callers (enter waits while `limit` are inside).
+final class PackWriteGate: Sendable {
+  private struct State {
+    var free: Int
+    var waiting: [CheckedContinuation<Void, Never>] = []
+  }
+  private let state: Mutex<State>
+  init(_ limit: Int) { state = Mutex(State(free: limit)) }
+
+  func enter() async {
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+      let go = state.withLock { s -> Bool in
+        if s.free > 0 {
+          s.free -= 1
+          return true
+        }
+        s.waiting.append(c)
+        return false
+      }
+      if go { c.resume() }
+    }
+  }
+
+  func leave() {
+    let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+      if s.waiting.isEmpty {
+        s.free += 1
+        return nil
+      }
+      return s.waiting.removeFirst()
+    }
+    next?.resume()
   }
 }

@@ -144,40 +144,68 @@ public struct Chunker {
       i = k
       if i == n { return nil }
     }
-    let outT = tables.out
-    let modT = tables.modTable
-    let shift = tables.shift
-    var digest = self.digest
-    var wpos = self.wpos
-    var count = self.count
+    var st = RollState(digest: digest, wpos: wpos, count: count)
     let result: Int? = window.withUnsafeMutableBufferPointer { win in
-      outT.withUnsafeBufferPointer { outT in
-        modT.withUnsafeBufferPointer { modT in
-          while i < n {
-            let b = buf[i]
-            let o = win[wpos]
-            win[wpos] = b
-            digest ^= outT[Int(o)]
-            wpos = (wpos &+ 1) & 63
-            let idx = Int(truncatingIfNeeded: (digest >> shift) & 0xff)
-            digest = ((digest << 8) | UInt64(b)) ^ modT[idx]
-            i &+= 1
-            count &+= 1
-            if count >= Chunker.minSize && ((digest & Chunker.splitMask) == 0 || count >= Chunker.maxSize) {
-              return i
-            }
-          }
-          return nil
+      tables.out.withUnsafeBufferPointer { outT in
+        tables.modTable.withUnsafeBufferPointer { modT in
+          Chunker.roll(
+            buf.baseAddress!.assumingMemoryBound(to: UInt8.self) + i, n - i, win.baseAddress!, outT.baseAddress!,
+            modT.baseAddress!, tables.shift, &st)
         }
       }
     }
     if let r = result {
       reset()
-      return r
+      return i + r
     }
-    self.digest = digest
-    self.wpos = wpos
-    self.count = count
+    digest = st.digest
+    wpos = st.wpos
+    count = st.count
+    return nil
+  }
+
+  struct RollState {
+    var digest: UInt64
+    var wpos: Int
+    var count: Int
+  }
+
+  /// The hot loop, over raw pointers with all state in locals. Returns the bytes consumed up to and
+  /// including a cut, or nil when `n` bytes produced no cut (state is then saved in `st`).
+  @inline(__always)
+  static func roll(
+    _ p: UnsafePointer<UInt8>, _ n: Int, _ win: UnsafeMutablePointer<UInt8>, _ outT: UnsafePointer<UInt64>,
+    _ modT: UnsafePointer<UInt64>, _ shift: UInt64, _ st: inout RollState
+  ) -> Int? {
+    var digest = st.digest
+    var wpos = st.wpos
+    var count = st.count
+    var i = 0
+    // Bytes that leave the chunk below the minimum size cannot end it: hash them without testing.
+    let untilMin = min(n, max(0, minSize - 1 - count))
+    while i < untilMin {
+      let b = p[i]
+      digest ^= outT[Int(win[wpos])]
+      win[wpos] = b
+      wpos = (wpos &+ 1) & 63
+      digest = ((digest &<< 8) | UInt64(b)) ^ modT[Int(truncatingIfNeeded: digest &>> shift) & 0xff]
+      i &+= 1
+    }
+    count &+= untilMin
+    // Cut where the mask matches or at the maximum size.
+    let limit = min(n, i + (maxSize - count))
+    while i < limit {
+      let b = p[i]
+      digest ^= outT[Int(win[wpos])]
+      win[wpos] = b
+      wpos = (wpos &+ 1) & 63
+      digest = ((digest &<< 8) | UInt64(b)) ^ modT[Int(truncatingIfNeeded: digest &>> shift) & 0xff]
+      i &+= 1
+      if digest & splitMask == 0 { return i }
+    }
+    count &+= limit - untilMin
+    if count >= maxSize { return i }
+    st = RollState(digest: digest, wpos: wpos, count: count)
     return nil
   }
 }

@@ -59,6 +59,25 @@ public struct MasterKey: Sendable, Equatable {
 
   public func seal(_ plaintext: [UInt8]) throws -> [UInt8] { try plaintext.withUnsafeBytes { try seal($0) } }
 
+  /// Seals in place: `buf` holds 16 bytes of room, the plaintext, then 16 bytes of room.
+  public func sealInPlace(_ buf: inout [UInt8]) throws {
+    precondition(buf.count >= 32)
+    var nonce = SecureRandom.bytes(16)
+    while nonce.allSatisfy({ $0 == 0 }) { nonce = SecureRandom.bytes(16) }
+    let n = buf.count - 32
+    try buf.withUnsafeMutableBytes { o in
+      o.copyBytes(from: nonce)
+      let body = UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)])
+      try encrypt.withUnsafeBytes { k in
+        try nonce.withUnsafeBytes { iv in
+          try AES.ctr256(key: k, iv: iv, input: UnsafeRawBufferPointer(body), output: body)
+          let t = try tag(nonce: iv, ciphertext: UnsafeRawBufferPointer(body))
+          UnsafeMutableRawBufferPointer(rebasing: o[(16 + n)...]).copyBytes(from: t)
+        }
+      }
+    }
+  }
+
   /// Verifies the MAC, then decrypts. Returns nil when the MAC does not match (wrong key or damage).
   public func open(_ sealed: UnsafeRawBufferPointer) throws -> [UInt8]? {
     guard sealed.count >= 32 else { return nil }

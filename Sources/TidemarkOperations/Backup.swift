@@ -50,16 +50,20 @@ public final class Backup: Sendable {
   let saver: BlobSaver
   let names = NameCache()
   let filePermits: AsyncSemaphore
+  /// Files of more than one chunk hold a read buffer: fewer of them run at once.
+  let largeFilePermits: AsyncSemaphore
   let chunkPermits: AsyncSemaphore
   let state = Mutex(BackupStats())
+  let readBuffers = Mutex<[ReadBuffer]>([])
 
   public init(repository: Repository, options: BackupOptions) {
     repo = repository
     self.options = options
     saver = BlobSaver(repository: repository)
     let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
-    filePermits = AsyncSemaphore(cores * 2 + 2)
-    chunkPermits = AsyncSemaphore(cores + 2)
+    filePermits = AsyncSemaphore(cores + 2)
+    largeFilePermits = AsyncSemaphore(cores)
+    chunkPermits = AsyncSemaphore(cores)
   }
 
   public var stats: BackupStats { state.withLock { $0 } }
@@ -332,7 +336,8 @@ public final class Backup: Sendable {
 
   // MARK: File content
 
-  static let readSize = 4 << 20
+  static let readSize = 2 << 20
+
 
   /// Reads a file, cuts it into chunks and stores them. Holes of sparse files are not read.
   func saveContent(path: BytePath, expectedSize: Int64, sparse: Bool) async throws -> ([BlobID], Int64) {
@@ -372,86 +377,93 @@ public final class Backup: Sendable {
   }
 
   func chunked(fd: Int32, sparse: Bool) async throws -> ([BlobID], Int64) {
+    await largeFilePermits.acquire()
+    let buf = readBuffers.withLock { $0.popLast() } ?? ReadBuffer(capacity: Chunker.maxSize + Backup.readSize)
+    defer {
+      buf.reset()
+      readBuffers.withLock { $0.append(buf) }
+      largeFilePermits.release()
+    }
     var chunker = Chunker(tables: repo.chunkerTables)
-    var buffer = [UInt8]()
-    buffer.reserveCapacity(Chunker.maxSize + Backup.readSize)
     var offset: Int64 = 0
-    var scanned = 0  // bytes of `buffer` already fed to the chunker
+    var scanned = 0  // bytes of the buffer already fed to the chunker
     var inflight: [Task<BlobID, Error>] = []
     var ids: [BlobID] = []
     var eof = false
-    while !eof || !buffer.isEmpty {
+    func emit(_ chunk: [UInt8]) async throws {
+      await chunkPermits.acquire()
+      inflight.append(
+        Task {
+          defer { self.chunkPermits.release() }
+          return try await self.storeChunk(chunk)
+        })
+      if inflight.count > 1 { ids.append(try await inflight.removeFirst().value) }
+    }
+    while true {
       if !eof {
-        let block = try await Blocking.run { [offset] () -> [UInt8] in
-          try Backup.readBlock(fd: fd, offset: offset, count: Backup.readSize, sparse: sparse)
+        buf.compactIfNeeded(room: Backup.readSize)
+        let got = try await Blocking.run { [offset] in
+          try Backup.readBlock(fd: fd, offset: offset, into: buf.freeSpace(max: Backup.readSize), sparse: sparse)
         }
-        if block.isEmpty { eof = true } else {
-          buffer += block
-          offset += Int64(block.count)
-        }
+        buf.end += got
+        offset += Int64(got)
+        if got == 0 { eof = true }
       }
-      var start = 0
-      while scanned < buffer.count {
-        let cut = buffer.withUnsafeBytes { chunker.next(UnsafeRawBufferPointer(rebasing: $0[scanned...])) }
-        guard let cut else {
-          scanned = buffer.count
+      while buf.start + scanned < buf.end {
+        guard let cut = chunker.next(UnsafeRawBufferPointer(start: buf.base + buf.start + scanned, count: buf.end - buf.start - scanned))
+        else {
+          scanned = buf.end - buf.start
           break
         }
-        scanned += cut
-        let chunk = Array(buffer[start..<scanned])
-        start = scanned
-        await chunkPermits.acquire()
-        inflight.append(Task { defer { self.chunkPermits.release() }; return try await self.storeChunk(chunk) })
-        if inflight.count > 2 { ids.append(try await inflight.removeFirst().value) }
+        let chunk = buf.take(scanned + cut)
+        scanned = 0
+        state.withLock { $0.bytesDone += Int64(chunk.count) }
+        try await emit(chunk)
       }
-      if eof && start < buffer.count {
-        let chunk = Array(buffer[start...])
-        start = buffer.count
-        await chunkPermits.acquire()
-        inflight.append(Task { defer { self.chunkPermits.release() }; return try await self.storeChunk(chunk) })
+      if eof {
+        if buf.end > buf.start {
+          let chunk = buf.take(buf.end - buf.start)
+          state.withLock { $0.bytesDone += Int64(chunk.count) }
+          try await emit(chunk)
+        }
+        break
       }
-      if start > 0 {
-        buffer.removeFirst(start)
-        scanned -= start
-      }
-      state.withLock { $0.bytesDone += Int64(start) }
-      if eof && buffer.isEmpty { break }
     }
     for t in inflight { ids.append(try await t.value) }
     return (ids, offset)
   }
 
-  /// Reads up to `count` bytes at `offset`; holes (SEEK_HOLE) are returned as zeros without reading.
-  static func readBlock(fd: Int32, offset: Int64, count: Int, sparse: Bool) throws -> [UInt8] {
-    var buf = [UInt8](repeating: 0, count: count)
+  /// Reads up to `b.count` bytes at `offset` into `b`; holes (SEEK_HOLE) become zeros without reading.
+  /// Returns the number of bytes filled (less only at the end of the file).
+  static func readBlock(fd: Int32, offset: Int64, into b: UnsafeMutableRawBufferPointer, sparse: Bool) throws -> Int {
+    let count = b.count
     var done = 0
-    try buf.withUnsafeMutableBytes { b in
-      while done < count {
-        let pos = offset + Int64(done)
-        if sparse {
-          guard let data = try Sys.nextData(fd, from: pos) else {
-            // ENXIO: only a hole remains up to the end of the file.
-            let size = Int64(try Sys.fstat(fd).size)
-            done += Int(min(Int64(count - done), max(0, size - pos)))
-            return
-          }
-          if data > pos {
-            done += Int(min(data - pos, Int64(count - done)))  // zeros already there
-            continue
-          }
-          let hole = try Sys.nextHole(fd, from: pos)
-          let want = Int(max(1, min(hole - pos, Int64(count - done))))
-          let n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: b[done..<(done + want)]), offset: pos)
-          done += n
-          if n < want { return }
-        } else {
-          let n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: b[done...]), offset: pos)
-          done += n
-          return
+    while done < count {
+      let pos = offset + Int64(done)
+      if sparse {
+        guard let data = try Sys.nextData(fd, from: pos) else {
+          // Only a hole remains up to the end of the file.
+          let size = Int64(try Sys.fstat(fd).size)
+          let n = Int(min(Int64(count - done), max(0, size - pos)))
+          UnsafeMutableRawBufferPointer(rebasing: b[done..<(done + n)]).initializeMemory(as: UInt8.self, repeating: 0)
+          return done + n
         }
+        if data > pos {
+          let n = Int(min(data - pos, Int64(count - done)))
+          UnsafeMutableRawBufferPointer(rebasing: b[done..<(done + n)]).initializeMemory(as: UInt8.self, repeating: 0)
+          done += n
+          continue
+        }
+        let hole = try Sys.nextHole(fd, from: pos)
+        let want = Int(max(1, min(hole - pos, Int64(count - done))))
+        let n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: b[done..<(done + want)]), offset: pos)
+        done += n
+        if n < want { return done }
+      } else {
+        return try Sys.pread(fd, b, offset: pos)
       }
     }
-    return done == count ? buf : Array(buf[0..<done])
+    return done
   }
 
   func storeChunk(_ chunk: [UInt8]) async throws -> BlobID {
@@ -479,5 +491,41 @@ public final class Backup: Sendable {
       $0.filesDone += 1
     }
     return node
+  }
+}
+
+/// A file's read-ahead window: bytes [start, end) are read but not yet cut into chunks.
+/// Used by one task at a time (handed between the task and its blocking reads, never shared).
+final class ReadBuffer: @unchecked Sendable {
+  let base: UnsafeMutableRawPointer
+  let capacity: Int
+  var start = 0
+  var end = 0
+
+  init(capacity: Int) {
+    self.capacity = capacity
+    base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+  }
+  deinit { base.deallocate() }
+
+  func reset() { (start, end) = (0, 0) }
+
+  /// Moves the unconsumed bytes to the front when fewer than `room` bytes are free at the end.
+  func compactIfNeeded(room: Int) {
+    guard capacity - end < room else { return }
+    if end > start { memmove(base, base + start, end - start) }
+    end -= start
+    start = 0
+  }
+
+  func freeSpace(max n: Int) -> UnsafeMutableRawBufferPointer {
+    UnsafeMutableRawBufferPointer(start: base + end, count: min(n, capacity - end))
+  }
+
+  /// Copies out and consumes the next `n` bytes.
+  func take(_ n: Int) -> [UInt8] {
+    let out = [UInt8](UnsafeRawBufferPointer(start: base + start, count: n))
+    start += n
+    return out
   }
 }

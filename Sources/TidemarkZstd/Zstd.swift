@@ -1,5 +1,6 @@
 // TidemarkZstd: thin Swift over libzstd. The only module that imports CZstd.
 // Concurrency: contexts are per call (ZSTD_CCtx is not thread-safe); all functions are thread-safe.
+import Foundation
 internal import CZstd
 
 public struct ZstdError: Error, CustomStringConvertible {
@@ -85,5 +86,44 @@ public enum Zstd {
     }
     if last != 0 { throw ZstdError(message: "truncated frame") }
     return result
+  }
+}
+
+/// Reusable compression contexts: creating a ZSTD_CCtx per blob costs an allocation of its whole
+/// workspace. A context is used by one thread at a time: taken from the pool, returned after use.
+public final class ZstdCompressorPool: @unchecked Sendable {
+  // Guarded by `lock`; contexts are owned by the pool and freed in deinit.
+  private var free: [OpaquePointer] = []
+  private let lock = NSLock()
+
+  public init() {}
+  deinit { for c in free { ZSTD_freeCCtx(c) } }
+
+  /// Compresses into a new array with `headroom` bytes before and `tailroom` bytes after the frame.
+  public func compress(_ input: UnsafeRawBufferPointer, level: Int32, headroom: Int = 0, tailroom: Int = 0)
+    throws -> [UInt8]
+  {
+    lock.lock()
+    let ctx = free.popLast() ?? ZSTD_createCCtx()
+    lock.unlock()
+    guard let ctx else { throw ZstdError(message: "cannot create context") }
+    defer {
+      lock.lock()
+      free.append(ctx)
+      lock.unlock()
+    }
+    let bound = ZSTD_compressBound(input.count)
+    var err = 0
+    let out = [UInt8](unsafeUninitializedCapacity: headroom + bound + tailroom) { buf, n in
+      let r = ZSTD_compressCCtx(ctx, buf.baseAddress! + headroom, bound, input.baseAddress, input.count, level)
+      if ZSTD_isError(r) != 0 {
+        err = r
+        n = 0
+      } else {
+        n = headroom + r + tailroom
+      }
+    }
+    if err != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(err))) }
+    return out
   }
 }

@@ -32,6 +32,7 @@ struct Tidemark: AsyncParsableCommand {
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.
   static func main() async {
+    if ProcessInfo.processInfo.environment["TIDEMARK_NO_MALLOC_TUNING"] == nil { Sys.tuneMalloc() }
     do {
       var command = try parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
       if var c = command as? AsyncParsableCommand {
