@@ -60,9 +60,13 @@ public final class RepositoryLock: Sendable {
   }
 
   /// Takes a lock, retrying for up to `retry` while another holds a conflicting one.
-  public static func acquire(_ repo: Repository, exclusive: Bool, retry: Duration = .zero) async throws
-    -> RepositoryLock
-  {
+  /// `meanwhile` runs while the lock is written but not yet confirmed (restic's pause before the second
+  /// look): read-only preparation such as loading the index. If the confirmation finds a conflict, its
+  /// result is discarded and it runs again on the next attempt.
+  public static func acquire(
+    _ repo: Repository, exclusive: Bool, retry: Duration = .zero,
+    meanwhile: @Sendable () async throws -> Void = {}
+  ) async throws -> RepositoryLock {
     let deadline = ContinuousClock.now + retry
     var delay = Duration.milliseconds(200)
     while true {
@@ -73,8 +77,16 @@ public final class RepositoryLock: Sendable {
         continue
       }
       let name = try await repo.saveUnpacked(.lock, json: info(exclusive: exclusive).encode()).hex
-      // Another process may have written its lock at the same moment: look again after a pause.
-      try await Task.sleep(for: .milliseconds(100))
+      // Another process may have written its lock at the same moment: look again after a pause,
+      // doing the read-only preparation in the meantime.
+      let pause = ContinuousClock.now + .milliseconds(100)
+      do {
+        try await meanwhile()
+      } catch {
+        try? await repo.backend.remove(Handle(.lock, name))
+        throw error
+      }
+      try await Task.sleep(until: pause)
       if let c = try await conflict(repo, exclusive: exclusive, ignoring: name) {
         try? await repo.backend.remove(Handle(.lock, name))
         if ContinuousClock.now + delay > deadline { throw lockedError(c, repo) }

@@ -131,7 +131,7 @@ public struct Node: Sendable {
     if !linkTarget.isEmpty {
       w.raw(",\"linktarget\":")
       w.string(linkTarget)
-      if String(validatingUTF8: linkTarget.map { CChar(bitPattern: $0) } + [0]) == nil {
+      if String(validating: linkTarget, as: UTF8.self) == nil {
         w.raw(",\"linktarget_raw\":")
         w.string(Base64.encode(linkTarget))
       }

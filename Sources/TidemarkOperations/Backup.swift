@@ -218,13 +218,19 @@ public final class Backup: Sendable {
   }
 
   /// Starts backing up one filesystem entry; returns its node now or a task that yields it.
-  func entry(path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?) async throws -> PendingNode {
+  func entry(path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?, node prebuilt: Node? = nil)
+    async throws -> PendingNode
+  {
     let node: Node
-    do {
-      node = try await Blocking.run { [names] in try Node.from(path: path, name: name, stat: st, names: names) }
-    } catch {
-      warn("\(path): \(error)")
-      return .ready(nil)
+    if let prebuilt {
+      node = prebuilt
+    } else {
+      do {
+        node = try await Blocking.run { [names] in try Node.from(path: path, name: name, stat: st, names: names) }
+      } catch {
+        warn("\(path): \(error)")
+        return .ready(nil)
+      }
     }
     switch node.type {
     case .dir:
@@ -293,12 +299,17 @@ public final class Backup: Sendable {
 
   func directory(path: BytePath, node: Node, parentNode: Node?) async throws -> PendingNode {
     var node = node
-    let entries: [([UInt8], FileStat)]
+    // One blocking hop per directory: list it, stat every entry and build the nodes.
+    let entries: [([UInt8], FileStat, Node?)]
     do {
-      entries = try await Blocking.run {
-        var out: [([UInt8], FileStat)] = []
+      let excludes = !options.excludes.isEmpty
+      entries = try await Blocking.run { [names] in
+        var out: [([UInt8], FileStat, Node?)] = []
         for n in try Sys.readDirectory(path) {
-          if let st = try? Sys.lstat(path.appending(n)) { out.append((n, st)) }
+          let p = path.appending(n)
+          guard let st = try? Sys.lstat(p) else { continue }
+          if excludes && self.excluded(p) { continue }
+          out.append((n, st, try? Node.from(path: p, name: n, stat: st, names: names)))
         }
         return out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
       }
@@ -314,10 +325,9 @@ public final class Backup: Sendable {
     for n in ptree?.nodes ?? [] { parentByName[n.name] = n }
     var children: [PendingNode] = []
     children.reserveCapacity(entries.count)
-    for (name, st) in entries {
+    for (name, st, node) in entries {
       let childPath = path.appending(name)
-      if excluded(childPath) { continue }
-      children.append(try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name]))
+      children.append(try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node))
     }
     let parentSubtree = parentNode?.subtree
     let task = Task<Node?, Error> {

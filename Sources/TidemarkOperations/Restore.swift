@@ -50,6 +50,30 @@ public final class Restore: Sendable {
     let temp: BytePath
     let remaining: Mutex<Int>
     let failed = Mutex<Bool>(false)
+    /// The temp file, created (and sized) on its first write; -1 until then and after closing.
+    let fd = Mutex<Int32>(-1)
+
+    /// Blocking: the open descriptor, creating the temp file on first use.
+    func descriptor() throws -> Int32 {
+      try fd.withLock { fd in
+        if fd >= 0 { return fd }
+        let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
+        if ftruncate(f, off_t(item.node.size)) != 0 {
+          let e = errno
+          Sys.close(f)
+          throw SystemError(e, "ftruncate", temp.description)
+        }
+        fd = f
+        return f
+      }
+    }
+
+    func close() {
+      fd.withLock { fd in
+        if fd >= 0 { Sys.close(fd) }
+        fd = -1
+      }
+    }
     init(item: Item, path: BytePath, temp: BytePath, blobs: Int) {
       self.item = item
       self.path = path
@@ -124,8 +148,9 @@ public final class Restore: Sendable {
       try await Blocking.run { try Restore.ensureDirectory(p) }
     }
 
-    // 2. Files: temp files sized up front, so unwritten zero ranges stay holes.
-    var jobs: [FileJob] = []
+    // 2. Files: each is written to a temp file sized on creation (unwritten zero ranges stay holes),
+    //    created on its first write and kept open until complete.
+    var toCreate: [FileJob] = []
     var hardlinks: [(Item, BytePath)] = []
     var firstLink: [String: BytePath] = [:]
     var others: [Item] = []
@@ -143,32 +168,30 @@ public final class Restore: Sendable {
           }
           firstLink[key] = p
         }
-        let content = n.content ?? []
         var tmp = p.bytes
         tmp.removeLast(item.components.last!.count)
         tmp += Array(".tidemark-restore-\(UInt32.random(in: 0...UInt32.max))-".utf8) + item.components.last!.prefix(100)
-        let job = FileJob(item: item, path: p, temp: BytePath(bytes: tmp), blobs: content.count)
+        toCreate.append(FileJob(item: item, path: p, temp: BytePath(bytes: tmp), blobs: (n.content ?? []).count))
         state.withLock {
           $0.totalFiles += 1
           $0.totalBytes += Int64(n.size)
         }
-        do {
-          try await Blocking.run {
-            let fd = try Sys.open(job.temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
-            defer { Sys.close(fd) }
-            if ftruncate(fd, off_t(n.size)) != 0 { throw SystemError(errno, "ftruncate", job.temp.description) }
-          }
-        } catch {
-          fail("\(p): \(error)")
-          continue
-        }
-        if content.isEmpty {
-          await finishFile(job)
-        } else {
-          jobs.append(job)
-        }
       default:
         others.append(item)
+      }
+    }
+    var jobs: [FileJob] = []
+    for job in toCreate {
+      if (job.item.node.content ?? []).isEmpty {
+        do {
+          _ = try await Blocking.run { try job.descriptor() }
+        } catch {
+          fail("\(job.path): \(error)")
+          continue
+        }
+        await finishFile(job)
+      } else {
+        jobs.append(job)  // created on its first write
       }
     }
 
@@ -190,9 +213,12 @@ public final class Restore: Sendable {
         off += Int64(e.blob.plainLength)
       }
     }
-    for job in jobs where job.failed.withLock({ $0 }) { try? Sys.unlink(job.temp) }
+
     let packs = Array(byPack)
-    try await forEachConcurrently(packs, limit: 4) { (pack, blobs) in
+    // Each pack in flight holds up to 16 MiB. Restores are bound by the filesystem's inode and page-cache
+    // work: more than `cores` packs in flight only adds memory (measured).
+    let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
+    try await forEachConcurrently(packs, limit: packLimit) { (pack, blobs) in
       await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
     }
 
@@ -218,6 +244,24 @@ public final class Restore: Sendable {
       try? await Blocking.run { self.applyMetadata(p, n) }
     }
     return stats
+  }
+
+  /// Word-at-a-time zero test (blobs of holes are skipped: the file was sized, so they stay holes).
+  static func isAllZero(_ b: [UInt8]) -> Bool {
+    b.withUnsafeBytes { raw in
+      guard raw.count > 0 else { return true }
+      let words = raw.count / 8
+      let w = raw.baseAddress!.assumingMemoryBound(to: UInt64.self)
+      var acc: UInt64 = 0
+      var i = 0
+      while i < words {
+        acc |= w[i]
+        if acc != 0 { return false }
+        i += 1
+      }
+      for k in (words * 8)..<raw.count where raw[k] != 0 { return false }
+      return true
+    }
   }
 
   static func ensureDirectory(_ p: BytePath) throws {
@@ -249,25 +293,31 @@ public final class Restore: Sendable {
         await failTargets(targets, "\(error)")
         continue
       }
-      let zero = plain.allSatisfy { $0 == 0 }
-      for (job, off) in targets where !job.failed.withLock({ $0 }) {
-        do {
-          if !zero {
-            try await Blocking.run {
-              let fd = try Sys.open(job.temp, O_WRONLY | O_NOFOLLOW)
-              defer { Sys.close(fd) }
-              try plain.withUnsafeBytes { try Sys.pwrite(fd, $0, offset: off) }
+      let zero = Restore.isAllZero(plain)
+      let live = targets.filter { !$0.0.failed.withLock { $0 } }
+      // One blocking hop writes this blob everywhere it belongs.
+      let results: [(FileJob, Int64, Error?, Bool)] = (try? await Blocking.run {
+        live.map { (job, off) in
+          do {
+            let fd = try job.descriptor()
+            if !zero { try plain.withUnsafeBytes { try Sys.pwrite(fd, $0, offset: off) } }
+            let last = job.remaining.withLock { r in
+              r -= 1
+              return r == 0
             }
+            return (job, off, nil, last)
+          } catch {
+            return (job, off, error, false)
           }
-          state.withLock { $0.bytesRestored += Int64(plain.count) }
-          let done = job.remaining.withLock { r in
-            r -= 1
-            return r == 0
-          }
-          if done { await finishFile(job) }
-        } catch {
-          await failTargets([(job, off)], "\(job.path): \(error)")
         }
+      }) ?? []
+      for (job, off, err, last) in results {
+        if let err {
+          await failTargets([(job, off)], "\(job.path): \(err)")
+          continue
+        }
+        state.withLock { $0.bytesRestored += Int64(plain.count) }
+        if last { await finishFile(job) }
       }
     }
   }
@@ -281,7 +331,11 @@ public final class Restore: Sendable {
       }
       if first {
         fail("\(job.path): not restored: \(why)")
-        try? await Blocking.run { try Sys.unlink(job.temp) }
+        try? await Blocking.run {
+          let created = job.fd.withLock { $0 >= 0 }
+          job.close()
+          if created { try Sys.unlink(job.temp) }
+        }
       }
     }
   }
@@ -290,6 +344,7 @@ public final class Restore: Sendable {
   func finishFile(_ job: FileJob) async {
     do {
       try await Blocking.run {
+        job.close()
         if let st = try? Sys.lstat(job.path), st.isDirectory {
           throw SystemError(EISDIR, "replace", job.path.description)
         }
@@ -298,6 +353,7 @@ public final class Restore: Sendable {
       }
       state.withLock { $0.filesRestored += 1 }
     } catch {
+      job.close()
       try? Sys.unlink(job.temp)
       fail("\(job.path): \(error)")
     }

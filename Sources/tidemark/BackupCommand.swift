@@ -31,7 +31,7 @@ struct Backup: AsyncParsableCommand {
   }
 
   func run() async throws {
-    let repo = try await global.openIndexed()
+    let repo = try await global.open()
     var opts = BackupOptions()
     opts.paths = paths.map { BytePath($0) }
     if let host { opts.host = host }
@@ -63,7 +63,7 @@ struct Backup: AsyncParsableCommand {
     }
     if let parent { opts.parent = try await repo.findSnapshot(parent).id }
 
-    let result = try await global.withLock(repo, exclusive: false) {
+    let result = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
       let backup = TidemarkOperations.Backup(repository: repo, options: opts)
       let ticker = startProgress(backup)
       defer { ticker?.cancel() }
@@ -158,11 +158,9 @@ struct RestoreCommand: AsyncParsableCommand {
   @Argument(help: "SNAPSHOT[:SUBPATH]") var snapshot: String
 
   func run() async throws {
-    let repo = try await global.openIndexed()
+    let repo = try await global.open()
     let parts = snapshot.split(separator: ":", maxSplits: 1).map(String.init)
     let snap = try await repo.findSnapshot(parts[0], host: host, paths: path)
-    var tree = snap.tree
-    if parts.count > 1 { tree = try await resolveTree(repo, snap.tree, parts[1]) }
     var opts = RestoreOptions(target: BytePath(target).absolute())
     opts.includes = include.map(PathPattern.init)
     opts.excludes = exclude.map(PathPattern.init)
@@ -171,8 +169,10 @@ struct RestoreCommand: AsyncParsableCommand {
       Out.line("restoring <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)> to \(opts.target)")
     }
     let start = ContinuousClock.now
-    let stats = try await global.withLock(repo, exclusive: false) {
-      try await Restore(repository: repo, options: opts).run(tree: tree)
+    let stats = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+      var tree = snap.tree
+      if parts.count > 1 { tree = try await resolveTree(repo, snap.tree, parts[1]) }
+      return try await Restore(repository: repo, options: opts).run(tree: tree)
     }
     let d = ContinuousClock.now - start
     let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18

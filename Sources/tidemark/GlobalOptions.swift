@@ -142,10 +142,17 @@ struct GlobalOptions: ParsableArguments {
     return r
   }
 
-  /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130.
-  func withLock<T>(_ repo: Repository, exclusive: Bool, _ body: () async throws -> T) async throws -> T {
-    if noLock && !exclusive { return try await body() }
-    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try lockRetry)
+  /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130. `prepare` (e.g. loading the
+  /// index) runs while the lock is being confirmed.
+  func withLock<T>(
+    _ repo: Repository, exclusive: Bool, prepare: @Sendable () async throws -> Void = {},
+    _ body: () async throws -> T
+  ) async throws -> T {
+    if noLock && !exclusive {
+      try await prepare()
+      return try await body()
+    }
+    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try lockRetry, meanwhile: prepare)
     let signals = SignalGuard { await lock.release() }
     defer { signals.cancel() }
     do {
