@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need, lints, builds the release binary and runs the whole test suite.
-# Exit code: the test run's. Lint problems are printed but not fatal unless TIDEMARK_STRICT_LINT=1.
+# Exit code: the test run's. Lint problems fail the run (TIDEMARK_STRICT_LINT=0 makes them warnings).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
@@ -17,14 +17,14 @@ if swift format --version >/dev/null 2>&1; then
   swift format lint --strict --recursive Sources Tests Package.swift || lint_rc=$?
   if [ "$lint_rc" -eq 0 ]; then
     echo "lint: clean"
-  elif [ "${TIDEMARK_STRICT_LINT:-0}" = 1 ]; then
+  elif [ "${TIDEMARK_STRICT_LINT:-1}" = 1 ]; then
     log "lint failed (exit code $lint_rc) and TIDEMARK_STRICT_LINT=1: stopping"
     exit "$lint_rc"
   else
     echo "lint: problems above (exit code $lint_rc); not fatal. Set TIDEMARK_STRICT_LINT=1 to make them fatal."
   fi
 else
-  if [ "${TIDEMARK_STRICT_LINT:-0}" = 1 ]; then die "swift format is not available and TIDEMARK_STRICT_LINT=1"; fi
+  if [ "${TIDEMARK_STRICT_LINT:-1}" = 1 ]; then die "swift format is not available and TIDEMARK_STRICT_LINT=1"; fi
   echo "lint: skipped (swift format is not available in this toolchain)"
 fi
 

@@ -62,7 +62,8 @@ public final class BlobSaver: Sendable {
         }
       }
       p.blobs.append(
-        PackedBlob(id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(sealed.count), uncompressedLength: ulen))
+        PackedBlob(
+          id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(sealed.count), uncompressedLength: ulen))
       p.bytes += sealed
       s.stats.blobsAdded[Int(type.rawValue)] += 1
       s.stats.bytesAdded += plaintext.count

@@ -58,7 +58,8 @@ public struct IndexFile: Sendable {
       }
       var blobs: [PackedBlob] = []
       for b in p["blobs"]?.array ?? [] {
-        guard let id = b["id"]?.string.flatMap({ BlobID(hex: $0) }), let t = b["type"]?.string.flatMap(BlobType.init(name:)),
+        guard let id = b["id"]?.string.flatMap({ BlobID(hex: $0) }),
+          let t = b["type"]?.string.flatMap(BlobType.init(name:)),
           let off = b["offset"]?.uint64, let len = b["length"]?.uint64
         else { throw TidemarkError.corrupt("index file has an invalid blob entry in pack \(pid.short)") }
         blobs.append(

@@ -506,7 +506,9 @@ public enum Base64 {
     var i = 0
     while i + 3 <= data.count {
       let v = UInt32(data[i]) << 16 | UInt32(data[i + 1]) << 8 | UInt32(data[i + 2])
-      out += [alphabet[Int(v >> 18)], alphabet[Int((v >> 12) & 63)], alphabet[Int((v >> 6) & 63)], alphabet[Int(v & 63)]]
+      out += [
+        alphabet[Int(v >> 18)], alphabet[Int((v >> 12) & 63)], alphabet[Int((v >> 6) & 63)], alphabet[Int(v & 63)],
+      ]
       i += 3
     }
     let rest = data.count - i

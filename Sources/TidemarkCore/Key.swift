@@ -48,7 +48,8 @@ public struct MasterKey: Sendable, Equatable {
       o.copyMemory(from: UnsafeRawBufferPointer(nonce.withUnsafeBytes { $0 }))
       try encrypt.withUnsafeBytes { k in
         try nonce.withUnsafeBytes { iv in
-          try AES.ctr256(key: k, iv: iv, input: plaintext, output: UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)]))
+          try AES.ctr256(
+            key: k, iv: iv, input: plaintext, output: UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)]))
           let t = try tag(nonce: iv, ciphertext: UnsafeRawBufferPointer(rebasing: o[16..<(16 + n)]))
           UnsafeMutableRawBufferPointer(rebasing: o[(16 + n)...]).copyBytes(from: t)
         }
@@ -197,7 +198,8 @@ public struct KeyFile: Sendable {
       throw TidemarkError.corrupt("key file has invalid scrypt parameters N=\(n) r=\(r) p=\(p)")
     }
     self.init(
-      created: v["created"]?.string.flatMap { Timestamp(rfc3339: $0) } ?? Timestamp(seconds: 0, nanoseconds: 0, offset: 0),
+      created: v["created"]?.string.flatMap { Timestamp(rfc3339: $0) }
+        ?? Timestamp(seconds: 0, nanoseconds: 0, offset: 0),
       username: v["username"]?.string ?? "", hostname: v["hostname"]?.string ?? "", n: n, r: r, p: p, salt: salt,
       data: data)
   }

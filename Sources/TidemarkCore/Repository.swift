@@ -115,7 +115,9 @@ public final class Repository: Sendable {
     guard let first = plain.first else { return plain }
     if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return plain }
     if first == 2 {
-      return try plain.withUnsafeBytes { try Zstd.decompress(UnsafeRawBufferPointer(rebasing: $0[1...]), limit: 1 << 30) }
+      return try plain.withUnsafeBytes {
+        try Zstd.decompress(UnsafeRawBufferPointer(rebasing: $0[1...]), limit: 1 << 30)
+      }
     }
     throw TidemarkError.corrupt("unknown encoding \(first) of an unpacked file")
   }
@@ -168,11 +170,13 @@ public final class Repository: Sendable {
       do {
         data = try plain.withUnsafeBytes { try Zstd.decompress($0, expectedSize: Int(b.uncompressedLength)) }
       } catch {
-        throw TidemarkError.corrupt("\(b.type.name) blob \(b.id.short) in pack \(pack.short) does not decompress: \(error)")
+        throw TidemarkError.corrupt(
+          "\(b.type.name) blob \(b.id.short) in pack \(pack.short) does not decompress: \(error)")
       }
     }
     guard RawID.hash(data) == b.id.raw else {
-      throw TidemarkError.corrupt("\(b.type.name) blob \(b.id.short) in pack \(pack.short) has wrong content (hash mismatch)")
+      throw TidemarkError.corrupt(
+        "\(b.type.name) blob \(b.id.short) in pack \(pack.short) has wrong content (hash mismatch)")
     }
     return data
   }
@@ -247,7 +251,8 @@ public final class Repository: Sendable {
     let files = try await backend.list(.snapshot).map(\.name).filter { $0.hasPrefix(ref.lowercased()) }
     guard !ref.isEmpty, files.count == 1, let id = SnapshotID(hex: files[0]) else {
       if files.count > 1 {
-        throw TidemarkError(.usage, "snapshot prefix \(ref) is ambiguous (\(files.count) matches)", hint: "give more digits")
+        throw TidemarkError(
+          .usage, "snapshot prefix \(ref) is ambiguous (\(files.count) matches)", hint: "give more digits")
       }
       throw TidemarkError(.notFound, "no snapshot with ID \(ref)", hint: "list them with `tidemark snapshots`")
     }

@@ -155,7 +155,8 @@ public struct LockInfo: Sendable {
   public var uid: UInt32
   public var gid: UInt32
 
-  public init(time: Timestamp, exclusive: Bool, hostname: String, username: String, pid: Int, uid: UInt32, gid: UInt32) {
+  public init(time: Timestamp, exclusive: Bool, hostname: String, username: String, pid: Int, uid: UInt32, gid: UInt32)
+  {
     (self.time, self.exclusive, self.hostname, self.username, self.pid, self.uid, self.gid) =
       (time, exclusive, hostname, username, pid, uid, gid)
   }

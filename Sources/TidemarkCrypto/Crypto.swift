@@ -135,7 +135,8 @@ public enum Scrypt {
           // A zero-length password is passed as a valid pointer to one byte: OpenSSL rejects NULL.
           withUnsafePointer(to: 0 as UInt8) { empty in
             EVP_PBE_scrypt(
-              pw.count == 0 ? UnsafeRawPointer(empty).assumingMemoryBound(to: CChar.self)
+              pw.count == 0
+                ? UnsafeRawPointer(empty).assumingMemoryBound(to: CChar.self)
                 : UnsafeRawPointer(pw.baseAddress!).assumingMemoryBound(to: CChar.self),
               pw.count, s.baseAddress, s.count, n, r, p, maxmem, o.baseAddress, length)
           }

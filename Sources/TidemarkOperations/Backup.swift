@@ -146,7 +146,8 @@ public final class Backup: Sendable {
       let absComps = abs.components
       var cur = root
       for (i, c) in comps.enumerated() {
-        let real = BytePath(bytes: [47] + Array(absComps[0..<(absComps.count - comps.count + i + 1)].joined(separator: [47])))
+        let real = BytePath(
+          bytes: [47] + Array(absComps[0..<(absComps.count - comps.count + i + 1)].joined(separator: [47])))
         if let next = cur.children[c] {
           cur = next
         } else {
@@ -327,7 +328,8 @@ public final class Backup: Sendable {
     children.reserveCapacity(entries.count)
     for (name, st, node) in entries {
       let childPath = path.appending(name)
-      children.append(try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node))
+      children.append(
+        try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node))
     }
     let parentSubtree = parentNode?.subtree
     let task = Task<Node?, Error> {
@@ -337,7 +339,13 @@ public final class Backup: Sendable {
       let id = try await self.saveTree(t)
       node.subtree = id
       self.state.withLock {
-        if parentSubtree == nil { $0.dirsNew += 1 } else if parentSubtree == id { $0.dirsUnmodified += 1 } else { $0.dirsChanged += 1 }
+        if parentSubtree == nil {
+          $0.dirsNew += 1
+        } else if parentSubtree == id {
+          $0.dirsUnmodified += 1
+        } else {
+          $0.dirsChanged += 1
+        }
       }
       return node
     }
@@ -347,7 +355,6 @@ public final class Backup: Sendable {
   // MARK: File content
 
   static let readSize = 2 << 20
-
 
   /// Reads a file, cuts it into chunks and stores them. Holes of sparse files are not read.
   func saveContent(path: BytePath, expectedSize: Int64, sparse: Bool) async throws -> ([BlobID], Int64) {
@@ -420,7 +427,9 @@ public final class Backup: Sendable {
         if got == 0 { eof = true }
       }
       while buf.start + scanned < buf.end {
-        guard let cut = chunker.next(UnsafeRawBufferPointer(start: buf.base + buf.start + scanned, count: buf.end - buf.start - scanned))
+        guard
+          let cut = chunker.next(
+            UnsafeRawBufferPointer(start: buf.base + buf.start + scanned, count: buf.end - buf.start - scanned))
         else {
           scanned = buf.end - buf.start
           break

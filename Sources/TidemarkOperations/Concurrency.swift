@@ -53,7 +53,9 @@ public struct PathPattern: Sendable {
   /// Does the pattern match `path` (components) or one of its ancestors? (Excluding a dir excludes its contents.)
   public func matches(_ path: [[UInt8]]) -> Bool {
     if components.isEmpty { return false }
-    if anchored { return (1...max(1, path.count)).contains { PathPattern.match(components[...], path[0..<min($0, path.count)]) } }
+    if anchored {
+      return (1...max(1, path.count)).contains { PathPattern.match(components[...], path[0..<min($0, path.count)]) }
+    }
     for start in 0..<path.count {
       for end in (start + 1)...path.count where PathPattern.match(components[...], path[start..<end]) { return true }
     }

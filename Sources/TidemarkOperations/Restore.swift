@@ -99,7 +99,9 @@ public final class Restore: Sendable {
     let tree = try await repo.loadTree(id)
     for n in tree.nodes {
       guard Restore.validName(n.name) else {
-        state.withLock { $0.errors.append("skipping entry with unsafe name \(BytePath.display(n.name)) in tree \(id.short)") }
+        state.withLock {
+          $0.errors.append("skipping entry with unsafe name \(BytePath.display(n.name)) in tree \(id.short)")
+        }
         continue
       }
       let comps = prefix + [n.name]
@@ -275,19 +277,24 @@ public final class Restore: Sendable {
 
   func restorePack(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
     let live = blobs.filter { !$0.1.allSatisfy { $0.0.failed.withLock { $0 } } }
-    guard let lo = live.map({ $0.0.offset }).min(), let hi = live.map({ $0.0.offset + $0.0.length }).max() else { return }
+    guard let lo = live.map({ $0.0.offset }).min(), let hi = live.map({ $0.0.offset + $0.0.length }).max() else {
+      return
+    }
     let data: [UInt8]
     do {
       data = try await repo.backend.load(Handle(.pack, pack.hex), offset: Int(lo), length: Int(hi - lo))
     } catch {
-      for (b, targets) in live { await failTargets(targets, "cannot read pack \(pack.short) (blob \(b.id.short)): \(error)") }
+      for (b, targets) in live {
+        await failTargets(targets, "cannot read pack \(pack.short) (blob \(b.id.short)): \(error)")
+      }
       return
     }
     for (b, targets) in live.sorted(by: { $0.0.offset < $1.0.offset }) {
       let plain: [UInt8]
       do {
         plain = try data.withUnsafeBytes {
-          try repo.decodeBlob(UnsafeRawBufferPointer(rebasing: $0[Int(b.offset - lo)..<Int(b.offset - lo + b.length)]), b, pack: pack)
+          try repo.decodeBlob(
+            UnsafeRawBufferPointer(rebasing: $0[Int(b.offset - lo)..<Int(b.offset - lo + b.length)]), b, pack: pack)
         }
       } catch {
         await failTargets(targets, "\(error)")
@@ -296,21 +303,22 @@ public final class Restore: Sendable {
       let zero = Restore.isAllZero(plain)
       let live = targets.filter { !$0.0.failed.withLock { $0 } }
       // One blocking hop writes this blob everywhere it belongs.
-      let results: [(FileJob, Int64, Error?, Bool)] = (try? await Blocking.run {
-        live.map { (job, off) in
-          do {
-            let fd = try job.descriptor()
-            if !zero { try plain.withUnsafeBytes { try Sys.pwrite(fd, $0, offset: off) } }
-            let last = job.remaining.withLock { r in
-              r -= 1
-              return r == 0
+      let results: [(FileJob, Int64, Error?, Bool)] =
+        (try? await Blocking.run {
+          live.map { (job, off) in
+            do {
+              let fd = try job.descriptor()
+              if !zero { try plain.withUnsafeBytes { try Sys.pwrite(fd, $0, offset: off) } }
+              let last = job.remaining.withLock { r in
+                r -= 1
+                return r == 0
+              }
+              return (job, off, nil, last)
+            } catch {
+              return (job, off, error, false)
             }
-            return (job, off, nil, last)
-          } catch {
-            return (job, off, error, false)
           }
-        }
-      }) ?? []
+        }) ?? []
       for (job, off, err, last) in results {
         if let err {
           await failTargets([(job, off)], "\(job.path): \(err)")
@@ -377,7 +385,9 @@ public final class Restore: Sendable {
           _ = try p.withCString { c in try check("mkfifo", p.description) { mkfifo(c, 0o600) } }
         case .dev, .chardev:
           let kind: UInt32 = n.type == .dev ? 0o060000 : 0o020000
-          _ = try p.withCString { c in try check("mknod", p.description) { mknod(c, mode_t(kind | 0o600), dev_t(n.device)) } }
+          _ = try p.withCString { c in
+            try check("mknod", p.description) { mknod(c, mode_t(kind | 0o600), dev_t(n.device)) }
+          }
         case .socket:
           return  // sockets are not restorable; restic skips them too
         default:
@@ -406,9 +416,13 @@ public final class Restore: Sendable {
           let r = BytePath(bytes: x.name).withCString { name in
             x.value.withUnsafeBytes { v in Sys.setXattr(c, name, v) }
           }
-          if r != 0 && errno != ENOTSUP { fail("\(p): setxattr \(BytePath.display(x.name)): \(String(cString: strerror(errno)))") }
+          if r != 0 && errno != ENOTSUP {
+            fail("\(p): setxattr \(BytePath.display(x.name)): \(String(cString: strerror(errno)))")
+          }
         }
-        if chmod(c, mode_t(GoMode.permissions(n.mode))) != 0 { fail("\(p): chmod: \(String(cString: strerror(errno)))") }
+        if chmod(c, mode_t(GoMode.permissions(n.mode))) != 0 {
+          fail("\(p): chmod: \(String(cString: strerror(errno)))")
+        }
       }
       var times = [
         timespec(tv_sec: Int(n.atime.seconds), tv_nsec: Int(n.atime.nanoseconds)),

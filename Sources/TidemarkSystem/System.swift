@@ -1,3 +1,4 @@
+internal import CPosix
 // TidemarkSystem: typed wrappers over the POSIX calls tidemark needs, with paths as bytes.
 // Each wrapper names the C function it wraps, retries EINTR, and turns errno into a SystemError
 // that carries the operation and the path. `Blocking.run` moves blocking calls off Swift's
@@ -5,7 +6,6 @@
 import Dispatch
 import Foundation
 import Synchronization
-internal import CPosix
 
 #if canImport(Glibc)
   import Glibc
@@ -225,7 +225,11 @@ public enum Sys {
     while true {
       var buf = [UInt8](repeating: 0, count: size)
       let n = try check("readlink", p.description) {
-        p.withCString { c in buf.withUnsafeMutableBufferPointer { Glibc.readlink(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size) } }
+        p.withCString { c in
+          buf.withUnsafeMutableBufferPointer {
+            Glibc.readlink(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size)
+          }
+        }
       }
       if n < size { return Array(buf[0..<n]) }
       size *= 4
@@ -241,7 +245,9 @@ public enum Sys {
     }
     var buf = [UInt8](repeating: 0, count: len + 256)
     let n = p.withCString { c in
-      buf.withUnsafeMutableBufferPointer { llistxattr(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count) }
+      buf.withUnsafeMutableBufferPointer {
+        llistxattr(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count)
+      }
     }
     if n < 0 { throw SystemError(errno, "llistxattr", p.description) }
     var out: [(name: [UInt8], value: [UInt8])] = []
@@ -434,7 +440,9 @@ extension Sys {
 
 extension Sys {
   /// lsetxattr(2); returns 0 or -1 with errno set.
-  public static func setXattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer) -> Int32 {
+  public static func setXattr(
+    _ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer
+  ) -> Int32 {
     lsetxattr(path, name, value.baseAddress, value.count, 0)
   }
 }

@@ -1,7 +1,7 @@
+internal import CZstd
 // TidemarkZstd: thin Swift over libzstd. The only module that imports CZstd.
 // Concurrency: contexts are per call (ZSTD_CCtx is not thread-safe); all functions are thread-safe.
 import Foundation
-internal import CZstd
 
 public struct ZstdError: Error, CustomStringConvertible {
   public let message: String

@@ -15,7 +15,8 @@ struct Backup: AsyncParsableCommand {
   @OptionGroup var global: GlobalOptions
   @Option(name: [.customShort("H"), .long], help: "Hostname to record (default: this machine's).") var host: String?
   @Option(help: "Tag the snapshot (repeatable, or comma-separated).") var tag: [String] = []
-  @Option(name: [.customShort("e"), .long], help: "Exclude paths matching this pattern (repeatable).") var exclude: [String] = []
+  @Option(name: [.customShort("e"), .long], help: "Exclude paths matching this pattern (repeatable).") var exclude:
+    [String] = []
   @Option(help: "Read exclude patterns from this file, one per line (repeatable).") var excludeFile: [String] = []
   @Flag(help: "Back up standard input as a file.") var stdin = false
   @Option(help: "File name for --stdin.") var stdinFilename = "stdin"
@@ -53,7 +54,11 @@ struct Backup: AsyncParsableCommand {
     opts.programVersion = "tidemark \(Tidemark.version)"
     if stdin { opts.stdinFilename = stdinFilename }
     if let time {
-      guard let t = Timestamp(rfc3339: time.replacingOccurrences(of: " ", with: "T") + (time.contains("Z") || time.contains("+") ? "" : "Z")) else {
+      guard
+        let t = Timestamp(
+          rfc3339: time.replacingOccurrences(of: " ", with: "T") + (time.contains("Z") || time.contains("+") ? "" : "Z")
+        )
+      else {
         throw TidemarkError(.usage, "invalid --time \(time)", hint: "use \"2006-01-02 15:04:05\"")
       }
       opts.time = t
@@ -96,15 +101,18 @@ struct Backup: AsyncParsableCommand {
           Out.line(
             "{\"message_type\":\"status\",\"seconds_elapsed\":\(Int(secs)),\"percent_done\":\(pct),\"total_files\":\(s.totalFiles),\"files_done\":\(s.filesDone),\"total_bytes\":\(s.totalBytes),\"bytes_done\":\(s.bytesDone),\"error_count\":\(s.errors.count)}"
           )
-                  } else {
+        } else {
           while printedErrors < s.errors.count {
             Out.errRaw("\r\u{1b}[Kerror: \(s.errors[printedErrors])\n")
             printedErrors += 1
           }
           let rate = secs > 0 ? Double(s.bytesDone) / secs : 0
-          let eta = rate > 0 && s.totalBytes > s.bytesDone ? " ETA \(Out.duration(Double(s.totalBytes - s.bytesDone) / rate))" : ""
+          let eta =
+            rate > 0 && s.totalBytes > s.bytesDone
+            ? " ETA \(Out.duration(Double(s.totalBytes - s.bytesDone) / rate))" : ""
           Out.errRaw(
-            "\r\u{1b}[K[\(Out.duration(secs))] \(String(format: "%.1f", pct * 100))%  \(s.filesDone) files \(Out.bytes(s.bytesDone)), total \(s.totalFiles) files \(Out.bytes(s.totalBytes)), \(Out.bytes(Int64(rate)))/s, \(s.errors.count) errors\(eta)")
+            "\r\u{1b}[K[\(Out.duration(secs))] \(String(format: "%.1f", pct * 100))%  \(s.filesDone) files \(Out.bytes(s.bytesDone)), total \(s.totalFiles) files \(Out.bytes(s.totalBytes)), \(Out.bytes(Int64(rate)))/s, \(s.errors.count) errors\(eta)"
+          )
         }
       }
       if tty { Out.errRaw("\r\u{1b}[K") }
@@ -126,9 +134,14 @@ struct Backup: AsyncParsableCommand {
     if global.quiet { return }
     if let p = r.parent { Out.line("using parent snapshot \(p.short)") }
     Out.line("")
-    Out.line(String(format: "Files:       %5d new, %5d changed, %5d unmodified", s.filesNew, s.filesChanged, s.filesUnmodified))
-    Out.line(String(format: "Dirs:        %5d new, %5d changed, %5d unmodified", s.dirsNew, s.dirsChanged, s.dirsUnmodified))
-    Out.line("Added to the repository: \(Out.bytes(Int64(r.saver.bytesAdded))) (\(Out.bytes(Int64(r.saver.bytesStored))) stored)")
+    Out.line(
+      String(format: "Files:       %5d new, %5d changed, %5d unmodified", s.filesNew, s.filesChanged, s.filesUnmodified)
+    )
+    Out.line(
+      String(format: "Dirs:        %5d new, %5d changed, %5d unmodified", s.dirsNew, s.dirsChanged, s.dirsUnmodified))
+    Out.line(
+      "Added to the repository: \(Out.bytes(Int64(r.saver.bytesAdded))) (\(Out.bytes(Int64(r.saver.bytesStored))) stored)"
+    )
     Out.line("")
     Out.line("processed \(s.filesDone) files, \(Out.bytes(s.totalBytes)) in \(Out.duration(r.duration))")
     if let id = r.snapshotID {
@@ -150,8 +163,10 @@ struct RestoreCommand: AsyncParsableCommand {
       """)
   @OptionGroup var global: GlobalOptions
   @Option(name: [.customShort("t"), .long], help: "Directory to restore into.") var target: String
-  @Option(name: [.customShort("i"), .long], help: "Restore only paths matching this pattern (repeatable).") var include: [String] = []
-  @Option(name: [.customShort("e"), .long], help: "Do not restore paths matching this pattern (repeatable).") var exclude: [String] = []
+  @Option(name: [.customShort("i"), .long], help: "Restore only paths matching this pattern (repeatable).") var include:
+    [String] = []
+  @Option(name: [.customShort("e"), .long], help: "Do not restore paths matching this pattern (repeatable).")
+  var exclude: [String] = []
   @Option(name: [.customShort("H"), .long], help: "With `latest`: only this host.") var host: String?
   @Option(help: "With `latest`: only snapshots with this path.") var path: [String] = []
   @Flag(name: [.customShort("n"), .long], help: "Only report what would be restored.") var dryRun = false
@@ -166,7 +181,9 @@ struct RestoreCommand: AsyncParsableCommand {
     opts.excludes = exclude.map(PathPattern.init)
     opts.dryRun = dryRun
     if !global.quiet && !global.json {
-      Out.line("restoring <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)> to \(opts.target)")
+      Out.line(
+        "restoring <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)> to \(opts.target)"
+      )
     }
     let start = ContinuousClock.now
     let stats = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
@@ -185,7 +202,9 @@ struct RestoreCommand: AsyncParsableCommand {
       Out.line("restored \(stats.filesRestored) files, \(Out.bytes(stats.bytesRestored)) in \(Out.duration(secs))")
     }
     if !stats.errors.isEmpty {
-      throw TidemarkError(.general, "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the files named above were not restored",
+      throw TidemarkError(
+        .general,
+        "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the files named above were not restored",
         hint: "run `tidemark check --read-data` if the repository may be damaged")
     }
   }
@@ -215,7 +234,9 @@ struct KeyCommand: AsyncParsableCommand {
       }
       printTable(
         header: [" ID", "User", "Host", "Created"],
-        rows: rows.map { name, k in [(name == repo.keyID?.hex ? "*" : " ") + String(name.prefix(8)), k.username, k.hostname, Out.time(k.created)] })
+        rows: rows.map { name, k in
+          [(name == repo.keyID?.hex ? "*" : " ") + String(name.prefix(8)), k.username, k.hostname, Out.time(k.created)]
+        })
     }
   }
 
@@ -264,7 +285,8 @@ struct KeyCommand: AsyncParsableCommand {
       let repo = try await global.open()
       let name = try await repo.resolve(.key, prefix: id)
       if name == repo.keyID?.hex {
-        throw TidemarkError(.usage, "refusing to remove the key in use", hint: "open the repository with another password first")
+        throw TidemarkError(
+          .usage, "refusing to remove the key in use", hint: "open the repository with another password first")
       }
       try await global.withLock(repo, exclusive: true) { try await repo.backend.remove(Handle(.key, name)) }
       if !global.quiet { Out.line("removed key \(name)") }

@@ -44,9 +44,12 @@ struct Init: AsyncParsableCommand {
       let p = k.split(separator: ",").compactMap { UInt64($0) }
       if p.count == 3 { kdf = (p[0], p[1], p[2]) }
     }
-    let repo = try await Repository.initialize(backend: backend, password: pw, version: version, polynomial: poly, kdf: kdf)
+    let repo = try await Repository.initialize(
+      backend: backend, password: pw, version: version, polynomial: poly, kdf: kdf)
     if global.json {
-      Out.line("{\"message_type\":\"initialized\",\"id\":\"\(repo.config.id)\",\"repository\":\(Out.jsonString(backend.location))}")
+      Out.line(
+        "{\"message_type\":\"initialized\",\"id\":\"\(repo.config.id)\",\"repository\":\(Out.jsonString(backend.location))}"
+      )
     } else if !global.quiet {
       Out.line("created tidemark repository \(repo.config.id.prefix(10)) at \(backend.location)")
       Out.line("")
@@ -79,7 +82,8 @@ struct Snapshots: AsyncParsableCommand {
   static let configuration = CommandConfiguration(abstract: "List snapshots.")
   @OptionGroup var global: GlobalOptions
   @Option(name: [.customShort("H"), .long], help: "Only snapshots of this host (repeatable).") var host: [String] = []
-  @Option(help: "Only snapshots with these tags (comma-separated for all of them; repeatable for any).") var tag: [String] = []
+  @Option(help: "Only snapshots with these tags (comma-separated for all of them; repeatable for any).") var tag:
+    [String] = []
   @Option(help: "Only snapshots with this path (repeatable).") var path: [String] = []
   @Option(help: "Only the latest N snapshots of each host and path set.") var latest: Int?
   @Argument(help: "Snapshot IDs (default: all).") var ids: [String] = []
@@ -119,7 +123,8 @@ struct SnapshotFilter {
   func apply(_ s: [Snapshot]) -> [Snapshot] {
     s.filter { snap in
       (hosts.isEmpty || hosts.contains(snap.hostname))
-        && (tags.isEmpty || tags.contains { t in t.split(separator: ",").allSatisfy { snap.tags.contains(String($0)) } })
+        && (tags.isEmpty
+          || tags.contains { t in t.split(separator: ",").allSatisfy { snap.tags.contains(String($0)) } })
         && (paths.isEmpty || paths.allSatisfy { snap.paths.contains($0) })
     }
   }
@@ -128,10 +133,14 @@ struct SnapshotFilter {
 /// A restic-style table: columns padded to width, a rule under the header and at the end.
 func printTable(header: [String], rows: [[String]], leading: String = "") {
   var widths = header.map(\.count)
-  for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.split(separator: "\n").map(\.count).max() ?? 0) } }
+  for r in rows {
+    for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.split(separator: "\n").map(\.count).max() ?? 0) }
+  }
   func fmt(_ cells: [String]) -> String {
-    cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-      .joined(separator: "  ")
+    cells.enumerated().map { i, c in
+      i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+    }
+    .joined(separator: "  ")
   }
   let h = leading + fmt(header)
   let ruleLen = widths.reduce(0, +) + 2 * (widths.count - 1) + leading.count + 6
@@ -151,7 +160,8 @@ func printTable(header: [String], rows: [[String]], leading: String = "") {
 struct Ls: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "List the files in a snapshot.",
-    discussion: "SNAPSHOT is an ID, a unique ID prefix or `latest`. PATH arguments limit the listing to those directories.")
+    discussion:
+      "SNAPSHOT is an ID, a unique ID prefix or `latest`. PATH arguments limit the listing to those directories.")
   @OptionGroup var global: GlobalOptions
   @Flag(name: [.customShort("l"), .long], help: "Long listing (mode, owner, size, time).") var long = false
   @Flag(help: "Descend into subdirectories of the given PATHs.") var recursive = false
@@ -212,7 +222,9 @@ struct Ls: AsyncParsableCommand {
       w.raw(",\"uid\":\(n.uid),\"gid\":\(n.gid)")
       if n.type == .file { w.raw(",\"size\":\(n.size)") }
       w.raw(",\"mode\":\(n.mode),\"permissions\":\"\(permissions(n.mode))\"")
-      w.raw(",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\",\"ctime\":\"\(n.ctime.rfc3339Nano)\"")
+      w.raw(
+        ",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\",\"ctime\":\"\(n.ctime.rfc3339Nano)\""
+      )
       w.raw(",\"struct_type\":\"node\"}\n")
       Out.raw(w.out)
     } else if long {
@@ -234,7 +246,21 @@ struct Ls: AsyncParsableCommand {
 /// `drwxr-xr-x` from a Go FileMode.
 func permissions(_ m: UInt32) -> String {
   var s: String
-  if m & GoMode.dir != 0 { s = "d" } else if m & GoMode.symlink != 0 { s = "L" } else if m & GoMode.charDevice != 0 { s = "c" } else if m & GoMode.device != 0 { s = "D" } else if m & GoMode.namedPipe != 0 { s = "p" } else if m & GoMode.socket != 0 { s = "S" } else { s = "-" }
+  if m & GoMode.dir != 0 {
+    s = "d"
+  } else if m & GoMode.symlink != 0 {
+    s = "L"
+  } else if m & GoMode.charDevice != 0 {
+    s = "c"
+  } else if m & GoMode.device != 0 {
+    s = "D"
+  } else if m & GoMode.namedPipe != 0 {
+    s = "p"
+  } else if m & GoMode.socket != 0 {
+    s = "S"
+  } else {
+    s = "-"
+  }
   let rwx = Array("rwxrwxrwx")
   for i in 0..<9 { s.append(m & (1 << (8 - i)) != 0 ? rwx[i] : "-") }
   return s
@@ -309,7 +335,8 @@ func resolveTree(_ repo: Repository, _ root: BlobID, _ path: String) async throw
 /// Indents JSON the way `restic cat` does (two spaces).
 func prettyJSON(_ b: [UInt8]) -> String {
   guard let obj = try? JSONSerialization.jsonObject(with: Data(b)),
-    let d = try? JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    let d = try? JSONSerialization.data(
+      withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
   else { return String(decoding: b, as: UTF8.self) }
   return String(decoding: d, as: UTF8.self)
 }

@@ -48,7 +48,9 @@ struct Tidemark: AsyncParsableCommand {
   /// restic accepts global options before the verb (`tidemark -r REPO backup …`); ArgumentParser wants
   /// them after it. Moves leading options behind the (sub)command path.
   static func hoistingGlobalOptions(_ args: [String]) -> [String] {
-    let takesValue: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock"]
+    let takesValue: Set<String> = [
+      "-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock",
+    ]
     var leading: [String] = []
     var i = 0
     while i < args.count, args[i].hasPrefix("-") {
@@ -70,7 +72,7 @@ struct Tidemark: AsyncParsableCommand {
   }
 
   static func exit(withCode code: Int32) -> Never {
-        Foundation.exit(code)
+    Foundation.exit(code)
   }
 
   /// The one place errors become exit codes.
@@ -122,7 +124,8 @@ struct VersionCommand: ParsableCommand {
     let ssh = SSHVersion.string
     if json {
       Out.line(
-        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\",\"libssh2\":\"\(ssh)\"}")
+        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\",\"libssh2\":\"\(ssh)\"}"
+      )
     } else {
       Out.line("tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh))")
     }

@@ -82,7 +82,10 @@ struct GlobalOptions: ParsableArguments {
     }
   }
 
-  func password(prefix: String = "", fileOption: String? = nil, commandOption: String? = nil, prompt: String = "enter password for repository: ")
+  func password(
+    prefix: String = "", fileOption: String? = nil, commandOption: String? = nil,
+    prompt: String = "enter password for repository: "
+  )
     throws -> [UInt8]
   {
     try GlobalOptions.readPassword(
@@ -206,7 +209,9 @@ func parseDuration(_ s: String) throws -> Duration {
       num.append(c)
       continue
     }
-    guard let v = Double(num) else { throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h") }
+    guard let v = Double(num) else {
+      throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h")
+    }
     switch c {
     case "s": total += v
     case "m": total += v * 60
@@ -258,7 +263,8 @@ enum Out {
 
   static func duration(_ secs: Double) -> String {
     let s = Int(secs)
-    return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+    return s >= 3600
+      ? String(format: "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
   }
 
   /// "2006-01-02 15:04:05" in the snapshot's zone.

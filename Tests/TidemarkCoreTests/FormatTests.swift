@@ -23,7 +23,8 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
     let key = MasterKey(
       encrypt: hex("303e8687b1d7db18421bdc6bb8588ccadac4d59ee87b8ff70c44e635790cafef"),
       macK: hex("ef4d8824cb80b2bcc5fbff8a9b12a42c"), macR: hex("cc8d4b948ee0ebfe1d415de921d10353"))
-    let sealed = hex("69fb41c62d12def4593bd71757138606338f621aeaeb39da0fe4f99233f8037a54ea63338a813bcf3f75d8c3cc75dddf8750")
+    let sealed = hex(
+      "69fb41c62d12def4593bd71757138606338f621aeaeb39da0fe4f99233f8037a54ea63338a813bcf3f75d8c3cc75dddf8750")
     let plain = try key.open(sealed)
     #expect(plain.map { String(decoding: $0, as: UTF8.self) } == "Dies ist ein Test!")
     // One flipped bit anywhere fails authentication.
@@ -50,7 +51,8 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
   }
 
   @Test func scryptRFC7914Vector() throws {
-    let out = try Scrypt.derive(password: Array("password".utf8), salt: Array("NaCl".utf8), n: 1024, r: 8, p: 16, length: 64)
+    let out = try Scrypt.derive(
+      password: Array("password".utf8), salt: Array("NaCl".utf8), n: 1024, r: 8, p: 16, length: 64)
     #expect(
       toHex(out)
         == "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc82378 30e77376634b3731622eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640"
@@ -59,7 +61,8 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
 
   @Test func keyFileRoundTripAndWrongPassword() throws {
     let mk = MasterKey.random()
-    let kf = try KeyFile.create(master: mk, password: Array("secret".utf8), username: "u", hostname: "h", params: (1024, 8, 1))
+    let kf = try KeyFile.create(
+      master: mk, password: Array("secret".utf8), username: "u", hostname: "h", params: (1024, 8, 1))
     let parsed = try KeyFile(json: kf.json)
     #expect(try parsed.open(password: Array("secret".utf8)) == mk)
     #expect(try parsed.open(password: Array("wrong".utf8)) == nil)
@@ -210,7 +213,9 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
     var ids: [BlobID] = []
     var pos = 0
     while pos < original.count {
-      let cut = original.withUnsafeBytes { chunker.next(UnsafeRawBufferPointer(rebasing: $0[pos...])) } ?? (original.count - pos)
+      let cut =
+        original.withUnsafeBytes { chunker.next(UnsafeRawBufferPointer(rebasing: $0[pos...])) }
+        ?? (original.count - pos)
       ids.append(BlobID(RawID.hash(Array(original[pos..<(pos + cut)]))))
       pos += cut
     }

@@ -25,7 +25,8 @@ import TidemarkSystem
     #expect(nopw.status == 1 && nopw.stderr.contains("no password given"))
 
     // RESTIC_* names work as fallbacks; --password-file too.
-    let viaRestic = try Tools.run(Tools.tidemark, ["snapshots"], env: ["RESTIC_REPOSITORY": ws.sub("repo"), "RESTIC_PASSWORD": "test-pw"])
+    let viaRestic = try Tools.run(
+      Tools.tidemark, ["snapshots"], env: ["RESTIC_REPOSITORY": ws.sub("repo"), "RESTIC_PASSWORD": "test-pw"])
     #expect(viaRestic.status == 0, "\(viaRestic.stderr)")
     try "test-pw\n".write(toFile: ws.sub("pwfile"), atomically: true, encoding: .utf8)
     #expect(try ws.tidemark(["-r", "repo", "snapshots", "--password-file", "pwfile"], password: "").status == 0)
@@ -40,7 +41,8 @@ import TidemarkSystem
     let ws = try Workspace("lock")
     try Tools.sh("mkdir data && echo hi > data/f", cwd: ws.path)
     #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
-    let repo = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
 
     let lock = try await RepositoryLock.acquire(repo, exclusive: true)
     let locked = try ws.tidemark(["-r", "repo", "backup", "data"])
@@ -72,7 +74,11 @@ import TidemarkSystem
     let packs = try Tools.sh("find repo/data -type f -printf '%s %p\\n' | sort -n | tail -1", cwd: ws.path).out
     let packPath = String(packs.split(separator: " ")[1].trimmingCharacters(in: .whitespacesAndNewlines))
     let packID = String(packPath.split(separator: "/").last!)
-    #expect(try Tools.sh("chmod u+w \(packPath) && printf '\\001' | dd of=\(packPath) bs=1 seek=1000000 conv=notrunc status=none", cwd: ws.path).status == 0)
+    #expect(
+      try Tools.sh(
+        "chmod u+w \(packPath) && printf '\\001' | dd of=\(packPath) bs=1 seek=1000000 conv=notrunc status=none",
+        cwd: ws.path
+      ).status == 0)
 
     let r = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "out"])
     #expect(r.status == 1)
@@ -95,7 +101,8 @@ import TidemarkSystem
     let asNobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Tools.tidemark]
     let i = try Tools.run(asNobody[0], Array(asNobody.dropFirst()) + ["-r", "repo/r", "init"], env: pw, cwd: ws.path)
     #expect(i.status == 0, "\(i.stderr)")
-    let b = try Tools.run(asNobody[0], Array(asNobody.dropFirst()) + ["-r", "repo/r", "backup", "data"], env: pw, cwd: ws.path)
+    let b = try Tools.run(
+      asNobody[0], Array(asNobody.dropFirst()) + ["-r", "repo/r", "backup", "data"], env: pw, cwd: ws.path)
     #expect(b.status == 3, "\(b.stderr)")
     #expect(b.stderr.contains("data/secret"))
     #expect(b.out.contains("snapshot ") && b.out.contains(" saved"))

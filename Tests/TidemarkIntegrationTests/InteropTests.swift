@@ -114,7 +114,8 @@ import TidemarkSystem
     #expect(try ws.restic(["-r", "rs", "init"]).status == 0)
     #expect(try ws.restic(["-r", "rs", "backup", "big.bin"]).status == 0)
 
-    let repo = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("rs"))), password: Array("test-pw".utf8))
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("rs"))), password: Array("test-pw".utf8))
     try await repo.loadIndex()
     let snap = try #require(try await repo.listSnapshots().last)
     let root = try await repo.loadTree(snap.tree)
@@ -122,9 +123,13 @@ import TidemarkSystem
     #expect(resticIDs.count > 20)
 
     // tidemark, in a repository that copied restic's chunker polynomial, stores the same blobs.
-    #expect(try ws.tidemark(["-r", "tm", "init", "--copy-chunker-params", "--from-repo", "rs"], env: ["TIDEMARK_FROM_PASSWORD": "test-pw"]).status == 0)
+    #expect(
+      try ws.tidemark(
+        ["-r", "tm", "init", "--copy-chunker-params", "--from-repo", "rs"], env: ["TIDEMARK_FROM_PASSWORD": "test-pw"]
+      ).status == 0)
     #expect(try ws.tidemark(["-r", "tm", "backup", "big.bin"]).status == 0)
-    let tm = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("tm"))), password: Array("test-pw".utf8))
+    let tm = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("tm"))), password: Array("test-pw".utf8))
     try await tm.loadIndex()
     let tsnap = try #require(try await tm.listSnapshots().last)
     let tids = try #require(try await tm.loadTree(tsnap.tree).node(named: Array("big.bin".utf8))?.content)

@@ -29,7 +29,9 @@ enum Tools {
   static let restic = "/usr/bin/restic"
 
   @discardableResult
-  static func run(_ exe: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil)
+  static func run(
+    _ exe: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil
+  )
     throws -> RunResult
   {
     let p = Process()
@@ -76,7 +78,9 @@ final class Workspace {
   }
   func sub(_ s: String) -> String { path + "/" + s }
 
-  func tidemark(_ args: [String], password: String = "test-pw", env: [String: String] = [:], stdin: [UInt8]? = nil) throws -> RunResult {
+  func tidemark(_ args: [String], password: String = "test-pw", env: [String: String] = [:], stdin: [UInt8]? = nil)
+    throws -> RunResult
+  {
     var e = env
     if e["TIDEMARK_PASSWORD"] == nil && !password.isEmpty { e["TIDEMARK_PASSWORD"] = password }
     return try Tools.run(Tools.tidemark, args, env: e, cwd: path, stdin: stdin)
@@ -120,7 +124,9 @@ func describeTree(_ root: String) throws -> [String: EntryFacts] {
     let relS = BytePath.display(rel)
     var group = ""
     if !st.isDirectory && st.links > 1 {
-      if let f = firstByInode[st.inode] { group = f } else {
+      if let f = firstByInode[st.inode] {
+        group = f
+      } else {
         firstByInode[st.inode] = relS
         group = relS
       }
@@ -147,7 +153,10 @@ func describeTree(_ root: String) throws -> [String: EntryFacts] {
 func toHexString(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
 
 /// Lists differences between two described trees (empty when equal).
-func differences(_ a: [String: EntryFacts], _ b: [String: EntryFacts], ignoreLinkTargetOf: Set<String> = [], ignoreRootMtime: Bool = true) -> [String] {
+func differences(
+  _ a: [String: EntryFacts], _ b: [String: EntryFacts], ignoreLinkTargetOf: Set<String> = [],
+  ignoreRootMtime: Bool = true
+) -> [String] {
   var diffs: [String] = []
   for k in Set(a.keys).union(b.keys).sorted() {
     guard var x = a[k], var y = b[k] else {
