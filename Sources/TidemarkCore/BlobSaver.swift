@@ -36,7 +36,7 @@ public final class BlobSaver: Sendable {
   private let state = Mutex(State())
   private let compressors = ZstdCompressorPool()
   /// Finished packs waiting to be stored hold 16 MiB each: store at most two at a time.
-  private let packWrites = PackWriteGate(2)
+  private let packWrites = AsyncSemaphore(2)
 
   public init(repository: Repository) { self.repository = repository }
 
@@ -101,12 +101,12 @@ public final class BlobSaver: Sendable {
     let n = UInt32(header.count)
     for s in [0, 8, 16, 24] as [UInt32] { bytes.append(UInt8(truncatingIfNeeded: n >> s)) }
     let packID = PackID(RawID.hash(bytes))
-    await packWrites.enter()
+    await packWrites.acquire()
     do {
       try await repository.backend.save(Handle(.pack, packID.hex), data: bytes)
-      packWrites.leave()
+      packWrites.release()
     } catch {
-      packWrites.leave()
+      packWrites.release()
       throw error
     }
     bytes.removeAll(keepingCapacity: true)
@@ -144,40 +144,5 @@ public final class BlobSaver: Sendable {
       return f
     }
     if !f.packs.isEmpty { try await writeIndex(f) }
-  }
-}
-
-/// A counting gate for async callers (enter waits while `limit` are inside).
-final class PackWriteGate: Sendable {
-  private struct State {
-    var free: Int
-    var waiting: [CheckedContinuation<Void, Never>] = []
-  }
-  private let state: Mutex<State>
-  init(_ limit: Int) { state = Mutex(State(free: limit)) }
-
-  func enter() async {
-    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-      let go = state.withLock { s -> Bool in
-        if s.free > 0 {
-          s.free -= 1
-          return true
-        }
-        s.waiting.append(c)
-        return false
-      }
-      if go { c.resume() }
-    }
-  }
-
-  func leave() {
-    let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
-      if s.waiting.isEmpty {
-        s.free += 1
-        return nil
-      }
-      return s.waiting.removeFirst()
-    }
-    next?.resume()
   }
 }
