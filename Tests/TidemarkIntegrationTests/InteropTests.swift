@@ -14,6 +14,10 @@ import TidemarkSystem
     #expect(b.status == 0, "\(b.stderr)")
     #expect(b.out.contains("\"message_type\":\"summary\""))
 
+    // restic 0.14 does not skip stale locks when it locks (it asks for `unlock`); tidemark's unlock removes
+    // the dead process's lock and only that.
+    let unlock = try ws.tidemark(["-r", "repo", "unlock"])
+    #expect(unlock.status == 0 && unlock.out.contains("removed 1 lock"))
     let check = try ws.restic(["-r", "repo", "check", "--read-data"])
     #expect(check.status == 0, "restic check failed: \(check.out) \(check.stderr)")
     #expect(check.out.contains("no errors were found"))
@@ -134,5 +138,53 @@ import TidemarkSystem
     let tsnap = try #require(try await tm.listSnapshots().last)
     let tids = try #require(try await tm.loadTree(tsnap.tree).node(named: Array("big.bin".utf8))?.content)
     #expect(tids == resticIDs)
+  }
+}
+
+@Suite(.serialized) struct InterruptionTests {
+  /// A backup killed with SIGKILL after its first pack landed leaves a repository restic checks clean,
+  /// and the next backup completes.
+  @Test func killedBackupLeavesACheckableRepository() async throws {
+    let ws = try Workspace("kill")
+    #expect(try Tools.sh("mkdir data && head -c 120000000 /dev/urandom > data/big", cwd: ws.path).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "init", "--compression", "off"]).status == 0)
+
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Tools.tidemark)
+    p.arguments = ["-r", "repo", "backup", "-q", "data"]
+    p.currentDirectoryURL = URL(fileURLWithPath: ws.path)
+    p.environment = ["TIDEMARK_PASSWORD": "test-pw", "PATH": "/usr/bin:/bin"]
+    try p.run()
+    // Wait for the first pack file, then kill without warning.
+    var sawPack = false
+    for _ in 0..<400 {
+      let n = try Tools.sh("find repo/data -type f | wc -l", cwd: ws.path).out.trimmingCharacters(
+        in: .whitespacesAndNewlines)
+      if n != "0" {
+        sawPack = true
+        break
+      }
+      try await Task.sleep(for: .milliseconds(10))
+    }
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+    #expect(sawPack)
+    #expect(p.terminationReason == .uncaughtSignal)
+    #expect(
+      try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out.trimmingCharacters(in: .whitespacesAndNewlines) == "[]"
+    )
+
+    // restic 0.14 does not skip stale locks when it locks (it asks for `unlock`); tidemark's unlock removes
+    // the dead process's lock and only that.
+    let unlock = try ws.tidemark(["-r", "repo", "unlock"])
+    #expect(unlock.status == 0 && unlock.out.contains("removed 1 lock"))
+    let check = try ws.restic(["-r", "repo", "check", "--read-data"])
+    #expect(check.status == 0, "restic check after an interrupted backup: \(check.out) \(check.stderr)")
+    let again = try ws.tidemark(["-r", "repo", "backup", "data"])
+    #expect(again.status == 0, "\(again.stderr)")
+    #expect(try ws.restic(["-r", "repo", "check"]).status == 0)
+    let rs = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "out"])
+    #expect(rs.status == 0)
+    #expect(try Tools.sh("cmp data/big out/data/big", cwd: ws.path).status == 0)
   }
 }
