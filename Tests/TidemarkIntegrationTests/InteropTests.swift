@@ -14,10 +14,6 @@ import TidemarkSystem
     #expect(b.status == 0, "\(b.stderr)")
     #expect(b.out.contains("\"message_type\":\"summary\""))
 
-    // restic 0.14 does not skip stale locks when it locks (it asks for `unlock`); tidemark's unlock removes
-    // the dead process's lock and only that.
-    let unlock = try ws.tidemark(["-r", "repo", "unlock"])
-    #expect(unlock.status == 0 && unlock.out.contains("removed 1 lock"))
     let check = try ws.restic(["-r", "repo", "check", "--read-data"])
     #expect(check.status == 0, "restic check failed: \(check.out) \(check.stderr)")
     #expect(check.out.contains("no errors were found"))
