@@ -393,7 +393,8 @@ public final class Backup: Sendable {
     return try await chunked(fd: fd, sparse: maybeSparse)
   }
 
-  func chunked(fd: Int32, sparse: Bool) async throws -> ([BlobID], Int64) {
+  /// `stream`: read sequentially with read(2) (standard input may be a pipe, which cannot pread).
+  func chunked(fd: Int32, sparse: Bool, stream: Bool = false) async throws -> ([BlobID], Int64) {
     await largeFilePermits.acquire()
     let buf = readBuffers.withLock { $0.popLast() } ?? ReadBuffer(capacity: Chunker.maxSize + Backup.readSize)
     defer {
@@ -420,7 +421,9 @@ public final class Backup: Sendable {
       if !eof {
         buf.compactIfNeeded(room: Backup.readSize)
         let got = try await Blocking.run { [offset] in
-          try Backup.readBlock(fd: fd, offset: offset, into: buf.freeSpace(max: Backup.readSize), sparse: sparse)
+          stream
+            ? try Sys.read(fd, buf.freeSpace(max: Backup.readSize))
+            : try Backup.readBlock(fd: fd, offset: offset, into: buf.freeSpace(max: Backup.readSize), sparse: sparse)
         }
         buf.end += got
         offset += Int64(got)
@@ -502,7 +505,7 @@ public final class Backup: Sendable {
     node.gid = getgid()
     node.user = names.user(node.uid)
     node.group = names.group(node.gid)
-    let (content, size) = try await chunked(fd: 0, sparse: false)
+    let (content, size) = try await chunked(fd: 0, sparse: false, stream: true)
     node.content = content
     node.size = UInt64(size)
     state.withLock {

@@ -293,6 +293,21 @@ public enum Sys {
     return done
   }
 
+  /// read(2) until the buffer is full or end of file (for pipes, which cannot pread); returns bytes read.
+  public static func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) throws -> Int {
+    var done = 0
+    while done < buf.count {
+      let n = Glibc.read(fd, buf.baseAddress! + done, buf.count - done)
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw SystemError(errno, "read", "")
+      }
+      if n == 0 { break }
+      done += n
+    }
+    return done
+  }
+
   /// pwrite(2) of the whole buffer.
   public static func pwrite(_ fd: Int32, _ buf: UnsafeRawBufferPointer, offset: Int64) throws {
     var done = 0

@@ -139,31 +139,34 @@ import TidemarkSystem
 
 @Suite(.serialized) struct InterruptionTests {
   /// A backup killed with SIGKILL after its first pack landed leaves a repository restic checks clean,
-  /// and the next backup completes.
+  /// and the next backup completes. The backup reads standard input from a pipe the test keeps open, so it
+  /// is certainly still running when it is killed.
   @Test func killedBackupLeavesACheckableRepository() async throws {
     let ws = try Workspace("kill")
-    #expect(try Tools.sh("mkdir data && head -c 120000000 /dev/urandom > data/big", cwd: ws.path).status == 0)
+    #expect(try Tools.sh("mkdir data && head -c 40000000 /dev/urandom > data/big", cwd: ws.path).status == 0)
     #expect(try ws.tidemark(["-r", "repo", "init", "--compression", "off"]).status == 0)
 
     let p = Process()
     p.executableURL = URL(fileURLWithPath: Tools.tidemark)
-    p.arguments = ["-r", "repo", "backup", "-q", "data"]
+    p.arguments = ["-r", "repo", "backup", "-q", "--stdin", "--stdin-filename", "big"]
     p.currentDirectoryURL = URL(fileURLWithPath: ws.path)
     p.environment = ["TIDEMARK_PASSWORD": "test-pw", "PATH": "/usr/bin:/bin"]
+    let input = Pipe()
+    p.standardInput = input
     try p.run()
-    // Wait for the first pack file, then kill without warning.
+    input.fileHandleForWriting.write(try Data(contentsOf: URL(fileURLWithPath: ws.sub("data/big"))))
+    // The backup has read 40 MB and waits for more: wait for its first pack, then kill it without warning.
     var sawPack = false
-    for _ in 0..<400 {
+    for _ in 0..<1000 where !sawPack {
       let n = try Tools.sh("find repo/data -type f | wc -l", cwd: ws.path).out.trimmingCharacters(
         in: .whitespacesAndNewlines)
-      if n != "0" {
-        sawPack = true
-        break
-      }
-      try await Task.sleep(for: .milliseconds(10))
+      sawPack = n != "0"
+      if !sawPack { try await Task.sleep(for: .milliseconds(10)) }
     }
+    #expect(p.isRunning)
     kill(p.processIdentifier, SIGKILL)
     p.waitUntilExit()
+    try? input.fileHandleForWriting.close()
     #expect(sawPack)
     #expect(p.terminationReason == .uncaughtSignal)
     #expect(
@@ -182,5 +185,12 @@ import TidemarkSystem
     let rs = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "out"])
     #expect(rs.status == 0)
     #expect(try Tools.sh("cmp data/big out/data/big", cwd: ws.path).status == 0)
+    // --stdin from a pipe stores exactly what was piped in.
+    let piped = try ws.tidemark(
+      ["-r", "repo", "backup", "--stdin", "--stdin-filename", "piped.bin"], stdin: Array("0123456789".utf8))
+    #expect(piped.status == 0, "\(piped.stderr)")
+    let cat = try ws.tidemark(["-r", "repo", "restore", "latest", "--target", "piped"])
+    #expect(cat.status == 0)
+    #expect(try Sys.readFile(BytePath(ws.sub("piped/piped.bin"))) == Array("0123456789".utf8))
   }
 }
