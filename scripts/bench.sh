@@ -78,16 +78,41 @@ run_measured() { # name tool command...
   printf '  %-8s %-10s %6s s  %5s MiB\n' "$tool" "$name" "${t% *}" "$(( ${t#* } / 1024 ))"
 }
 
-log "restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): init"
-restic init -q -r repo-restic
-"$TM" init -q -r repo-tidemark
+RUNS=${BENCH_RUNS:-3}
+# Restores go to a freshly made ext4 file system per run when we can loop-mount (root): restoring into a
+# directory where the previous restore was just deleted makes ext4's inode allocator scan recently freed
+# inodes (`recently_deleted` in ext4_create), which dominated and randomised both tools' timings.
+FS_IMG="$BENCH_DIR/restore-fs.img"
+fresh_target() { # prints a directory to restore into
+  if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then
+    mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"
+    rm -f "$FS_IMG"
+    truncate -s 3G "$FS_IMG"
+    mkfs.ext4 -q -F "$FS_IMG"
+    mkdir -p "$BENCH_DIR/restore-fs"
+    if mount -o loop "$FS_IMG" "$BENCH_DIR/restore-fs" 2>/dev/null; then
+      sync
+      echo "$BENCH_DIR/restore-fs/r"
+      return
+    fi
+  fi
+  rm -rf "$BENCH_DIR/restore-plain"
+  sync
+  echo "$BENCH_DIR/restore-plain"
+}
+trap 'mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"; rm -f "$FS_IMG"' EXIT
 
-log "first backup"
-run_measured first restic restic -q -r repo-restic backup corpus
-run_measured first tidemark "$TM" -q -r repo-tidemark backup corpus
-log "unchanged re-backup"
-run_measured unchanged restic restic -q -r repo-restic backup corpus
-run_measured unchanged tidemark "$TM" -q -r repo-tidemark backup corpus
+log "restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs per step, median reported"
+for run in $(seq "$RUNS"); do
+  rm -rf repo-restic repo-tidemark
+  restic init -q -r repo-restic
+  "$TM" init -q -r repo-tidemark
+  log "run $run: first backup, unchanged re-backup"
+  run_measured first restic restic -q -r repo-restic backup corpus
+  run_measured first tidemark "$TM" -q -r repo-tidemark backup corpus
+  run_measured unchanged restic restic -q -r repo-restic backup corpus
+  run_measured unchanged tidemark "$TM" -q -r repo-tidemark backup corpus
+done
 
 log "changing ~1% of the corpus"
 python3 - <<'PY'
@@ -106,9 +131,13 @@ run_measured change1pct restic restic -q -r repo-restic backup corpus
 run_measured change1pct tidemark "$TM" -q -r repo-tidemark backup corpus
 
 log "full restore of the latest snapshot"
-run_measured restore restic restic -q -r repo-restic restore latest --target restore-restic
-run_measured restore tidemark "$TM" -q -r repo-tidemark restore latest --target restore-tidemark
-diff -rq restore-restic/corpus restore-tidemark/corpus > /dev/null || { echo "restores differ"; exit 1; }
+for run in $(seq "$RUNS"); do
+  dir=$(fresh_target)
+  run_measured restore restic restic -q -r repo-restic restore latest --target "$dir"
+  dir=$(fresh_target)
+  run_measured restore tidemark "$TM" -q -r repo-tidemark restore latest --target "$dir"
+  diff -rq corpus "$dir/corpus" -x .changed > /dev/null || { echo "tidemark's restore differs from the corpus"; exit 1; }
+done
 
 REPO_R=$(du -sb repo-restic | cut -f1)
 REPO_T=$(du -sb repo-tidemark | cut -f1)
@@ -117,15 +146,20 @@ render() {
   python3 - "$CORPUS_BYTES" "$CORPUS_FILES" "$REPO_R" "$REPO_T" "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" <<'PY'
 import sys
 corpus, files, repo_r, repo_t, rv, tv, cores, day = sys.argv[1:9]
-rows = {}
+import statistics
+runs = {}
 for line in open('results.txt'):
     step, tool, secs, kb = line.split()
-    rows.setdefault(step, {})[tool] = (float(secs), int(kb))
+    runs.setdefault(step, {}).setdefault(tool, []).append((float(secs), int(kb)))
+# Median wall time over the runs; peak RSS is the largest seen.
+rows = {k: {t: (statistics.median(s for s, _ in v), max(m for _, m in v)) for t, v in d.items()} for k, d in runs.items()}
+nruns = max(len(v) for d in runs.values() for v in d.values())
 names = {'first': 'first backup', 'unchanged': 'unchanged re-backup', 'change1pct': 'backup after 1% change', 'restore': 'full restore'}
 targets = {'first': 1.5, 'unchanged': 2.0, 'change1pct': None, 'restore': 1.5}
 mib = lambda b: int(b) / (1 << 20)
 print('# Performance: tidemark vs restic\n')
-print(f'Measured by `scripts/bench.sh` on {day}: {cores} cores, same machine, same run, warm page cache.')
+print(f'Measured by `scripts/bench.sh` on {day}: {cores} cores, same machine, same run, warm page cache;')
+print(f'median of {nruns} runs per step (the 1% change step runs once), restores into a fresh ext4 file system each.')
 print(f'Corpus: {mib(corpus):.0f} MiB in {files} files (5 x 100 MiB and 200 x 1 MiB random, 120 x 2 MiB text, 4000 small files).')
 print(f'Versions: `{rv}`; `{tv}`. Both use their default compression (auto) and scrypt key parameters.\n')
 print('| step | restic (s) | tidemark (s) | speed-up | target | restic peak RSS (MiB) | tidemark peak RSS (MiB) |')

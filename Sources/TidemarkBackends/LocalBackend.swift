@@ -46,8 +46,14 @@ public struct LocalBackend: Backend {
   }
 
   public func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8] {
+    try await load(h, offset: offset, length: length, reusing: [])
+  }
+
+  public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
+    -> [UInt8]
+  {
     let p = path(h)
-    return try await Blocking.run {
+    return try await Blocking.run(moving: consume buffer) { (out: inout [UInt8]) in
       let fd: Int32
       do {
         fd = try Sys.open(p, O_RDONLY)
@@ -60,11 +66,10 @@ public struct LocalBackend: Backend {
       guard offset >= 0, n >= 0, offset + n <= size else {
         throw TidemarkError.corrupt("\(h) is shorter than expected (\(size) bytes, wanted \(offset)+\(n))")
       }
-      var out = [UInt8](repeating: 0, count: n)
+      out.resizeReusing(n)
       let got = try out.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(offset)) }
       guard got == n else { throw TidemarkError.corrupt("\(h): short read") }
-      return out
-    }
+    }.0
   }
 
   public func size(_ h: Handle) async throws -> Int {

@@ -48,6 +48,9 @@ public protocol Backend: Sendable {
   func create() async throws
   func save(_ h: Handle, data: [UInt8]) async throws
   func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8]
+  /// The same as `load`, but may fill `buffer`'s storage instead of allocating (hot paths pass a buffer
+  /// back to avoid page-faulting 16 MiB per pack). The default ignores `buffer`.
+  func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws -> [UInt8]
   func size(_ h: Handle) async throws -> Int
   func list(_ type: FileType) async throws -> [FileInfo]
   func remove(_ h: Handle) async throws
@@ -56,12 +59,35 @@ public protocol Backend: Sendable {
 extension Backend {
   public func load(_ h: Handle) async throws -> [UInt8] { try await load(h, offset: 0, length: 0) }
 
+  public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
+    -> [UInt8]
+  {
+    _ = consume buffer
+    return try await load(h, offset: offset, length: length)
+  }
+
   public func exists(_ h: Handle) async throws -> Bool {
     do {
       _ = try await size(h)
       return true
     } catch is BackendNotFound {
       return false
+    }
+  }
+}
+
+extension [UInt8] {
+  /// Sets `count` to `n`, keeping the storage when its capacity suffices (no reallocation, no page
+  /// faults) and not initialising fresh storage beyond what is needed. New bytes are unspecified.
+  public mutating func resizeReusing(_ n: Int) {
+    if capacity >= n {
+      if count > n {
+        removeLast(count - n)
+      } else if count < n {
+        append(contentsOf: repeatElement(0, count: n - count))
+      }
+    } else {
+      self = [UInt8](unsafeUninitializedCapacity: n) { _, c in c = n }
     }
   }
 }

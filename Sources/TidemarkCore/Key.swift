@@ -100,6 +100,25 @@ public struct MasterKey: Sendable, Equatable {
 
   public func open(_ sealed: [UInt8]) throws -> [UInt8]? { try sealed.withUnsafeBytes { try open($0) } }
 
+  /// Verifies the MAC, then decrypts in place. Returns the plaintext (a slice of `sealed`), or nil
+  /// when the MAC does not match.
+  public func openInPlace(_ sealed: UnsafeMutableRawBufferPointer) throws -> UnsafeMutableRawBufferPointer? {
+    guard sealed.count >= 32 else { return nil }
+    let n = sealed.count - 32
+    let nonce = UnsafeRawBufferPointer(rebasing: sealed[0..<16])
+    let body = UnsafeMutableRawBufferPointer(rebasing: sealed[16..<(16 + n)])
+    let expected = try tag(nonce: nonce, ciphertext: UnsafeRawBufferPointer(body))
+    var diff: UInt8 = 0
+    for i in 0..<16 { diff |= expected[i] ^ sealed[16 + n + i] }
+    guard diff == 0 else { return nil }
+    if n > 0 {
+      try encrypt.withUnsafeBytes { k in
+        try AES.ctr256(key: k, iv: nonce, input: UnsafeRawBufferPointer(body), output: body)
+      }
+    }
+    return body
+  }
+
   /// `{"mac":{"k":…,"r":…},"encrypt":…}` as stored (sealed) in a key file.
   public var json: [UInt8] {
     var w = JSONWriter()

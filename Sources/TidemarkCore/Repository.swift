@@ -181,6 +181,36 @@ public final class Repository: Sendable {
     return data
   }
 
+  /// Like `decodeBlob`, but decrypts in place (destroying `sealed`) and decompresses into `scratch`
+  /// (its storage reused), then passes the verified plaintext to `body`. For hot loops (restore, mount).
+  public func decodeBlob<R>(
+    inPlace sealed: UnsafeMutableRawBufferPointer, _ b: PackedBlob, pack: PackID, scratch: inout [UInt8],
+    _ body: (UnsafeRawBufferPointer) throws -> R
+  ) throws -> R {
+    let damaged = "\(b.type.name) blob \(b.id.short) in pack \(pack.short)"
+    guard let plain = try key.openInPlace(sealed) else {
+      throw TidemarkError.corrupt("\(damaged) fails authentication (damaged pack)")
+    }
+    guard b.isCompressed else {
+      guard RawID.hash(UnsafeRawBufferPointer(plain)) == b.id.raw else {
+        throw TidemarkError.corrupt("\(damaged) has wrong content (hash mismatch)")
+      }
+      return try body(UnsafeRawBufferPointer(plain))
+    }
+    let size = Int(b.uncompressedLength)
+    scratch.resizeReusing(size)
+    do {
+      let got = try scratch.withUnsafeMutableBytes { o in try Zstd.decompress(UnsafeRawBufferPointer(plain), into: o) }
+      guard got == size else { throw TidemarkError.corrupt("decompressed \(got) bytes, expected \(size)") }
+    } catch {
+      throw TidemarkError.corrupt("\(damaged) does not decompress: \(error)")
+    }
+    guard RawID.hash(scratch) == b.id.raw else {
+      throw TidemarkError.corrupt("\(damaged) has wrong content (hash mismatch)")
+    }
+    return try scratch.withUnsafeBytes { try body($0) }
+  }
+
   public func loadBlob(_ id: BlobID) async throws -> [UInt8] {
     guard let e = index.lookup(id) else {
       throw TidemarkError.corrupt("blob \(id.short) is not in the index", hint: "run `tidemark check`")

@@ -29,6 +29,12 @@ public final class Restore: Sendable {
   let options: RestoreOptions
   let names = NameCache()
   let state = Mutex(RestoreStats())
+  /// Pack ranges in flight (up to 16 MiB each) and per-blob plaintext/scratch (up to 8 MiB each).
+  let packBuffers = BufferPool(keep: Restore.packLimit)
+  let blobBuffers = BufferPool(keep: Restore.packLimit)
+  /// Each pack in flight holds up to 16 MiB. Restores are bound by the filesystem's inode and page-cache
+  /// work: more than `cores` packs in flight only adds memory (measured).
+  static let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
   let isRoot = getuid() == 0
 
   public init(repository: Repository, options: RestoreOptions) {
@@ -50,28 +56,46 @@ public final class Restore: Sendable {
     let temp: BytePath
     let remaining: Mutex<Int>
     let failed = Mutex<Bool>(false)
-    /// The temp file, created (and sized) on its first write; -1 until then and after closing.
+    /// The temp file, created (and sized) on its first write; -1 until then, -2 once closed.
     let fd = Mutex<Int32>(-1)
 
-    /// Blocking: the open descriptor, creating the temp file on first use.
-    func descriptor() throws -> Int32 {
+    /// Blocking: creates (and sizes) the temp file unless it exists already.
+    func create() throws {
       try fd.withLock { fd in
-        if fd >= 0 { return fd }
-        let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
-        if ftruncate(f, off_t(item.node.size)) != 0 {
-          let e = errno
-          Sys.close(f)
-          throw SystemError(e, "ftruncate", temp.description)
-        }
-        fd = f
-        return f
+        if fd == -1 { fd = try open() }
       }
     }
 
-    func close() {
+    private func open() throws -> Int32 {
+      let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
+      if ftruncate(f, off_t(item.node.size)) != 0 {
+        let e = errno
+        Sys.close(f)
+        throw SystemError(e, "ftruncate", temp.description)
+      }
+      return f
+    }
+
+    /// Blocking: writes `data` at `offset`, creating the temp file on first use. Holding the lock
+    /// while writing means a concurrent failure cannot close (and the kernel reuse) the descriptor
+    /// under the write. Does nothing and returns false once the job is closed (it failed elsewhere).
+    func write(_ data: UnsafeRawBufferPointer, at offset: Int64, skip: Bool) throws -> Bool {
+      try fd.withLock { fd in
+        if fd == -2 { return false }
+        if fd == -1 { fd = try open() }
+        if !skip { _ = try Sys.pwrite(fd, data, offset: offset) }
+        return true
+      }
+    }
+
+    /// Closes the descriptor; returns whether a temp file had been created.
+    @discardableResult
+    func close() -> Bool {
       fd.withLock { fd in
+        let created = fd >= 0
         if fd >= 0 { Sys.close(fd) }
-        fd = -1
+        fd = -2
+        return created
       }
     }
     init(item: Item, path: BytePath, temp: BytePath, blobs: Int) {
@@ -186,7 +210,7 @@ public final class Restore: Sendable {
     for job in toCreate {
       if (job.item.node.content ?? []).isEmpty {
         do {
-          _ = try await Blocking.run { try job.descriptor() }
+          try await Blocking.run { try job.create() }
         } catch {
           fail("\(job.path): \(error)")
           continue
@@ -217,10 +241,7 @@ public final class Restore: Sendable {
     }
 
     let packs = Array(byPack)
-    // Each pack in flight holds up to 16 MiB. Restores are bound by the filesystem's inode and page-cache
-    // work: more than `cores` packs in flight only adds memory (measured).
-    let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
-    try await forEachConcurrently(packs, limit: packLimit) { (pack, blobs) in
+    try await forEachConcurrently(packs, limit: Restore.packLimit) { (pack, blobs) in
       await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
     }
 
@@ -249,21 +270,18 @@ public final class Restore: Sendable {
   }
 
   /// Word-at-a-time zero test (blobs of holes are skipped: the file was sized, so they stay holes).
-  static func isAllZero(_ b: [UInt8]) -> Bool {
-    b.withUnsafeBytes { raw in
-      guard raw.count > 0 else { return true }
-      let words = raw.count / 8
-      let w = raw.baseAddress!.assumingMemoryBound(to: UInt64.self)
-      var acc: UInt64 = 0
-      var i = 0
-      while i < words {
-        acc |= w[i]
-        if acc != 0 { return false }
-        i += 1
-      }
-      for k in (words * 8)..<raw.count where raw[k] != 0 { return false }
-      return true
+  static func isAllZero(_ b: [UInt8]) -> Bool { b.withUnsafeBytes { isAllZero($0) } }
+
+  static func isAllZero(_ raw: UnsafeRawBufferPointer) -> Bool {
+    guard let base = raw.baseAddress else { return true }
+    let words = raw.count / 8
+    var i = 0
+    while i < words {
+      if base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
+      i += 1
     }
+    for k in (words * 8)..<raw.count where raw[k] != 0 { return false }
+    return true
   }
 
   static func ensureDirectory(_ p: BytePath) throws {
@@ -277,57 +295,69 @@ public final class Restore: Sendable {
 
   func restorePack(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
     let live = blobs.filter { !$0.1.allSatisfy { $0.0.failed.withLock { $0 } } }
-    guard let lo = live.map({ $0.0.offset }).min(), let hi = live.map({ $0.0.offset + $0.0.length }).max() else {
+      .sorted { $0.0.offset < $1.0.offset }
+    guard let lo = live.first?.0.offset, let hi = live.map({ $0.0.offset + $0.0.length }).max() else {
       return
     }
     let data: [UInt8]
     do {
-      data = try await repo.backend.load(Handle(.pack, pack.hex), offset: Int(lo), length: Int(hi - lo))
+      data = try await repo.backend.load(
+        Handle(.pack, pack.hex), offset: Int(lo), length: Int(hi - lo), reusing: packBuffers.take())
     } catch {
       for (b, targets) in live {
         await failTargets(targets, "cannot read pack \(pack.short) (blob \(b.id.short)): \(error)")
       }
       return
     }
-    for (b, targets) in live.sorted(by: { $0.0.offset < $1.0.offset }) {
-      let plain: [UInt8]
-      do {
-        plain = try data.withUnsafeBytes {
-          try repo.decodeBlob(
-            UnsafeRawBufferPointer(rebasing: $0[Int(b.offset - lo)..<Int(b.offset - lo + b.length)]), b, pack: pack)
-        }
-      } catch {
-        await failTargets(targets, "\(error)")
-        continue
-      }
-      let zero = Restore.isAllZero(plain)
-      let live = targets.filter { !$0.0.failed.withLock { $0 } }
-      // One blocking hop writes this blob everywhere it belongs.
-      let results: [(FileJob, Int64, Error?, Bool)] =
-        (try? await Blocking.run {
-          live.map { (job, off) in
-            do {
-              let fd = try job.descriptor()
-              if !zero { try plain.withUnsafeBytes { try Sys.pwrite(fd, $0, offset: off) } }
-              let last = job.remaining.withLock { r in
-                r -= 1
-                return r == 0
+    // One blocking hop decrypts every blob of the pack in place and writes it everywhere it belongs,
+    // with pooled buffers (no allocation or page faults per blob).
+    struct Outcome: Sendable {
+      var failed: [([(FileJob, Int64)], String)] = []
+      var bytes: Int64 = 0
+    }
+    let repo = self.repo
+    let scratchPool = self.blobBuffers
+    guard
+      let (buffer, outcome) = try? await Blocking.run(
+        moving: consume data,
+        { (data: inout [UInt8]) -> Outcome in
+          var out = Outcome()
+          var scratch = scratchPool.take()
+          defer { scratchPool.give(scratch) }
+          data.withUnsafeMutableBytes { d in
+            for (b, targets) in live {
+              let sealed = UnsafeMutableRawBufferPointer(
+                rebasing: d[Int(b.offset - lo)..<Int(b.offset - lo + b.length)])
+              do {
+                try repo.decodeBlob(inPlace: sealed, b, pack: pack, scratch: &scratch) { plain in
+                  let zero = Restore.isAllZero(plain)
+                  for (job, off) in targets where !job.failed.withLock({ $0 }) {
+                    do {
+                      guard try job.write(plain, at: off, skip: zero) else { continue }
+                    } catch {
+                      out.failed.append(([(job, off)], "\(job.path): \(error)"))
+                      continue
+                    }
+                    out.bytes += Int64(plain.count)
+                    if job.remaining.withLock({ r in
+                      r -= 1
+                      return r == 0
+                    }) {
+                      self.finishFileNow(job)
+                    }
+                  }
+                }
+              } catch {
+                out.failed.append((targets, "\(error)"))
               }
-              return (job, off, nil, last)
-            } catch {
-              return (job, off, error, false)
             }
           }
-        }) ?? []
-      for (job, off, err, last) in results {
-        if let err {
-          await failTargets([(job, off)], "\(job.path): \(err)")
-          continue
-        }
-        state.withLock { $0.bytesRestored += Int64(plain.count) }
-        if last { await finishFile(job) }
-      }
-    }
+          return out
+        })
+    else { return }
+    packBuffers.give(buffer)
+    state.withLock { $0.bytesRestored += outcome.bytes }
+    for (targets, why) in outcome.failed { await failTargets(targets, why) }
   }
 
   func failTargets(_ targets: [(FileJob, Int64)], _ why: String) async {
@@ -340,9 +370,7 @@ public final class Restore: Sendable {
       if first {
         fail("\(job.path): not restored: \(why)")
         try? await Blocking.run {
-          let created = job.fd.withLock { $0 >= 0 }
-          job.close()
-          if created { try Sys.unlink(job.temp) }
+          if job.close() { try Sys.unlink(job.temp) }
         }
       }
     }
@@ -350,15 +378,18 @@ public final class Restore: Sendable {
 
   /// Moves a complete file into place and applies its metadata.
   func finishFile(_ job: FileJob) async {
+    try? await Blocking.run { self.finishFileNow(job) }
+  }
+
+  /// Blocking: `finishFile` on this thread (the pack writer finishes its files in the same hop).
+  func finishFileNow(_ job: FileJob) {
     do {
-      try await Blocking.run {
-        job.close()
-        if let st = try? Sys.lstat(job.path), st.isDirectory {
-          throw SystemError(EISDIR, "replace", job.path.description)
-        }
-        try Sys.rename(job.temp, job.path)
-        self.applyMetadata(job.path, job.item.node)
+      job.close()
+      if let st = try? Sys.lstat(job.path), st.isDirectory {
+        throw SystemError(EISDIR, "replace", job.path.description)
       }
+      try Sys.rename(job.temp, job.path)
+      applyMetadata(job.path, job.item.node)
       state.withLock { $0.filesRestored += 1 }
     } catch {
       job.close()
@@ -431,6 +462,23 @@ public final class Restore: Sendable {
       if utimensat(AT_FDCWD, c, &times, AT_SYMLINK_NOFOLLOW) != 0 {
         fail("\(p): utimensat: \(String(cString: strerror(errno)))")
       }
+    }
+  }
+}
+
+/// Reusable byte buffers: hot loops hand them back instead of freeing them, so their pages stay mapped.
+final class BufferPool: Sendable {
+  private let free = Mutex<[[UInt8]]>([])
+  private let keep: Int
+
+  init(keep: Int) { self.keep = keep }
+
+  func take() -> [UInt8] { free.withLock { $0.popLast() } ?? [] }
+
+  func give(_ b: consuming [UInt8]) {
+    let b = consume b
+    free.withLock { f in
+      if f.count < keep { f.append(b) }
     }
   }
 }

@@ -155,6 +155,30 @@ public enum Blocking {
       q.async { c.resume(with: Result { try body() }) }
     }
   }
+
+  /// Moves `value` to the blocking thread, lets `body` mutate it there, and moves it back with the
+  /// result, never holding two references (so a buffer is not copied on write). The value is lost
+  /// if `body` throws.
+  public static func run<V: Sendable, T: Sendable>(
+    moving value: consuming V, _ body: @escaping @Sendable (inout V) throws -> T
+  ) async throws -> (V, T) {
+    let box = MoveBox(consume value)
+    return try await run {
+      var v = box.take()
+      let r = try body(&v)
+      return (v, r)
+    }
+  }
+}
+
+/// Hands a value to exactly one other thread (see `Blocking.run(moving:)`).
+private final class MoveBox<V>: @unchecked Sendable {
+  private var value: V?
+  init(_ v: consuming V) { value = consume v }
+  func take() -> V {
+    defer { value = nil }
+    return value.take()!
+  }
 }
 
 /// Retries a syscall on EINTR; throws SystemError on -1.

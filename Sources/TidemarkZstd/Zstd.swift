@@ -50,6 +50,15 @@ public enum Zstd {
     return try decompressStream(input, limit: limit)
   }
 
+  /// Decompresses into `output` (sized by the caller from the index); returns the bytes written.
+  public static func decompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer)
+    throws -> Int
+  {
+    let r = ZSTD_decompress(output.baseAddress, output.count, input.baseAddress, input.count)
+    if ZSTD_isError(r) != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(r))) }
+    return r
+  }
+
   private static func knownContentSize(_ input: UnsafeRawBufferPointer) -> Int? {
     let s = ZSTD_getFrameContentSize(input.baseAddress, input.count)
     // ZSTD_CONTENTSIZE_UNKNOWN / _ERROR are the two largest UInt64 values.
