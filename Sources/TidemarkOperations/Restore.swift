@@ -29,11 +29,11 @@ public final class Restore: Sendable {
   let options: RestoreOptions
   let names = NameCache()
   let state = Mutex(RestoreStats())
-  /// Pack ranges in flight (up to 16 MiB each) and per-blob plaintext/scratch (up to 8 MiB each).
+  /// Pack ranges in flight (4 MiB, or one larger blob) and decompression scratch (up to 8 MiB each).
   let packBuffers = BufferPool(keep: Restore.packLimit)
   let blobBuffers = BufferPool(keep: Restore.packLimit)
-  /// Each pack in flight holds up to 16 MiB. Restores are bound by the filesystem's inode and page-cache
-  /// work: more than `cores` packs in flight only adds memory (measured).
+  /// Restores are bound by the filesystem's inode and page-cache work: more than `cores` packs in
+  /// flight only adds memory (measured).
   static let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
   let isRoot = getuid() == 0
 
@@ -294,8 +294,22 @@ public final class Restore: Sendable {
   }
 
   func restorePack(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
+    // Read the pack in runs of blobs spanning at most 4 MiB (a larger blob is a run of its own): the
+    // buffers in flight stay small, and the page cache serves the reads either way.
+    var run: [(PackedBlob, [(FileJob, Int64)])] = []
+    for blob in blobs.sorted(by: { $0.0.offset < $1.0.offset }) {
+      if let first = run.first, blob.0.offset + blob.0.length - first.0.offset > 4 << 20 {
+        await restoreRun(pack, run)
+        run.removeAll(keepingCapacity: true)
+      }
+      run.append(blob)
+    }
+    if !run.isEmpty { await restoreRun(pack, run) }
+  }
+
+  /// Restores blobs that lie close together in one pack (sorted by offset): one read, one blocking hop.
+  func restoreRun(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
     let live = blobs.filter { !$0.1.allSatisfy { $0.0.failed.withLock { $0 } } }
-      .sorted { $0.0.offset < $1.0.offset }
     guard let lo = live.first?.0.offset, let hi = live.map({ $0.0.offset + $0.0.length }).max() else {
       return
     }
@@ -309,8 +323,8 @@ public final class Restore: Sendable {
       }
       return
     }
-    // One blocking hop decrypts every blob of the pack in place and writes it everywhere it belongs,
-    // with pooled buffers (no allocation or page faults per blob).
+    // One blocking hop decrypts every blob in place and writes it everywhere it belongs, with pooled
+    // buffers (no allocation or page faults per blob), and finishes the files it completes.
     struct Outcome: Sendable {
       var failed: [([(FileJob, Int64)], String)] = []
       var bytes: Int64 = 0
