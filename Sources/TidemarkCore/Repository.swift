@@ -11,7 +11,7 @@ public enum Compression: String, Sendable {
 
   var level: Int32 {
     switch self {
-    case .auto: return 3
+    case .auto: return 2
     case .max: return 19
     case .off: return 0
     }
