@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // tidemark: disaster recovery on restic's repository format (v2).
 // Layers, top to bottom (dependencies point down only):
-//   tidemark (CLI) -> TidemarkOperations -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
+//   tidemark (CLI) -> TidemarkOperations, TidemarkMount -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
 import PackageDescription
 
 let package = Package(
@@ -31,11 +31,12 @@ let package = Package(
     .target(name: "TidemarkCore", dependencies: ["TidemarkCrypto", "TidemarkZstd"]),
     .target(name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem"]),
     .target(name: "TidemarkOperations", dependencies: ["TidemarkCore", "TidemarkSystem"]),
+    .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
     .executableTarget(
       name: "tidemark",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
-        "TidemarkFUSE", "TidemarkSSH",
+        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(

@@ -149,12 +149,17 @@ public final class Repository: Sendable {
   // MARK: Index
 
   /// Loads and merges every index file.
-  public func loadIndex() async throws {
-    let files = try await backend.list(.index)
+  public func loadIndex() async throws { _ = try await loadIndex(skipping: []) }
+
+  /// Loads the index files not in `known` (for a long-running reader that picks up new ones);
+  /// returns the names of all index files now loaded.
+  public func loadIndex(skipping known: Set<String>) async throws -> Set<String> {
+    let files = try await backend.list(.index).filter { !known.contains($0.name) }
     try await forEachConcurrently(files, limit: 4) { f in
       let json = try await self.loadUnpacked(Handle(.index, f.name))
       self.index.add(try IndexFile(json: json))
     }
+    return known.union(files.map(\.name))
   }
 
   // MARK: Blobs

@@ -1,9 +1,383 @@
 // TidemarkFUSE: thin Swift over libfuse3's low-level API. The only module that imports CFuse3.
-// Today it reports the library version; the read-only snapshot filesystem adapter (`tidemark mount`)
-// is built on it. Never: global mutable state other than the callback trampolines (context via userdata).
+//
+// A `FUSEFilesystem` answers requests with async methods; `FUSESession` mounts it, runs libfuse's
+// request loop on a thread of its own and answers each request from a Task, so a slow blob fetch
+// never holds up other requests. Read-only: every mutating operation is left unimplemented (EROFS /
+// ENOSYS from the kernel).
+//
+// Never: global mutable state other than the callback trampolines (they capture nothing and find the
+// session through `fuse_req_userdata`); an OpenSSL/libfuse type in the public API.
 internal import CFuse3
+import Foundation
+import Synchronization
 
 public enum FUSELibrary {
   /// The libfuse3 version string (fuse_pkgversion).
   public static var version: String { String(cString: fuse_pkgversion()) }
+}
+
+/// A failed request: the errno the kernel passes to the caller.
+public struct FUSEError: Error, Sendable {
+  public let errno: Int32
+  public init(_ errno: Int32) { self.errno = errno }
+}
+
+/// Attributes of one inode, as `stat` reports them.
+public struct FUSEAttributes: Sendable {
+  public var ino: UInt64
+  public var mode: UInt32
+  public var nlink: UInt32 = 1
+  public var uid: UInt32 = 0
+  public var gid: UInt32 = 0
+  public var rdev: UInt64 = 0
+  public var size: Int64 = 0
+  public var blocks: Int64 = 0
+  public var atime: (sec: Int64, nsec: Int64) = (0, 0)
+  public var mtime: (sec: Int64, nsec: Int64) = (0, 0)
+  public var ctime: (sec: Int64, nsec: Int64) = (0, 0)
+  /// How long the kernel may cache these attributes and the name that led to them (seconds).
+  public var timeout: Double = 60
+
+  public init(ino: UInt64, mode: UInt32) {
+    self.ino = ino
+    self.mode = mode
+  }
+}
+
+public struct FUSEDirEntry: Sendable {
+  public var name: [UInt8]
+  public var ino: UInt64
+  public var mode: UInt32
+  public init(name: [UInt8], ino: UInt64, mode: UInt32) {
+    self.name = name
+    self.ino = ino
+    self.mode = mode
+  }
+}
+
+/// A read-only filesystem. Inode 1 is the root. Methods may run concurrently.
+public protocol FUSEFilesystem: Sendable {
+  /// The child `name` of directory `parent`; counts one kernel reference to the returned inode.
+  func lookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes
+  /// The kernel dropped `count` references to `ino`.
+  func forget(ino: UInt64, count: UInt64)
+  func getattr(ino: UInt64) async throws -> FUSEAttributes
+  func readlink(ino: UInt64) async throws -> [UInt8]
+  /// Opens a regular file; the handle is passed to `read` and `release`. `keepCache`: the contents
+  /// never change, so the kernel may keep cached pages across opens.
+  func open(ino: UInt64) async throws -> (handle: UInt64, keepCache: Bool)
+  func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8]
+  func release(ino: UInt64, handle: UInt64)
+  /// The whole listing of a directory, without "." and ".."; `cacheable` when it never changes.
+  func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool)
+  func listxattr(ino: UInt64) async throws -> [[UInt8]]
+  func getxattr(ino: UInt64, name: [UInt8]) async throws -> [UInt8]
+}
+
+/// A mounted filesystem. `run()` blocks until the filesystem is unmounted or `exit()` is called (the
+/// caller wires signals to `exit()`).
+public final class FUSESession: @unchecked Sendable {
+  // @unchecked: `session` is set once in init and used by the loop thread and by `exit()`, which
+  // libfuse allows; everything mutable lives behind Mutexes in `Context`.
+  private let session: OpaquePointer
+  private let context: Unmanaged<Context>
+  public let mountpoint: String
+
+  /// Mounts `filesystem` at `mountpoint` with `options` (as for `-o`: "ro", "auto_unmount", …).
+  public init(filesystem: any FUSEFilesystem, mountpoint: String, options: [String]) throws {
+    self.mountpoint = mountpoint
+    let ctx = Unmanaged.passRetained(Context(fs: filesystem))
+    var argv: [UnsafeMutablePointer<CChar>?] = [strdup("tidemark")]
+    if !options.isEmpty {
+      argv.append(strdup("-o"))
+      argv.append(strdup(options.joined(separator: ",")))
+    }
+    defer { for a in argv { free(a) } }
+    var ops = FUSESession.operations()
+    let se: OpaquePointer? = argv.withUnsafeMutableBufferPointer { buf in
+      var args = fuse_args(argc: Int32(buf.count), argv: buf.baseAddress, allocated: 0)
+      let s = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, ctx.toOpaque())
+      fuse_opt_free_args(&args)
+      return s
+    }
+    guard let se else {
+      ctx.release()
+      throw FUSEError(EINVAL)
+    }
+    guard fuse_session_mount(se, mountpoint) == 0 else {
+      fuse_session_destroy(se)
+      ctx.release()
+      throw FUSEError(errno == 0 ? EIO : errno)
+    }
+    session = se
+    context = ctx
+  }
+
+  /// Serves requests on the calling thread until unmounted; then unmounts and frees the session.
+  /// Call once, from a thread that may block (not from Swift's cooperative pool).
+  public func run() {
+    // exit() interrupts the loop's blocking read with SIGUSR2 (a handler without SA_RESTART, so the
+    // read fails with EINTR and the loop sees the exit flag).
+    var sa = sigaction()
+    sa.__sigaction_handler.sa_handler = { _ in }
+    sigemptyset(&sa.sa_mask)
+    sa.sa_flags = 0
+    sigaction(SIGUSR2, &sa, nil)
+    // Threads started from Dispatch's pool inherit its mask, which blocks SIGUSR2.
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGUSR2)
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    loopThread.withLock { $0 = pthread_self() }
+    _ = fuse_session_loop(session)
+    loopThread.withLock { $0 = nil }
+    fuse_session_unmount(session)
+    fuse_session_destroy(session)
+    context.release()
+  }
+
+  private let loopThread = Mutex<pthread_t?>(nil)
+
+  /// Stops the loop (from any thread, e.g. a signal handler's queue); `run()` then unmounts and returns.
+  public func exit() {
+    fuse_session_exit(session)
+    loopThread.withLock { t in
+      if let t { pthread_kill(t, SIGUSR2) }
+    }
+  }
+
+  /// The callbacks: they capture nothing, find the context through userdata, and answer from a Task.
+  private static func operations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+    ops.`init` = { _, conn in
+      guard let conn else { return }
+      // Large reads when the kernel allows them; requests are answered concurrently.
+      conn.pointee.max_readahead = 1 << 20
+    }
+    ops.lookup = { req, parent, name in
+      let r = Request(req), n = bytes(name)
+      r.serve { fs in
+        let a = try await fs.lookup(parent: parent, name: n)
+        r.replyEntry(a)
+      }
+    }
+    ops.forget = { req, ino, n in
+      Request(req).context.fs.forget(ino: ino, count: n)
+      fuse_reply_none(req)
+    }
+    ops.forget_multi = { req, count, forgets in
+      let fs = Request(req).context.fs
+      for i in 0..<count {
+        if let f = forgets?[i] { fs.forget(ino: f.ino, count: f.nlookup) }
+      }
+      fuse_reply_none(req)
+    }
+    ops.getattr = { req, ino, _ in
+      let r = Request(req)
+      r.serve { fs in r.replyAttr(try await fs.getattr(ino: ino)) }
+    }
+    ops.readlink = { req, ino in
+      let r = Request(req)
+      r.serve { fs in
+        let target = try await fs.readlink(ino: ino)
+        _ = (target + [0]).withUnsafeBufferPointer { b in
+          fuse_reply_readlink(r.req, UnsafeRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self))
+        }
+      }
+    }
+    ops.open = { req, ino, fi in
+      let r = Request(req)
+      guard let fi else { return r.fail(EIO) }
+      if fi.pointee.flags & O_ACCMODE != O_RDONLY { return r.fail(EROFS) }
+      let info = FileInfo(fi.pointee)
+      r.serve { fs in
+        var i = info.value
+        let (fh, keep) = try await fs.open(ino: ino)
+        i.fh = fh
+        i.keep_cache = keep ? 1 : 0
+        _ = fuse_reply_open(r.req, &i)
+      }
+    }
+    ops.read = { req, ino, size, off, fi in
+      let r = Request(req)
+      let fh = fi?.pointee.fh ?? 0
+      r.serve { fs in
+        let data = try await fs.read(ino: ino, handle: fh, offset: Int64(off), size: size)
+        _ = data.withUnsafeBytes { b in
+          fuse_reply_buf(r.req, b.baseAddress?.assumingMemoryBound(to: CChar.self), b.count)
+        }
+      }
+    }
+    ops.release = { req, ino, fi in
+      Request(req).context.fs.release(ino: ino, handle: fi?.pointee.fh ?? 0)
+      fuse_reply_err(req, 0)
+    }
+    ops.opendir = { req, ino, fi in
+      let r = Request(req)
+      guard let fi else { return r.fail(EIO) }
+      let info = FileInfo(fi.pointee)
+      r.serve { fs in
+        let (entries, cacheable) = try await fs.readdir(ino: ino)
+        var i = info.value
+        i.fh = r.context.openListing(entries)
+        i.cache_readdir = cacheable ? 1 : 0
+        _ = fuse_reply_open(r.req, &i)
+      }
+    }
+    ops.readdir = { req, ino, size, off, fi in
+      let r = Request(req)
+      let entries = r.context.listing(fi?.pointee.fh ?? 0) ?? []
+      r.replyDir(ino: ino, entries: entries, size: size, offset: Int(off))
+    }
+    ops.releasedir = { req, _, fi in
+      Request(req).context.closeListing(fi?.pointee.fh ?? 0)
+      fuse_reply_err(req, 0)
+    }
+    ops.statfs = { req, _ in
+      var s = statvfs()
+      s.f_bsize = 4096
+      s.f_frsize = 4096
+      s.f_namemax = 255
+      fuse_reply_statfs(req, &s)
+    }
+    ops.listxattr = { req, ino, size in
+      let r = Request(req)
+      r.serve { fs in
+        var out: [UInt8] = []
+        for n in try await fs.listxattr(ino: ino) { out += n + [0] }
+        r.replyXattr(out, size: size)
+      }
+    }
+    ops.getxattr = { req, ino, name, size in
+      let r = Request(req), n = bytes(name)
+      r.serve { fs in r.replyXattr(try await fs.getxattr(ino: ino, name: n), size: size) }
+    }
+    return ops
+  }
+}
+
+private func bytes(_ p: UnsafePointer<CChar>?) -> [UInt8] {
+  guard let p else { return [] }
+  return Array(UnsafeRawBufferPointer(start: p, count: strlen(p)))
+}
+
+/// fuse_file_info copied by value into a Task (libfuse's pointer is only valid during the callback).
+private struct FileInfo: @unchecked Sendable {
+  let value: fuse_file_info
+  init(_ v: fuse_file_info) { value = v }
+}
+
+/// Per-session state: the filesystem and open directory listings.
+private final class Context: Sendable {
+  let fs: any FUSEFilesystem
+  private let listings = Mutex<(next: UInt64, open: [UInt64: [FUSEDirEntry]])>((1, [:]))
+
+  init(fs: any FUSEFilesystem) { self.fs = fs }
+
+  func openListing(_ e: [FUSEDirEntry]) -> UInt64 {
+    listings.withLock { l in
+      let h = l.next
+      l.next += 1
+      l.open[h] = e
+      return h
+    }
+  }
+  func listing(_ h: UInt64) -> [FUSEDirEntry]? { listings.withLock { $0.open[h] } }
+  func closeListing(_ h: UInt64) { _ = listings.withLock { $0.open.removeValue(forKey: h) } }
+}
+
+/// One kernel request. libfuse lets any thread answer it, exactly once, later.
+private struct Request: @unchecked Sendable {
+  let req: fuse_req_t
+  init(_ r: fuse_req_t?) { req = r! }
+
+  var context: Context { Unmanaged<Context>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue() }
+
+  func fail(_ e: Int32) { fuse_reply_err(req, e) }
+
+  /// Runs `body` in a Task; a thrown FUSEError becomes its errno, anything else EIO.
+  func serve(_ body: @escaping @Sendable (any FUSEFilesystem) async throws -> Void) {
+    let fs = context.fs
+    Task {
+      do {
+        try await body(fs)
+      } catch let e as FUSEError {
+        fail(e.errno)
+      } catch {
+        fail(EIO)
+      }
+    }
+  }
+
+  func replyEntry(_ a: FUSEAttributes) {
+    var e = fuse_entry_param()
+    e.ino = a.ino
+    e.generation = 1
+    e.attr = stat(a)
+    e.attr_timeout = a.timeout
+    e.entry_timeout = a.timeout
+    fuse_reply_entry(req, &e)
+  }
+
+  func replyAttr(_ a: FUSEAttributes) {
+    var s = stat(a)
+    fuse_reply_attr(req, &s, a.timeout)
+  }
+
+  func replyXattr(_ value: [UInt8], size: Int) {
+    if size == 0 {
+      fuse_reply_xattr(req, value.count)
+    } else if value.count > size {
+      fail(ERANGE)
+    } else {
+      _ = value.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+    }
+  }
+
+  /// Answers one readdir request: "." and "..", then the entries, from position `offset`.
+  func replyDir(ino: UInt64, entries: [FUSEDirEntry], size: Int, offset: Int) {
+    var buf = [CChar](repeating: 0, count: size)
+    var used = 0
+    let total = entries.count + 2
+    var i = offset
+    while i < total {
+      let (name, eino, mode): ([UInt8], UInt64, UInt32) =
+        i == 0
+        ? ([46], ino, 0o040000)
+        : i == 1
+          ? ([46, 46], 1, 0o040000)
+          : (entries[i - 2].name, entries[i - 2].ino, entries[i - 2].mode)
+      var st = Glibc.stat()
+      st.st_ino = UInt(eino)
+      st.st_mode = mode
+      let n = (name + [0]).withUnsafeBufferPointer { nb in
+        buf.withUnsafeMutableBufferPointer { b in
+          fuse_add_direntry(
+            req, b.baseAddress! + used, size - used,
+            UnsafeRawPointer(nb.baseAddress!).assumingMemoryBound(to: CChar.self), &st, off_t(i + 1))
+        }
+      }
+      if n > size - used { break }
+      used += n
+      i += 1
+    }
+    _ = buf.withUnsafeBufferPointer { fuse_reply_buf(req, $0.baseAddress, used) }
+  }
+
+  private func stat(_ a: FUSEAttributes) -> Glibc.stat {
+    var s = Glibc.stat()
+    s.st_ino = UInt(a.ino)
+    s.st_mode = a.mode
+    s.st_nlink = UInt(a.nlink)
+    s.st_uid = a.uid
+    s.st_gid = a.gid
+    s.st_rdev = UInt(a.rdev)
+    s.st_size = Int(a.size)
+    s.st_blocks = Int(a.blocks)
+    s.st_blksize = 4096
+    s.st_atim = timespec(tv_sec: Int(a.atime.sec), tv_nsec: Int(a.atime.nsec))
+    s.st_mtim = timespec(tv_sec: Int(a.mtime.sec), tv_nsec: Int(a.mtime.nsec))
+    s.st_ctim = timespec(tv_sec: Int(a.ctime.sec), tv_nsec: Int(a.ctime.nsec))
+    return s
+  }
 }

@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkFUSE
+import TidemarkMount
+import TidemarkSystem
+
+struct MountCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "mount",
+    abstract: "Browse the repository as a read-only filesystem.",
+    discussion: """
+      Serves the snapshots under MOUNTPOINT until interrupted (Ctrl-C, SIGTERM) or unmounted
+      (`fusermount3 -u MOUNTPOINT`):
+
+        ids/<short id>/  snapshots/<time>/  hosts/<host>/<time>/  tags/<tag>/<time>/
+
+      with a `latest` link in every time directory. New snapshots appear within --refresh seconds;
+      forgotten ones disappear. `.tidemark/status.json` maps each snapshot directory back to the
+      repository and snapshot ID (used by `tidemark restore PATH-IN-MOUNT`). Holds a shared lock
+      (refreshed) unless --no-lock.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Option(name: [.customShort("H"), .long], help: "Only snapshots of this host (repeatable).") var host: [String] = []
+  @Option(help: "Only snapshots with these tags (comma-separated for all of them; repeatable for any).")
+  var tag: [String] = []
+  @Option(help: "Only snapshots with this path (repeatable).") var path: [String] = []
+  @Option(
+    name: .customLong("path-template"),
+    help: "Where snapshots appear (repeatable; %i short ID, %I ID, %u user, %h host, %t tag, %T time).")
+  var pathTemplate: [String] = []
+  @Option(name: .customLong("time-template"), help: "Go time layout for %T (e.g. 2006-01-02_15-04-05).")
+  var timeTemplate = "2006-01-02T15:04:05Z07:00"
+  @Option(help: "Seconds between looks for new snapshots.") var refresh: Double = 30
+  @Option(name: .customLong("cache-size"), help: "Blob cache size in MiB.") var cacheSize = 256
+  @Flag(name: .customLong("allow-other"), help: "Let other users access the mount.") var allowOther = false
+  @Argument(help: "Where to mount (an existing empty directory).") var mountpoint: String
+
+  func run() async throws {
+    guard Sys.exists(BytePath(mountpoint)), (try? Sys.lstat(BytePath(mountpoint)))?.isDirectory == true else {
+      throw TidemarkError(
+        .usage, "mountpoint \(mountpoint) is not a directory", hint: "create it: mkdir -p \(mountpoint)")
+    }
+    let repo = try await global.open()
+    var o = MountOptions()
+    if !pathTemplate.isEmpty { o.pathTemplates = pathTemplate }
+    o.timeTemplate = timeTemplate
+    o.hosts = host
+    o.tags = tag
+    o.paths = path
+    o.refresh = refresh
+    o.cacheBytes = max(1, cacheSize) << 20
+    o.mountpoint = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+    let fs = SnapshotFS(repository: repo, options: o)
+
+    let lock: RepositoryLock? =
+      global.noLock
+      ? nil
+      : try await RepositoryLock.acquire(repo, exclusive: false, retry: try global.lockRetry) {
+        try await fs.refresh()
+      }
+    if lock == nil { try await fs.refresh() }
+
+    var opts = ["ro", "fsname=tidemark", "subtype=tidemark", "default_permissions", "auto_unmount"]
+    if allowOther { opts.append("allow_other") }
+    let session: FUSESession
+    do {
+      session = try FUSESession(filesystem: fs, mountpoint: o.mountpoint, options: opts)
+    } catch let e as FUSEError {
+      await lock?.release()
+      throw TidemarkError(
+        .general,
+        "cannot mount at \(o.mountpoint): \(String(cString: strerror(e.errno)))",
+        hint: "is /dev/fuse available and the fuse3 package (fusermount3) installed?")
+    }
+    if !global.quiet {
+      Out.err(
+        "serving \(repo.backend.location) at \(o.mountpoint); Ctrl-C or `fusermount3 -u \(o.mountpoint)` unmounts")
+    }
+    let refresher = Task { await fs.refreshLoop { Out.err("tidemark mount: \($0)") } }
+    // SIGINT/SIGTERM/SIGHUP: stop serving; the loop then unmounts and the lock is released below.
+    let signals = [SIGINT, SIGTERM, SIGHUP].map { sig in
+      signal(sig, SIG_IGN)
+      let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+      src.setEventHandler { session.exit() }
+      src.resume()
+      return src
+    }
+    defer { for s in signals { s.cancel() } }
+    // libfuse's loop blocks: run it on a thread of its own, off the cooperative pool.
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+      let t = Thread {
+        session.run()
+        c.resume()
+      }
+      t.name = "tidemark-fuse"
+      t.start()
+    }
+    refresher.cancel()
+    await lock?.release()
+  }
+}

@@ -1,0 +1,156 @@
+// `tidemark mount` for real: a FUSE mount served by the tidemark binary, read with ordinary file calls.
+import Foundation
+import Testing
+import TidemarkCore
+import TidemarkSystem
+
+/// A running `tidemark mount`; killed (and the mount cleared by auto_unmount) when dropped.
+final class MountProcess {
+  let process = Process()
+  let mountpoint: String
+  private let watchdog: DispatchWorkItem
+
+  init(_ ws: Workspace, _ args: [String], mountpoint: String) throws {
+    self.mountpoint = mountpoint
+    try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+    process.executableURL = URL(fileURLWithPath: Tools.tidemark)
+    process.arguments = args + [mountpoint]
+    var e = ProcessInfo.processInfo.environment
+    e["TIDEMARK_PASSWORD"] = "test-pw"
+    e["TIDEMARK_TEST_KDF"] = "1024,8,1"
+    process.environment = e
+    process.currentDirectoryURL = URL(fileURLWithPath: ws.path)
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    // A hung filesystem would hang the test: killing the server makes every pending call fail instead.
+    let p = process
+    watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + 180, execute: watchdog)
+  }
+
+  /// Waits until `path` (inside the mount) exists.
+  func wait(for path: String, seconds: Double = 20) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+      if FileManager.default.fileExists(atPath: path) { return true }
+      if !process.isRunning { return false }
+      usleep(100_000)
+    }
+    return false
+  }
+
+  func isMounted() -> Bool {
+    ((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains(" \(mountpoint) ")
+  }
+
+  deinit {
+    watchdog.cancel()
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    _ = try? Tools.run("/bin/fusermount3", ["-u", "-z", mountpoint])
+  }
+}
+
+/// The IDs in `snapshots --json` output, oldest first.
+func snapshotIDs(_ json: String) -> [String] {
+  guard case .array(let a)? = try? JSON.parse(Array(json.utf8)) else { return [] }
+  return a.compactMap { $0["id"]?.string }
+}
+
+@Suite(.serialized) struct MountTests {
+  @Test func mountShowsSnapshotsFaithfullyFollowsNewOnesAndUnmountsOnSIGTERM() throws {
+    let ws = try Workspace("mount")
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: true)
+    // A file large enough for several blobs, read through mmap below.
+    _ = try Tools.sh("head -c 12000000 /dev/urandom > src/big.bin", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let b1 = try ws.tidemark(["-r", "repo", "backup", "src", "--tag", "first", "--host", "dc1", "--json"])
+    #expect(b1.status == 0, "\(b1.stderr)")
+
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount", "--refresh", "1"], mountpoint: mnt)
+    #expect(m.wait(for: mnt + "/snapshots/latest/src"), "the mount never showed the snapshot")
+
+    // Content and metadata match the source, through ordinary file calls.
+    let source = try describeTree(ws.sub("src"))
+    let d = differences(source, try describeTree(mnt + "/snapshots/latest/src"), ignoreLinkTargetOf: [])
+    #expect(d.isEmpty, "mount differs: \(d.prefix(10))")
+
+    // restic's layout: ids, hosts, tags, and `latest` links to the newest time directory.
+    let snaps = try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out
+    let id1 = try #require(snapshotIDs(snaps).first)
+    #expect(FileManager.default.fileExists(atPath: "\(mnt)/ids/\(id1.prefix(8))/src/file.txt"))
+    let hostLatest = try Sys.readlink(BytePath("\(mnt)/hosts/dc1/latest"))
+    #expect(FileManager.default.fileExists(atPath: "\(mnt)/hosts/dc1/\(BytePath.display(hostLatest))/src/big.bin"))
+    #expect(FileManager.default.fileExists(atPath: "\(mnt)/tags/first/latest/src/file.txt"))
+
+    // mmap readers work (sqlite and friends) and see the right bytes.
+    let mm = try Tools.run(
+      "/usr/bin/python3",
+      [
+        "-c",
+        """
+        import mmap, sys
+        a = open(sys.argv[1], 'rb'); m = mmap.mmap(a.fileno(), 0, prot=mmap.PROT_READ)
+        b = open(sys.argv[2], 'rb').read()
+        print('same' if m[:] == b and m[7000000:7000100] == b[7000000:7000100] else 'differ')
+        """, mnt + "/snapshots/latest/src/big.bin", ws.sub("src/big.bin"),
+      ])
+    #expect(mm.out.contains("same"), "\(mm.out) \(mm.stderr)")
+
+    // The status file maps snapshot directories back to the repository and snapshot.
+    let status = try JSON.parse(Array(try Data(contentsOf: URL(fileURLWithPath: mnt + "/.tidemark/status.json"))))
+    #expect(status["repository"]?.string == ws.sub("repo"))
+    #expect(status["snapshots"]?["ids/\(id1.prefix(8))"]?.string == id1)
+
+    // A new snapshot appears without remounting; a forgotten one disappears.
+    let b2 = try ws.tidemark(["-r", "repo", "backup", "src", "--host", "dc1"])
+    #expect(b2.status == 0)
+    let id2 = try #require(snapshotIDs(try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out).last)
+    #expect(m.wait(for: "\(mnt)/ids/\(id2.prefix(8))/src/file.txt"), "a new snapshot did not appear")
+    // restic's forget wants an exclusive lock, which the mount's shared lock blocks (as with restic's
+    // mount); a forget from elsewhere (e.g. a replicated repository) removes the snapshot file.
+    let blocked = try ws.restic(["-r", "repo", "forget", id1])
+    #expect(blocked.status != 0 && blocked.stderr.contains("lock"), "\(blocked.stderr)")
+    try FileManager.default.removeItem(atPath: ws.sub("repo/snapshots/\(id1)"))
+    var gone = false
+    for _ in 0..<50 where !gone {
+      gone = !FileManager.default.fileExists(atPath: "\(mnt)/ids/\(id1.prefix(8))")
+      usleep(100_000)
+    }
+    #expect(gone, "a forgotten snapshot stayed")
+
+    // While mounted, a shared lock is held (restic's stale rules apply to it).
+    #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("repo/locks")).count == 1)
+
+    // SIGTERM unmounts cleanly and removes the lock.
+    kill(m.process.processIdentifier, SIGTERM)
+    m.process.waitUntilExit()
+    #expect(m.process.terminationStatus == 0)
+    var unmounted = false
+    for _ in 0..<50 where !unmounted {
+      unmounted = !m.isMounted()
+      usleep(100_000)
+    }
+    #expect(unmounted)
+    #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("repo/locks")).isEmpty)
+  }
+
+  @Test func timeTemplateAndFiltersShapeTheTree() throws {
+    let ws = try Workspace("mount-tpl")
+    _ = try Tools.sh("mkdir -p a && echo one > a/f", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "a", "--host", "h1"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "a", "--host", "h2"]).status == 0)
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(
+      ws, ["-r", "repo", "mount", "--host", "h2", "--time-template", "2006-01-02_15-04-05"], mountpoint: mnt)
+    #expect(m.wait(for: mnt + "/snapshots/latest/a/f"))
+    let hosts = try FileManager.default.contentsOfDirectory(atPath: mnt + "/hosts")
+    #expect(hosts == ["h2"])
+    let times = try FileManager.default.contentsOfDirectory(atPath: mnt + "/snapshots").filter { $0 != "latest" }
+    #expect(times.count == 1 && !times[0].contains(":") && times[0].contains("_"), "\(times)")
+    let sorted = try Tools.run("/bin/ls", ["-f", mnt]).out.split(separator: "\n").map(String.init)
+    #expect(sorted == [".", "..", ".tidemark", "hosts", "ids", "snapshots", "tags"], "\(sorted)")
+  }
+}
