@@ -152,5 +152,20 @@ func snapshotIDs(_ json: String) -> [String] {
     #expect(times.count == 1 && !times[0].contains(":") && times[0].contains("_"), "\(times)")
     let sorted = try Tools.run("/bin/ls", ["-f", mnt]).out.split(separator: "\n").map(String.init)
     #expect(sorted == [".", "..", ".tidemark", "hosts", "ids", "snapshots", "tags"], "\(sorted)")
+
+    // Read-only: writes fail with EROFS.
+    let fd = open(mnt + "/snapshots/latest/a/f", O_WRONLY)
+    #expect(fd == -1 && errno == EROFS)
+    #expect(mkdir(mnt + "/snapshots/latest/a/new", 0o755) == -1 && errno == EROFS)
+
+    // Killed outright, the process leaves no dead mount behind (auto_unmount).
+    kill(m.process.processIdentifier, SIGKILL)
+    m.process.waitUntilExit()
+    var unmounted = false
+    for _ in 0..<50 where !unmounted {
+      unmounted = !m.isMounted()
+      usleep(100_000)
+    }
+    #expect(unmounted, "a dead mount stayed after SIGKILL")
   }
 }
