@@ -10,10 +10,11 @@
 #   restic                      compatibility checks (restic check --read-data, restic restore)
 #   attr                        getfattr/setfattr for extended-attribute tests
 #   openssh-server/-client      a throwaway sshd on 127.0.0.1 for SFTP tests
-#   git ca-certificates         SwiftPM fetches swift-argument-parser with git over https
+#   git ca-certificates         SwiftPM fetches swift-argument-parser with git over https (git: mount tests too)
+#   rsync sqlite3               mount tests and benchmarks read snapshots with them
 TIDEMARK_APT_PACKAGES=(
   libfuse3-dev fuse3 libssh2-1-dev libssl-dev libzstd-dev pkg-config restic attr openssh-server openssh-client
-  git ca-certificates
+  git ca-certificates rsync sqlite3
 )
 
 # log MESSAGE...: one progress line, easy to spot among build output.

@@ -57,6 +57,11 @@ func snapshotIDs(_ json: String) -> [String] {
   return a.compactMap { $0["id"]?.string }
 }
 
+/// `rsync -aHX -n -i -c FROM TO`: the itemized list of what rsync would change (empty when the trees agree).
+func rsyncItemize(from: String, to: String) throws -> RunResult {
+  try Tools.run("/usr/bin/rsync", ["-aHX", "--numeric-ids", "-n", "-i", "-c", from, to])
+}
+
 @Suite(.serialized) struct MountTests {
   @Test func mountShowsSnapshotsFaithfullyFollowsNewOnesAndUnmountsOnSIGTERM() throws {
     let ws = try Workspace("mount")
@@ -75,6 +80,10 @@ func snapshotIDs(_ json: String) -> [String] {
     let source = try describeTree(ws.sub("src"))
     let d = differences(source, try describeTree(mnt + "/snapshots/latest/src"), ignoreLinkTargetOf: [])
     #expect(d.isEmpty, "mount differs: \(d.prefix(10))")
+
+    // rsync, comparing content by checksum and every attribute it knows, finds nothing to do.
+    let rs = try rsyncItemize(from: mnt + "/snapshots/latest/src/", to: ws.sub("src/"))
+    #expect(rs.status == 0 && rs.out.isEmpty, "rsync found differences: \(rs.out.prefix(2000)) \(rs.stderr)")
 
     // restic's layout: ids, hosts, tags, and `latest` links to the newest time directory.
     let snaps = try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out
@@ -167,5 +176,53 @@ func snapshotIDs(_ json: String) -> [String] {
       usleep(100_000)
     }
     #expect(unmounted, "a dead mount stayed after SIGKILL")
+  }
+
+  @Test func resticWrittenRepositoryMountsAndToolsWorkInside() throws {
+    let ws = try Workspace("mount-restic")
+    // A sqlite database and a git repository, as sysadmins find them in their backups.
+    let setup = """
+      mkdir -p data/app data/proj
+      sqlite3 data/app/app.db "create table t(id integer primary key, name text, payload blob);
+        with recursive c(x) as (select 1 union all select x + 1 from c where x < 20000)
+        insert into t select x, 'row ' || x, randomblob(200) from c;
+        create index t_name on t(name);"
+      cd data/proj && git init -q -b main && git config user.email t@example.org && git config user.name T
+      for i in 1 2 3; do echo "version $i" > readme.txt; head -c 300000 /dev/urandom > blob$i.bin
+        git add -A && git commit -q -m "commit number $i"; done
+      git gc -q
+      """
+    let s = try Tools.sh(setup, cwd: ws.path)
+    try #require(s.status == 0, "\(s.stderr)")
+    let query = "select count(*), sum(length(payload)) from t"
+    let expectedCount = try Tools.run("/usr/bin/sqlite3", [ws.sub("data/app/app.db"), query]).out
+    let expectedLog = try Tools.run("/usr/bin/git", ["-C", ws.sub("data/proj"), "log", "--format=%H %s"]).out
+    #expect(expectedLog.split(separator: "\n").count == 3)
+
+    // restic writes the repository; tidemark mounts it.
+    #expect(try ws.restic(["init", "-r", "repo"]).status == 0)
+    let b = try ws.restic(["-r", "repo", "backup", "data", "--host", "restic-host"])
+    try #require(b.status == 0, "\(b.stderr)")
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount"], mountpoint: mnt)
+    let inside = mnt + "/hosts/restic-host/latest/data"
+    #expect(m.wait(for: inside + "/app/app.db"), "the restic-written snapshot never appeared")
+
+    let rs = try rsyncItemize(from: inside + "/", to: ws.sub("data/"))
+    #expect(rs.status == 0 && rs.out.isEmpty, "rsync found differences: \(rs.out.prefix(2000)) \(rs.stderr)")
+
+    // sqlite3 opens the database on the read-only mount and finds it intact.
+    let q = try Tools.run("/usr/bin/sqlite3", [inside + "/app/app.db", query])
+    #expect(q.status == 0 && q.out == expectedCount, "\(q.out) \(q.stderr)")
+    let ic = try Tools.run("/usr/bin/sqlite3", ["-readonly", inside + "/app/app.db", "pragma integrity_check"])
+    #expect(ic.out.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(ic.out) \(ic.stderr)")
+
+    // git reads history and objects (pack files are read through mmap).
+    let log = try Tools.run("/usr/bin/git", ["-C", inside + "/proj", "log", "--format=%H %s"])
+    #expect(log.status == 0 && log.out == expectedLog, "\(log.out) \(log.stderr)")
+    let show = try Tools.run("/usr/bin/git", ["-C", inside + "/proj", "show", "HEAD~2:readme.txt"])
+    #expect(show.out == "version 1\n", "\(show.out) \(show.stderr)")
+    let fsck = try Tools.run("/usr/bin/git", ["-C", inside + "/proj", "fsck", "--no-dangling"])
+    #expect(fsck.status == 0, "\(fsck.stderr)")
   }
 }
