@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tidemark needs (when missing) and builds the release binary.
 # Run as root on Debian 12 with Swift at /opt/swift. Safe to run again: installed packages are skipped
-# and the build is incremental.
+# and the build is incremental. `scripts/setup.sh --install` also installs the binary, the mount helper and
+# the systemd units (see mount/README.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
@@ -18,3 +19,13 @@ swift build -c release
 bin="$PWD/.build/release/tidemark"
 [ -x "$bin" ] || die "build finished but $bin is missing"
 log "tidemark is built: $bin"
+
+# --install: put the binary, the mount helper and the systemd units where the system finds them.
+if [ "${1:-}" = "--install" ]; then
+  log "installing"
+  install -D -m 0755 "$bin" /usr/local/bin/tidemark
+  install -D -m 0755 mount/mount.tidemark /sbin/mount.tidemark
+  install -D -m 0644 mount/tidemark-mount@.service /etc/systemd/system/tidemark-mount@.service
+  echo "installed /usr/local/bin/tidemark, /sbin/mount.tidemark, /etc/systemd/system/tidemark-mount@.service"
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+fi

@@ -225,4 +225,59 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     let fsck = try Tools.run("/usr/bin/git", ["-C", inside + "/proj", "fsck", "--no-dangling"])
     #expect(fsck.status == 0, "\(fsck.stderr)")
   }
+
+  @Test func mountHelperServesMountTypeTidemark() throws {
+    // mount(8) runs /sbin/mount.tidemark; install ours there for the test when nothing else is.
+    let helper = "/sbin/mount.tidemark"
+    let ours = Tools.packageRoot.appendingPathComponent("mount/mount.tidemark").path
+    var installed = false
+    if !FileManager.default.fileExists(atPath: helper) {
+      try FileManager.default.createSymbolicLink(atPath: helper, withDestinationPath: ours)
+      installed = true
+    }
+    defer { if installed { try? FileManager.default.removeItem(atPath: helper) } }
+
+    let ws = try Workspace("mount-helper")
+    _ = try Tools.sh(
+      "mkdir -p a && echo from-helper > a/f && printf 'test-pw\\n' > pw && printf 'nope\\n' > bad", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "a", "--host", "h"]).status == 0)
+    let mnt = ws.sub("mnt")
+    try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+    let env = ["TIDEMARK_BIN": Tools.tidemark]
+    defer { _ = try? Tools.run("/bin/fusermount3", ["-u", "-z", mnt]) }
+
+    // Wrong password: mount fails with mount(8)'s failure code and says why; nothing stays mounted.
+    let bad = try Tools.run(
+      "/bin/mount",
+      ["-t", "tidemark", ws.sub("repo"), mnt, "-o", "password-file=\(ws.sub("bad")),log=\(ws.sub("log"))"],
+      env: env)
+    #expect(bad.status == 32 && bad.stderr.contains("password"), "\(bad.status) \(bad.stderr)")
+    let bogus = try Tools.run("/bin/mount", ["-t", "tidemark", ws.sub("repo"), mnt, "-o", "bogus=1"], env: env)
+    #expect(bogus.status != 0 && bogus.stderr.contains("unknown option bogus"), "\(bogus.stderr)")
+
+    // The helper returns once the filesystem is there: no waiting needed.
+    let ok = try Tools.run(
+      "/bin/mount",
+      [
+        "-t", "tidemark", ws.sub("repo"), mnt, "-o",
+        "ro,password-file=\(ws.sub("pw")),refresh=5,host=h,log=\(ws.sub("log"))",
+      ],
+      env: env)
+    #expect(ok.status == 0, "\(ok.stderr)")
+    let mounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
+    #expect(mounts.contains(" \(mnt) fuse.tidemark ro,"), "\(mounts)")
+    let content = try String(contentsOfFile: mnt + "/hosts/h/latest/a/f", encoding: .utf8)
+    #expect(content == "from-helper\n")
+
+    // umount stops the server, which releases its lock.
+    #expect(try Tools.run("/bin/umount", [mnt]).status == 0)
+    var released = false
+    for _ in 0..<100 where !released {
+      released = (try? FileManager.default.contentsOfDirectory(atPath: ws.sub("repo/locks")).isEmpty) == true
+      usleep(100_000)
+    }
+    #expect(released, "the server kept its lock after umount")
+    #expect(!(try String(contentsOfFile: "/proc/mounts", encoding: .utf8)).contains(" \(mnt) "))
+  }
 }
