@@ -1,38 +1,156 @@
 #!/usr/bin/env bash
-# Benchmark: tidemark against restic on the same generated ~1 GiB corpus, in one run, on this machine.
-# Steps: first backup, unchanged re-backup, backup after changing ~1% of the data, full restore.
-# For each: wall time and peak RSS (/usr/bin/time). Writes the table to docs/performance.md.
+# Benchmarks: tidemark against restic on this machine, in one run. Two sections:
+#   backup  generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
+#           full restore. For each: wall time and peak RSS (/usr/bin/time).
+#   mount   one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
+#           file, `find` over the snapshot, `rsync -a` of 20,000 small files. Each with a cold page cache and a
+#           fresh mount process; peak RSS of the mount process (VmHWM).
+# Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
+# <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
-#   scripts/bench.sh                 # build release, generate the corpus, run, write docs/performance.md
-#   BENCH_DIR=/var/tmp/b scripts/bench.sh   # where corpus and repositories go (default /tmp/tidemark-bench)
-#   BENCH_OUT=-  scripts/bench.sh    # print the table instead of writing docs/performance.md
+#   scripts/bench.sh                 # build release, run both sections, update docs/performance.md
+#   scripts/bench.sh backup          # only the backup/restore section (likewise: scripts/bench.sh mount)
+#   BENCH_NO_BUILD=1 scripts/bench.sh      # use .build/release/tidemark as it is (no swift build)
+#   BENCH_DIR=/var/tmp/b scripts/bench.sh  # where corpora and repositories go (default /tmp/tidemark-bench)
+#   BENCH_OUT=-  scripts/bench.sh    # print the tables instead of writing docs/performance.md
+#   BENCH_RUNS=3                     # runs per step, median reported (default 3)
+#   BENCH_MOUNT_LARGE_MIB=256 BENCH_MOUNT_SMALL_DIRS=200   # mount dataset: large file size, dirs of 100 small files
 set -euo pipefail
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-ensure_swift
+
+usage() { die "usage: scripts/bench.sh [backup] [mount]   (no argument: both)"; }
+SECTIONS=()
+for arg in "$@"; do
+  case $arg in
+    backup | mount) SECTIONS+=("$arg") ;;
+    *) usage ;;
+  esac
+done
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount); fi
+want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
+
+# shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
+if want backup && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
 ROOT=$PWD
 BENCH_DIR=${BENCH_DIR:-/tmp/tidemark-bench}
 OUT=${BENCH_OUT:-docs/performance.md}
-log "building release binary"
-swift build -c release >/dev/null
+case $OUT in - | /*) ;; *) OUT="$ROOT/$OUT" ;; esac
+RUNS=${BENCH_RUNS:-3}
 TM="$ROOT/.build/release/tidemark"
+if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
+  [ -x "$TM" ] || die "BENCH_NO_BUILD=1 but $TM is missing or not executable: build it with 'swift build -c release'"
+  log "using the existing $TM (BENCH_NO_BUILD=1)"
+else
+  ensure_swift
+  log "building release binary"
+  swift build -c release >/dev/null
+fi
 
 mkdir -p "$BENCH_DIR"
 cd "$BENCH_DIR"
-rm -rf repo-restic repo-tidemark restore-restic restore-tidemark results.txt cache
+BENCH_DIR=$(pwd -P)
+rm -rf cache
 export RESTIC_PASSWORD=bench TIDEMARK_PASSWORD=bench RESTIC_CACHE_DIR="$BENCH_DIR/cache"
 
-if [ ! -f corpus/.complete ]; then
-  log "generating the corpus (deterministic, ~1 GiB)"
-  rm -rf corpus
-  python3 - <<'PY'
+# ---- cleanup: whatever a section leaves mounted or running when the script stops -----------------------------
+FS_IMG="$BENCH_DIR/restore-fs.img"
+MNT="$BENCH_DIR/mnt"              # where the mount section mounts the repository
+DEST="$BENCH_DIR/rsync-dest"      # rsync target (a fresh tmpfs per session when root)
+MOUNT_PID=""                      # the mount process of the current mount session
+is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
+cleanup() {
+  set +e
+  if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+    kill -TERM "$MOUNT_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$MOUNT_PID" 2>/dev/null
+    wait "$MOUNT_PID" 2>/dev/null
+  fi
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null; fi
+  if is_mounted "$DEST"; then umount "$DEST" 2>/dev/null || umount -l "$DEST" 2>/dev/null; fi
+  if is_mounted "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs"; fi
+  rm -f "$FS_IMG"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# update_doc SECTION FILE: puts FILE's text between the section's markers in $OUT (markers appended at the end
+# when the document has none yet), or prints it when BENCH_OUT=-.
+update_doc() {
+  if [ "$OUT" = "-" ]; then
+    cat "$2"
+    return
+  fi
+  python3 - "$OUT" "$1" "$2" <<'PY'
+import os, sys
+path, section, block_file = sys.argv[1:4]
+block = open(block_file).read().strip('\n')
+begin, end = f'<!-- bench:{section}:begin -->', f'<!-- bench:{section}:end -->'
+doc = open(path).read() if os.path.exists(path) else '# Performance: tidemark vs restic\n'
+if begin not in doc and end not in doc:
+    doc = doc.rstrip('\n') + f'\n\n{begin}\n{block}\n{end}\n'
+elif doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(end) < doc.index(begin):
+    sys.exit(f'{path}: the {begin} ... {end} markers are broken; fix them by hand')
+else:
+    i, j = doc.index(begin) + len(begin), doc.index(end)
+    doc = doc[:i] + '\n' + block + '\n' + doc[j:]
+with open(path + '.tmp', 'w') as f:
+    f.write(doc)
+os.replace(path + '.tmp', path)
+PY
+  log "updated the $1 section of $OUT"
+}
+
+# ---- backup section ------------------------------------------------------------------------------------------
+
+# Runs a command under /usr/bin/time; records wall seconds and peak RSS (KiB).
+run_measured() { # name tool command...
+  local name=$1 tool=$2
+  shift 2
+  local log="time-$tool-$name.log"
+  /usr/bin/time -o "$log" -f '%e %M' "$@" > "out-$tool-$name.log" 2>&1 || { echo "FAILED: $*"; cat "out-$tool-$name.log"; exit 1; }
+  local t
+  t=$(tail -1 "$log")
+  echo "$name $tool $t" >> results.txt
+  printf '  %-8s %-10s %6s s  %5s MiB\n' "$tool" "$name" "${t% *}" "$(( ${t#* } / 1024 ))"
+}
+
+# Restores go to a freshly made ext4 file system per run when we can loop-mount (root): restoring into a
+# directory where the previous restore was just deleted makes ext4's inode allocator scan recently freed
+# inodes (`recently_deleted` in ext4_create), which dominated and randomised both tools' timings.
+fresh_target() { # prints a directory to restore into
+  if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then
+    mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"
+    rm -f "$FS_IMG"
+    truncate -s 3G "$FS_IMG"
+    mkfs.ext4 -q -F "$FS_IMG"
+    mkdir -p "$BENCH_DIR/restore-fs"
+    if mount -o loop "$FS_IMG" "$BENCH_DIR/restore-fs" 2>/dev/null; then
+      sync
+      echo "$BENCH_DIR/restore-fs/r"
+      return
+    fi
+  fi
+  rm -rf "$BENCH_DIR/restore-plain"
+  sync
+  echo "$BENCH_DIR/restore-plain"
+}
+
+bench_backup() {
+  rm -rf repo-restic repo-tidemark restore-restic restore-tidemark results.txt
+  # The 1% step changes the corpus: regenerate it.
+  if [ -f corpus/.changed ]; then rm -rf corpus; fi
+  if [ ! -f corpus/.complete ]; then
+    log "generating the corpus (deterministic, ~1 GiB)"
+    rm -rf corpus
+    python3 - <<'PY'
 import os, random
 r = random.Random(20261121)
 os.makedirs('corpus/large', exist_ok=True)
@@ -60,63 +178,25 @@ for d in range(40):                                  # 4000 small files
             f.write(r.randbytes(r.randint(100, 16000)))
 open('corpus/.complete', 'w').close()
 PY
-fi
-# The 1% step changes the corpus: regenerate it on the next run.
-if [ -f corpus/.changed ]; then rm -rf corpus; exec "$SELF" "$@"; fi
-CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
-CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
-find corpus -type f -exec cat {} + > /dev/null   # same warm page cache for both tools
-
-# Runs a command under /usr/bin/time; records wall seconds and peak RSS (KiB).
-run_measured() { # name tool command...
-  local name=$1 tool=$2
-  shift 2
-  local log="time-$tool-$name.log"
-  /usr/bin/time -o "$log" -f '%e %M' "$@" > "out-$tool-$name.log" 2>&1 || { echo "FAILED: $*"; cat "out-$tool-$name.log"; exit 1; }
-  local t
-  t=$(tail -1 "$log")
-  echo "$name $tool $t" >> results.txt
-  printf '  %-8s %-10s %6s s  %5s MiB\n' "$tool" "$name" "${t% *}" "$(( ${t#* } / 1024 ))"
-}
-
-RUNS=${BENCH_RUNS:-3}
-# Restores go to a freshly made ext4 file system per run when we can loop-mount (root): restoring into a
-# directory where the previous restore was just deleted makes ext4's inode allocator scan recently freed
-# inodes (`recently_deleted` in ext4_create), which dominated and randomised both tools' timings.
-FS_IMG="$BENCH_DIR/restore-fs.img"
-fresh_target() { # prints a directory to restore into
-  if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then
-    mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"
-    rm -f "$FS_IMG"
-    truncate -s 3G "$FS_IMG"
-    mkfs.ext4 -q -F "$FS_IMG"
-    mkdir -p "$BENCH_DIR/restore-fs"
-    if mount -o loop "$FS_IMG" "$BENCH_DIR/restore-fs" 2>/dev/null; then
-      sync
-      echo "$BENCH_DIR/restore-fs/r"
-      return
-    fi
   fi
-  rm -rf "$BENCH_DIR/restore-plain"
-  sync
-  echo "$BENCH_DIR/restore-plain"
-}
-trap 'mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"; rm -f "$FS_IMG"' EXIT
+  CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
+  CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
+  find corpus -type f -exec cat {} + > /dev/null   # same warm page cache for both tools
 
-log "restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs per step, median reported"
-for run in $(seq "$RUNS"); do
-  rm -rf repo-restic repo-tidemark
-  restic init -q -r repo-restic
-  "$TM" init -q -r repo-tidemark
-  log "run $run: first backup, unchanged re-backup"
-  run_measured first restic restic -q -r repo-restic backup corpus
-  run_measured first tidemark "$TM" -q -r repo-tidemark backup corpus
-  run_measured unchanged restic restic -q -r repo-restic backup corpus
-  run_measured unchanged tidemark "$TM" -q -r repo-tidemark backup corpus
-done
+  log "backup: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs per step, median reported"
+  for run in $(seq "$RUNS"); do
+    rm -rf repo-restic repo-tidemark
+    restic init -q -r repo-restic
+    "$TM" init -q -r repo-tidemark
+    log "run $run: first backup, unchanged re-backup"
+    run_measured first restic restic -q -r repo-restic backup corpus
+    run_measured first tidemark "$TM" -q -r repo-tidemark backup corpus
+    run_measured unchanged restic restic -q -r repo-restic backup corpus
+    run_measured unchanged tidemark "$TM" -q -r repo-tidemark backup corpus
+  done
 
-log "changing ~1% of the corpus"
-python3 - <<'PY'
+  log "changing ~1% of the corpus"
+  python3 - <<'PY'
 import random
 r = random.Random(99)
 for p in ['corpus/mid/m000.bin', 'corpus/mid/m001.bin', 'corpus/mid/m002.bin']:
@@ -128,24 +208,30 @@ for d in range(10):
     with open(f'corpus/small/d{d:02}/f000', 'wb') as f: f.write(r.randbytes(5000))
 open('corpus/.changed', 'w').close()
 PY
-run_measured change1pct restic restic -q -r repo-restic backup corpus
-run_measured change1pct tidemark "$TM" -q -r repo-tidemark backup corpus
+  run_measured change1pct restic restic -q -r repo-restic backup corpus
+  run_measured change1pct tidemark "$TM" -q -r repo-tidemark backup corpus
 
-log "full restore of the latest snapshot"
-# Both repositories warm in the page cache, like the corpus (tidemark drops packs it writes from the cache).
-find repo-restic repo-tidemark -type f -exec cat {} + > /dev/null
-for run in $(seq "$RUNS"); do
-  dir=$(fresh_target)
-  run_measured restore restic restic -q -r repo-restic restore latest --target "$dir"
-  dir=$(fresh_target)
-  run_measured restore tidemark "$TM" -q -r repo-tidemark restore latest --target "$dir"
-  diff -rq corpus "$dir/corpus" -x .changed > /dev/null || { echo "tidemark's restore differs from the corpus"; exit 1; }
-done
+  log "full restore of the latest snapshot"
+  # Both repositories warm in the page cache, like the corpus (tidemark drops packs it writes from the cache).
+  find repo-restic repo-tidemark -type f -exec cat {} + > /dev/null
+  local dir
+  for run in $(seq "$RUNS"); do
+    dir=$(fresh_target)
+    run_measured restore restic restic -q -r repo-restic restore latest --target "$dir"
+    dir=$(fresh_target)
+    run_measured restore tidemark "$TM" -q -r repo-tidemark restore latest --target "$dir"
+    diff -rq corpus "$dir/corpus" -x .changed > /dev/null || { echo "tidemark's restore differs from the corpus"; exit 1; }
+  done
+  mountpoint -q "$BENCH_DIR/restore-fs" && umount "$BENCH_DIR/restore-fs"
+  rm -f "$FS_IMG"
 
-REPO_R=$(du -sb repo-restic | cut -f1)
-REPO_T=$(du -sb repo-tidemark | cut -f1)
+  REPO_R=$(du -sb repo-restic | cut -f1)
+  REPO_T=$(du -sb repo-tidemark | cut -f1)
+  render_backup > backup-table.md
+  update_doc backup backup-table.md
+}
 
-render() {
+render_backup() {
   python3 - "$CORPUS_BYTES" "$CORPUS_FILES" "$REPO_R" "$REPO_T" "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" <<'PY'
 import sys
 corpus, files, repo_r, repo_t, rv, tv, cores, day = sys.argv[1:9]
@@ -160,7 +246,6 @@ nruns = max(len(v) for d in runs.values() for v in d.values())
 names = {'first': 'first backup', 'unchanged': 'unchanged re-backup', 'change1pct': 'backup after 1% change', 'restore': 'full restore'}
 targets = {'first': 1.5, 'unchanged': 2.0, 'change1pct': None, 'restore': 1.5}
 mib = lambda b: int(b) / (1 << 20)
-print('# Performance: tidemark vs restic\n')
 print(f'Measured by `scripts/bench.sh` on {day}: {cores} cores, same machine, same run, warm page cache;')
 print(f'median of {nruns} runs per step (the 1% change step runs once), restores into a fresh ext4 file system each.')
 print(f'Corpus: {mib(corpus):.0f} MiB in {files} files (5 x 100 MiB and 200 x 1 MiB random, 120 x 2 MiB text, 4000 small files).')
@@ -175,14 +260,198 @@ for k in ['first', 'unchanged', 'change1pct', 'restore']:
 print(f'\nRepository size after the three backups: restic {mib(repo_r):.0f} MiB, tidemark {mib(repo_t):.0f} MiB.')
 PY
 }
-if [ "$OUT" = "-" ]; then
-  render
-else
-  {
-    render
-    echo
-    cat "$ROOT/docs/performance-notes.md" 2>/dev/null || true
-  } > "$ROOT/$OUT"
-  log "wrote $OUT"
-  cat "$ROOT/$OUT"
-fi
+
+# ---- mount section -------------------------------------------------------------------------------------------
+MOUNT_LARGE_MIB=${BENCH_MOUNT_LARGE_MIB:-256}
+MOUNT_SMALL_DIRS=${BENCH_MOUNT_SMALL_DIRS:-200}
+MOUNT_OTHER_DIRS=40
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; } # START END: seconds between
+
+# mount_session TOOL OP RUN: cold page cache, fresh mount process, one timed operation; appends
+# "TOOL OP SECONDS VALUE VMHWM_KIB READY_SECONDS" to mount-results.txt.
+mount_session() {
+  local tool=$1 op=$2 run=$3 log="mount-$1-$2-$3.log" snap="$MNT/snapshots/latest"
+  local t0 t1 ready secs value hwm n
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  mkdir -p "$MNT"
+  if [ "$op" = rsync ]; then   # a fresh, empty destination that costs no disk I/O
+    if is_mounted "$DEST"; then umount "$DEST"; fi
+    rm -rf "$DEST"
+    mkdir -p "$DEST"
+    mount -t tmpfs -o size=2g tidemark-bench "$DEST"
+  fi
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now)
+  # Started directly in the background (no wrapper), so $! is the mount process itself.
+  case $tool in
+    restic) restic -r repo-mount mount "$MNT" > "$log" 2>&1 & ;;
+    tidemark) "$TM" -r repo-mount mount "$MNT" > "$log" 2>&1 & ;;
+  esac
+  MOUNT_PID=$!
+  n=0
+  until [ -d "$snap/mountcorpus/small" ]; do
+    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$log"; die "$tool mount exited before the snapshot appeared"; }
+    n=$((n + 1))
+    [ $n -le 600 ] || { cat "$log"; die "$tool mount: $snap/mountcorpus did not appear within 60 s"; }
+    sleep 0.1
+  done
+  ready=$(elapsed "$t0" "$(now)")
+  [ "$(cat "/proc/$MOUNT_PID/comm")" = "$tool" ] || die "PID $MOUNT_PID is $(cat "/proc/$MOUNT_PID/comm"), not $tool"
+
+  case $op in
+    read)
+      t0=$(now)
+      cat "$snap/mountcorpus/large.bin" > /dev/null
+      t1=$(now)
+      value=$(stat -c %s "$snap/mountcorpus/large.bin")
+      ;;
+    find)
+      t0=$(now)
+      value=$(find "$snap/" | wc -l)
+      t1=$(now)
+      [ "$value" = "$MOUNT_ENTRIES" ] || die "$tool mount: find saw $value entries, expected $MOUNT_ENTRIES"
+      ;;
+    rsync)
+      t0=$(now)
+      rsync -a "$snap/mountcorpus/small/" "$DEST/"
+      t1=$(now)
+      value=$(find "$DEST" -type f | wc -l)
+      [ "$value" = "$MOUNT_SMALL_FILES" ] || die "$tool mount: rsync copied $value files, expected $MOUNT_SMALL_FILES"
+      diff -rq mountcorpus/small "$DEST" > /dev/null || die "$tool mount: rsync copy differs from mountcorpus/small"
+      ;;
+  esac
+  secs=$(elapsed "$t0" "$t1")
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MOUNT_PID/status")
+
+  # Stop it the way a user would: restic quits on Ctrl-C (SIGINT), tidemark on SIGTERM as well.
+  if [ "$tool" = restic ]; then kill -INT "$MOUNT_PID"; else kill -TERM "$MOUNT_PID"; fi
+  n=0
+  while kill -0 "$MOUNT_PID" 2>/dev/null; do
+    n=$((n + 1))
+    if [ $n -gt 300 ]; then
+      echo "warning: $tool mount did not exit within 30 s of the signal; killing it" >&2
+      kill -KILL "$MOUNT_PID" 2>/dev/null || true
+    fi
+    sleep 0.1
+  done
+  wait "$MOUNT_PID" || true   # restic exits with 130 after SIGINT
+  MOUNT_PID=""
+  n=0
+  while is_mounted "$MNT"; do
+    n=$((n + 1))
+    if [ $n -gt 100 ]; then
+      echo "warning: $MNT still mounted 10 s after $tool exited; fusermount3 -uz" >&2
+      fusermount3 -uz "$MNT" || umount -l "$MNT"
+    fi
+    sleep 0.1
+  done
+  if is_mounted "$DEST"; then umount "$DEST"; fi
+
+  echo "$tool $op $secs $value $hwm $ready" >> mount-results.txt
+  printf '  %-8s %-6s %8s s  (%s)  ready after %s s  VmHWM %s MiB\n' "$tool" "$op" "$secs" "$value" "$ready" "$((hwm / 1024))"
+}
+
+bench_mount() {
+  [ "$(id -u)" = 0 ] || die "the mount benchmark needs root (drop_caches, tmpfs)"
+  [ -e /dev/fuse ] || die "/dev/fuse is missing"
+  local params="large_mib=$MOUNT_LARGE_MIB small_dirs=$MOUNT_SMALL_DIRS other_dirs=$MOUNT_OTHER_DIRS seed=20261122"
+  if [ ! -d mountcorpus ] || [ "$(cat mountcorpus.complete 2>/dev/null)" != "$params" ]; then
+    log "generating the mount dataset (deterministic: $params)"
+    rm -rf mountcorpus mountcorpus.complete
+    python3 - "$MOUNT_LARGE_MIB" "$MOUNT_SMALL_DIRS" "$MOUNT_OTHER_DIRS" <<'PY'
+import os, random, sys
+large_mib, small_dirs, other_dirs = map(int, sys.argv[1:4])
+r = random.Random(20261122)
+os.makedirs('mountcorpus', exist_ok=True)
+with open('mountcorpus/large.bin', 'wb') as f:       # one large incompressible file
+    for _ in range(large_mib):
+        f.write(r.randbytes(1 << 20))
+for d in range(small_dirs):                          # dirs x 100 small files, 1-8 KiB random
+    os.makedirs(f'mountcorpus/small/d{d:03}', exist_ok=True)
+    for i in range(100):
+        with open(f'mountcorpus/small/d{d:03}/f{i:03}', 'wb') as f:
+            f.write(r.randbytes(r.randint(1024, 8192)))
+for d in range(other_dirs):                          # more entries: dirs x 100 tiny files
+    os.makedirs(f'mountcorpus/other/o{d:02}', exist_ok=True)
+    for i in range(100):
+        with open(f'mountcorpus/other/o{d:02}/e{i:03}.txt', 'wb') as f:
+            f.write(r.randbytes(r.randint(0, 200)))
+PY
+    echo "$params" > mountcorpus.complete   # outside the dataset, so it is not in the snapshot
+  fi
+  MOUNT_ENTRIES=$(( $(find mountcorpus | wc -l) + 1 ))   # `find snapshots/latest/` also lists latest/ itself
+  MOUNT_SMALL_FILES=$(find mountcorpus/small -type f | wc -l)
+  local large_bytes
+  large_bytes=$(stat -c %s mountcorpus/large.bin)
+
+  log "mount: making the repository with restic"
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  rm -rf repo-mount mount-results.txt mount-*.log
+  restic init -q -r repo-mount
+  restic -q -r repo-mount backup mountcorpus
+  # restic's cache (RESTIC_CACHE_DIR) as after normal use: every tree in it. It is kept for all runs.
+  restic -q -r repo-mount ls latest > /dev/null
+
+  log "mount: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS run(s), cold page cache, fresh mount each"
+  local run op first second
+  for run in $(seq "$RUNS"); do
+    log "run $run"
+    if [ $((run % 2)) = 1 ]; then first=restic second=tidemark; else first=tidemark second=restic; fi
+    for op in read find rsync; do
+      mount_session "$first" "$op" "$run"
+      mount_session "$second" "$op" "$run"
+    done
+  done
+  rmdir "$DEST" 2>/dev/null || true
+
+  render_mount "$large_bytes" "$(du -sb repo-mount | cut -f1)" > mount-table.md
+  update_doc mount mount-table.md
+}
+
+render_mount() { # LARGE_BYTES REPO_BYTES
+  python3 - "$1" "$2" "$MOUNT_SMALL_DIRS" "$MOUNT_OTHER_DIRS" "$MOUNT_ENTRIES" "$(restic version)" "$("$TM" version)" \
+    "$(nproc)" "$(uname -r)" "$(date -u +%Y-%m-%d)" <<'PY'
+import statistics, sys
+large, repo, small_dirs, other_dirs, entries, rv, tv, cores, kernel, day = sys.argv[1:11]
+res = {}
+for line in open('mount-results.txt'):
+    tool, op, secs, value, hwm, ready = line.split()
+    res.setdefault(tool, {}).setdefault(op, []).append((float(secs), int(value), int(hwm), float(ready)))
+med = lambda tool, op, i=0: statistics.median(x[i] for x in res[tool][op])
+nruns = max(len(v) for d in res.values() for v in d.values())
+mib = lambda b: int(b) / (1 << 20)
+mbps = {t: int(large) / 1e6 / med(t, 'read') for t in res}
+peak = {t: max(x[2] for v in res[t].values() for x in v) / 1024 for t in res}
+ready = {t: statistics.median(x[3] for v in res[t].values() for x in v) for t in res}
+small_files = int(small_dirs) * 100
+print(f'Measured by `scripts/bench.sh mount` on {day}: {cores} cores, Linux {kernel}, same machine, same run;')
+print(f'median of {nruns} run{"s" if nruns != 1 else ""}. Every figure is one operation in a fresh mount process started after')
+print('`sync; echo 3 > /proc/sys/vm/drop_caches` (cold page cache); restic\'s cache directory is kept between runs.')
+print(f'Dataset: one snapshot of `mountcorpus/` made by `restic backup` (repository {mib(repo):.0f} MiB), mounted by both:')
+print(f'`large.bin` {mib(large):.0f} MiB random; `small/` {small_dirs} dirs x 100 files of 1-8 KiB random ({small_files:,} files);')
+print(f'`other/` {other_dirs} dirs x 100 tiny files; {int(entries):,} entries in all.')
+print(f'Versions: `{rv}`; `{tv}`.\n')
+print('| measure | restic | tidemark | ratio | target |')
+print('|---|---:|---:|---:|---|')
+def row(name, r, t, ratio, target, met, fmt):
+    print(f'| {name} | {fmt(r)} | {fmt(t)} | {ratio:.2f}x | {target} {"met" if met else "NOT met"} |')
+ratio = mbps['tidemark'] / mbps['restic']
+row('sequential read of `large.bin` (MB/s)', mbps['restic'], mbps['tidemark'], ratio, '>= 3x', ratio >= 3, lambda v: f'{v:.0f}')
+r, t = med('restic', 'find'), med('tidemark', 'find')
+row(f'`find snapshots/latest/` (s, {int(entries):,} entries)', r, t, r / t, '>= 1.5x', r / t >= 1.5, lambda v: f'{v:.3f}')
+r, t = med('restic', 'rsync'), med('tidemark', 'rsync')
+row(f'`rsync -a` of `small/` (s, {small_files:,} files)', r, t, r / t, '>= 3x', r / t >= 3, lambda v: f'{v:.3f}')
+r, t = peak['restic'], peak['tidemark']
+row('peak RSS of the mount process (MiB)', r, t, r / t, 'below restic:', t < r, lambda v: f'{v:.0f}')
+print('\nRatios are tidemark\'s advantage (MB/s: tidemark / restic; times and RSS: restic / tidemark); 1 MB = 10^6 bytes.')
+print(f'Peak RSS is the largest VmHWM over all sessions of a tool. Median time from starting the mount until')
+print(f'`snapshots/latest/mountcorpus/small` existed: restic {ready["restic"]:.2f} s, tidemark {ready["tidemark"]:.2f} s (not in the figures above).')
+PY
+}
+
+for section in "${SECTIONS[@]}"; do
+  "bench_$section"
+done
+if [ "$OUT" != "-" ]; then cat "$OUT"; fi
