@@ -89,12 +89,20 @@ public struct MasterKey: Sendable, Equatable {
     var diff: UInt8 = 0
     for i in 0..<16 { diff |= expected[i] ^ sealed[16 + n + i] }
     guard diff == 0 else { return nil }
-    var out = [UInt8](repeating: 0, count: n)
-    if n > 0 {
-      try out.withUnsafeMutableBytes { o in
-        try encrypt.withUnsafeBytes { k in try AES.ctr256(key: k, iv: nonce, input: ct, output: o) }
+    // Written in full by AES-CTR: no need to zero it first.
+    var failure: Error? = nil
+    let out = [UInt8](unsafeUninitializedCapacity: n) { o, count in
+      count = n
+      guard n > 0 else { return }
+      do {
+        try encrypt.withUnsafeBytes { k in
+          try AES.ctr256(key: k, iv: nonce, input: ct, output: UnsafeMutableRawBufferPointer(o))
+        }
+      } catch {
+        failure = error
       }
     }
+    if let failure { throw failure }
     return out
   }
 

@@ -216,6 +216,36 @@ public final class Repository: Sendable {
     return try scratch.withUnsafeBytes { try body($0) }
   }
 
+  /// Like `decodeBlob`, but decrypts in place (destroying `sealed`): the plaintext is written once,
+  /// into the array returned (no zero-filling, no intermediate copy).
+  public func decodeBlob(inPlace sealed: UnsafeMutableRawBufferPointer, _ b: PackedBlob, pack: PackID) throws
+    -> [UInt8]
+  {
+    let damaged = "\(b.type.name) blob \(b.id.short) in pack \(pack.short)"
+    guard let plain = try key.openInPlace(sealed) else {
+      throw TidemarkError.corrupt("\(damaged) fails authentication (damaged pack)")
+    }
+    let data: [UInt8]
+    if b.isCompressed {
+      do {
+        data = try Zstd.decompress(UnsafeRawBufferPointer(plain), expectedSize: Int(b.uncompressedLength))
+      } catch {
+        throw TidemarkError.corrupt("\(damaged) does not decompress: \(error)")
+      }
+    } else {
+      data = [UInt8](unsafeUninitializedCapacity: plain.count) { o, n in
+        if let base = plain.baseAddress, plain.count > 0 {
+          UnsafeMutableRawPointer(o.baseAddress!).copyMemory(from: base, byteCount: plain.count)
+        }
+        n = plain.count
+      }
+    }
+    guard RawID.hash(data) == b.id.raw else {
+      throw TidemarkError.corrupt("\(damaged) has wrong content (hash mismatch)")
+    }
+    return data
+  }
+
   public func loadBlob(_ id: BlobID) async throws -> [UInt8] {
     guard let e = index.lookup(id) else {
       throw TidemarkError.corrupt("blob \(id.short) is not in the index", hint: "run `tidemark check`")

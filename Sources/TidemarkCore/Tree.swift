@@ -235,7 +235,10 @@ public struct Tree: Sendable {
     return w.out
   }
 
-  public init(json: [UInt8]) throws {
+  public init(json: [UInt8]) throws { nodes = try TreeJSON.nodes(json) }
+
+  /// The general (slower) path through JSONValue; `init(json:)` must agree with it.
+  public init(genericJSON json: [UInt8]) throws {
     let v = try JSON.parse(json)
     guard let arr = v["nodes"] else { throw TidemarkError.corrupt("tree blob has no nodes list") }
     nodes = try (arr.array ?? []).map { try Node(json: $0) }

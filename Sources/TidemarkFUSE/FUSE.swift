@@ -56,22 +56,40 @@ public struct FUSEDirEntry: Sendable {
 }
 
 /// A read-only filesystem. Inode 1 is the root. Methods may run concurrently.
+///
+/// Requests that need no I/O are answered on the session thread, synchronously: the plain methods
+/// below, and the `…Now` variants, which answer from memory or return nil when the async method must
+/// load something (that one then runs in a Task). Neither may block.
 public protocol FUSEFilesystem: Sendable {
   /// The child `name` of directory `parent`; counts one kernel reference to the returned inode.
   func lookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes
+  func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes?
   /// The kernel dropped `count` references to `ino`.
   func forget(ino: UInt64, count: UInt64)
-  func getattr(ino: UInt64) async throws -> FUSEAttributes
-  func readlink(ino: UInt64) async throws -> [UInt8]
+  func getattr(ino: UInt64) throws -> FUSEAttributes
+  func readlink(ino: UInt64) throws -> [UInt8]
   /// Opens a regular file; the handle is passed to `read` and `release`. `keepCache`: the contents
   /// never change, so the kernel may keep cached pages across opens.
-  func open(ino: UInt64) async throws -> (handle: UInt64, keepCache: Bool)
+  func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)
   func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8]
+  func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]?
   func release(ino: UInt64, handle: UInt64)
   /// The whole listing of a directory, without "." and ".."; `cacheable` when it never changes.
   func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool)
-  func listxattr(ino: UInt64) async throws -> [[UInt8]]
-  func getxattr(ino: UInt64, name: [UInt8]) async throws -> [UInt8]
+  func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)?
+  func listxattr(ino: UInt64) throws -> [[UInt8]]
+  func getxattr(ino: UInt64, name: [UInt8]) throws -> [UInt8]
+  /// True when files need no open or release: `read` finds the file by inode (handle 0) and the
+  /// contents may stay cached across opens. The kernel is then told not to send opens and releases
+  /// at all (two round trips fewer per file).
+  var statelessOpen: Bool { get }
+}
+
+extension FUSEFilesystem {
+  public var statelessOpen: Bool { false }
+  public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? { nil }
+  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]? { nil }
+  public func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)? { nil }
 }
 
 /// A mounted filesystem. `run()` blocks until the filesystem is unmounted or `exit()` is called (the
@@ -149,17 +167,30 @@ public final class FUSESession: @unchecked Sendable {
   /// The callbacks: they capture nothing, find the context through userdata, and answer from a Task.
   private static func operations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
-    ops.`init` = { _, conn in
-      guard let conn else { return }
+    ops.`init` = { userdata, conn in
+      guard let conn, let userdata else { return }
+      let context = Unmanaged<Context>.fromOpaque(userdata).takeUnretainedValue()
       // Large reads when the kernel allows them; requests are answered concurrently.
       conn.pointee.max_readahead = 1 << 20
+      // Symlink targets never change: let the kernel keep them.
+      if conn.pointee.capable & UInt32(FUSE_CAP_CACHE_SYMLINKS) != 0 {
+        conn.pointee.want |= UInt32(FUSE_CAP_CACHE_SYMLINKS)
+      }
+      // Directory listings carry attributes (readdirplus), always rather than "adaptively": it saves
+      // a lookup per entry for tools that stat what they list (rsync, ls -l, du), and the adaptive
+      // mode measured slower even for `find` (docs/performance.md).
+      if conn.pointee.capable & UInt32(FUSE_CAP_READDIRPLUS) != 0 {
+        conn.pointee.want |= UInt32(FUSE_CAP_READDIRPLUS)
+        conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
+      }
+      if context.fs.statelessOpen && conn.pointee.capable & UInt32(FUSE_CAP_NO_OPEN_SUPPORT) != 0 {
+        context.noOpen.store(true, ordering: .relaxed)
+      }
     }
     ops.lookup = { req, parent, name in
       let r = Request(req), n = bytes(name)
-      r.serve { fs in
-        let a = try await fs.lookup(parent: parent, name: n)
-        r.replyEntry(a)
-      }
+      if r.answered({ try $0.lookupNow(parent: parent, name: n) }, r.replyEntry) { return }
+      r.serve { fs in r.replyEntry(try await fs.lookup(parent: parent, name: n)) }
     }
     ops.forget = { req, ino, n in
       Request(req).context.fs.forget(ino: ino, count: n)
@@ -174,12 +205,11 @@ public final class FUSESession: @unchecked Sendable {
     }
     ops.getattr = { req, ino, _ in
       let r = Request(req)
-      r.serve { fs in r.replyAttr(try await fs.getattr(ino: ino)) }
+      _ = r.answered({ try $0.getattr(ino: ino) }, r.replyAttr)
     }
     ops.readlink = { req, ino in
       let r = Request(req)
-      r.serve { fs in
-        let target = try await fs.readlink(ino: ino)
+      _ = r.answered({ try $0.readlink(ino: ino) }) { target in
         _ = (target + [0]).withUnsafeBufferPointer { b in
           fuse_reply_readlink(r.req, UnsafeRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self))
         }
@@ -189,24 +219,19 @@ public final class FUSESession: @unchecked Sendable {
       let r = Request(req)
       guard let fi else { return r.fail(EIO) }
       if fi.pointee.flags & O_ACCMODE != O_RDONLY { return r.fail(EROFS) }
-      let info = FileInfo(fi.pointee)
-      r.serve { fs in
-        var i = info.value
-        let (fh, keep) = try await fs.open(ino: ino)
-        i.fh = fh
-        i.keep_cache = keep ? 1 : 0
-        _ = fuse_reply_open(r.req, &i)
+      // ENOSYS here means "opens always succeed, stop sending them" (FUSE_CAP_NO_OPEN_SUPPORT).
+      if r.context.noOpen.load(ordering: .relaxed) { return r.fail(ENOSYS) }
+      _ = r.answered({ try $0.open(ino: ino) }) { (fh, keep) in
+        fi.pointee.fh = fh
+        fi.pointee.keep_cache = keep ? 1 : 0
+        _ = fuse_reply_open(r.req, fi)
       }
     }
     ops.read = { req, ino, size, off, fi in
       let r = Request(req)
       let fh = fi?.pointee.fh ?? 0
-      r.serve { fs in
-        let data = try await fs.read(ino: ino, handle: fh, offset: Int64(off), size: size)
-        _ = data.withUnsafeBytes { b in
-          fuse_reply_buf(r.req, b.baseAddress?.assumingMemoryBound(to: CChar.self), b.count)
-        }
-      }
+      if r.answered({ try $0.readNow(ino: ino, handle: fh, offset: Int64(off), size: size) }, r.replyData) { return }
+      r.serve { fs in r.replyData(try await fs.read(ino: ino, handle: fh, offset: Int64(off), size: size)) }
     }
     ops.release = { req, ino, fi in
       Request(req).context.fs.release(ino: ino, handle: fi?.pointee.fh ?? 0)
@@ -215,6 +240,16 @@ public final class FUSESession: @unchecked Sendable {
     ops.opendir = { req, ino, fi in
       let r = Request(req)
       guard let fi else { return r.fail(EIO) }
+      if r.answered(
+        { try $0.readdirNow(ino: ino) },
+        { (entries, cacheable) in
+          fi.pointee.fh = r.context.openListing(entries)
+          fi.pointee.cache_readdir = cacheable ? 1 : 0
+          _ = fuse_reply_open(r.req, fi)
+        })
+      {
+        return
+      }
       let info = FileInfo(fi.pointee)
       r.serve { fs in
         let (entries, cacheable) = try await fs.readdir(ino: ino)
@@ -229,6 +264,11 @@ public final class FUSESession: @unchecked Sendable {
       let entries = r.context.listing(fi?.pointee.fh ?? 0) ?? []
       r.replyDir(ino: ino, entries: entries, size: size, offset: Int(off))
     }
+    ops.readdirplus = { req, ino, size, off, fi in
+      let r = Request(req)
+      let entries = r.context.listing(fi?.pointee.fh ?? 0) ?? []
+      r.replyDirPlus(ino: ino, entries: entries, size: size, offset: Int(off))
+    }
     ops.releasedir = { req, _, fi in
       Request(req).context.closeListing(fi?.pointee.fh ?? 0)
       fuse_reply_err(req, 0)
@@ -242,15 +282,15 @@ public final class FUSESession: @unchecked Sendable {
     }
     ops.listxattr = { req, ino, size in
       let r = Request(req)
-      r.serve { fs in
+      _ = r.answered({ try $0.listxattr(ino: ino) }) { names in
         var out: [UInt8] = []
-        for n in try await fs.listxattr(ino: ino) { out += n + [0] }
+        for n in names { out += n + [0] }
         r.replyXattr(out, size: size)
       }
     }
     ops.getxattr = { req, ino, name, size in
       let r = Request(req), n = bytes(name)
-      r.serve { fs in r.replyXattr(try await fs.getxattr(ino: ino, name: n), size: size) }
+      _ = r.answered({ try $0.getxattr(ino: ino, name: n) }) { r.replyXattr($0, size: size) }
     }
     return ops
   }
@@ -270,6 +310,8 @@ private struct FileInfo: @unchecked Sendable {
 /// Per-session state: the filesystem and open directory listings.
 private final class Context: Sendable {
   let fs: any FUSEFilesystem
+  /// The kernel agreed not to send opens (set once, in `init`).
+  let noOpen = Atomic<Bool>(false)
   private let listings = Mutex<(next: UInt64, open: [UInt64: [FUSEDirEntry]])>((1, [:]))
 
   init(fs: any FUSEFilesystem) { self.fs = fs }
@@ -295,6 +337,24 @@ private struct Request: @unchecked Sendable {
 
   func fail(_ e: Int32) { fuse_reply_err(req, e) }
 
+  /// Answers on this thread when `body` can (a value: `reply`; an error: its errno) and says so; false
+  /// when `body` returned nil (the caller then serves the request from a Task).
+  func answered<T>(_ body: (any FUSEFilesystem) throws -> T?, _ reply: (T) -> Void) -> Bool {
+    do {
+      guard let v = try body(context.fs) else { return false }
+      reply(v)
+    } catch let e as FUSEError {
+      fail(e.errno)
+    } catch {
+      fail(EIO)
+    }
+    return true
+  }
+
+  func replyData(_ data: [UInt8]) {
+    _ = data.withUnsafeBytes { b in fuse_reply_buf(req, b.baseAddress?.assumingMemoryBound(to: CChar.self), b.count) }
+  }
+
   /// Runs `body` in a Task; a thrown FUSEError becomes its errno, anything else EIO.
   func serve(_ body: @escaping @Sendable (any FUSEFilesystem) async throws -> Void) {
     let fs = context.fs
@@ -310,17 +370,12 @@ private struct Request: @unchecked Sendable {
   }
 
   func replyEntry(_ a: FUSEAttributes) {
-    var e = fuse_entry_param()
-    e.ino = a.ino
-    e.generation = 1
-    e.attr = stat(a)
-    e.attr_timeout = a.timeout
-    e.entry_timeout = a.timeout
+    var e = Request.entry(a)
     fuse_reply_entry(req, &e)
   }
 
   func replyAttr(_ a: FUSEAttributes) {
-    var s = stat(a)
+    var s = Request.stat(a)
     fuse_reply_attr(req, &s, a.timeout)
   }
 
@@ -364,7 +419,88 @@ private struct Request: @unchecked Sendable {
     _ = buf.withUnsafeBufferPointer { fuse_reply_buf(req, $0.baseAddress, used) }
   }
 
-  private func stat(_ a: FUSEAttributes) -> Glibc.stat {
+  /// Answers one readdirplus request: like `replyDir`, but each entry carries its attributes, which
+  /// saves the lookup the kernel would otherwise send for it. Every entry returned (but "." and "..")
+  /// counts as a lookup, so an entry is looked up only once it is certain to fit in the answer. An
+  /// entry that cannot be answered from memory ends the answer early (the kernel asks again for the
+  /// rest); if it is the first one, the answer comes from a Task.
+  func replyDirPlus(ino: UInt64, entries: [FUSEDirEntry], size: Int, offset: Int) {
+    var buf = [CChar](repeating: 0, count: size)
+    var used = 0
+    let total = entries.count + 2
+    var i = offset
+    let fs = context.fs
+    while i < total {
+      let name: [UInt8] = i == 0 ? [46] : i == 1 ? [46, 46] : entries[i - 2].name
+      let cname = name + [0]
+      let need = cname.withUnsafeBufferPointer { nb in
+        fuse_add_direntry_plus(
+          req, nil, 0, UnsafeRawPointer(nb.baseAddress!).assumingMemoryBound(to: CChar.self), nil, 0)
+      }
+      if need > size - used { break }
+      var e = fuse_entry_param()
+      if i < 2 {
+        e.attr.st_ino = UInt(i == 0 ? ino : 1)
+        e.attr.st_mode = 0o040000
+      } else {
+        let a: FUSEAttributes?
+        do {
+          a = try fs.lookupNow(parent: ino, name: name)
+        } catch {
+          a = nil
+        }
+        guard let a else {
+          if used == 0 { return serveOneDirPlus(ino: ino, entry: entries[i - 2], index: i) }
+          break
+        }
+        e = Request.entry(a)
+      }
+      buf.withUnsafeMutableBufferPointer { b in
+        cname.withUnsafeBufferPointer { nb in
+          _ = fuse_add_direntry_plus(
+            req, b.baseAddress! + used, size - used,
+            UnsafeRawPointer(nb.baseAddress!).assumingMemoryBound(to: CChar.self), &e, off_t(i + 1))
+        }
+      }
+      used += need
+      i += 1
+    }
+    _ = buf.withUnsafeBufferPointer { fuse_reply_buf(req, $0.baseAddress, used) }
+  }
+
+  /// The slow path of readdirplus: one entry, looked up from a Task (a name that vanished is skipped
+  /// by answering with a plain entry that carries no attributes).
+  private func serveOneDirPlus(ino: UInt64, entry: FUSEDirEntry, index: Int) {
+    let r = self
+    let name = entry.name
+    Task {
+      var e = fuse_entry_param()
+      e.attr.st_ino = UInt(entry.ino)
+      e.attr.st_mode = entry.mode
+      if let a = try? await r.context.fs.lookup(parent: ino, name: name) { e = Request.entry(a) }
+      var buf = [CChar](repeating: 0, count: 4096 + name.count)
+      let n = (name + [0]).withUnsafeBufferPointer { nb in
+        buf.withUnsafeMutableBufferPointer { b in
+          fuse_add_direntry_plus(
+            r.req, b.baseAddress!, b.count, UnsafeRawPointer(nb.baseAddress!).assumingMemoryBound(to: CChar.self),
+            &e, off_t(index + 1))
+        }
+      }
+      _ = buf.withUnsafeBufferPointer { fuse_reply_buf(r.req, $0.baseAddress, n) }
+    }
+  }
+
+  static func entry(_ a: FUSEAttributes) -> fuse_entry_param {
+    var e = fuse_entry_param()
+    e.ino = a.ino
+    e.generation = 1
+    e.attr = stat(a)
+    e.attr_timeout = a.timeout
+    e.entry_timeout = a.timeout
+    return e
+  }
+
+  private static func stat(_ a: FUSEAttributes) -> Glibc.stat {
     var s = Glibc.stat()
     s.st_ino = UInt(a.ino)
     s.st_mode = a.mode

@@ -1,82 +1,263 @@
-// Bounded caches for the mount: blob plaintext (by bytes) and decoded trees (by count).
-// A fetch in flight is shared: concurrent readers of one blob wait for the same fetch, readers of
+// The mount's memory: blob plaintext (bounded by bytes) and parsed trees (bounded by nodes), plus the
+// loader that fills them a pack window at a time.
+//
+// Why windows: tools walk snapshots in the order backups wrote them (rsync, cp -r, tar, find), so the
+// blobs read next sit right after the one asked for, in the same pack. Reading a few MiB of the pack
+// at once and decoding every blob in it turns thousands of small reads (each a trip to a blocking
+// thread and back) into a handful, and lets later requests be answered straight from memory on the
+// FUSE thread. Concurrent requests for blobs of one window wait for that one load; requests for
 // other blobs never wait on it.
 import Synchronization
 import TidemarkCore
 
-final class LRU<Value: Sendable>: Sendable {
+/// A CLOCK cache (second-chance FIFO): O(1) hits and amortised O(1) eviction, unlike a scan for the
+/// least recently used entry, which does not scale to tens of thousands of small blobs.
+struct ClockCache<Key: Hashable, Value> {
+  private var entries: [Key: (value: Value, cost: Int, referenced: Bool)] = [:]
+  private var queue: [Key] = []
+  private var head = 0
+  private(set) var cost = 0
+  let limit: Int
+
+  init(limit: Int) { self.limit = limit }
+
+  var count: Int { entries.count }
+
+  mutating func get(_ id: Key) -> Value? {
+    guard let e = entries[id] else { return nil }
+    if !e.referenced { entries[id]!.referenced = true }
+    return e.value
+  }
+
+  func contains(_ id: Key) -> Bool { entries[id] != nil }
+
+  /// Inserts `value`, then evicts until under the limit (the newest entry always stays).
+  mutating func insert(_ id: Key, _ value: Value, cost c: Int) {
+    if let old = entries[id] {
+      cost -= old.cost
+    } else {
+      queue.append(id)
+    }
+    entries[id] = (value, c, false)
+    cost += c
+    while cost > limit && entries.count > 1 { evictOne(keeping: id) }
+  }
+
+  private mutating func evictOne(keeping keep: Key) {
+    while head < queue.count {
+      let id = queue[head]
+      head += 1
+      if head >= 4096 && head * 2 >= queue.count {
+        queue.removeFirst(head)
+        head = 0
+      }
+      guard let e = entries[id] else { continue }
+      if e.referenced || id == keep {
+        entries[id]!.referenced = false
+        queue.append(id)
+        continue
+      }
+      cost -= e.cost
+      entries[id] = nil
+      return
+    }
+  }
+}
+
+/// Completion of one window load that many requests may wait for.
+final class Pending: Sendable {
+  private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+  func wait() async {
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+      let resumeNow = state.withLock { s in
+        if s.done { return true }
+        s.waiters.append(c)
+        return false
+      }
+      if resumeNow { c.resume() }
+    }
+  }
+
+  func finish() {
+    let w = state.withLock { s in
+      s.done = true
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for c in w { c.resume() }
+  }
+}
+
+final class BlobStore: Sendable {
   private struct State {
-    var values: [BlobID: (value: Value, cost: Int, tick: UInt64)] = [:]
-    var loading: [BlobID: Task<Value, Error>] = [:]
-    var tick: UInt64 = 0
-    var cost = 0
+    var cache: ClockCache<BlobID, [UInt8]>
+    var loading: [BlobID: Pending] = [:]
+    var headers = ClockCache<PackID, [PackedBlob]>(limit: 64)
   }
-  private let state = Mutex(State())
-  private let limit: Int
-  private let costOf: @Sendable (Value) -> Int
-  private let load: @Sendable (BlobID) async throws -> Value
+  private let state: Mutex<State>
+  let repo: Repository
+  /// Bytes of pack read per load (at least the blob asked for).
+  let window: Int
 
-  init(limit: Int, cost: @escaping @Sendable (Value) -> Int, load: @escaping @Sendable (BlobID) async throws -> Value) {
-    self.limit = limit
-    costOf = cost
-    self.load = load
+  init(repository: Repository, limit: Int, window: Int = 4 << 20) {
+    repo = repository
+    state = Mutex(State(cache: ClockCache(limit: limit)))
+    self.window = window
   }
 
-  func get(_ id: BlobID) async throws -> Value {
-    let task: Task<Value, Error> = state.withLock { s in
-      s.tick += 1
-      if let v = s.values[id] {
-        s.values[id]!.tick = s.tick
-        let value = v.value
-        return Task { value }
+  /// The blob's plaintext if it is in memory (never waits).
+  func cached(_ id: BlobID) -> [UInt8]? { state.withLock { $0.cache.get(id) } }
+
+  func get(_ id: BlobID) async throws -> [UInt8] {
+    for _ in 0..<3 {
+      enum Step {
+        case hit([UInt8])
+        case wait(Pending)
+        case load(Pending)
       }
-      if let t = s.loading[id] { return t }
-      let load = self.load
-      let t = Task { try await load(id) }
-      s.loading[id] = t
-      Task { await self.settle(id, t) }
-      return t
+      let step: Step = state.withLock { s in
+        if let v = s.cache.get(id) { return .hit(v) }
+        if let p = s.loading[id] { return .wait(p) }
+        let p = Pending()
+        s.loading[id] = p
+        return .load(p)
+      }
+      switch step {
+      case .hit(let v): return v
+      case .wait(let p): await p.wait()
+      case .load(let p): await loadWindow(id, [id], p)
+      }
     }
-    return try await task.value
+    // Not in memory after its window was loaded: damaged (the direct load reports why) or evicted at once.
+    return try await repo.loadBlob(id)
   }
 
-  /// Starts fetching `id` unless it is cached or on its way.
-  func prefetch(_ id: BlobID) {
-    let start = state.withLock { s in s.values[id] == nil && s.loading[id] == nil }
-    if start { Task { _ = try? await self.get(id) } }
-  }
-
-  private func settle(_ id: BlobID, _ t: Task<Value, Error>) async {
-    let r = await t.result
+  /// Starts loading whichever of `ids` (the blobs a reader will want next, in order) are neither in
+  /// memory nor on their way; ids that lie next to each other in one pack share one load.
+  func prefetch(_ ids: some Collection<BlobID>) {
+    var starts: [(ids: [BlobID], pending: Pending)] = []
     state.withLock { s in
-      s.loading[id] = nil
-      guard case .success(let v) = r else { return }
-      let c = costOf(v)
-      s.tick += 1
-      if let old = s.values[id] { s.cost -= old.cost }
-      s.values[id] = (v, c, s.tick)
-      s.cost += c
-      // Evict the least recently used until under the limit (the newest entry always stays).
-      while s.cost > limit && s.values.count > 1 {
-        guard let victim = s.values.min(by: { $0.value.tick < $1.value.tick }) else { break }
-        s.cost -= victim.value.cost
-        s.values[victim.key] = nil
+      var group: [BlobID] = []
+      var pending = Pending()
+      var run: (pack: PackID, end: UInt32, start: UInt32)? = nil
+      for id in ids where !s.cache.contains(id) && s.loading[id] == nil {
+        guard let e = repo.index.lookup(id) else { continue }
+        let end = e.blob.offset + e.blob.length
+        if let r = run, r.pack == e.pack, r.end == e.blob.offset, Int(end - r.start) <= window {
+          run = (e.pack, end, r.start)
+        } else {
+          if !group.isEmpty {
+            starts.append((group, pending))
+            pending = Pending()
+            group = []
+          }
+          run = (e.pack, end, e.blob.offset)
+        }
+        group.append(id)
+        s.loading[id] = pending
+      }
+      if !group.isEmpty { starts.append((group, pending)) }
+    }
+    for (ids, p) in starts { Task { await self.loadWindow(ids[0], ids, p) } }
+  }
+
+  /// Loads the window that starts at `first`: `claimed` (registered as loading under `pending`) and
+  /// the blobs after it in the same pack, up to `window` bytes; stores every blob that decodes.
+  private func loadWindow(_ first: BlobID, _ claimed: [BlobID], _ pending: Pending) async {
+    var chosen: [PackedBlob] = []
+    var pack: PackID? = nil
+    defer {
+      state.withLock { s in
+        for id in claimed where s.loading[id] === pending { s.loading[id] = nil }
+        for b in chosen where s.loading[b.id] === pending { s.loading[b.id] = nil }
+      }
+      pending.finish()
+    }
+    guard let e = repo.index.lookup(first) else { return }
+    pack = e.pack
+    chosen = claimed.compactMap { repo.index.lookup($0)?.blob }
+    // Extend with the pack's following blobs (from its header) that nobody has or loads yet.
+    if let header = try? await packHeader(e.pack), var end = chosen.last.map({ $0.offset + $0.length }) {
+      var i = header.partitioningIndex { $0.offset >= end }
+      state.withLock { s in
+        while i < header.count, header[i].offset == end, header[i].type == e.blob.type,
+          Int(header[i].offset + header[i].length - e.blob.offset) <= window,
+          !s.cache.contains(header[i].id), s.loading[header[i].id] == nil
+        {
+          s.loading[header[i].id] = pending
+          chosen.append(header[i])
+          end += header[i].length
+          i += 1
+        }
       }
     }
+    guard let pack, let last = chosen.last else { return }
+    let start = Int(e.blob.offset)
+    guard
+      var sealed = try? await repo.backend.load(
+        Handle(.pack, pack.hex), offset: start, length: Int(last.offset + last.length) - start)
+    else { return }
+    var decoded: [(BlobID, [UInt8])] = []
+    decoded.reserveCapacity(chosen.count)
+    sealed.withUnsafeMutableBytes { raw in
+      for b in chosen {
+        let from = Int(b.offset) - start
+        let to = from + Int(b.length)
+        guard from >= 0, to <= raw.count else { continue }
+        if let plain = try? repo.decodeBlob(
+          inPlace: UnsafeMutableRawBufferPointer(rebasing: raw[from..<to]), b, pack: pack)
+        {
+          decoded.append((b.id, plain))
+        }
+      }
+    }
+    state.withLock { s in
+      // The blob asked for goes in last, so that a small cache keeps it rather than its neighbours.
+      for (id, v) in decoded.reversed() { s.cache.insert(id, v, cost: v.count + 64) }
+    }
+  }
+
+  /// The pack's blobs sorted by offset (cached for the last packs used).
+  private func packHeader(_ pack: PackID) async throws -> [PackedBlob] {
+    if let h = state.withLock({ $0.headers.get(pack) }) { return h }
+    let h = try await repo.loadPackHeader(pack).sorted { $0.offset < $1.offset }
+    state.withLock { $0.headers.insert(pack, h, cost: 1) }
+    return h
   }
 }
 
-typealias BlobCache = LRU<[UInt8]>
-typealias TreeCache = LRU<Tree>
+/// Parsed trees, bounded by their total node count; raw tree blobs come through the BlobStore (so a
+/// directory walk loads the tree pack a window at a time).
+final class TreeCache: Sendable {
+  private let cache: Mutex<ClockCache<BlobID, Tree>>
+  let blobs: BlobStore
 
-extension LRU where Value == [UInt8] {
-  convenience init(repository: Repository, limit: Int) {
-    self.init(limit: limit, cost: { $0.count + 64 }, load: { try await repository.loadBlob($0) })
+  init(blobs: BlobStore, nodeLimit: Int = 200_000) {
+    self.blobs = blobs
+    cache = Mutex(ClockCache(limit: nodeLimit))
   }
-}
 
-extension LRU where Value == Tree {
-  convenience init(repository: Repository, limit: Int) {
-    self.init(limit: limit, cost: { _ in 1 }, load: { try await repository.loadTree($0) })
+  /// The tree if it is parsed or its blob is in memory (parses it then; never waits).
+  func cached(_ id: BlobID) throws -> Tree? {
+    if let t = cache.withLock({ $0.get(id) }) { return t }
+    guard let raw = blobs.cached(id) else { return nil }
+    return try parse(id, raw)
+  }
+
+  func get(_ id: BlobID) async throws -> Tree {
+    if let t = try cached(id) { return t }
+    return try parse(id, try await blobs.get(id))
+  }
+
+  private func parse(_ id: BlobID, _ raw: [UInt8]) throws -> Tree {
+    let t: Tree
+    do {
+      t = try Tree(json: raw)
+    } catch {
+      throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
+    }
+    cache.withLock { $0.insert(id, t, cost: max(1, t.nodes.count)) }
+    return t
   }
 }

@@ -23,7 +23,7 @@ public struct MountOptions: Sendable {
   /// Seconds between looks for new (and forgotten) snapshots.
   public var refresh: Double = 30
   /// Upper bound for cached blob plaintext.
-  public var cacheBytes = 256 << 20
+  public var cacheBytes = 64 << 20
   public var mountpoint = ""
   public init() {}
 }
@@ -31,7 +31,7 @@ public struct MountOptions: Sendable {
 public final class SnapshotFS: FUSEFilesystem {
   let repo: Repository
   let options: MountOptions
-  let blobs: BlobCache
+  let blobs: BlobStore
   let trees: TreeCache
   /// The virtual top of the tree, replaced as a whole on refresh.
   let top = Mutex<Top>(Top())
@@ -39,6 +39,9 @@ public final class SnapshotFS: FUSEFilesystem {
   let nodes = Mutex<[UInt64: NodeInode]>([:])
   let handles = Mutex<(next: UInt64, open: [UInt64: OpenFile])>((1, [:]))
   let indexFiles = Mutex<Set<String>>([])
+  /// Files being read, by inode: opens are stateless (the kernel sends none), so reads find their
+  /// blob list here, made on first use.
+  let files = Mutex(ClockCache<UInt64, OpenFile>(limit: 4096))
   let mountTime = Timestamp.now()
 
   static let rootIno: UInt64 = 1
@@ -46,8 +49,8 @@ public final class SnapshotFS: FUSEFilesystem {
   public init(repository: Repository, options: MountOptions) {
     repo = repository
     self.options = options
-    blobs = BlobCache(repository: repository, limit: options.cacheBytes)
-    trees = TreeCache(repository: repository, limit: 256)
+    blobs = BlobStore(repository: repository, limit: options.cacheBytes)
+    trees = TreeCache(blobs: blobs)
   }
 
   // MARK: Refresh
@@ -86,25 +89,49 @@ public final class SnapshotFS: FUSEFilesystem {
 
   // MARK: FUSEFilesystem
 
-  public func lookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes {
-    if let v = top.withLock({ $0.entries[parent] }) {
+  /// Where a directory's entries come from: the virtual top (answered at once) or a tree.
+  private enum Listing {
+    case top(FUSEAttributes)
+    case tree(root: UInt64, id: BlobID)
+  }
+
+  /// A directory below which `name` is looked up.
+  private func directory(_ ino: UInt64, child name: [UInt8]?) throws -> Listing {
+    if let v = top.withLock({ $0.entries[ino] }) {
       switch v.kind {
       case .dir(let children):
-        guard let ino = children[name], let c = top.withLock({ $0.entries[ino] }) else { throw FUSEError(ENOENT) }
-        return c.attributes
+        guard let name else { return .top(v.attributes) }
+        guard let c = children[name], let e = top.withLock({ $0.entries[c] }) else { throw FUSEError(ENOENT) }
+        return .top(e.attributes)
       case .snapshot(let snap):
-        return try await lookupNode(parent: parent, root: parent, tree: snap.tree, name: name)
+        return .tree(root: ino, id: snap.tree)
       default:
         throw FUSEError(ENOTDIR)
       }
     }
-    guard let p = nodes.withLock({ $0[parent] }) else { throw FUSEError(ENOENT) }
+    guard let p = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
     guard let sub = p.node.subtree else { throw FUSEError(ENOTDIR) }
-    return try await lookupNode(parent: parent, root: p.root, tree: sub, name: name)
+    return .tree(root: p.root, id: sub)
   }
 
-  private func lookupNode(parent: UInt64, root: UInt64, tree: BlobID, name: [UInt8]) async throws -> FUSEAttributes {
-    let t = try await loadTree(tree)
+  public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? {
+    switch try directory(parent, child: name) {
+    case .top(let a): return a
+    case .tree(let root, let id):
+      guard let t = try cachedTree(id) else { return nil }
+      return try lookupNode(parent: parent, root: root, tree: t, name: name)
+    }
+  }
+
+  public func lookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes {
+    switch try directory(parent, child: name) {
+    case .top(let a): return a
+    case .tree(let root, let id):
+      return try lookupNode(parent: parent, root: root, tree: try await loadTree(id), name: name)
+    }
+  }
+
+  private func lookupNode(parent: UInt64, root: UInt64, tree t: Tree, name: [UInt8]) throws -> FUSEAttributes {
     guard let node = SnapshotFS.find(name, in: t.nodes) else { throw FUSEError(ENOENT) }
     let ino = SnapshotFS.inode(parent: parent, root: root, node: node)
     nodes.withLock { n in
@@ -125,13 +152,13 @@ public final class SnapshotFS: FUSEFilesystem {
     }
   }
 
-  public func getattr(ino: UInt64) async throws -> FUSEAttributes {
+  public func getattr(ino: UInt64) throws -> FUSEAttributes {
     if let v = top.withLock({ $0.entries[ino] }) { return v.attributes }
     guard let n = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
     return attributes(n.node, ino: ino)
   }
 
-  public func readlink(ino: UInt64) async throws -> [UInt8] {
+  public func readlink(ino: UInt64) throws -> [UInt8] {
     if let v = top.withLock({ $0.entries[ino] }) {
       guard case .link(let target) = v.kind else { throw FUSEError(EINVAL) }
       return target
@@ -140,7 +167,35 @@ public final class SnapshotFS: FUSEFilesystem {
     return n.node.linkTarget
   }
 
-  public func open(ino: UInt64) async throws -> (handle: UInt64, keepCache: Bool) {
+  /// Reads identify files by inode; the kernel keeps their pages across opens.
+  public var statelessOpen: Bool { true }
+
+  /// Used only when the kernel cannot do stateless opens.
+  public func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool) {
+    let file = try openFile(ino)
+    let h = handles.withLock { h in
+      let id = h.next
+      h.next += 1
+      h.open[id] = file
+      return id
+    }
+    return (h, file.inline == nil)
+  }
+
+  /// The file `ino` as reads need it: its blobs and where each ends (or inline data at the top).
+  private func file(_ ino: UInt64, handle: UInt64) throws -> OpenFile {
+    if handle != 0 {
+      guard let f = handles.withLock({ $0.open[handle] }) else { throw FUSEError(EBADF) }
+      return f
+    }
+    if let f = files.withLock({ $0.get(ino) }) { return f }
+    let f = try openFile(ino)
+    // Top files (status.json) change on refresh: never kept.
+    if f.inline == nil { files.withLock { $0.insert(ino, f, cost: 1) } }
+    return f
+  }
+
+  private func openFile(_ ino: UInt64) throws -> OpenFile {
     let file: OpenFile
     if let v = top.withLock({ $0.entries[ino] }) {
       guard case .file(let data) = v.kind else { throw FUSEError(EISDIR) }
@@ -157,90 +212,133 @@ public final class SnapshotFS: FUSEFilesystem {
       }
       file = OpenFile(content: n.node.content ?? [], ends: ends)
     }
-    let h = handles.withLock { h in
-      let id = h.next
-      h.next += 1
-      h.open[id] = file
-      return id
-    }
-    return (h, file.inline == nil)
+    return file
   }
 
   public func release(ino: UInt64, handle: UInt64) { _ = handles.withLock { $0.open.removeValue(forKey: handle) } }
 
-  public func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8] {
-    guard let f = handles.withLock({ $0.open[handle] }) else { throw FUSEError(EBADF) }
+  /// Bytes of plaintext fetched ahead of a sequential reader.
+  static let readAhead: Int64 = 16 << 20
+
+  /// The blobs a read needs (`first...last` of the file's content), or the inline answer.
+  private enum Plan {
+    case done([UInt8])
+    case blobs(OpenFile, first: Int, last: Int, end: Int64)
+  }
+
+  private func plan(_ ino: UInt64, _ handle: UInt64, _ offset: Int64, _ size: Int) throws -> Plan {
+    let f = try file(ino, handle: handle)
     if let data = f.inline {
-      guard offset < data.count else { return [] }
-      return Array(data[Int(offset)..<min(data.count, Int(offset) + size)])
+      guard offset < data.count else { return .done([]) }
+      return .done(Array(data[Int(offset)..<min(data.count, Int(offset) + size)]))
     }
     let total = f.ends.last ?? 0
-    guard offset < total, size > 0 else { return [] }
+    guard offset < total, size > 0 else { return .done([]) }
     let end = min(total, offset + Int64(size))
+    let first = f.ends.partitioningIndex { $0 > offset }  // first blob that ends after `offset`
+    var last = first
+    while last + 1 < f.ends.count && f.ends[last] < end { last += 1 }
+    return .blobs(f, first: first, last: last, end: end)
+  }
+
+  /// Copies `offset..<end` out of blobs `first...` and starts fetching what comes next.
+  private func assemble(_ f: OpenFile, _ first: Int, _ offset: Int64, _ end: Int64, _ data: [[UInt8]]) throws
+    -> [UInt8]
+  {
     var out: [UInt8] = []
     out.reserveCapacity(Int(end - offset))
-    // First blob that ends after `offset`.
-    var i = f.ends.partitioningIndex { $0 > offset }
     var pos = offset
-    // Fetch every blob the request needs concurrently, then copy in order.
-    var last = i
-    while last < f.ends.count && f.ends[last] < end { last += 1 }
-    let needed = Array(f.content[i...min(last, f.content.count - 1)])
-    let fetched = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
-      for (k, id) in needed.enumerated() { g.addTask { (k, try await self.blobs.get(id)) } }
-      var r = [[UInt8]](repeating: [], count: needed.count)
-      for try await (k, b) in g { r[k] = b }
-      return r
-    }
-    for data in fetched {
+    for (k, blob) in data.enumerated() {
+      let i = first + k
       let start = i == 0 ? 0 : f.ends[i - 1]
       let from = Int(pos - start)
       let to = Int(min(end, f.ends[i]) - start)
-      guard from <= to, to <= data.count else { throw FUSEError(EIO) }
-      out += data[from..<to]
+      guard from >= 0, from <= to, to <= blob.count else { throw FUSEError(EIO) }
+      out.append(contentsOf: blob[from..<to])
       pos = start + Int64(to)
-      i += 1
-      if pos >= end { break }
     }
-    // Read-ahead: the next two blobs, fetched while the caller consumes this answer.
-    for k in (last + 1)..<min(last + 3, f.content.count) { blobs.prefetch(f.content[k]) }
+    // Read-ahead: the blobs after this answer, up to `readAhead` bytes, while the caller consumes it.
+    let next = first + data.count
+    if next < f.content.count {
+      var stop = next
+      let limit = f.ends[next - 1] + SnapshotFS.readAhead
+      while stop < f.content.count && f.ends[stop] <= limit { stop += 1 }
+      blobs.prefetch(f.content[next..<max(stop, next + 1)])
+    }
     return out
   }
 
-  public func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool) {
-    if let v = top.withLock({ $0.entries[ino] }) {
-      switch v.kind {
-      case .dir(let children):
-        let all = top.withLock { t in
-          children.compactMap { (name, c) in
-            t.entries[c].map { FUSEDirEntry(name: name, ino: c, mode: $0.attributes.mode) }
-          }
+  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]? {
+    switch try plan(ino, handle, offset, size) {
+    case .done(let d): return d
+    case .blobs(let f, let first, let last, let end):
+      var data: [[UInt8]] = []
+      for i in first...last {
+        guard let b = blobs.cached(f.content[i]) else {
+          blobs.prefetch(f.content[i...last])
+          return nil
         }
-        return (all.sorted { $0.name.lexicographicallyPrecedes($1.name) }, false)
-      case .snapshot(let s):
-        return (try await listTree(parent: ino, root: ino, tree: s.tree), true)
-      default:
-        throw FUSEError(ENOTDIR)
+        data.append(b)
       }
+      return try assemble(f, first, offset, end, data)
     }
-    guard let n = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
-    guard let sub = n.node.subtree else { throw FUSEError(ENOTDIR) }
-    return (try await listTree(parent: ino, root: n.root, tree: sub), true)
   }
 
-  private func listTree(parent: UInt64, root: UInt64, tree: BlobID) async throws -> [FUSEDirEntry] {
-    try await loadTree(tree).nodes.map {
+  public func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8] {
+    switch try plan(ino, handle, offset, size) {
+    case .done(let d): return d
+    case .blobs(let f, let first, let last, let end):
+      // Every blob the request needs, concurrently (a request rarely spans more than two).
+      let ids = Array(f.content[first...last])
+      blobs.prefetch(ids)
+      let fetched = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
+        for (k, id) in ids.enumerated() { g.addTask { (k, try await self.blobs.get(id)) } }
+        var r = [[UInt8]](repeating: [], count: ids.count)
+        for try await (k, b) in g { r[k] = b }
+        return r
+      }
+      return try assemble(f, first, offset, end, fetched)
+    }
+  }
+
+  public func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)? {
+    switch try directory(ino, child: nil) {
+    case .top: return (topListing(ino), false)
+    case .tree(let root, let id):
+      guard let t = try cachedTree(id) else { return nil }
+      return (listTree(parent: ino, root: root, tree: t), true)
+    }
+  }
+
+  public func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool) {
+    switch try directory(ino, child: nil) {
+    case .top: return (topListing(ino), false)
+    case .tree(let root, let id): return (listTree(parent: ino, root: root, tree: try await loadTree(id)), true)
+    }
+  }
+
+  private func topListing(_ ino: UInt64) -> [FUSEDirEntry] {
+    top.withLock { t in
+      guard case .dir(let children)? = t.entries[ino]?.kind else { return [] }
+      return children.compactMap { (name, c) in
+        t.entries[c].map { FUSEDirEntry(name: name, ino: c, mode: $0.attributes.mode) }
+      }.sorted { $0.name.lexicographicallyPrecedes($1.name) }
+    }
+  }
+
+  private func listTree(parent: UInt64, root: UInt64, tree: Tree) -> [FUSEDirEntry] {
+    tree.nodes.map {
       FUSEDirEntry(
         name: $0.name, ino: SnapshotFS.inode(parent: parent, root: root, node: $0), mode: SnapshotFS.stMode($0))
     }
   }
 
-  public func listxattr(ino: UInt64) async throws -> [[UInt8]] {
+  public func listxattr(ino: UInt64) throws -> [[UInt8]] {
     guard let n = nodes.withLock({ $0[ino] }) else { return [] }
     return n.node.xattrs.map(\.name)
   }
 
-  public func getxattr(ino: UInt64, name: [UInt8]) async throws -> [UInt8] {
+  public func getxattr(ino: UInt64, name: [UInt8]) throws -> [UInt8] {
     guard let n = nodes.withLock({ $0[ino] }), let x = n.node.xattrs.first(where: { $0.name == name }) else {
       throw FUSEError(ENODATA)
     }
@@ -252,6 +350,14 @@ public final class SnapshotFS: FUSEFilesystem {
   private func loadTree(_ id: BlobID) async throws -> Tree {
     do {
       return try await trees.get(id)
+    } catch {
+      throw FUSEError(EIO)
+    }
+  }
+
+  private func cachedTree(_ id: BlobID) throws -> Tree? {
+    do {
+      return try trees.cached(id)
     } catch {
       throw FUSEError(EIO)
     }
@@ -269,17 +375,21 @@ public final class SnapshotFS: FUSEFilesystem {
 
   static func inode(parent: UInt64, root: UInt64, node: Node) -> UInt64 {
     if node.type == .file && node.links > 1 && node.inode != 0 {
-      return hashInode([0x68, 0x6c] + le(root) + le(node.deviceID) + le(node.inode))
+      var h = InodeHasher()
+      h.add([0x68, 0x6c])
+      for v in [root, node.deviceID, node.inode] { h.add(v) }
+      return h.value
     }
-    return hashInode(le(parent) + node.name)
+    var h = InodeHasher()
+    h.add(parent)
+    h.add(node.name)
+    return h.value
   }
 
   static func hashInode(_ bytes: [UInt8]) -> UInt64 {
-    let h = RawID.hash(bytes).bytes
-    var v: UInt64 = 0
-    for i in 0..<8 { v = v << 8 | UInt64(h[i]) }
-    v &= (1 << 62) - 1  // keep clear of the top bits some tools treat as signed
-    return v < 16 ? v + 16 : v
+    var h = InodeHasher()
+    h.add(bytes)
+    return h.value
   }
 
   static func le(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
@@ -333,7 +443,7 @@ struct OpenFile: Sendable {
   init(inline: [UInt8]) { self.inline = inline }
 }
 
-extension Array where Element: Comparable {
+extension Array {
   /// The first index whose element satisfies `pred` (which must be false, then true, along the array).
   func partitioningIndex(where pred: (Element) -> Bool) -> Int {
     var lo = 0, hi = count
@@ -342,5 +452,35 @@ extension Array where Element: Comparable {
       if pred(self[mid]) { hi = mid } else { lo = mid + 1 }
     }
     return lo
+  }
+}
+
+/// Inode numbers: FNV-1a over the bytes, then a 64-bit finaliser (splitmix64) so that numbers spread
+/// over the whole range. Deterministic (the same path gives the same number on every mount), cheap (a
+/// directory listing computes one per entry), and collisions are as unlikely as for any 62-bit hash.
+struct InodeHasher {
+  private var state: UInt64 = 0xcbf2_9ce4_8422_2325
+
+  mutating func add(_ bytes: [UInt8]) {
+    for b in bytes {
+      state ^= UInt64(b)
+      state = state &* 0x0000_0100_0000_01b3
+    }
+  }
+
+  mutating func add(_ v: UInt64) {
+    for k in 0..<8 {
+      state ^= (v >> (8 * UInt64(k))) & 0xff
+      state = state &* 0x0000_0100_0000_01b3
+    }
+  }
+
+  var value: UInt64 {
+    var z = state &+ 0x9e37_79b9_7f4a_7c15
+    z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+    z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+    z ^= z >> 31
+    z &= (1 << 62) - 1  // keep clear of the top bits some tools treat as signed
+    return z < 16 ? z + 16 : z
   }
 }

@@ -157,7 +157,9 @@ struct Top: Sendable {
 
     mutating func snapshot(_ path: [[UInt8]], _ s: Snapshot) {
       let parent = parents(path)
-      let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last!)
+      // The snapshot's ID is part of the number: when a name passes to another snapshot (a forget
+      // renumbers duplicates), nothing the kernel or we cached for the old one is served for it.
+      let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last! + (s.id?.raw.bytes ?? []))
       top.entries[ino] = VirtualEntry(kind: .snapshot(s), attributes: attributes(ino, mode: 0o040555, at: s.time))
       add(path.last!, ino, to: parent)
     }
@@ -174,7 +176,8 @@ struct Top: Sendable {
     mutating func file(_ path: [[UInt8]], _ data: [UInt8]) {
       let parent = parents(path)
       let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last!)
-      var a = attributes(ino, mode: 0o100444)
+      // Rebuilt on every refresh: a new mtime makes the kernel drop pages cached from the old content.
+      var a = attributes(ino, mode: 0o100444, at: Timestamp.now())
       a.size = Int64(data.count)
       a.blocks = (Int64(data.count) + 511) / 512
       top.entries[ino] = VirtualEntry(kind: .file(data), attributes: a)

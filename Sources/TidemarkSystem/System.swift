@@ -512,3 +512,20 @@ extension Sys {
     _ = mallopt(M_MMAP_THRESHOLD, 4 << 20)
   }
 }
+
+extension Sys {
+  /// glibc's malloc tuning knobs (malloc.h, which Swift's Glibc module does not include).
+  public enum MallocOption: Int32 {
+    case trimThreshold = -1
+    case mmapThreshold = -3
+    case arenaMax = -8
+  }
+
+  /// mallopt(3); false when the C library has no such call (not glibc) or refuses the value.
+  @discardableResult
+  public static func mallocOption(_ option: MallocOption, _ value: Int32) -> Bool {
+    typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return false }
+    return unsafeBitCast(sym, to: Mallopt.self)(option.rawValue, value) == 1
+  }
+}

@@ -124,6 +124,39 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
     #expect(String(decoding: again, as: UTF8.self) == expected)
   }
 
+  /// The fast tree decoder reads every shape the general JSON path reads, to the same nodes.
+  @Test func treeDecoderAgreesWithGeneralParser() throws {
+    let fixture = Array(try Data(contentsOf: fixtures.appendingPathComponent("restic-0.14-tree.json")))
+    let z = "\"" + String(repeating: "0", count: 63) + "1\""
+    let odd: [String] = [
+      #"{"nodes":[]}"#,
+      #"{"nodes":null}"#,
+      #" { "other" : [1, {"a": null}], "nodes" : [ { "type" : "file" , "name" : "a\u00e9\n\"q" , "size" : 12 } ] } "#,
+      #"{"nodes":[{"name":"x","type":"file","content":null,"mode":1e3,"uid":-1,"gid":18446744073709551616}]}"#,
+      #"{"nodes":[{"name":"x","type":"file","content":"odd","subtree":"nothex","inode":12.0}]}"#,
+      #"{"nodes":[{"name":"d","type":"dir","subtree":\#(z),"generic_attributes":{"k":[1,2]},"links":3}]}"#,
+      #"{"nodes":[{"name":"f","type":"file","content":[\#(z), \#(z)],"mtime":"2024-01-02T03:04:05.123456789+02:00"}]}"#,
+      #"{"nodes":[{"name":"l","type":"symlink","linktarget":"t","linktarget_raw":"dGd0/w=="}]}"#,
+      #"{"nodes":[{"name":"l","type":"symlink","linktarget":"t\ufffd","linktarget_raw":null}]}"#,
+      #"{"nodes":[{"name":"x","type":"weird","extended_attributes":[{"name":"user.a","value":"AAE="},{"value":"x"}]}]}"#,
+      #"{"nodes":[{"name":"b\\xffname","type":"file","user":"u","group":"g","device":7,"device_id":9}]}"#,
+    ]
+    for text in [String(decoding: fixture, as: UTF8.self)] + odd {
+      let json = Array(text.utf8)
+      let fast = try Tree(json: json), slow = try Tree(genericJSON: json)
+      #expect(fast.encode() == slow.encode(), "\(text)")
+      #expect(fast.nodes.map(\.linkTarget) == slow.nodes.map(\.linkTarget), "\(text)")
+      #expect(fast.nodes.map { $0.xattrs.map(\.value) } == slow.nodes.map { $0.xattrs.map(\.value) }, "\(text)")
+    }
+    for bad in [
+      #"{"nodes":[{"type":"file"}]}"#, #"{"nodes":[{"name":"x","type":"file","content":["zz"]}]}"#, #"{}"#,
+      #"{"nodes":[{"name":"x","type":"file"}]"#, #"[]"#, #"{"nodes":[]} x"#,
+    ] {
+      #expect(throws: (any Error).self, "\(bad)") { try Tree(json: Array(bad.utf8)) }
+      #expect(throws: (any Error).self, "\(bad)") { try Tree(genericJSON: Array(bad.utf8)) }
+    }
+  }
+
   @Test func goQuoteMatchesStrconvQuote() {
     #expect(goQuote(Array("plain.txt".utf8)) == Array("plain.txt".utf8))
     #expect(goQuote([0x62, 0xff]) == Array("b\\xff".utf8))
