@@ -71,8 +71,10 @@ public protocol FUSEFilesystem: Sendable {
   /// Opens a regular file; the handle is passed to `read` and `release`. `keepCache`: the contents
   /// never change, so the kernel may keep cached pages across opens.
   func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)
-  func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8]
-  func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]?
+  /// The bytes at `offset` (at most `size`; fewer only at the end of the file), as consecutive pieces
+  /// (slices of cached blobs), which are handed to the kernel without being copied together first.
+  func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [ArraySlice<UInt8>]
+  func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]?
   func release(ino: UInt64, handle: UInt64)
   /// The whole listing of a directory, without "." and ".."; `cacheable` when it never changes.
   func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool)
@@ -88,7 +90,9 @@ public protocol FUSEFilesystem: Sendable {
 extension FUSEFilesystem {
   public var statelessOpen: Bool { false }
   public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? { nil }
-  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]? { nil }
+  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]? {
+    nil
+  }
   public func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)? { nil }
 }
 
@@ -351,8 +355,24 @@ private struct Request: @unchecked Sendable {
     return true
   }
 
-  func replyData(_ data: [UInt8]) {
-    _ = data.withUnsafeBytes { b in fuse_reply_buf(req, b.baseAddress?.assumingMemoryBound(to: CChar.self), b.count) }
+  /// Answers a read with `pieces`, gathered by the kernel (fuse_reply_iov): no copy on our side.
+  func replyData(_ pieces: [ArraySlice<UInt8>]) {
+    var iov: [iovec] = []
+    iov.reserveCapacity(pieces.count)
+    // Each piece's pointer is valid only inside its closure: nest them, then reply at the bottom.
+    func gather(_ k: Int) {
+      guard k < pieces.count else {
+        _ = iov.withUnsafeBufferPointer { fuse_reply_iov(req, $0.baseAddress, Int32($0.count)) }
+        return
+      }
+      pieces[k].withUnsafeBufferPointer { b in
+        if let base = b.baseAddress, b.count > 0 {
+          iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: b.count))
+        }
+        gather(k + 1)
+      }
+    }
+    gather(0)
   }
 
   /// Runs `body` in a Task; a thrown FUSEError becomes its errno, anything else EIO.

@@ -222,7 +222,7 @@ public final class SnapshotFS: FUSEFilesystem {
 
   /// The blobs a read needs (`first...last` of the file's content), or the inline answer.
   private enum Plan {
-    case done([UInt8])
+    case done([ArraySlice<UInt8>])
     case blobs(OpenFile, first: Int, last: Int, end: Int64)
   }
 
@@ -230,7 +230,7 @@ public final class SnapshotFS: FUSEFilesystem {
     let f = try file(ino, handle: handle)
     if let data = f.inline {
       guard offset < data.count else { return .done([]) }
-      return .done(Array(data[Int(offset)..<min(data.count, Int(offset) + size)]))
+      return .done([data[Int(offset)..<min(data.count, Int(offset) + size)]])
     }
     let total = f.ends.last ?? 0
     guard offset < total, size > 0 else { return .done([]) }
@@ -243,10 +243,10 @@ public final class SnapshotFS: FUSEFilesystem {
 
   /// Copies `offset..<end` out of blobs `first...` and starts fetching what comes next.
   private func assemble(_ f: OpenFile, _ first: Int, _ offset: Int64, _ end: Int64, _ data: [[UInt8]]) throws
-    -> [UInt8]
+    -> [ArraySlice<UInt8>]
   {
-    var out: [UInt8] = []
-    out.reserveCapacity(Int(end - offset))
+    var out: [ArraySlice<UInt8>] = []
+    out.reserveCapacity(data.count)
     var pos = offset
     for (k, blob) in data.enumerated() {
       let i = first + k
@@ -254,7 +254,7 @@ public final class SnapshotFS: FUSEFilesystem {
       let from = Int(pos - start)
       let to = Int(min(end, f.ends[i]) - start)
       guard from >= 0, from <= to, to <= blob.count else { throw FUSEError(EIO) }
-      out.append(contentsOf: blob[from..<to])
+      out.append(blob[from..<to])
       pos = start + Int64(to)
     }
     // Read-ahead: the blobs after this answer, up to `readAhead` bytes, while the caller consumes it.
@@ -268,7 +268,7 @@ public final class SnapshotFS: FUSEFilesystem {
     return out
   }
 
-  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [UInt8]? {
+  public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]? {
     switch try plan(ino, handle, offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
@@ -284,7 +284,7 @@ public final class SnapshotFS: FUSEFilesystem {
     }
   }
 
-  public func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [UInt8] {
+  public func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [ArraySlice<UInt8>] {
     switch try plan(ino, handle, offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
