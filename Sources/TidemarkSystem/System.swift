@@ -507,25 +507,12 @@ extension Sys {
   /// carved from (and fragment) the heap. A fixed 4 MiB threshold returns packs to the OS when freed
   /// while chunk-sized buffers stay in the arenas (256 KiB cost ~3 s of page faults per GiB; 4 MiB
   /// costs little). Measured with scripts/bench.sh: restore peak RSS 150 → 80 MB, backup 135 → 115 MB.
-  public static func tuneMalloc() {
-    _ = mallopt(M_ARENA_MAX, 2)
-    _ = mallopt(M_MMAP_THRESHOLD, 4 << 20)
-  }
-}
-
-extension Sys {
-  /// glibc's malloc tuning knobs (malloc.h, which Swift's Glibc module does not include).
-  public enum MallocOption: Int32 {
-    case trimThreshold = -1
-    case mmapThreshold = -3
-    case arenaMax = -8
-  }
-
-  /// mallopt(3); false when the C library has no such call (not glibc) or refuses the value.
-  @discardableResult
-  public static func mallocOption(_ option: MallocOption, _ value: Int32) -> Bool {
-    typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return false }
-    return unsafeBitCast(sym, to: Mallopt.self)(option.rawValue, value) == 1
+  ///
+  /// The mount passes a larger threshold: its pack windows (4 MiB and a bit) come and go all the time,
+  /// and faulting in fresh pages for each cost a third of a large read's CPU.
+  public static func tuneMalloc(arenas: Int32 = 2, mmapThreshold: Int32 = 4 << 20, trimThreshold: Int32? = nil) {
+    _ = mallopt(M_ARENA_MAX, arenas)
+    _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
+    if let trimThreshold { _ = mallopt(M_TRIM_THRESHOLD, trimThreshold) }
   }
 }

@@ -42,12 +42,10 @@ struct MountCommand: AsyncParsableCommand {
       throw TidemarkError(
         .usage, "mountpoint \(mountpoint) is not a directory", hint: "create it: mkdir -p \(mountpoint)")
     }
-    // Blob buffers (windows of a few MiB) come and go all the time: let malloc reuse them instead of
-    // mapping and faulting in fresh pages for each (a third of the CPU of a large read), with a bound
-    // on what it keeps and on the number of arenas keeping it.
-    Sys.mallocOption(.mmapThreshold, 16 << 20)
-    Sys.mallocOption(.trimThreshold, 32 << 20)
-    Sys.mallocOption(.arenaMax, 4)
+    // Pack windows (a few MiB) come and go all the time: let malloc reuse them (see Sys.tuneMalloc).
+    if ProcessInfo.processInfo.environment["TIDEMARK_NO_MALLOC_TUNING"] == nil {
+      Sys.tuneMalloc(arenas: 4, mmapThreshold: 16 << 20, trimThreshold: 32 << 20)
+    }
     let repo = try await global.open()
     var o = MountOptions()
     if !pathTemplate.isEmpty { o.pathTemplates = pathTemplate }
