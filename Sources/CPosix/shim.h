@@ -7,3 +7,7 @@
 static inline unsigned int cposix_major(unsigned long long dev) { return major(dev); }
 static inline unsigned int cposix_minor(unsigned long long dev) { return minor(dev); }
 static inline unsigned long long cposix_makedev(unsigned int ma, unsigned int mi) { return makedev(ma, mi); }
+#include <unistd.h>
+#include <sys/types.h>
+// copy_file_range(2) is declared only under _GNU_SOURCE; declare it for Swift (glibc >= 2.27 has it).
+extern ssize_t copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len, unsigned int flags);

@@ -1,26 +1,80 @@
-// Restore: recreate a snapshot tree under a target directory.
-// Each needed pack is fetched once (one ranged read covering the blobs needed from it) and its blobs
-// are fanned out to every file that needs them. A file is written under a temporary name and renamed
-// into place only when complete, then its metadata is applied; directories get theirs last, deepest
-// first. Names are checked so nothing is ever written outside the target.
+// Restore: make a directory equal a snapshot tree, rsync-style.
+//
+// Every entry is compared with what is on disk first; only differences are acted on. A missing file is
+// fetched whole; an existing one that differs is chunked with the repository's chunker and hashed, so
+// the blobs it still holds (wherever they moved to) are copied from it and only the others are fetched
+// from the repository. Each needed pack is fetched once (ranged reads covering the blobs needed from
+// it) and its blobs are fanned out to every file that needs them. A file is built under a temporary
+// name and renamed into place when complete (or, with `inplace`, patched where it differs), then its
+// metadata is applied; directories get theirs last, deepest first. Names are checked, symlinks on the
+// way are replaced rather than followed, and nothing is deleted without `delete`.
 import Foundation
 import Synchronization
 import TidemarkCore
 import TidemarkSystem
+
+/// When an existing file is replaced (restic 0.17's `--overwrite`).
+public enum OverwritePolicy: String, Sendable, CaseIterable {
+  /// Always make the file equal the snapshot (still writing only the blobs that differ).
+  case always
+  /// Trust an equal size and mtime; otherwise compare the contents (the default).
+  case ifChanged = "if-changed"
+  /// Only when the snapshot's file is newer than the one on disk.
+  case ifNewer = "if-newer"
+  /// Never touch an existing file.
+  case never
+}
 
 public struct RestoreOptions: Sendable {
   public var target: BytePath
   public var includes: [PathPattern] = []
   public var excludes: [PathPattern] = []
   public var dryRun = false
+  public var overwrite = OverwritePolicy.ifChanged
+  /// Remove what the snapshot does not have, inside the restored tree only.
+  public var delete = false
+  /// Re-read what was written and check it against the blob IDs.
+  public var verify = false
+  /// Leave all-zero blobs of new files as holes.
+  public var sparse = true
+  /// Patch existing files where they differ instead of building a new copy beside them.
+  public var inplace = false
+  /// Restore only this entry of the tree (a file or directory picked by SNAPSHOT:PATH).
+  public var only: [UInt8]? = nil
+  /// The node of the directory being restored (SNAPSHOT:DIR): its metadata goes to the target itself.
+  public var rootNode: Node? = nil
+  /// Receives each change, in order, before it is made (the `--dry-run` list and `-v` output).
+  public var itemize: (@Sendable (ItemizedChange) -> Void)? = nil
   public init(target: BytePath) { self.target = target }
 }
 
+/// One change, described like `rsync -i`: `>f+++++++++` new file, `>fcst......` content, size and time,
+/// `.f...p.....` permissions only, `cd+++++++++` new directory, `cL+++++++++` new symlink,
+/// `hf+++++++++` hard link, `*deleting  ` removal.
+public struct ItemizedChange: Sendable {
+  public var code: String
+  /// Below the target, `/`-separated; directories end in `/`.
+  public var path: [UInt8]
+  public var size: Int64
+  public var action: String
+  public var linkTarget: [UInt8]? = nil
+}
+
 public struct RestoreStats: Sendable {
+  /// Files created or updated.
   public var filesRestored = 0
+  /// Plaintext bytes fetched from the repository and written.
   public var bytesRestored: Int64 = 0
   public var totalFiles = 0
   public var totalBytes: Int64 = 0
+  public var filesCreated = 0
+  public var filesUpdated = 0
+  public var filesUnchanged = 0
+  /// Entries removed (`delete`), counting everything below a removed directory.
+  public var entriesDeleted = 0
+  /// Bytes of existing files kept: copied from the old file or left in place.
+  public var bytesReused: Int64 = 0
+  public var bytesVerified: Int64 = 0
   public var errors: [String] = []
 }
 
@@ -35,6 +89,7 @@ public final class Restore: Sendable {
   /// Restores are bound by the filesystem's inode and page-cache work: more than `cores` packs in
   /// flight only adds memory (measured).
   static let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
+  static let tempPrefix = Array(".tidemark-restore-".utf8)
   let isRoot = getuid() == 0
 
   public init(repository: Repository, options: RestoreOptions) {
@@ -50,16 +105,28 @@ public final class Restore: Sendable {
     var node: Node
   }
 
+  /// How a file's new content comes together.
+  enum FileMode: Sendable {
+    /// A new file beside the path, renamed over it when complete.
+    case fresh
+    /// Like `fresh`, but ranges the old file still holds are copied from it first.
+    case rebuild(old: BytePath, copies: [(from: Int64, to: Int64, count: Int)])
+    /// The existing file, patched where it differs, then cut to size.
+    case inplace
+  }
+
   final class FileJob: Sendable {
     let item: Item
     let path: BytePath
     let temp: BytePath
+    let mode: FileMode
+    let sparse: Bool
     let remaining: Mutex<Int>
     let failed = Mutex<Bool>(false)
-    /// The temp file, created (and sized) on its first write; -1 until then, -2 once closed.
+    /// The file being written, opened on first use; -1 until then, -2 once closed.
     let fd = Mutex<Int32>(-1)
 
-    /// Blocking: creates (and sizes) the temp file unless it exists already.
+    /// Blocking: opens (and prepares) the file unless that happened already.
     func create() throws {
       try fd.withLock { fd in
         if fd == -1 { fd = try open() }
@@ -67,24 +134,45 @@ public final class Restore: Sendable {
     }
 
     private func open() throws -> Int32 {
+      if case .inplace = mode { return try Sys.open(path, O_WRONLY | O_NOFOLLOW) }
       let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
-      if ftruncate(f, off_t(item.node.size)) != 0 {
-        let e = errno
+      do {
+        if ftruncate(f, off_t(item.node.size)) != 0 { throw SystemError(errno, "ftruncate", temp.description) }
+        if case .rebuild(let old, let copies) = mode, !copies.isEmpty {
+          let src = try Sys.open(old, O_RDONLY | O_NOFOLLOW)
+          defer { Sys.close(src) }
+          for c in copies { try Sys.copyRange(from: src, at: c.from, to: f, at: c.to, count: c.count) }
+        }
+      } catch {
         Sys.close(f)
-        throw SystemError(e, "ftruncate", temp.description)
+        try? Sys.unlink(temp)
+        throw error
       }
       return f
     }
 
-    /// Blocking: writes `data` at `offset`, creating the temp file on first use. Holding the lock
-    /// while writing means a concurrent failure cannot close (and the kernel reuse) the descriptor
-    /// under the write. Does nothing and returns false once the job is closed (it failed elsewhere).
-    func write(_ data: UnsafeRawBufferPointer, at offset: Int64, skip: Bool) throws -> Bool {
+    /// Blocking: writes `data` at `offset`, opening the file on first use. Holding the lock while
+    /// writing means a concurrent failure cannot close (and the kernel reuse) the descriptor under
+    /// the write. Does nothing and returns false once the job is closed (it failed elsewhere).
+    func write(_ data: UnsafeRawBufferPointer, at offset: Int64, zero: Bool) throws -> Bool {
       try fd.withLock { fd in
         if fd == -2 { return false }
         if fd == -1 { fd = try open() }
-        if !skip { _ = try Sys.pwrite(fd, data, offset: offset) }
+        // A new file was sized up front: an all-zero blob left unwritten reads as zeros (a hole).
+        let hole: Bool
+        if case .inplace = mode { hole = false } else { hole = zero && sparse }
+        if !hole { try Sys.pwrite(fd, data, offset: offset) }
         return true
+      }
+    }
+
+    /// Cuts an in-place file to its size (before `close`).
+    func truncateInPlace() throws {
+      guard case .inplace = mode else { return }
+      try fd.withLock { fd in
+        if fd >= 0 && ftruncate(fd, off_t(item.node.size)) != 0 {
+          throw SystemError(errno, "ftruncate", path.description)
+        }
       }
     }
 
@@ -92,16 +180,20 @@ public final class Restore: Sendable {
     @discardableResult
     func close() -> Bool {
       fd.withLock { fd in
-        let created = fd >= 0
+        var created = fd >= 0
+        if case .inplace = mode { created = false }
         if fd >= 0 { Sys.close(fd) }
         fd = -2
         return created
       }
     }
-    init(item: Item, path: BytePath, temp: BytePath, blobs: Int) {
+
+    init(item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int) {
       self.item = item
       self.path = path
       self.temp = temp
+      self.mode = mode
+      self.sparse = sparse
       remaining = Mutex(blobs)
     }
   }
@@ -118,9 +210,13 @@ public final class Restore: Sendable {
     return (false, below)
   }
 
-  /// Walks the tree, collecting items in depth-first order.
-  func plan(tree id: BlobID, prefix: [[UInt8]], into items: inout [Item]) async throws {
+  /// Walks the tree, collecting items in depth-first order, and for every directory visited the
+  /// names the snapshot has in it (what `delete` must leave alone).
+  func plan(
+    tree id: BlobID, prefix: [[UInt8]], into items: inout [Item], names known: inout [[[UInt8]]: Set<[UInt8]>]
+  ) async throws {
     let tree = try await repo.loadTree(id)
+    var seen = Set<[UInt8]>()
     for n in tree.nodes {
       guard Restore.validName(n.name) else {
         state.withLock {
@@ -128,6 +224,14 @@ public final class Restore: Sendable {
         }
         continue
       }
+      guard seen.insert(n.name).inserted else {
+        // restic's trees hold each name once; two entries of one name (say a symlink and a directory)
+        // could make a restore write through the link. Refuse the whole tree.
+        throw TidemarkError.corrupt(
+          "tree \(id.short) has two entries named \(BytePath.display(n.name)); refusing to restore it",
+          hint: "the snapshot is damaged or was not written by restic or tidemark")
+      }
+      if prefix.isEmpty, let only = options.only, n.name != only { continue }
       let comps = prefix + [n.name]
       let (take, descend) = selected(comps, isDir: n.type == .dir)
       if n.type == .dir {
@@ -136,13 +240,14 @@ public final class Restore: Sendable {
           let at = items.count
           items.append(Item(components: comps, node: n))
           let before = items.count
-          if let sub = n.subtree { try await plan(tree: sub, prefix: comps, into: &items) }
+          if let sub = n.subtree { try await plan(tree: sub, prefix: comps, into: &items, names: &known) }
           if !take && items.count == before { items.remove(at: at) }
         }
       } else if take {
         items.append(Item(components: comps, node: n))
       }
     }
+    known[prefix] = seen
   }
 
   func path(_ comps: [[UInt8]]) -> BytePath {
@@ -153,33 +258,267 @@ public final class Restore: Sendable {
 
   func fail(_ msg: String) { state.withLock { $0.errors.append(msg) } }
 
+  static func rel(_ comps: [[UInt8]], dir: Bool = false) -> [UInt8] {
+    var out: [UInt8] = []
+    for (i, c) in comps.enumerated() {
+      if i > 0 { out.append(47) }
+      out += c
+    }
+    if dir { out.append(47) }
+    return comps.isEmpty ? [46, 47] : out
+  }
+
+  func note(
+    _ code: String, _ comps: [[UInt8]], dir: Bool = false, size: Int64 = 0, action: String, link: [UInt8]? = nil
+  ) {
+    options.itemize?(
+      ItemizedChange(
+        code: code, path: Restore.rel(comps, dir: dir), size: size, action: action, linkTarget: link))
+  }
+
+  /// What differs between an existing entry and its node, as rsync's itemize letters.
+  struct Changes: OptionSet, Sendable {
+    let rawValue: Int
+    static let content = Changes(rawValue: 1)
+    static let size = Changes(rawValue: 2)
+    static let time = Changes(rawValue: 4)
+    static let perms = Changes(rawValue: 8)
+    static let owner = Changes(rawValue: 16)
+    static let group = Changes(rawValue: 32)
+    static let xattrs = Changes(rawValue: 64)
+
+    func code(_ y: Character, _ x: Character) -> String {
+      var c = [y, x, ".", ".", ".", ".", ".", ".", ".", ".", "."]
+      if contains(.content) { c[2] = "c" }
+      if contains(.size) { c[3] = "s" }
+      if contains(.time) { c[4] = "t" }
+      if contains(.perms) { c[5] = "p" }
+      if contains(.owner) { c[6] = "o" }
+      if contains(.group) { c[7] = "g" }
+      if contains(.xattrs) { c[10] = "x" }
+      return String(c)
+    }
+  }
+
+  /// Blocking: metadata differences (mode, ownership as root, mtime, user xattrs) of an existing entry.
+  func metadataChanges(_ p: BytePath, _ st: FileStat, _ n: Node, times: Bool = true) -> Changes {
+    var c: Changes = []
+    if st.mode & 0o7777 != GoMode.permissions(n.mode) && n.type != .symlink { c.insert(.perms) }
+    if isRoot {
+      var uid = n.uid
+      var gid = n.gid
+      if let u = names.uid(named: n.user) { uid = u }
+      if let g = names.gid(named: n.group) { gid = g }
+      if st.uid != uid { c.insert(.owner) }
+      if st.gid != gid { c.insert(.group) }
+    }
+    if times && (st.mtime.0 != n.mtime.seconds || Int64(st.mtime.1) != Int64(n.mtime.nanoseconds)) {
+      c.insert(.time)
+    }
+    if n.type != .symlink {
+      let have = ((try? Sys.extendedAttributes(p)) ?? []).filter { !$0.name.starts(with: Array("security.".utf8)) }
+      let want = n.xattrs
+      if have.count != want.count
+        || !want.allSatisfy({ w in have.contains { $0.name == w.name && $0.value == w.value } })
+      {
+        c.insert(.xattrs)
+      }
+    }
+    return c
+  }
+
+  /// The outcome of comparing a file entry with what is on disk.
+  enum FileDecision: Sendable {
+    case create
+    /// A directory stands in the way (removed only with `delete`).
+    case replaceDirectory
+    case blockedByDirectory
+    case keep(Changes)
+    case skip
+    case update(Changes, FileMode, fetch: [Bool], reused: Int64)
+  }
+
+  /// Blocking: decides what to do with one file of the snapshot.
+  func decideFile(_ item: Item) throws -> FileDecision {
+    let p = path(item.components)
+    let n = item.node
+    guard let st = try? Sys.lstat(p) else { return .create }
+    if st.isDirectory { return options.delete ? .replaceDirectory : .blockedByDirectory }
+    guard st.isRegular else { return .create }  // a symlink or special file: replaced by the rename
+    let sameSize = st.size == Int64(n.size)
+    let sameTime = st.mtime.0 == n.mtime.seconds && Int64(st.mtime.1) == Int64(n.mtime.nanoseconds)
+    switch options.overwrite {
+    case .never: return .skip
+    case .ifNewer:
+      if (st.mtime.0, Int64(st.mtime.1)) >= (n.mtime.seconds, Int64(n.mtime.nanoseconds)) { return .skip }
+    case .ifChanged:
+      if sameSize && sameTime { return .keep(metadataChanges(p, st, n)) }
+    case .always: break
+    }
+    // Compare contents: which of the snapshot's blobs does the file on disk hold, and where?
+    let local = try Restore.localBlobs(p, tables: repo.chunkerTables)
+    let content = n.content ?? []
+    var fetch: [Bool] = []
+    var copies: [(from: Int64, to: Int64, count: Int)] = []
+    var sameAll = sameSize
+    var reused: Int64 = 0
+    var off: Int64 = 0
+    for id in content {
+      guard let e = repo.index.lookup(id) else {
+        throw TidemarkError.corrupt("data blob \(id.short) of \(p) is not in the index", hint: "run `tidemark check`")
+      }
+      let len = Int(e.blob.plainLength)
+      if let at = local[id.raw] {
+        if at != off { sameAll = false }
+        if options.inplace {
+          // Patching in place, only a blob already at its offset can stay; others are fetched.
+          fetch.append(at != off)
+          if at == off { reused += Int64(len) }
+        } else {
+          fetch.append(false)
+          copies.append((at, off, len))
+          reused += Int64(len)
+        }
+      } else {
+        sameAll = false
+        fetch.append(true)
+      }
+      off += Int64(len)
+    }
+    var changes = metadataChanges(p, st, n)
+    if sameAll { return .keep(changes) }
+    changes.insert(.content)
+    if !sameSize { changes.insert(.size) }
+    return .update(changes, options.inplace ? .inplace : .rebuild(old: p, copies: copies), fetch: fetch, reused: reused)
+  }
+
+  /// Blocking: chunks a file with the repository's chunker; where each chunk (by ID) starts.
+  static func localBlobs(_ p: BytePath, tables: ChunkerTables) throws -> [RawID: Int64] {
+    let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
+    defer { Sys.close(fd) }
+    var out: [RawID: Int64] = [:]
+    var chunker = Chunker(tables: tables)
+    var buf = [UInt8](repeating: 0, count: 16 << 20)
+    var start = 0  // unconsumed data begins here in buf
+    var end = 0
+    var scanned = 0
+    var fileOffset: Int64 = 0  // file offset of buf[start]
+    var readOffset: Int64 = 0
+    var eof = false
+    while true {
+      if !eof {
+        if start > 0 && end == buf.count {
+          buf.withUnsafeMutableBytes { b in
+            b.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: end - start)
+          }
+          end -= start
+          start = 0
+        }
+        let got = try buf.withUnsafeMutableBytes {
+          try Sys.pread(fd, UnsafeMutableRawBufferPointer(rebasing: $0[end..<$0.count]), offset: readOffset)
+        }
+        readOffset += Int64(got)
+        end += got
+        if got == 0 { eof = true }
+      }
+      while start + scanned < end {
+        let cut = buf.withUnsafeBytes { b in
+          chunker.next(UnsafeRawBufferPointer(rebasing: b[(start + scanned)..<end]))
+        }
+        guard let cut else {
+          scanned = end - start
+          break
+        }
+        let len = scanned + cut
+        let id = buf.withUnsafeBytes { RawID.hash(UnsafeRawBufferPointer(rebasing: $0[start..<(start + len)])) }
+        if out[id] == nil { out[id] = fileOffset }
+        start += len
+        fileOffset += Int64(len)
+        scanned = 0
+      }
+      if eof {
+        if end > start {
+          let id = buf.withUnsafeBytes { RawID.hash(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+          if out[id] == nil { out[id] = fileOffset }
+        }
+        return out
+      }
+      if start == 0 && end == buf.count && scanned == end {
+        // Cannot happen (a chunk is at most 8 MiB, the buffer 16 MiB), but never spin.
+        throw TidemarkError(.general, "\(p): chunker made no progress")
+      }
+    }
+  }
+
   public func run(tree: BlobID) async throws -> RestoreStats {
     var items: [Item] = []
-    try await plan(tree: tree, prefix: [], into: &items)
+    var known: [[[UInt8]]: Set<[UInt8]>] = [:]
+    try await plan(tree: tree, prefix: [], into: &items, names: &known)
     let target = options.target
-    if options.dryRun {
-      state.withLock { s in
-        for i in items where i.node.type == .file {
-          s.totalFiles += 1
-          s.totalBytes += Int64(i.node.size)
+    let dry = options.dryRun
+    if !dry { try await Blocking.run { try Sys.mkdirAll(target, 0o700) } }
+
+    // 1. Deletions first (they free space), each directory of the snapshot that exists on disk:
+    //    what the snapshot does not have goes, unless filters exclude it. Also our own temp files
+    //    left by an interrupted restore, with or without `delete`.
+    var dirs: [[[UInt8]]] = options.only == nil ? [[]] : []
+    for item in items where item.node.type == .dir { dirs.append(item.components) }
+    for comps in dirs {
+      let p = path(comps)
+      let local = (try? await Blocking.run { try Sys.readDirectory(p) }) ?? []
+      let keep = known[comps] ?? []
+      for name in local.sorted(by: { $0.lexicographicallyPrecedes($1) }) where !keep.contains(name) {
+        let c = comps + [name]
+        let ours = name.starts(with: Restore.tempPrefix)
+        if !ours {
+          guard options.delete else { continue }
+          let isDir = (try? Sys.lstat(p.appending(name)))?.isDirectory ?? false
+          let (take, descend) = selected(c, isDir: isDir)
+          guard take || (descend && options.includes.isEmpty) else { continue }
+          note("*deleting  ", c, dir: isDir, action: "deleted")
+        }
+        // Counted as listed: one per removed name (a directory counts once, whatever it held).
+        if !ours { state.withLock { $0.entriesDeleted += 1 } }
+        if dry { continue }
+        do {
+          _ = try await Blocking.run { try Sys.removeTree(p.appending(name)) }
+        } catch {
+          fail("\(p.appending(name)): cannot delete: \(error)")
         }
       }
-      return stats
     }
-    try await Blocking.run { try Sys.mkdirAll(target, 0o700) }
 
-    // 1. Directories (private until their metadata is applied at the end).
-    for item in items where item.node.type == .dir {
+    // 2. Directories (private until their metadata is applied at the end). A file or link in the
+    //    way is replaced, never followed. The target itself first, when it stands for a directory.
+    if let root = options.rootNode, let st = try? await Blocking.run({ try Sys.lstat(target) }), st.isDirectory {
+      let c = (try? await Blocking.run { self.metadataChanges(target, st, root) }) ?? []
+      if !c.isEmpty { note(c.code(".", "d"), [], dir: true, action: "updated") }
+    }
+    var dirChanges: [Int: Changes] = [:]
+    for (k, item) in items.enumerated() where item.node.type == .dir {
       let p = path(item.components)
-      try await Blocking.run { try Restore.ensureDirectory(p) }
+      let n = item.node
+      let existing: FileStat? = try? await Blocking.run { try Sys.lstat(p) }
+      if let st = existing, st.isDirectory {
+        let c = (try? await Blocking.run { self.metadataChanges(p, st, n) }) ?? []
+        if !c.isEmpty {
+          dirChanges[k] = c
+          note(c.code(".", "d"), item.components, dir: true, action: "updated")
+        }
+        continue
+      }
+      note("cd+++++++++", item.components, dir: true, action: "created")
+      if !dry { try await Blocking.run { try Restore.ensureDirectory(p) } }
     }
 
-    // 2. Files: each is written to a temp file sized on creation (unwritten zero ranges stay holes),
-    //    created on its first write and kept open until complete.
-    var toCreate: [FileJob] = []
+    // 3. Files: decide each against the disk, then write what differs. New files are written to a
+    //    temp file sized on creation and renamed into place when complete.
+    var jobs: [FileJob] = []
+    var fetchMask: [ObjectIdentifier: [Bool]] = [:]
     var hardlinks: [(Item, BytePath)] = []
     var firstLink: [String: BytePath] = [:]
     var others: [Item] = []
+    var keeps: [(Item, Changes)] = []
     for item in items {
       switch item.node.type {
       case .dir: continue
@@ -194,79 +533,260 @@ public final class Restore: Sendable {
           }
           firstLink[key] = p
         }
-        var tmp = p.bytes
-        tmp.removeLast(item.components.last!.count)
-        tmp += Array(".tidemark-restore-\(UInt32.random(in: 0...UInt32.max))-".utf8) + item.components.last!.prefix(100)
-        toCreate.append(FileJob(item: item, path: p, temp: BytePath(bytes: tmp), blobs: (n.content ?? []).count))
         state.withLock {
           $0.totalFiles += 1
           $0.totalBytes += Int64(n.size)
         }
+        let decision: FileDecision
+        do {
+          decision = try await Blocking.run { try self.decideFile(item) }
+        } catch {
+          fail("\(p): \(error)")
+          continue
+        }
+        var mode = FileMode.fresh
+        var mask: [Bool]? = nil
+        switch decision {
+        case .skip:
+          state.withLock { $0.filesUnchanged += 1 }
+          continue
+        case .keep(let c):
+          state.withLock {
+            $0.filesUnchanged += 1
+            $0.bytesReused += Int64(n.size)
+          }
+          if !c.isEmpty {
+            note(c.code(".", "f"), item.components, size: Int64(n.size), action: "updated")
+            keeps.append((item, c))
+          }
+          continue
+        case .blockedByDirectory:
+          fail("\(p): a directory stands where the snapshot has a file; add --delete to replace it")
+          continue
+        case .create:
+          note(">f+++++++++", item.components, size: Int64(n.size), action: "created")
+        case .replaceDirectory:
+          note(">f+++++++++", item.components, size: Int64(n.size), action: "created")
+          if !dry {
+            do {
+              _ = try await Blocking.run { try Sys.removeTree(p) }
+            } catch {
+              fail("\(p): cannot remove the directory in the way: \(error)")
+              continue
+            }
+          }
+        case .update(let c, let m, let fetch, let reused):
+          note(c.code(">", "f"), item.components, size: Int64(n.size), action: "updated")
+          mode = m
+          mask = fetch
+          state.withLock { $0.bytesReused += reused }
+        }
+        if case .update = decision {
+          state.withLock { $0.filesUpdated += 1 }
+        } else {
+          state.withLock { $0.filesCreated += 1 }
+        }
+        var tmp = p.bytes
+        tmp.removeLast(item.components.last!.count)
+        tmp +=
+          Restore.tempPrefix + Array("\(UInt32.random(in: 0...UInt32.max))-".utf8) + item.components.last!.prefix(100)
+        let fetches = mask.map { $0.filter { $0 }.count } ?? (n.content ?? []).count
+        let job = FileJob(
+          item: item, path: p, temp: BytePath(bytes: tmp), mode: mode, sparse: options.sparse, blobs: fetches)
+        if let mask { fetchMask[ObjectIdentifier(job)] = mask }
+        jobs.append(job)
       default:
         others.append(item)
       }
     }
-    var jobs: [FileJob] = []
-    for job in toCreate {
-      if (job.item.node.content ?? []).isEmpty {
+
+    // Specials and hard links are decided (and listed) before anything is written.
+    var specials: [Item] = []
+    for item in others {
+      let p = path(item.components)
+      let n = item.node
+      let st: FileStat? = try? await Blocking.run { try Sys.lstat(p) }
+      if let st {
+        if st.isDirectory && !options.delete {
+          fail("\(p): a directory stands where the snapshot has a \(n.type.rawValue); add --delete to replace it")
+          continue
+        }
+        let same: Bool
+        switch n.type {
+        case .symlink: same = st.isSymlink && (try? Sys.readlink(p)) == n.linkTarget
+        case .fifo: same = st.fileType == 0o010000
+        case .dev: same = st.fileType == 0o060000 && st.rdev == n.device
+        case .chardev: same = st.fileType == 0o020000 && st.rdev == n.device
+        default: same = true
+        }
+        if same {
+          let c = (try? await Blocking.run { self.metadataChanges(p, st, n, times: n.type != .symlink) }) ?? []
+          if !c.isEmpty && n.type != .symlink {
+            note(c.code(".", n.type == .symlink ? "L" : "D"), item.components, action: "updated")
+            keeps.append((item, c))
+          }
+          continue
+        }
+      }
+      if n.type == .socket { continue }
+      let x: Character = n.type == .symlink ? "L" : n.type == .fifo ? "S" : "D"
+      note("c\(x)+++++++++", item.components, action: "created", link: n.type == .symlink ? n.linkTarget : nil)
+      state.withLock { $0.filesCreated += 1 }
+      specials.append(item)
+    }
+    var links: [(Item, BytePath)] = []
+    // A file written anew (not patched in place) gets a new inode: its other names must follow.
+    var renewed = Set<[UInt8]>()
+    for job in jobs {
+      if case .inplace = job.mode { continue }
+      renewed.insert(job.path.bytes)
+    }
+    for (item, first) in hardlinks {
+      let p = path(item.components)
+      let same: Bool =
+        renewed.contains(first.bytes)
+        ? false
+        : (try? await Blocking.run {
+          guard let a = try? Sys.lstat(p), let b = try? Sys.lstat(first) else { return false }
+          return a.isRegular && a.inode == b.inode && a.device == b.device
+        }) ?? false
+      if same { continue }
+      let shown = Array(first.bytes.dropFirst(target.bytes.count + (target.bytes == [47] ? 0 : 1)))
+      note("hf+++++++++", item.components, action: "created", link: shown)
+      state.withLock { $0.filesCreated += 1 }
+      links.append((item, first))
+    }
+
+    if dry {
+      state.withLock { s in
+        for job in jobs {
+          let content = job.item.node.content ?? []
+          let mask = fetchMask[ObjectIdentifier(job)]
+          for (k, id) in content.enumerated() where mask?[k] ?? true {
+            s.bytesRestored += Int64(repo.index.lookup(id)?.blob.plainLength ?? 0)
+          }
+        }
+      }
+      return stats
+    }
+
+    // 4. Content: open files that fetch nothing now; group every blob to fetch by pack.
+    var writing: [FileJob] = []
+    for job in jobs {
+      if job.remaining.withLock({ $0 }) == 0 {
         do {
           try await Blocking.run { try job.create() }
         } catch {
           fail("\(job.path): \(error)")
+          job.close()
           continue
         }
         await finishFile(job)
       } else {
-        jobs.append(job)  // created on its first write
+        writing.append(job)  // opened on its first write
       }
     }
-
-    // 3. Content: group every blob occurrence by pack.
     struct Target: Sendable {
       let job: FileJob
       let offset: Int64
     }
     var byPack: [PackID: [BlobID: (PackedBlob, [Target])]] = [:]
-    for job in jobs {
+    for job in writing {
       var off: Int64 = 0
-      for id in job.item.node.content ?? [] {
+      let mask = fetchMask[ObjectIdentifier(job)]
+      for (k, id) in (job.item.node.content ?? []).enumerated() {
         guard let e = repo.index.lookup(id) else {
           fail("\(job.path): data blob \(id.short) is not in the index; file not restored")
           job.failed.withLock { $0 = true }
           break
         }
-        byPack[e.pack, default: [:]][id, default: (e.blob, [])].1.append(Target(job: job, offset: off))
+        if mask?[k] ?? true {
+          byPack[e.pack, default: [:]][id, default: (e.blob, [])].1.append(Target(job: job, offset: off))
+        }
         off += Int64(e.blob.plainLength)
       }
     }
-
     let packs = Array(byPack)
     try await forEachConcurrently(packs, limit: Restore.packLimit) { (pack, blobs) in
       await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
     }
 
-    // 4. Everything that has no content, then hard links to completed files.
-    for item in others { await makeSpecial(item) }
-    for (item, first) in hardlinks {
+    // 5. Links and special files, then hard links to completed files, then metadata of what stayed.
+    for item in specials { await makeSpecial(item) }
+    for (item, first) in links {
       let p = path(item.components)
       do {
         try await Blocking.run {
-          if Sys.exists(p) { try Sys.unlink(p) }
-          _ = try first.withCString { a in try p.withCString { b in try check("link", p.description) { link(a, b) } } }
+          let tmp = Restore.tempPath(p, item.components.last!)
+          _ = try first.withCString { a in
+            try tmp.withCString { b in try check("link", p.description) { link(a, b) } }
+          }
+          do {
+            try Sys.rename(tmp, p)
+          } catch {
+            try? Sys.unlink(tmp)
+            throw error
+          }
         }
         state.withLock { $0.filesRestored += 1 }
       } catch {
         fail("\(p): \(error)")
       }
     }
+    for (item, _) in keeps {
+      let p = path(item.components)
+      let n = item.node
+      try? await Blocking.run { self.applyMetadata(p, n) }
+    }
 
-    // 5. Directory metadata, deepest first, so restoring contents does not disturb their times.
+    // 6. Directory metadata, deepest first, so restoring contents does not disturb their times.
     for item in items.reversed() where item.node.type == .dir {
       let p = path(item.components)
       let n = item.node
       try? await Blocking.run { self.applyMetadata(p, n) }
     }
+    if let root = options.rootNode { try? await Blocking.run { self.applyMetadata(target, root) } }
+    _ = dirChanges
+
+    // 7. Verification: re-read what was written and hash it blob by blob.
+    if options.verify {
+      for job in jobs where !job.failed.withLock({ $0 }) {
+        do {
+          let n = try await Blocking.run { try self.verifyFile(job.path, job.item.node) }
+          state.withLock { $0.bytesVerified += n }
+        } catch {
+          fail("\(job.path): verification failed: \(error)")
+        }
+      }
+    }
     return stats
+  }
+
+  static func tempPath(_ p: BytePath, _ name: [UInt8]) -> BytePath {
+    var tmp = p.bytes
+    tmp.removeLast(name.count)
+    tmp += tempPrefix + Array("\(UInt32.random(in: 0...UInt32.max))-".utf8) + name.prefix(100)
+    return BytePath(bytes: tmp)
+  }
+
+  /// Blocking: reads `p` back and checks every blob of `n` against its ID; returns the bytes checked.
+  func verifyFile(_ p: BytePath, _ n: Node) throws -> Int64 {
+    let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
+    defer { Sys.close(fd) }
+    var buf: [UInt8] = []
+    var off: Int64 = 0
+    for id in n.content ?? [] {
+      guard let e = repo.index.lookup(id) else { throw TidemarkError.corrupt("blob \(id.short) is not in the index") }
+      let len = Int(e.blob.plainLength)
+      buf.resizeReusing(len)
+      let got = try buf.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: off) }
+      guard got == len, RawID.hash(buf) == id.raw else {
+        throw TidemarkError.corrupt("bytes \(off)..<\(off + Int64(len)) differ from blob \(id.short)")
+      }
+      off += Int64(len)
+    }
+    guard Int64(try Sys.fstat(fd).size) == off else { throw TidemarkError.corrupt("size differs from the snapshot") }
+    return off
   }
 
   /// Word-at-a-time zero test (blobs of holes are skipped: the file was sized, so they stay holes).
@@ -347,7 +867,7 @@ public final class Restore: Sendable {
                   let zero = Restore.isAllZero(plain)
                   for (job, off) in targets where !job.failed.withLock({ $0 }) {
                     do {
-                      guard try job.write(plain, at: off, skip: zero) else { continue }
+                      guard try job.write(plain, at: off, zero: zero) else { continue }
                     } catch {
                       out.failed.append(([(job, off)], "\(job.path): \(error)"))
                       continue
@@ -398,16 +918,21 @@ public final class Restore: Sendable {
   /// Blocking: `finishFile` on this thread (the pack writer finishes its files in the same hop).
   func finishFileNow(_ job: FileJob) {
     do {
-      job.close()
-      if let st = try? Sys.lstat(job.path), st.isDirectory {
-        throw SystemError(EISDIR, "replace", job.path.description)
+      if case .inplace = job.mode {
+        try job.truncateInPlace()
+        job.close()
+      } else {
+        job.close()
+        if let st = try? Sys.lstat(job.path), st.isDirectory {
+          throw SystemError(EISDIR, "replace", job.path.description)
+        }
+        // Atomic: whoever looks at the path sees the old file or the new one, never a mix.
+        try Sys.rename(job.temp, job.path)
       }
-      try Sys.rename(job.temp, job.path)
       applyMetadata(job.path, job.item.node)
       state.withLock { $0.filesRestored += 1 }
     } catch {
-      job.close()
-      try? Sys.unlink(job.temp)
+      if job.close() { try? Sys.unlink(job.temp) }
       fail("\(job.path): \(error)")
     }
   }
@@ -416,30 +941,42 @@ public final class Restore: Sendable {
     let p = path(item.components)
     let n = item.node
     do {
-      try await Blocking.run {
-        if let st = try? Sys.lstat(p) {
-          if st.isDirectory { throw SystemError(EISDIR, "replace", p.description) }
-          try Sys.unlink(p)
+      let delete = options.delete
+      let removed: Int = try await Blocking.run {
+        var removed = 0
+        if let st = try? Sys.lstat(p), st.isDirectory {
+          guard delete else { throw SystemError(EISDIR, "replace", p.description) }
+          removed = try Sys.removeTree(p)
         }
+        // Made under a temporary name and renamed over whatever stands at the path (atomic).
+        let tmp = Restore.tempPath(p, item.components.last!)
         switch n.type {
         case .symlink:
           _ = try BytePath(bytes: n.linkTarget).withCString { t in
-            try p.withCString { c in try check("symlink", p.description) { symlink(t, c) } }
+            try tmp.withCString { c in try check("symlink", p.description) { symlink(t, c) } }
           }
         case .fifo:
-          _ = try p.withCString { c in try check("mkfifo", p.description) { mkfifo(c, 0o600) } }
+          _ = try tmp.withCString { c in try check("mkfifo", p.description) { mkfifo(c, 0o600) } }
         case .dev, .chardev:
           let kind: UInt32 = n.type == .dev ? 0o060000 : 0o020000
-          _ = try p.withCString { c in
+          _ = try tmp.withCString { c in
             try check("mknod", p.description) { mknod(c, mode_t(kind | 0o600), dev_t(n.device)) }
           }
         case .socket:
-          return  // sockets are not restorable; restic skips them too
+          return removed  // sockets are not restorable; restic skips them too
         default:
-          return
+          return removed
+        }
+        do {
+          try Sys.rename(tmp, p)
+        } catch {
+          try? Sys.unlink(tmp)
+          throw error
         }
         self.applyMetadata(p, n)
+        return removed
       }
+      _ = removed
       state.withLock { $0.filesRestored += 1 }
     } catch {
       fail("\(p): \(error)")

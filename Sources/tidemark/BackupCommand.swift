@@ -155,58 +155,250 @@ struct Backup: AsyncParsableCommand {
 struct RestoreCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "restore",
-    abstract: "Restore a snapshot (or a path inside it) into a directory.",
+    abstract: "Make a directory equal a snapshot (or a path inside it), writing only what differs.",
     discussion: """
-      SNAPSHOT is an ID, a unique prefix or `latest`; SNAPSHOT:SUBPATH restores only that directory's contents. \
-      Files are written under a temporary name and renamed into place when complete. Nothing is written outside \
-      --target, and nothing there is deleted.
+      WHAT is one of:
+        SNAPSHOT            an ID, a unique prefix or `latest`
+        SNAPSHOT:PATH       only that directory or file of the snapshot
+        PATH-IN-A-MOUNT     a directory or file you found in a `tidemark mount` (e.g.
+                            /mnt/backup/hosts/web1/latest/srv/www): read from the repository directly,
+                            not through the mount, and put back where it came from (or under --target)
+
+      Where: --target DIR restores under DIR; --in-place (and a mount path without --target) restores
+      to the original absolute location.
+
+      Existing files are compared first (--overwrite): with the default if-changed, an equal size and
+      mtime means unchanged; otherwise the file is chunked and hashed, the blobs it still holds are
+      reused from it and only the others are fetched from the repository (each pack once). A changed
+      file is built beside the old one and renamed over it (atomic), or with --inplace patched where it
+      differs. Metadata (owner when root, mode, times, xattrs) is applied afterwards; directories last.
+      Nothing is deleted without --delete, which removes what the snapshot does not have inside the
+      restored tree only. Nothing is written outside the target; symlinks on the way are replaced, not
+      followed. --dry-run lists the changes like `rsync -i` (>f new/changed file, .f metadata only,
+      cd new directory, cL new symlink, *deleting removal) and changes nothing; -v lists them as made.
       """)
   @OptionGroup var global: GlobalOptions
-  @Option(name: [.customShort("t"), .long], help: "Directory to restore into.") var target: String
+  @Option(name: [.customShort("t"), .long], help: "Directory to restore into.") var target: String?
+  @Flag(name: .customLong("in-place"), help: "Restore to the snapshot's original absolute paths.") var inPlace = false
+  @Option(help: "When to replace an existing file: always, if-changed (default), if-newer, never.")
+  var overwrite: String = "if-changed"
+  @Flag(help: "Delete files and directories the snapshot does not have (inside the restored tree only).")
+  var delete = false
+  @Flag(help: "Read back what was written and check it against the snapshot.") var verify = false
+  @Flag(
+    inversion: .prefixedNo,
+    help: "Leave all-zero blocks of new files as holes (default; --no-sparse writes the zeros).")
+  var sparse = true
+  @Flag(help: "Patch changed files in place instead of building a new copy (for files too big to copy).")
+  var inplace = false
   @Option(name: [.customShort("i"), .long], help: "Restore only paths matching this pattern (repeatable).") var include:
     [String] = []
   @Option(name: [.customShort("e"), .long], help: "Do not restore paths matching this pattern (repeatable).")
   var exclude: [String] = []
   @Option(name: [.customShort("H"), .long], help: "With `latest`: only this host.") var host: String?
   @Option(help: "With `latest`: only snapshots with this path.") var path: [String] = []
-  @Flag(name: [.customShort("n"), .long], help: "Only report what would be restored.") var dryRun = false
-  @Argument(help: "SNAPSHOT[:SUBPATH]") var snapshot: String
+  @Flag(name: [.customShort("n"), .long], help: "List what would change; change nothing.") var dryRun = false
+  @Argument(help: "SNAPSHOT[:PATH] or a path inside a tidemark mount") var snapshot: String
 
   func run() async throws {
-    let repo = try await global.open()
-    let parts = snapshot.split(separator: ":", maxSplits: 1).map(String.init)
-    let snap = try await repo.findSnapshot(parts[0], host: host, paths: path)
-    var opts = RestoreOptions(target: BytePath(target).absolute())
-    opts.includes = include.map(PathPattern.init)
-    opts.excludes = exclude.map(PathPattern.init)
-    opts.dryRun = dryRun
-    if !global.quiet && !global.json {
-      Out.line(
-        "restoring <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)> to \(opts.target)"
-      )
+    guard let policy = OverwritePolicy(rawValue: overwrite) else {
+      throw TidemarkError(.usage, "--overwrite \(overwrite): use always, if-changed, if-newer or never")
     }
+    if target != nil && inPlace { throw TidemarkError(.usage, "--target and --in-place exclude each other") }
+    var global = self.global
+    var snapRef: String
+    var sub: [[UInt8]] = []
+    let fromMount = try MountPath.resolve(snapshot)
+    if let m = fromMount {
+      if global.repo == nil { global.repo = m.repository }
+      snapRef = m.snapshot
+      sub = m.path
+    } else {
+      let parts = snapshot.split(separator: ":", maxSplits: 1).map(String.init)
+      snapRef = parts[0]
+      if parts.count > 1 { sub = Array(parts[1].utf8).split(separator: 47).map(Array.init) }
+      guard target != nil || inPlace else {
+        throw TidemarkError(.usage, "where to? give --target DIR or --in-place")
+      }
+    }
+    for c in sub where c == [46] || c == [46, 46] {
+      throw TidemarkError(.usage, "the path \(snapshot) contains . or ..")
+    }
+    let repo = try await global.open()
+    let snap = try await repo.findSnapshot(snapRef, host: host, paths: path)
+
     let start = ContinuousClock.now
-    let stats = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    let json = global.json
+    let quiet = global.quiet
+    let list = dryRun || global.verbose > 0
+    let (stats, where_) = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+      // The tree to restore, and (for a file) which of its entries.
       var tree = snap.tree
-      if parts.count > 1 { tree = try await resolveTree(repo, snap.tree, parts[1]) }
-      return try await Restore(repository: repo, options: opts).run(tree: tree)
+      var only: [UInt8]? = nil
+      var rootNode: Node? = nil
+      // A relative backup (`backup data`) stores `data` at the top: accept its absolute path too.
+      if fromMount == nil, let first = sub.first, try await repo.loadTree(tree).node(named: first) == nil {
+        let top = try await repo.loadTree(tree)
+        if let j = sub.indices.first(where: { top.node(named: sub[$0]) != nil }),
+          snap.paths.contains(where: { BytePath($0).components == Array(sub[...j]) })
+        {
+          sub = Array(sub[j...])
+        }
+      }
+      for (k, comp) in sub.enumerated() {
+        let t = try await repo.loadTree(tree)
+        guard let n = t.node(named: comp) else {
+          throw TidemarkError(
+            .notFound, "no \(BytePath.display(RestoreCommand.joined(sub))) in snapshot \(snap.id!.short)")
+        }
+        if let s = n.subtree, n.type == .dir {
+          tree = s
+          rootNode = n
+        } else if k == sub.count - 1 {
+          only = comp
+        } else {
+          throw TidemarkError(
+            .notFound, "\(BytePath.display(RestoreCommand.joined(Array(sub[...k])))) is not a directory in the snapshot"
+          )
+        }
+      }
+      let dirComps = only == nil ? sub : Array(sub.dropLast())
+      let dest: BytePath
+      if let target {
+        dest = BytePath(target).absolute()
+      } else {
+        dest = RestoreCommand.originalLocation(dirComps, snap.paths)
+      }
+      if delete && dest.bytes == [47] && only == nil {
+        throw TidemarkError(
+          .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
+          hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead")
+      }
+      var opts = RestoreOptions(target: dest)
+      opts.includes = include.map(PathPattern.init)
+      opts.excludes = exclude.map(PathPattern.init)
+      opts.dryRun = dryRun
+      opts.overwrite = policy
+      opts.delete = delete
+      opts.verify = verify
+      opts.sparse = sparse
+      opts.inplace = inplace
+      opts.only = only
+      opts.rootNode = only == nil ? rootNode : nil
+      if list && !quiet {
+        opts.itemize = { c in
+          let path = BytePath.display(c.path)
+          if json {
+            Out.line(
+              "{\"message_type\":\"verbose_status\",\"action\":\"\(c.action)\",\"change\":\"\(c.code.trimmingCharacters(in: .whitespaces))\",\"item\":\(Out.jsonString(path)),\"size\":\(c.size)}"
+            )
+          } else {
+            let link = c.linkTarget.map { (c.code.hasPrefix("h") ? " => " : " -> ") + BytePath.display($0) } ?? ""
+            Out.line("\(c.code) \(path)\(link)")
+          }
+        }
+      }
+      if !quiet && !json {
+        Out.err(
+          "\(dryRun ? "would restore" : "restoring") <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)>\(sub.isEmpty ? "" : ":" + BytePath.display(RestoreCommand.joined(sub))) to \(dest)"
+        )
+      }
+      return (try await Restore(repository: repo, options: opts).run(tree: tree), dest)
     }
     let d = ContinuousClock.now - start
     let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     for e in stats.errors { Out.err("error: \(e)") }
-    if global.json {
+    if json {
       Out.line(
-        "{\"message_type\":\"summary\",\"seconds_elapsed\":\(Int(secs)),\"total_files\":\(stats.totalFiles),\"files_restored\":\(stats.filesRestored),\"total_bytes\":\(stats.totalBytes),\"bytes_restored\":\(stats.bytesRestored),\"error_count\":\(stats.errors.count)}"
+        "{\"message_type\":\"summary\",\"dry_run\":\(dryRun),\"target\":\(Out.jsonString(where_.description)),\"seconds_elapsed\":\(String(format: "%.3f", secs)),\"total_files\":\(stats.totalFiles),\"files_restored\":\(stats.filesRestored),\"files_created\":\(stats.filesCreated),\"files_updated\":\(stats.filesUpdated),\"files_unchanged\":\(stats.filesUnchanged),\"files_skipped\":\(stats.filesUnchanged),\"files_deleted\":\(stats.entriesDeleted),\"total_bytes\":\(stats.totalBytes),\"bytes_restored\":\(stats.bytesRestored),\"bytes_fetched\":\(stats.bytesRestored),\"bytes_reused\":\(stats.bytesReused),\"bytes_verified\":\(stats.bytesVerified),\"error_count\":\(stats.errors.count)}"
       )
-    } else if !global.quiet {
-      Out.line("restored \(stats.filesRestored) files, \(Out.bytes(stats.bytesRestored)) in \(Out.duration(secs))")
+    } else if !quiet {
+      let verb = dryRun ? "would change" : "done"
+      Out.err(
+        "\(verb): \(stats.filesCreated) files created, \(stats.filesUpdated) updated, \(stats.filesUnchanged) unchanged, \(stats.entriesDeleted) deleted; \(Out.bytes(stats.bytesRestored)) \(dryRun ? "to fetch" : "fetched") from the repository, \(Out.bytes(stats.bytesReused)) reused locally\(verify ? ", \(Out.bytes(stats.bytesVerified)) verified" : "") in \(Out.duration(secs))"
+      )
     }
     if !stats.errors.isEmpty {
       throw TidemarkError(
         .general,
-        "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the files named above were not restored",
+        "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the paths named above were not restored",
         hint: "run `tidemark check --read-data` if the repository may be damaged")
     }
+  }
+
+  static func joined(_ comps: [[UInt8]]) -> [UInt8] {
+    var out: [UInt8] = []
+    for c in comps { out += [47] + c }
+    return out
+  }
+
+  /// Where the tree path `comps` of a snapshot came from. Absolute backup paths are stored with all
+  /// their components; relative ones (`backup data`) with the components given, so the stored path is
+  /// a suffix of the recorded absolute path: find the snapshot path that explains `comps`.
+  static func originalLocation(_ comps: [[UInt8]], _ paths: [String]) -> BytePath {
+    for p in paths {
+      let c = BytePath(p).components
+      for j in 0..<max(1, c.count) where j < c.count {
+        let stored = Array(c[j...])
+        let n = min(stored.count, comps.count)
+        if n > 0 && Array(stored[0..<n]) == Array(comps[0..<n]) {
+          return BytePath(bytes: joined(Array(c[0..<j]) + comps).isEmpty ? [47] : joined(Array(c[0..<j]) + comps))
+        }
+      }
+    }
+    return BytePath(bytes: comps.isEmpty ? [47] : joined(comps))
+  }
+}
+
+/// A path inside a `tidemark mount`, mapped back through the mount's `.tidemark/status.json`.
+enum MountPath {
+  struct Resolved {
+    var repository: String
+    var snapshot: String
+    /// Components below the snapshot's root.
+    var path: [[UInt8]]
+  }
+
+  /// nil when `arg` is not an existing path inside a tidemark mount (then it names a snapshot).
+  static func resolve(_ arg: String) throws -> Resolved? {
+    guard arg.contains("/") else { return nil }
+    let given = BytePath(arg).absolute()
+    guard Sys.exists(given) else { return nil }
+    // Resolve symlinks on the way (`latest`), but not the last component (it may be a link inside the snapshot).
+    let comps = given.components
+    guard let last = comps.last else { return nil }
+    var parentBytes: [UInt8] = [47]
+    for c in comps.dropLast() { parentBytes += (parentBytes == [47] ? [] : [47]) + c }
+    guard let parent = Sys.realpath(BytePath(bytes: parentBytes)) else { return nil }
+    let full = parent.appending(last).components
+    for k in stride(from: full.count, through: 0, by: -1) {
+      var root: [UInt8] = [47]
+      for c in full[0..<k] { root += (root == [47] ? [] : [47]) + c }
+      let status = BytePath(bytes: root).appending(Array(".tidemark".utf8)).appending(Array("status.json".utf8))
+      guard Sys.exists(status) else { continue }
+      let json = try JSON.parse(try Sys.readFile(status))
+      guard json["tidemark_mount"] != nil, let repo = json["repository"]?.string,
+        case .object(let snaps)? = json["snapshots"]
+      else {
+        throw TidemarkError(.general, "\(status.description) is not a tidemark mount status file")
+      }
+      let rel = Array(full[k...])
+      // The longest snapshot directory that holds the path.
+      var best: (Int, String)? = nil
+      for (key, value) in snaps {
+        let kc = Array(key.utf8).split(separator: 47).map(Array.init)
+        guard kc.count <= rel.count, Array(rel[0..<kc.count]) == kc, let id = value.string else { continue }
+        if best == nil || kc.count > best!.0 { best = (kc.count, id) }
+      }
+      guard let (n, id) = best else {
+        throw TidemarkError(
+          .usage, "\(arg) is in a tidemark mount but not inside a snapshot",
+          hint: "give a path below a snapshot directory, e.g. \(BytePath(bytes: root).description)/snapshots/latest/..."
+        )
+      }
+      return Resolved(repository: repo, snapshot: id, path: Array(rel[n...]))
+    }
+    return nil
   }
 }
 

@@ -1,0 +1,211 @@
+// rsync-style restore: in place, by delta, from a path in a live mount, and safe against hostile snapshots.
+import Foundation
+import Testing
+import TidemarkBackends
+import TidemarkCore
+import TidemarkSystem
+
+/// The summary object of `restore --json` (the last line).
+func restoreSummary(_ r: RunResult) -> JSONValue? {
+  guard let last = r.out.split(separator: "\n").last else { return nil }
+  return try? JSON.parse(Array(last.utf8))
+}
+
+/// The itemized lines of a restore's output (everything but the JSON summary).
+func itemized(_ r: RunResult) -> [String] {
+  r.out.split(separator: "\n").map(String.init).filter { !$0.contains("\"message_type\":\"summary\"") }
+}
+
+@Suite(.serialized) struct RestoreInPlaceTests {
+  @Test func divergedTreeIsRestoredInPlaceFetchingOnlyWhatChanged() throws {
+    let ws = try Workspace("inplace")
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: false)
+    // A large file whose middle is rewritten below, and files to edit, append to, truncate and delete.
+    let setup = """
+      head -c 40000000 /dev/urandom > src/large.img
+      seq 1 200000 > src/sub/log.txt
+      head -c 2000000 /dev/urandom > src/sub/trunc.bin
+      mkdir -p src/olddir && echo old > src/olddir/keep.txt
+      """
+    _ = try Tools.sh(setup, cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "src"])
+    try #require(b.status == 0, "\(b.stderr)")
+    let snapshot = try describeTree(ws.sub("src"))
+
+    let diverge = """
+      dd if=/dev/urandom of=src/large.img bs=1048576 count=1 seek=17 conv=notrunc status=none
+      printf 'edited' | dd of=src/file.txt bs=1 seek=2 conv=notrunc status=none
+      echo appended >> src/sub/log.txt
+      truncate -s 1000000 src/sub/trunc.bin
+      rm src/sub/random.bin src/empty-file
+      echo added > src/added.txt && mkdir -p src/newdir/deep && echo x > src/newdir/deep/y
+      chmod 0700 src/sub/numbers.txt && chmod 0755 src/sub
+      rm src/symlink && ln -s /etc/hostname src/symlink
+      rm -rf src/olddir && echo now-a-file > src/olddir
+      rm src/dangling && mkdir src/dangling
+      """
+    _ = try Tools.sh(diverge, cwd: ws.path)
+    let inode = try Sys.lstat(BytePath(ws.sub("src/large.img"))).inode
+
+    // The dry run changes nothing and lists exactly what the real run then does.
+    let before = try describeTree(ws.sub("src"))
+    let dry = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "--dry-run"])
+    #expect(dry.status == 0, "\(dry.stderr)")
+    #expect(
+      differences(before, try describeTree(ws.sub("src")), ignoreRootMtime: false).isEmpty,
+      "the dry run changed something")
+    let dryJSON = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "-n", "--json"])
+    let real = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "-v", "--json"])
+    #expect(real.status == 0, "\(real.stderr)")
+    #expect(itemized(dryJSON).count > 10)
+    #expect(itemized(dryJSON) == itemized(real), "dry run:\n\(dryJSON.out)\nreal run:\n\(real.out)")
+    #expect(
+      restoreSummary(dryJSON)?["bytes_fetched"]?.int == restoreSummary(real)?["bytes_fetched"]?.int,
+      "the dry run's fetch estimate differs")
+    for line in [
+      ">fc.t...... large.img", ">fcst...... sub/trunc.bin", ".f...p..... sub/numbers.txt",
+      "hf+++++++++ hardlink => file.txt", "*deleting   added.txt", "*deleting   newdir/", ">f+++++++++ sub/random.bin",
+      "cL+++++++++ symlink -> file.txt", "cd+++++++++ olddir/", ">f+++++++++ olddir/keep.txt",
+    ] {
+      #expect(itemized(dry).contains(where: { $0.hasPrefix(line) }), "missing \(line) in:\n\(dry.out)")
+    }
+
+    // Afterwards the tree equals the snapshot exactly.
+    let d = differences(snapshot, try describeTree(ws.sub("src")), ignoreRootMtime: false)
+    #expect(d.isEmpty, "after restore: \(d.prefix(8))")
+    // The changed megabyte (and its neighbouring chunks), the deleted 3 MB file and the small files are
+    // fetched; the other ~39 MB of the large file are reused from the old file.
+    let s = try #require(restoreSummary(real))
+    let fetched = s["bytes_fetched"]?.int ?? -1
+    let reused = s["bytes_reused"]?.int ?? -1
+    #expect(fetched > 3_000_000 && fetched < 16_000_000, "fetched \(fetched)")
+    #expect(reused > 30_000_000, "reused \(reused)")
+    #expect(s["files_deleted"]?.int == 2)
+    // The default mode builds a new file and renames it over the old one (a new inode).
+    #expect(try Sys.lstat(BytePath(ws.sub("src/large.img"))).inode != inode)
+
+    // Again: nothing to do, nothing fetched.
+    let again = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "-v", "--json"])
+    #expect(itemized(again).isEmpty, "\(again.out)")
+    #expect(restoreSummary(again)?["bytes_fetched"]?.int == 0)
+
+    // --inplace patches the file where it differs and keeps its inode; --verify reads it back.
+    _ = try Tools.sh(
+      "dd if=/dev/urandom of=src/large.img bs=1048576 count=1 seek=5 conv=notrunc status=none", cwd: ws.path)
+    let kept = try Sys.lstat(BytePath(ws.sub("src/large.img"))).inode
+    let patch = try ws.tidemark([
+      "-r", "repo", "restore", "latest:src", "--in-place", "--inplace", "--verify", "--json",
+    ])
+    #expect(patch.status == 0, "\(patch.stderr)")
+    #expect(try Sys.lstat(BytePath(ws.sub("src/large.img"))).inode == kept)
+    #expect((restoreSummary(patch)?["bytes_verified"]?.int ?? 0) >= 40_000_000)
+    #expect(differences(snapshot, try describeTree(ws.sub("src")), ignoreRootMtime: false).isEmpty)
+
+    // Without --delete nothing is removed, and a directory in the way of a file is an error, not a deletion.
+    _ = try Tools.sh("echo stray > src/stray && rm src/sub/numbers.txt && mkdir src/sub/numbers.txt", cwd: ws.path)
+    let keep = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place"])
+    #expect(keep.status == 1 && keep.stderr.contains("--delete"), "\(keep.stderr)")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("src/stray")))
+  }
+
+  @Test func pathInsideALiveMountIsPutBackWhereItCameFrom() throws {
+    let ws = try Workspace("restore-mount")
+    _ = try Tools.sh(
+      "mkdir -p data/docs/deep data/other && echo a > data/docs/a && echo b > data/docs/deep/b && echo o > data/other/o",
+      cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "data"]).status == 0)
+    let original = try describeTree(ws.sub("data/docs"))
+    _ = try Tools.sh("rm -rf data/docs && echo changed > data/other/o && echo new > data/other/n", cwd: ws.path)
+
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount"], mountpoint: mnt)
+    #expect(m.wait(for: mnt + "/snapshots/latest/data/docs/a"))
+    // No -r: the repository comes from the mount's status file; the place from the snapshot.
+    let r = try Tools.run(
+      Tools.tidemark, ["restore", mnt + "/snapshots/latest/data/docs"], env: ["TIDEMARK_PASSWORD": "test-pw"],
+      cwd: "/")
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(differences(original, try describeTree(ws.sub("data/docs")), ignoreRootMtime: false).isEmpty)
+    // Exactly that directory: its siblings keep their local changes.
+    #expect(try String(contentsOfFile: ws.sub("data/other/o"), encoding: .utf8) == "changed\n")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("data/other/n")))
+
+    // A single file from the mount, under --target.
+    let f = try Tools.run(
+      Tools.tidemark,
+      [
+        "restore",
+        mnt + "/ids/"
+          + String(
+            try #require(
+              snapshotIDs(try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out).first
+            ).prefix(8)) + "/data/other/o",
+        "--target", ws.sub("single"),
+      ], env: ["TIDEMARK_PASSWORD": "test-pw"], cwd: "/")
+    #expect(f.status == 0, "\(f.stderr)")
+    #expect(try String(contentsOfFile: ws.sub("single/o"), encoding: .utf8) == "o\n")
+  }
+
+  @Test func hostileSnapshotsCannotWriteOutsideTheTarget() async throws {
+    let ws = try Workspace("hostile")
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    let saver = BlobSaver(repository: repo)
+    func file(_ name: String, _ text: String) async throws -> Node {
+      let data = Array(text.utf8)
+      _ = try await saver.save(.data, data)
+      var n = Node(name: Array(name.utf8), type: .file)
+      n.mode = 0o644
+      n.size = UInt64(data.count)
+      n.content = [BlobID(RawID.hash(data))]
+      return n
+    }
+    func tree(_ nodes: [Node]) async throws -> BlobID {
+      let json = Tree(nodes: nodes).encode()
+      _ = try await saver.save(.tree, json)
+      return BlobID(RawID.hash(json))
+    }
+    func dir(_ name: String, _ sub: BlobID) -> Node {
+      var n = Node(name: Array(name.utf8), type: .dir)
+      n.mode = GoMode.dir | 0o755
+      n.subtree = sub
+      return n
+    }
+    // 1. Names that climb or contain a slash.
+    let climbing = try await tree([
+      try await file("..", "dotdot"), try await file("../escape", "slash"), try await file("fine", "ok"),
+    ])
+    // 2. A symlink out of the target and a directory of the same name with a file beneath it.
+    var link = Node(name: Array("evil".utf8), type: .symlink)
+    link.linkTarget = Array(ws.sub("outside").utf8)
+    let twins = try await tree([link, dir("evil", try await tree([try await file("pwned", "gotcha")]))])
+    // 3. A plain directory, restored where a symlink out of the target already stands.
+    let plain = try await tree([dir("evil", try await tree([try await file("pwned", "gotcha")]))])
+    try await saver.finish()
+    var ids: [String] = []
+    for t in [climbing, twins, plain] {
+      ids.append(try await repo.saveSnapshot(Snapshot(time: .now(), tree: t, paths: [ws.sub("x")])).hex)
+    }
+    try FileManager.default.createDirectory(atPath: ws.sub("outside"), withIntermediateDirectories: true)
+
+    let r1 = try ws.tidemark(["-r", "repo", "restore", ids[0], "--target", ws.sub("t1/inner")])
+    #expect(r1.status == 1 && r1.stderr.contains("unsafe name"), "\(r1.stderr)")
+    #expect(try String(contentsOfFile: ws.sub("t1/inner/fine"), encoding: .utf8) == "ok")
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("t1/escape")))
+    #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("t1")) == ["inner"])
+
+    let r2 = try ws.tidemark(["-r", "repo", "restore", ids[1], "--target", ws.sub("t2")])
+    #expect(r2.status == 1 && r2.stderr.contains("two entries named evil"), "\(r2.stderr)")
+
+    try FileManager.default.createDirectory(atPath: ws.sub("t3"), withIntermediateDirectories: true)
+    try FileManager.default.createSymbolicLink(atPath: ws.sub("t3/evil"), withDestinationPath: ws.sub("outside"))
+    let r3 = try ws.tidemark(["-r", "repo", "restore", ids[2], "--target", ws.sub("t3")])
+    #expect(r3.status == 0, "\(r3.stderr)")
+    #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("outside")).isEmpty, "wrote through the link")
+    #expect(try Sys.lstat(BytePath(ws.sub("t3/evil"))).isDirectory)
+    #expect(try String(contentsOfFile: ws.sub("t3/evil/pwned"), encoding: .utf8) == "gotcha")
+  }
+}
