@@ -157,25 +157,30 @@ struct RestoreCommand: AsyncParsableCommand {
     commandName: "restore",
     abstract: "Make a directory equal a snapshot (or a path inside it), writing only what differs.",
     discussion: """
-      WHAT is one of:
-        SNAPSHOT            an ID, a unique prefix or `latest`
-        SNAPSHOT:PATH       only that directory or file of the snapshot
-        PATH-IN-A-MOUNT     a directory or file you found in a `tidemark mount` (e.g.
-                            /mnt/backup/hosts/web1/latest/srv/www): read from the repository directly,
-                            not through the mount, and put back where it came from (or under --target)
+      The argument is one of:
+        SNAPSHOT          an ID, a unique prefix or `latest`
+        SNAPSHOT:PATH     only that directory or file of the snapshot
+        PATH-IN-A-MOUNT   a directory or file inside a `tidemark mount`, e.g.
+                          /mnt/backup/hosts/web1/latest/srv/www
 
-      Where: --target DIR restores under DIR; --in-place (and a mount path without --target) restores
-      to the original absolute location.
+      Where to: --target DIR restores under DIR; --in-place (and a mount path \
+      without --target) restores to the original absolute location. A mount path \
+      is read from the repository directly, not through the mount.
 
-      Existing files are compared first (--overwrite): with the default if-changed, an equal size and
-      mtime means unchanged; otherwise the file is chunked and hashed, the blobs it still holds are
-      reused from it and only the others are fetched from the repository (each pack once). A changed
-      file is built beside the old one and renamed over it (atomic), or with --inplace patched where it
-      differs. Metadata (owner when root, mode, times, xattrs) is applied afterwards; directories last.
-      Nothing is deleted without --delete, which removes what the snapshot does not have inside the
-      restored tree only. Nothing is written outside the target; symlinks on the way are replaced, not
-      followed. --dry-run lists the changes like `rsync -i` (>f new/changed file, .f metadata only,
-      cd new directory, cL new symlink, *deleting removal) and changes nothing; -v lists them as made.
+      Existing files are compared first (--overwrite). With the default if-changed \
+      an equal size and mtime means unchanged; otherwise the file is chunked and \
+      hashed, the blobs it still holds are reused from it, and only the others are \
+      fetched from the repository (each pack once). A changed file is built beside \
+      the old one and renamed over it (atomic), or with --inplace patched where it \
+      differs. Owner (as root), mode, times and xattrs follow; directories last.
+
+      Nothing is deleted without --delete, which removes what the snapshot does \
+      not have, inside the restored tree only. Nothing is written outside the \
+      target: symlinks on the way are replaced, never followed.
+
+      --dry-run lists the changes like `rsync -i` and changes nothing; -v lists \
+      them as they are made: >f new or changed file, .f metadata only, \
+      cd new directory, cL new symlink, hf hard link, *deleting removal.
       """)
   @OptionGroup var global: GlobalOptions
   @Option(name: [.customShort("t"), .long], help: "Directory to restore into.") var target: String?
