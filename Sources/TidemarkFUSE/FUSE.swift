@@ -362,7 +362,11 @@ private struct Request: @unchecked Sendable {
     // Each piece's pointer is valid only inside its closure: nest them, then reply at the bottom.
     func gather(_ k: Int) {
       guard k < pieces.count else {
-        _ = iov.withUnsafeBufferPointer { fuse_reply_iov(req, $0.baseAddress, Int32($0.count)) }
+        if iov.isEmpty {
+          fuse_reply_buf(req, nil, 0)  // end of file
+        } else {
+          _ = iov.withUnsafeBufferPointer { fuse_reply_iov(req, $0.baseAddress, Int32($0.count)) }
+        }
         return
       }
       pieces[k].withUnsafeBufferPointer { b in
