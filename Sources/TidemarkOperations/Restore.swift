@@ -392,13 +392,32 @@ public final class Restore: Sendable {
     return .update(changes, options.inplace ? .inplace : .rebuild(old: p, copies: copies), fetch: fetch, reused: reused)
   }
 
+  /// Decides every file item (by index into `items`; other items get a placeholder), in batches on
+  /// blocking threads: one hop per file would cost more than the lstat it does.
+  func decideFiles(_ items: [Item]) async throws -> [Result<FileDecision, Error>] {
+    let files = items.indices.filter { items[$0].node.type == .file }
+    let out = Mutex([Result<FileDecision, Error>](repeating: .success(.skip), count: items.count))
+    let batches = stride(from: 0, to: files.count, by: 256).map { Array(files[$0..<min($0 + 256, files.count)]) }
+    try await forEachConcurrently(batches, limit: Restore.packLimit) { batch in
+      let results = try await Blocking.run {
+        batch.map { k in (k, Result { try self.decideFile(items[k]) }) }
+      }
+      out.withLock { o in
+        for (k, r) in results { o[k] = r }
+      }
+    }
+    return out.withLock { $0 }
+  }
+
   /// Blocking: chunks a file with the repository's chunker; where each chunk (by ID) starts.
   static func localBlobs(_ p: BytePath, tables: ChunkerTables) throws -> [RawID: Int64] {
     let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
     defer { Sys.close(fd) }
     var out: [RawID: Int64] = [:]
     var chunker = Chunker(tables: tables)
-    var buf = [UInt8](repeating: 0, count: 16 << 20)
+    // Room for the largest chunk twice over, or the whole file if smaller (many small files get compared).
+    let size = Int(try Sys.fstat(fd).size)
+    var buf = [UInt8](repeating: 0, count: max(4096, min(16 << 20, size + 1)))
     var start = 0  // unconsumed data begins here in buf
     var end = 0
     var scanned = 0
@@ -519,7 +538,8 @@ public final class Restore: Sendable {
     var firstLink: [String: BytePath] = [:]
     var others: [Item] = []
     var keeps: [(Item, Changes)] = []
-    for item in items {
+    let decided = try await decideFiles(items)
+    for (k, item) in items.enumerated() {
       switch item.node.type {
       case .dir: continue
       case .file:
@@ -538,9 +558,9 @@ public final class Restore: Sendable {
           $0.totalBytes += Int64(n.size)
         }
         let decision: FileDecision
-        do {
-          decision = try await Blocking.run { try self.decideFile(item) }
-        } catch {
+        switch decided[k] {
+        case .success(let d): decision = d
+        case .failure(let error):
           fail("\(p): \(error)")
           continue
         }
