@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Benchmarks: tidemark against restic on this machine, in one run. Two sections:
-#   backup  generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
-#           full restore. For each: wall time and peak RSS (/usr/bin/time).
-#   mount   one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
-#           file, `find` over the snapshot, `rsync -a` of 20,000 small files. Each with a cold page cache and a
-#           fresh mount process; peak RSS of the mount process (VmHWM).
+# Benchmarks: tidemark against restic on this machine, in one run. Three sections:
+#   backup   generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
+#            full restore. For each: wall time and peak RSS (/usr/bin/time).
+#   mount    one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
+#            file, `find` over the snapshot, `rsync -a` of 20,000 small files. Each with a cold page cache and a
+#            fresh mount process; peak RSS of the mount process (VmHWM).
+#   inplace  a copy of the corpus diverged by ~1% (edits, deletions, new files, a chmod) brought back to a
+#            restic-made snapshot: `tidemark restore --delete` in place, `rsync -a --delete` from `restic mount`,
+#            and a full `restic restore` into an empty directory. Wall time and peak RSS (/usr/bin/time).
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
 # <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
-#   scripts/bench.sh                 # build release, run both sections, update docs/performance.md
-#   scripts/bench.sh backup          # only the backup/restore section (likewise: scripts/bench.sh mount)
+#   scripts/bench.sh                 # build release, run all three sections, update docs/performance.md
+#   scripts/bench.sh backup          # only the backup/restore section (likewise: mount, inplace; several may be given)
 #   BENCH_NO_BUILD=1 scripts/bench.sh      # use .build/release/tidemark as it is (no swift build)
 #   BENCH_DIR=/var/tmp/b scripts/bench.sh  # where corpora and repositories go (default /tmp/tidemark-bench)
 #   BENCH_OUT=-  scripts/bench.sh    # print the tables instead of writing docs/performance.md
@@ -21,20 +24,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount]   (no argument: both)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace]   (no argument: all three)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount) SECTIONS+=("$arg") ;;
+    backup | mount | inplace) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if want backup && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -61,21 +64,23 @@ export RESTIC_PASSWORD=bench TIDEMARK_PASSWORD=bench RESTIC_CACHE_DIR="$BENCH_DI
 
 # ---- cleanup: whatever a section leaves mounted or running when the script stops -----------------------------
 FS_IMG="$BENCH_DIR/restore-fs.img"
-MNT="$BENCH_DIR/mnt"              # where the mount section mounts the repository
+MNT="$BENCH_DIR/mnt"              # where the mount and inplace sections mount the repository
 DEST="$BENCH_DIR/rsync-dest"      # rsync target (a fresh tmpfs per session when root)
 MOUNT_PID=""                      # the mount process of the current mount session
 is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 cleanup() {
   set +e
   if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+    kill -INT "$MOUNT_PID" 2>/dev/null   # both tools unmount and quit on Ctrl-C (restic not on SIGTERM)
+    for _ in $(seq 30); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
     kill -TERM "$MOUNT_PID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 30); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$MOUNT_PID" 2>/dev/null
     wait "$MOUNT_PID" 2>/dev/null
   fi
   if is_mounted "$MNT"; then fusermount3 -uz "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null; fi
   if is_mounted "$DEST"; then umount "$DEST" 2>/dev/null || umount -l "$DEST" 2>/dev/null; fi
-  if is_mounted "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs"; fi
+  if is_mounted "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs" 2>/dev/null || umount -l "$BENCH_DIR/restore-fs"; fi
   rm -f "$FS_IMG"
 }
 trap cleanup EXIT
@@ -143,9 +148,9 @@ fresh_target() { # prints a directory to restore into
   echo "$BENCH_DIR/restore-plain"
 }
 
-bench_backup() {
-  rm -rf repo-restic repo-tidemark restore-restic restore-tidemark results.txt
-  # The 1% step changes the corpus: regenerate it.
+# ensure_corpus: the deterministic ~1 GiB corpus in corpus/, regenerated when the backup section's 1% step has
+# changed it (corpus/.changed) or a generation did not finish (no corpus/.complete).
+ensure_corpus() {
   if [ -f corpus/.changed ]; then rm -rf corpus; fi
   if [ ! -f corpus/.complete ]; then
     log "generating the corpus (deterministic, ~1 GiB)"
@@ -179,6 +184,29 @@ for d in range(40):                                  # 4000 small files
 open('corpus/.complete', 'w').close()
 PY
   fi
+}
+
+# change_1pct DIR: the backup section's "~1%" change, made to the corpus (copy) in DIR (same seed, same edits):
+# 3 x 1 MiB files rewritten, 4 MiB rewritten in the middle of a 100 MiB file, 1000 lines appended to a text
+# file, 10 small files rewritten.
+change_1pct() {
+  python3 - "$1" <<'PY'
+import random, sys
+d = sys.argv[1]
+r = random.Random(99)
+for p in ['mid/m000.bin', 'mid/m001.bin', 'mid/m002.bin']:
+    with open(f'{d}/{p}', 'wb') as f: f.write(r.randbytes(1 << 20))
+with open(f'{d}/large/l0.bin', 'r+b') as f:          # 4 MiB rewritten in the middle of a large file
+    f.seek(50 << 20); f.write(r.randbytes(4 << 20))
+with open(f'{d}/text/t000.txt', 'a') as f: f.write('appended line\n' * 1000)
+for i in range(10):
+    with open(f'{d}/small/d{i:02}/f000', 'wb') as f: f.write(r.randbytes(5000))
+PY
+}
+
+bench_backup() {
+  rm -rf repo-restic repo-tidemark restore-restic restore-tidemark results.txt
+  ensure_corpus
   CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
   CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
   find corpus -type f -exec cat {} + > /dev/null   # same warm page cache for both tools
@@ -196,18 +224,8 @@ PY
   done
 
   log "changing ~1% of the corpus"
-  python3 - <<'PY'
-import random
-r = random.Random(99)
-for p in ['corpus/mid/m000.bin', 'corpus/mid/m001.bin', 'corpus/mid/m002.bin']:
-    with open(p, 'wb') as f: f.write(r.randbytes(1 << 20))
-with open('corpus/large/l0.bin', 'r+b') as f:        # 4 MiB rewritten in the middle of a large file
-    f.seek(50 << 20); f.write(r.randbytes(4 << 20))
-with open('corpus/text/t000.txt', 'a') as f: f.write('appended line\n' * 1000)
-for d in range(10):
-    with open(f'corpus/small/d{d:02}/f000', 'wb') as f: f.write(r.randbytes(5000))
-open('corpus/.changed', 'w').close()
-PY
+  change_1pct corpus
+  touch corpus/.changed   # the next run regenerates the corpus
   run_measured change1pct restic restic -q -r repo-restic backup corpus
   run_measured change1pct tidemark "$TM" -q -r repo-tidemark backup corpus
 
@@ -268,6 +286,32 @@ MOUNT_OTHER_DIRS=40
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; } # START END: seconds between
 
+# stop_mount TOOL: stops the mount process $MOUNT_PID the way a user would (restic quits on Ctrl-C, SIGINT;
+# tidemark on SIGTERM as well) and waits until it has exited and $MNT is unmounted.
+stop_mount() {
+  local tool=$1 n=0
+  if [ "$tool" = restic ]; then kill -INT "$MOUNT_PID"; else kill -TERM "$MOUNT_PID"; fi
+  while kill -0 "$MOUNT_PID" 2>/dev/null; do
+    n=$((n + 1))
+    if [ $n -gt 300 ]; then
+      echo "warning: $tool mount did not exit within 30 s of the signal; killing it" >&2
+      kill -KILL "$MOUNT_PID" 2>/dev/null || true
+    fi
+    sleep 0.1
+  done
+  wait "$MOUNT_PID" || true   # restic exits with 130 after SIGINT
+  MOUNT_PID=""
+  n=0
+  while is_mounted "$MNT"; do
+    n=$((n + 1))
+    if [ $n -gt 100 ]; then
+      echo "warning: $MNT still mounted 10 s after $tool exited; fusermount3 -uz" >&2
+      fusermount3 -uz "$MNT" || umount -l "$MNT"
+    fi
+    sleep 0.1
+  done
+}
+
 # mount_session TOOL OP RUN: cold page cache, fresh mount process, one timed operation; appends
 # "TOOL OP SECONDS VALUE VMHWM_KIB READY_SECONDS" to mount-results.txt.
 mount_session() {
@@ -325,28 +369,7 @@ mount_session() {
   secs=$(elapsed "$t0" "$t1")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MOUNT_PID/status")
 
-  # Stop it the way a user would: restic quits on Ctrl-C (SIGINT), tidemark on SIGTERM as well.
-  if [ "$tool" = restic ]; then kill -INT "$MOUNT_PID"; else kill -TERM "$MOUNT_PID"; fi
-  n=0
-  while kill -0 "$MOUNT_PID" 2>/dev/null; do
-    n=$((n + 1))
-    if [ $n -gt 300 ]; then
-      echo "warning: $tool mount did not exit within 30 s of the signal; killing it" >&2
-      kill -KILL "$MOUNT_PID" 2>/dev/null || true
-    fi
-    sleep 0.1
-  done
-  wait "$MOUNT_PID" || true   # restic exits with 130 after SIGINT
-  MOUNT_PID=""
-  n=0
-  while is_mounted "$MNT"; do
-    n=$((n + 1))
-    if [ $n -gt 100 ]; then
-      echo "warning: $MNT still mounted 10 s after $tool exited; fusermount3 -uz" >&2
-      fusermount3 -uz "$MNT" || umount -l "$MNT"
-    fi
-    sleep 0.1
-  done
+  stop_mount "$tool"
   if is_mounted "$DEST"; then umount "$DEST"; fi
 
   echo "$tool $op $secs $value $hwm $ready" >> mount-results.txt
@@ -448,6 +471,209 @@ row('peak RSS of the mount process (MiB)', r, t, r / t, 'below restic:', t < r, 
 print('\nRatios are tidemark\'s advantage (MB/s: tidemark / restic; times and RSS: restic / tidemark); 1 MB = 10^6 bytes.')
 print(f'Peak RSS is the largest VmHWM over all sessions of a tool. Median time from starting the mount until')
 print(f'`snapshots/latest/mountcorpus/small` existed: restic {ready["restic"]:.2f} s, tidemark {ready["tidemark"]:.2f} s (not in the figures above).')
+PY
+}
+
+# ---- inplace section -----------------------------------------------------------------------------------------
+# One snapshot of corpus/ made by restic; a copy of the corpus diverged by ~1% is brought back to it three ways.
+
+# corpus_fingerprint: names, types, sizes, modes and mtimes of everything in corpus/ (a regenerated corpus has
+# new mtimes, so a repository made from an earlier one no longer matches it).
+corpus_fingerprint() { find corpus -printf '%P %y %s %m %T@\n' | LC_ALL=C sort | sha256sum | cut -d' ' -f1; }
+
+# What diverge does to the copy (render_inplace prints this; keep the two in step).
+INPLACE_CHANGE="the backup section's ~1% change (3 x 1 MiB files rewritten, 4 MiB rewritten in the middle of a
+100 MiB file, 1000 lines appended to a 2 MiB text file, 10 small files rewritten) plus 5 small files deleted,
+3 new files (1 MiB, 21 kB, 8 kB) and one file's mode changed (chmod 600)"
+
+# diverge DIR: makes the corpus copy in DIR differ from the snapshot (see INPLACE_CHANGE).
+diverge() {
+  change_1pct "$1"
+  python3 - "$1" <<'PY'
+import os, random, sys
+d = sys.argv[1]
+r = random.Random(100)
+for i in range(5):                                   # 5 small files deleted
+    os.remove(f'{d}/small/d{10 + i:02}/f001')
+with open(f'{d}/mid/new.bin', 'wb') as f: f.write(r.randbytes(1 << 20))   # 3 new files
+with open(f'{d}/text/new.txt', 'w') as f: f.write('a line that is not in the snapshot\n' * 600)
+with open(f'{d}/small/d00/new', 'wb') as f: f.write(r.randbytes(8000))
+os.chmod(f'{d}/text/t001.txt', 0o600)                # one mode change
+PY
+}
+
+# diverged_work: sets WORK to a directory on a fresh file system holding a copy of the corpus diverged by
+# diverge, written out (sync) and still in the page cache.
+diverged_work() {
+  WORK=$(fresh_target)
+  mkdir -p "$WORK"
+  cp -a corpus/. "$WORK/"
+  diverge "$WORK"
+  sync
+}
+
+# verify_work ROUTE: WORK must equal the pristine corpus in content, presence and metadata.
+verify_work() {
+  diff -r corpus "$WORK" > "inplace-$1-check.txt" 2>&1 || {
+    head -20 "inplace-$1-check.txt" >&2
+    die "inplace: after the $1 route $WORK differs from the corpus (diff -r; full list in $BENCH_DIR/inplace-$1-check.txt)"
+  }
+  rsync -a -n -i -c --delete corpus/ "$WORK/" > "inplace-$1-check.txt" 2>&1
+  if [ -s "inplace-$1-check.txt" ]; then
+    head -20 "inplace-$1-check.txt" >&2
+    die "inplace: after the $1 route $WORK differs from the corpus (rsync -a -n -i -c --delete lists changes)"
+  fi
+}
+
+# inplace_timed ROUTE RUN COMMAND...: runs COMMAND under /usr/bin/time, stdout to inplace-ROUTE-RUN.out and
+# stderr to .err; sets T_SECS (wall) and T_KIB (peak RSS).
+inplace_timed() {
+  local route=$1 run=$2 t
+  shift 2
+  local base="inplace-$route-$run"
+  if ! /usr/bin/time -o "$base.time" -f '%e %M' "$@" > "$base.out" 2> "$base.err"; then
+    echo "FAILED: $*" >&2
+    tail -20 "$base.err" "$base.out" "$base.time" >&2
+    exit 1
+  fi
+  t=$(tail -1 "$base.time")
+  T_SECS=${t% *} T_KIB=${t#* }
+}
+
+inplace_tidemark() { # RUN
+  local run=$1 fr
+  diverged_work
+  inplace_timed tidemark "$run" "$TM" -r repo-inplace restore latest:corpus --target "$WORK" --delete --json
+  fr=$(python3 - "inplace-tidemark-$run.out" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+s = json.loads(lines[-1]) if lines else {}
+if s.get('message_type') != 'summary':
+    sys.exit(f'{sys.argv[1]}: the last line is not the JSON summary')
+if s.get('error_count'):
+    sys.exit(f'tidemark restore reported {s["error_count"]} errors')
+print(s['bytes_fetched'], s['bytes_reused'])
+PY
+  ) || die "inplace: could not read tidemark's summary"
+  verify_work tidemark
+  echo "tidemark $T_SECS $T_KIB $fr" >> inplace-results.txt
+  printf '  %-8s %7s s  %5s MiB  fetched %s B, reused %s B\n' tidemark "$T_SECS" "$((T_KIB / 1024))" "${fr% *}" "${fr#* }"
+}
+
+inplace_rsync() { # RUN
+  local run=$1 n=0 hwm
+  diverged_work
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  mkdir -p "$MNT"
+  restic -r repo-inplace mount "$MNT" > "inplace-mount-$run.log" 2>&1 &
+  MOUNT_PID=$!
+  until [ -d "$MNT/snapshots/latest/corpus" ]; do
+    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "inplace-mount-$run.log"; die "restic mount exited before the snapshot appeared"; }
+    n=$((n + 1))
+    [ $n -le 600 ] || { cat "inplace-mount-$run.log"; die "restic mount: $MNT/snapshots/latest/corpus did not appear within 60 s"; }
+    sleep 0.1
+  done
+  inplace_timed rsync "$run" rsync -a --delete "$MNT/snapshots/latest/corpus/" "$WORK/"
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MOUNT_PID/status")
+  stop_mount restic
+  verify_work rsync
+  echo "rsync $T_SECS $T_KIB $hwm -" >> inplace-results.txt
+  printf '  %-8s %7s s  %5s MiB  (restic mount VmHWM %s MiB)\n' rsync "$T_SECS" "$((T_KIB / 1024))" "$((hwm / 1024))"
+}
+
+inplace_restic() { # RUN
+  local run=$1 empty
+  empty=$(fresh_target)
+  mkdir -p "$empty"
+  inplace_timed restic "$run" restic -q -r repo-inplace restore latest --target "$empty"
+  [ "$(find "$empty/corpus" -type f | wc -l)" = "$(find corpus -type f | wc -l)" ] ||
+    die "inplace: restic's full restore in $empty does not have the corpus's files"
+  echo "restic $T_SECS $T_KIB - -" >> inplace-results.txt
+  printf '  %-8s %7s s  %5s MiB\n' restic "$T_SECS" "$((T_KIB / 1024))"
+}
+
+bench_inplace() {
+  [ -e /dev/fuse ] || die "/dev/fuse is missing (the rsync route reads from restic mount)"
+  command -v rsync >/dev/null 2>&1 || die "rsync is missing"
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  ensure_corpus
+  local fp
+  fp=$(corpus_fingerprint)
+  if [ -f repo-inplace/config ] && [ "$(cat repo-inplace.corpus 2>/dev/null)" = "$fp" ]; then
+    log "inplace: reusing repo-inplace (made by restic from this very corpus)"
+  else
+    log "inplace: making the repository with restic (restic backup corpus)"
+    rm -rf repo-inplace repo-inplace.corpus
+    restic init -q -r repo-inplace
+    restic -q -r repo-inplace backup corpus
+    echo "$fp" > repo-inplace.corpus
+  fi
+  # restic's cache (RESTIC_CACHE_DIR) as after normal use: every tree in it. Repository and corpus warm in the
+  # page cache (the corpus is read again by every cp -a).
+  restic -q -r repo-inplace ls latest > /dev/null
+  find repo-inplace corpus -type f -exec cat {} + > /dev/null
+  CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
+  CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
+
+  log "inplace: tidemark $("$TM" version | cut -d' ' -f2) vs rsync from restic $(restic version | cut -d' ' -f2) mount vs full restic restore: $RUNS run(s), warm page cache"
+  rm -f inplace-results.txt inplace-*.out inplace-*.err inplace-*.time inplace-*-check.txt inplace-mount-*.log
+  local run route
+  local -a order
+  for run in $(seq "$RUNS"); do
+    case $((run % 3)) in   # rotate the order of the routes between runs
+      1) order=(tidemark rsync restic) ;;
+      2) order=(rsync restic tidemark) ;;
+      *) order=(restic tidemark rsync) ;;
+    esac
+    log "run $run: ${order[*]}"
+    for route in "${order[@]}"; do
+      "inplace_$route" "$run"
+    done
+  done
+  if mountpoint -q "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs"; fi
+  rm -f "$FS_IMG"
+
+  render_inplace "$(du -sb repo-inplace | cut -f1)" > inplace-table.md
+  update_doc inplace inplace-table.md
+}
+
+render_inplace() { # REPO_BYTES
+  python3 - "$1" "$CORPUS_BYTES" "$CORPUS_FILES" "$INPLACE_CHANGE" "$(restic version)" "$("$TM" version)" \
+    "$(rsync --version | head -1 | tr -s ' ')" "$(nproc)" "$(uname -r)" \
+    "$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(date -u +%Y-%m-%d)" <<'PY'
+import statistics, sys, textwrap
+repo, corpus, files, change, rv, tv, syncv, cores, kernel, mem, day = sys.argv[1:12]
+res = {}
+for line in open('inplace-results.txt'):
+    route, secs, kib, x, y = line.split()
+    res.setdefault(route, []).append((float(secs), int(kib), x, y))
+med = lambda r: statistics.median(v[0] for v in res[r])
+peak = lambda r: max(v[1] for v in res[r]) / 1024       # MiB, largest over the runs
+nruns = max(len(v) for v in res.values())
+mib = lambda b: int(b) / (1 << 20)
+fetched = statistics.median(int(v[2]) for v in res['tidemark'])
+reused = statistics.median(int(v[3]) for v in res['tidemark'])
+mount_hwm = max(int(v[2]) for v in res['rsync']) / 1024
+t, r, c = med('tidemark'), med('rsync'), med('restic')
+print(f'Measured by `scripts/bench.sh inplace` on {day}: {cores} cores, Linux {kernel}, {mem} GiB RAM, same machine, same run;')
+print(f'median of {nruns} run{"s" if nruns != 1 else ""} per route (route order rotated between runs), warm page cache (nothing dropped).')
+print(f'Repository: one snapshot of `corpus/` made by `restic backup` ({mib(repo):.0f} MiB). Corpus: {mib(corpus):.0f} MiB in {files} files')
+print('(5 x 100 MiB and 200 x 1 MiB random, 120 x 2 MiB text, 4000 small files).')
+print(textwrap.fill('Before every run of an in-place route, a fresh ext4 file system gets `cp -a corpus/.`, which is then changed '
+                    f'by {" ".join(change.split())}; then `sync`. The full restore goes into an empty directory on a fresh '
+                    'ext4 file system. After each in-place route the copy was checked against the corpus (`diff -r`, and '
+                    '`rsync -a -n -i -c --delete` listing nothing).', width=116, break_on_hyphens=False))
+print(f'Versions: `{rv}`; `{tv}`; `{syncv}`.\n')
+print('| route | seconds | peak RSS (MiB) | tidemark\'s advantage | target |')
+print('|---|---:|---:|---:|---|')
+print(f'| `tidemark restore latest:corpus --target WORK --delete` | {t:.2f} | {peak("tidemark"):.0f} | | |')
+print(f'| `rsync -a --delete` from `restic mount` | {r:.2f} | rsync {peak("rsync"):.0f}, mount {mount_hwm:.0f} | {r / t:.2f}x '
+      f'| >= 5x {"met" if r / t >= 5 else "NOT met"} |')
+print(f'| full `restic restore` into an empty directory | {c:.2f} | {peak("restic"):.0f} | {c / t:.2f}x | |')
+print(f'\ntidemark fetched {mib(fetched):.1f} MiB from the repository and reused {mib(reused):.1f} MiB already in the copy')
+print(f'({fetched:,} and {reused:,} bytes). Seconds are the restoring command alone (/usr/bin/time); starting `restic mount`')
+print('(until `snapshots/latest/corpus` appeared) and stopping it are not included. Peak RSS is the largest over the runs;')
+print('for the rsync route, that of rsync and, separately, the VmHWM of the restic mount process it read from.')
 PY
 }
 
