@@ -3,6 +3,7 @@
 // Concurrency: every function is thread-safe; algorithm objects are fetched once and are immutable,
 // contexts are per call. Never: leak an OpenSSL type through the public API.
 internal import COpenSSL
+import Dispatch
 
 /// An OpenSSL call failed; `function` names the C function.
 public struct CryptoError: Error, CustomStringConvertible {
@@ -155,5 +156,210 @@ public enum SecureRandom {
     let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
     precondition(ok == 1, "RAND_bytes failed")
     return out
+  }
+}
+
+extension Scrypt {
+  /// scrypt with its `p` independent lanes computed `threads` at a time. Each lane keeps only the even
+  /// entries of its table and recomputes an odd one when asked for it (the standard time-memory
+  /// trade-off: half the memory, a quarter more work per lane), so two lanes in parallel need the
+  /// memory one lane needs in `derive`, and finish in about 0.6x its time. Same output as `derive`.
+  public static func deriveParallel(
+    password: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64, length: Int, threads: Int
+  ) throws -> [UInt8] {
+    guard n >= 2, n & (n - 1) == 0, n <= 1 << 30, r >= 1, r <= 1 << 12, p >= 1, p <= 1 << 12, threads >= 1 else {
+      throw CryptoError(function: "scrypt parameters")
+    }
+    let laneBytes = Int(128 * r)
+    var b = try pbkdf2(password, salt, length: Int(p) * laneBytes)
+    let lanes = Int(p)
+    let workers = min(threads, lanes)
+    b.withUnsafeMutableBytes { raw in
+      let base = Int(bitPattern: raw.baseAddress!)
+      DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let words = 32 * Int(r)
+        let table = UnsafeMutablePointer<UInt32>.allocate(capacity: Int(n / 2) * words)
+        let scratch = UnsafeMutablePointer<UInt32>.allocate(capacity: 3 * words)
+        defer {
+          table.deallocate()
+          scratch.deallocate()
+        }
+        var lane = w
+        while lane < lanes {
+          // Lanes are disjoint slices of `b`: each worker writes only its own.
+          let p = UnsafeMutableRawPointer(bitPattern: base + lane * laneBytes)!
+          romixHalf(p.bindMemory(to: UInt32.self, capacity: words), r: Int(r), n: Int(n), v: table, t: scratch)
+          lane += workers
+        }
+      }
+    }
+    return try pbkdf2(password, b, length: length)
+  }
+
+  /// PBKDF2-HMAC-SHA256 with one iteration (all scrypt uses).
+  static func pbkdf2(_ password: [UInt8], _ salt: [UInt8], length: Int) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: length)
+    let ok = password.withUnsafeBufferPointer { pw in
+      salt.withUnsafeBufferPointer { s in
+        out.withUnsafeMutableBufferPointer { o in
+          withUnsafePointer(to: 0 as UInt8) { empty in
+            PKCS5_PBKDF2_HMAC(
+              pw.count == 0
+                ? UnsafeRawPointer(empty).assumingMemoryBound(to: CChar.self)
+                : UnsafeRawPointer(pw.baseAddress!).assumingMemoryBound(to: CChar.self),
+              Int32(pw.count), s.count == 0 ? empty : s.baseAddress, Int32(s.count), 1, EVP_sha256(),
+              Int32(length), o.baseAddress)
+          }
+        }
+      }
+    }
+    guard ok == 1 else { throw CryptoError(function: "PKCS5_PBKDF2_HMAC") }
+    return out
+  }
+
+  /// ROMix on one lane (32r little-endian words, in place), keeping only even table entries in `v`
+  /// (n/2 x 32r words). `t` is scratch for 3 x 32r words.
+  static func romixHalf(
+    _ x: UnsafeMutablePointer<UInt32>, r: Int, n: Int, v: UnsafeMutablePointer<UInt32>, t: UnsafeMutablePointer<UInt32>
+  ) {
+    let words = 32 * r
+    let y = t
+    let z = t + words
+    let w = t + 2 * words
+    // Host order is little-endian on every platform tidemark builds for; keep the conversions anyway.
+    for i in 0..<words { w[i] = UInt32(littleEndian: x[i]) }
+    for i in 0..<n {
+      if i & 1 == 0 { (v + (i >> 1) * words).update(from: w, count: words) }
+      blockMix(w, y, r)
+      w.update(from: y, count: words)
+    }
+    let last = (2 * r - 1) * 16
+    for _ in 0..<n {
+      let j = Int(w[last]) & (n - 1)
+      let entry: UnsafeMutablePointer<UInt32>
+      if j & 1 == 0 {
+        entry = v + (j >> 1) * words
+      } else {
+        blockMix(v + (j >> 1) * words, z, r)
+        entry = z
+      }
+      for k in 0..<words { w[k] ^= entry[k] }
+      blockMix(w, y, r)
+      w.update(from: y, count: words)
+    }
+    for i in 0..<words { x[i] = w[i].littleEndian }
+  }
+
+  /// BlockMix_{Salsa20/8, r}: `input` (2r 64-byte blocks) to `output` (even blocks first, then odd).
+  @inline(__always)
+  static func blockMix(_ input: UnsafeMutablePointer<UInt32>, _ output: UnsafeMutablePointer<UInt32>, _ r: Int) {
+    var b = (
+      input[(2 * r - 1) * 16], input[(2 * r - 1) * 16 + 1], input[(2 * r - 1) * 16 + 2], input[(2 * r - 1) * 16 + 3],
+      input[(2 * r - 1) * 16 + 4], input[(2 * r - 1) * 16 + 5], input[(2 * r - 1) * 16 + 6],
+      input[(2 * r - 1) * 16 + 7], input[(2 * r - 1) * 16 + 8], input[(2 * r - 1) * 16 + 9],
+      input[(2 * r - 1) * 16 + 10], input[(2 * r - 1) * 16 + 11], input[(2 * r - 1) * 16 + 12],
+      input[(2 * r - 1) * 16 + 13], input[(2 * r - 1) * 16 + 14], input[(2 * r - 1) * 16 + 15]
+    )
+    for i in 0..<(2 * r) {
+      let s = input + i * 16
+      b.0 ^= s[0]
+      b.1 ^= s[1]
+      b.2 ^= s[2]
+      b.3 ^= s[3]
+      b.4 ^= s[4]
+      b.5 ^= s[5]
+      b.6 ^= s[6]
+      b.7 ^= s[7]
+      b.8 ^= s[8]
+      b.9 ^= s[9]
+      b.10 ^= s[10]
+      b.11 ^= s[11]
+      b.12 ^= s[12]
+      b.13 ^= s[13]
+      b.14 ^= s[14]
+      b.15 ^= s[15]
+      salsa8(&b)
+      let d = output + ((i & 1) == 0 ? (i >> 1) : (r + (i >> 1))) * 16
+      d[0] = b.0
+      d[1] = b.1
+      d[2] = b.2
+      d[3] = b.3
+      d[4] = b.4
+      d[5] = b.5
+      d[6] = b.6
+      d[7] = b.7
+      d[8] = b.8
+      d[9] = b.9
+      d[10] = b.10
+      d[11] = b.11
+      d[12] = b.12
+      d[13] = b.13
+      d[14] = b.14
+      d[15] = b.15
+    }
+  }
+
+  typealias Block = (
+    UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32,
+    UInt32, UInt32
+  )
+
+  @inline(__always) static func rotl(_ a: UInt32, _ k: UInt32) -> UInt32 { (a << k) | (a >> (32 - k)) }
+
+  /// The Salsa20/8 core, in place.
+  @inline(__always)
+  static func salsa8(_ b: inout Block) {
+    var (x0, x1, x2, x3, x4, x5, x6, x7) = (b.0, b.1, b.2, b.3, b.4, b.5, b.6, b.7)
+    var (x8, x9, x10, x11, x12, x13, x14, x15) = (b.8, b.9, b.10, b.11, b.12, b.13, b.14, b.15)
+    for _ in 0..<4 {
+      x4 ^= rotl(x0 &+ x12, 7)
+      x8 ^= rotl(x4 &+ x0, 9)
+      x12 ^= rotl(x8 &+ x4, 13)
+      x0 ^= rotl(x12 &+ x8, 18)
+      x9 ^= rotl(x5 &+ x1, 7)
+      x13 ^= rotl(x9 &+ x5, 9)
+      x1 ^= rotl(x13 &+ x9, 13)
+      x5 ^= rotl(x1 &+ x13, 18)
+      x14 ^= rotl(x10 &+ x6, 7)
+      x2 ^= rotl(x14 &+ x10, 9)
+      x6 ^= rotl(x2 &+ x14, 13)
+      x10 ^= rotl(x6 &+ x2, 18)
+      x3 ^= rotl(x15 &+ x11, 7)
+      x7 ^= rotl(x3 &+ x15, 9)
+      x11 ^= rotl(x7 &+ x3, 13)
+      x15 ^= rotl(x11 &+ x7, 18)
+      x1 ^= rotl(x0 &+ x3, 7)
+      x2 ^= rotl(x1 &+ x0, 9)
+      x3 ^= rotl(x2 &+ x1, 13)
+      x0 ^= rotl(x3 &+ x2, 18)
+      x6 ^= rotl(x5 &+ x4, 7)
+      x7 ^= rotl(x6 &+ x5, 9)
+      x4 ^= rotl(x7 &+ x6, 13)
+      x5 ^= rotl(x4 &+ x7, 18)
+      x11 ^= rotl(x10 &+ x9, 7)
+      x8 ^= rotl(x11 &+ x10, 9)
+      x9 ^= rotl(x8 &+ x11, 13)
+      x10 ^= rotl(x9 &+ x8, 18)
+      x12 ^= rotl(x15 &+ x14, 7)
+      x13 ^= rotl(x12 &+ x15, 9)
+      x14 ^= rotl(x13 &+ x12, 13)
+      x15 ^= rotl(x14 &+ x13, 18)
+    }
+    b.0 &+= x0
+    b.1 &+= x1
+    b.2 &+= x2
+    b.3 &+= x3
+    b.4 &+= x4
+    b.5 &+= x5
+    b.6 &+= x6
+    b.7 &+= x7
+    b.8 &+= x8
+    b.9 &+= x9
+    b.10 &+= x10
+    b.11 &+= x11
+    b.12 &+= x12
+    b.13 &+= x13
+    b.14 &+= x14
+    b.15 &+= x15
   }
 }

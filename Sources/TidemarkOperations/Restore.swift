@@ -355,36 +355,55 @@ public final class Restore: Sendable {
       if sameSize && sameTime { return .keep(metadataChanges(p, st, n)) }
     case .always: break
     }
-    // Compare contents: which of the snapshot's blobs does the file on disk hold, and where?
-    let local = try Restore.localBlobs(p, tables: repo.chunkerTables)
+    // Compare contents: which of the snapshot's blobs does the file on disk hold, and where? First at
+    // the snapshot's offsets (a hash per blob, no chunking: edits in place keep every other blob where
+    // it was). If the size differs, data after the first mismatch may have moved: chunk the rest of
+    // the file from there (a blob boundary, so cuts fall where the backup's did) and look blobs up.
     let content = n.content ?? []
-    var fetch: [Bool] = []
-    var copies: [(from: Int64, to: Int64, count: Int)] = []
-    var sameAll = sameSize
-    var reused: Int64 = 0
-    var off: Int64 = 0
+    var spans: [(id: BlobID, off: Int64, len: Int)] = []
+    var end: Int64 = 0
     for id in content {
       guard let e = repo.index.lookup(id) else {
         throw TidemarkError.corrupt("data blob \(id.short) of \(p) is not in the index", hint: "run `tidemark check`")
       }
-      let len = Int(e.blob.plainLength)
-      if let at = local[id.raw] {
-        if at != off { sameAll = false }
+      spans.append((id, end, Int(e.blob.plainLength)))
+      end += Int64(e.blob.plainLength)
+    }
+    let atOffset = try Restore.blobsAtOffsets(p, spans.map { ($0.id.raw, $0.off, $0.len) })
+    var moved: [RawID: Int64] = [:]
+    if !sameSize && !options.inplace, let first = atOffset.firstIndex(of: false) {
+      moved = try Restore.localBlobs(p, from: spans[first].off, tables: repo.chunkerTables)
+    }
+    var fetch: [Bool] = []
+    var copies: [(from: Int64, to: Int64, count: Int)] = []
+    var sameAll = sameSize
+    var reused: Int64 = 0
+    for (k, b) in spans.enumerated() {
+      let at: Int64? = atOffset[k] ? b.off : moved[b.id.raw]
+      if let at {
+        if at != b.off { sameAll = false }
         if options.inplace {
-          // Patching in place, only a blob already at its offset can stay; others are fetched.
-          fetch.append(at != off)
-          if at == off { reused += Int64(len) }
+          fetch.append(false)  // only blobs already at their offset count when patching in place
         } else {
           fetch.append(false)
-          copies.append((at, off, len))
-          reused += Int64(len)
+          copies.append((at, b.off, b.len))
         }
+        reused += Int64(b.len)
       } else {
         sameAll = false
         fetch.append(true)
       }
-      off += Int64(len)
     }
+    // Adjacent copies become one (fewer, larger copy_file_range calls).
+    var merged: [(from: Int64, to: Int64, count: Int)] = []
+    for c in copies {
+      if let last = merged.last, last.from + Int64(last.count) == c.from, last.to + Int64(last.count) == c.to {
+        merged[merged.count - 1].count += c.count
+      } else {
+        merged.append(c)
+      }
+    }
+    copies = merged
     var changes = metadataChanges(p, st, n)
     if sameAll { return .keep(changes) }
     changes.insert(.content)
@@ -409,20 +428,35 @@ public final class Restore: Sendable {
     return out.withLock { $0 }
   }
 
-  /// Blocking: chunks a file with the repository's chunker; where each chunk (by ID) starts.
-  static func localBlobs(_ p: BytePath, tables: ChunkerTables) throws -> [RawID: Int64] {
+  /// Blocking: for each (id, offset, length), whether the file holds exactly that blob there.
+  static func blobsAtOffsets(_ p: BytePath, _ spans: [(RawID, Int64, Int)]) throws -> [Bool] {
+    let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
+    defer { Sys.close(fd) }
+    let size = Int64(try Sys.fstat(fd).size)
+    var buf: [UInt8] = []
+    return try spans.map { (id, off, len) in
+      guard off + Int64(len) <= size else { return false }
+      buf.resizeReusing(len)
+      let got = try buf.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: off) }
+      return got == len && RawID.hash(buf) == id
+    }
+  }
+
+  /// Blocking: chunks a file from `from` (a chunk boundary) with the repository's chunker; where each
+  /// chunk (by ID) starts.
+  static func localBlobs(_ p: BytePath, from: Int64 = 0, tables: ChunkerTables) throws -> [RawID: Int64] {
     let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
     defer { Sys.close(fd) }
     var out: [RawID: Int64] = [:]
     var chunker = Chunker(tables: tables)
     // Room for the largest chunk twice over, or the whole file if smaller (many small files get compared).
-    let size = Int(try Sys.fstat(fd).size)
+    let size = Int(try Sys.fstat(fd).size - from)
     var buf = [UInt8](repeating: 0, count: max(4096, min(16 << 20, size + 1)))
     var start = 0  // unconsumed data begins here in buf
     var end = 0
     var scanned = 0
-    var fileOffset: Int64 = 0  // file offset of buf[start]
-    var readOffset: Int64 = 0
+    var fileOffset: Int64 = from  // file offset of buf[start]
+    var readOffset: Int64 = from
     var eof = false
     while true {
       if !eof {

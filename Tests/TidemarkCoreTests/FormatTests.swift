@@ -59,6 +59,28 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
         .replacingOccurrences(of: " ", with: ""))
   }
 
+  /// The parallel, half-memory scrypt gives exactly OpenSSL's output (RFC 7914 vector and odd shapes).
+  @Test func parallelScryptMatchesOpenSSL() throws {
+    let rfc = try Scrypt.deriveParallel(
+      password: Array("password".utf8), salt: Array("NaCl".utf8), n: 1024, r: 8, p: 16, length: 64, threads: 2)
+    #expect(
+      toHex(rfc)
+        == "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc82378 30e77376634b3731622eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640"
+        .replacingOccurrences(of: " ", with: ""))
+    for (n, r, p, threads, pw) in [
+      (2, 1, 1, 1, ""), (16, 1, 3, 2, "x"), (64, 2, 5, 2, "pässwörd"), (1024, 8, 2, 4, "restic"), (256, 3, 7, 3, "z"),
+    ] as [(UInt64, UInt64, UInt64, Int, String)] {
+      let salt = SecureRandom.bytes(Int(n % 61) + 1)
+      let a = try Scrypt.derive(password: Array(pw.utf8), salt: salt, n: n, r: r, p: p, length: 64)
+      let b = try Scrypt.deriveParallel(
+        password: Array(pw.utf8), salt: salt, n: n, r: r, p: p, length: 64, threads: threads)
+      #expect(a == b, "N=\(n) r=\(r) p=\(p)")
+    }
+    #expect(throws: (any Error).self) {
+      try Scrypt.deriveParallel(password: [], salt: [1], n: 1000, r: 8, p: 1, length: 64, threads: 2)
+    }
+  }
+
   @Test func keyFileRoundTripAndWrongPassword() throws {
     let mk = MasterKey.random()
     let kf = try KeyFile.create(
