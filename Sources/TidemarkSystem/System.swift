@@ -449,13 +449,31 @@ public final class NameCache: Sendable {
     return name
   }
 
+  private let uids = Mutex<[String: UInt32?]>([:])
+  private let gids = Mutex<[String: UInt32?]>([:])
+
+  /// The uid of a user name (cached, including "no such user": a restore asks once per file).
   public func uid(named name: String) -> UInt32? {
-    guard !name.isEmpty, let pw = getpwnam(name) else { return nil }
-    return pw.pointee.pw_uid
+    guard !name.isEmpty else { return nil }
+    if let known = uids.withLock({ $0[name] }) { return known }
+    var pw = passwd()
+    var res: UnsafeMutablePointer<passwd>? = nil
+    var buf = [CChar](repeating: 0, count: 4096)
+    let id: UInt32? = getpwnam_r(name, &pw, &buf, buf.count, &res) == 0 && res != nil ? pw.pw_uid : nil
+    uids.withLock { $0[name] = .some(id) }
+    return id
   }
+
+  /// The gid of a group name (cached like `uid(named:)`).
   public func gid(named name: String) -> UInt32? {
-    guard !name.isEmpty, let gr = getgrnam(name) else { return nil }
-    return gr.pointee.gr_gid
+    guard !name.isEmpty else { return nil }
+    if let known = gids.withLock({ $0[name] }) { return known }
+    var gr = Glibc.group()
+    var res: UnsafeMutablePointer<Glibc.group>? = nil
+    var buf = [CChar](repeating: 0, count: 4096)
+    let id: UInt32? = getgrnam_r(name, &gr, &buf, buf.count, &res) == 0 && res != nil ? gr.gr_gid : nil
+    gids.withLock { $0[name] = .some(id) }
+    return id
   }
 }
 
