@@ -181,30 +181,47 @@ public struct Chunker {
     var wpos = st.wpos
     var count = st.count
     var i = 0
+    // The byte leaving the 64-byte window: from the saved window for the first 64 bytes of this
+    // buffer, then straight from the buffer (no window upkeep in the hot loop). On return without a
+    // cut the window is rebuilt from the buffer's last 64 bytes.
+    @inline(__always) func outgoing(_ i: Int) -> UInt8 {
+      if i >= 64 { return p[i &- 64] }
+      let b = win[wpos]
+      win[wpos] = p[i]
+      wpos = (wpos &+ 1) & 63
+      return b
+    }
     // Bytes that leave the chunk below the minimum size cannot end it: hash them without testing.
     let untilMin = min(n, max(0, minSize - 1 - count))
     while i < untilMin {
       let b = p[i]
-      digest ^= outT[Int(win[wpos])]
-      win[wpos] = b
-      wpos = (wpos &+ 1) & 63
+      digest ^= outT[Int(outgoing(i))]
       digest = ((digest &<< 8) | UInt64(b)) ^ modT[Int(truncatingIfNeeded: digest &>> shift) & 0xff]
       i &+= 1
     }
     count &+= untilMin
     // Cut where the mask matches or at the maximum size.
     let limit = min(n, i + (maxSize - count))
+    while i < min(limit, 64) {
+      let b = p[i]
+      digest ^= outT[Int(outgoing(i))]
+      digest = ((digest &<< 8) | UInt64(b)) ^ modT[Int(truncatingIfNeeded: digest &>> shift) & 0xff]
+      i &+= 1
+      if digest & splitMask == 0 { return i }
+    }
     while i < limit {
       let b = p[i]
-      digest ^= outT[Int(win[wpos])]
-      win[wpos] = b
-      wpos = (wpos &+ 1) & 63
+      digest ^= outT[Int(p[i &- 64])]
       digest = ((digest &<< 8) | UInt64(b)) ^ modT[Int(truncatingIfNeeded: digest &>> shift) & 0xff]
       i &+= 1
       if digest & splitMask == 0 { return i }
     }
     count &+= limit - untilMin
     if count >= maxSize { return i }
+    if i >= 64 {
+      for k in 0..<64 { win[k] = p[i - 64 + k] }
+      wpos = 0
+    }
     st = RollState(digest: digest, wpos: wpos, count: count)
     return nil
   }
