@@ -208,4 +208,38 @@ func itemized(_ r: RunResult) -> [String] {
     #expect(try Sys.lstat(BytePath(ws.sub("t3/evil"))).isDirectory)
     #expect(try String(contentsOfFile: ws.sub("t3/evil/pwned"), encoding: .utf8) == "gotcha")
   }
+
+  @Test func killedRestoreLeavesEveryFileOldOrNewAndARerunFinishes() throws {
+    let ws = try Workspace("restore-kill")
+    _ = try Tools.sh(
+      "mkdir -p src && for i in $(seq 1 24); do head -c 4000000 /dev/urandom > src/f$i; done", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "src"]).status == 0)
+    let new = try describeTree(ws.sub("src"))
+
+    for delay in [150_000, 300_000, 450_000, 700_000] as [UInt32] {
+      // Every file rewritten, so every file must be rebuilt: the restore is killed at some point in that.
+      _ = try Tools.sh("for f in src/f*; do head -c 4000000 /dev/urandom > $f; done", cwd: ws.path)
+      let before = try describeTree(ws.sub("src"))
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: Tools.tidemark)
+      p.arguments = ["-r", "repo", "restore", "latest:src", "--in-place", "-q"]
+      p.environment = ["TIDEMARK_PASSWORD": "test-pw", "PATH": "/usr/bin:/bin"]
+      p.currentDirectoryURL = URL(fileURLWithPath: ws.path)
+      try p.run()
+      usleep(delay)
+      kill(p.processIdentifier, SIGKILL)
+      p.waitUntilExit()
+      // Every file is whole: the state before the restore or the snapshot's, never a mix.
+      let now = try describeTree(ws.sub("src"))
+      for (name, facts) in now where name.hasPrefix("f") {
+        #expect(facts.content == before[name]?.content || facts.content == new[name]?.content, "\(name) is torn")
+      }
+      // A rerun finishes the job and clears the temp files the killed run left.
+      let again = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place"])
+      #expect(again.status == 0, "\(again.stderr)")
+      let d = differences(new, try describeTree(ws.sub("src")), ignoreRootMtime: false)
+      #expect(d.isEmpty, "after the rerun: \(d.prefix(5))")
+    }
+  }
 }
