@@ -29,14 +29,14 @@ let package = Package(
     .target(name: "TidemarkSystem", dependencies: ["CPosix"]),
     // Format and repository core: never names a concrete backend.
     .target(name: "TidemarkCore", dependencies: ["TidemarkCrypto", "TidemarkZstd"]),
-    .target(name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem"]),
+    .target(name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem", "TidemarkSSH"]),
     .target(name: "TidemarkOperations", dependencies: ["TidemarkCore", "TidemarkSystem"]),
     .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
     .executableTarget(
       name: "tidemark",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
-        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount",
+        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(
@@ -47,6 +47,6 @@ let package = Package(
       exclude: ["Fixtures"]),
     .testTarget(
       name: "TidemarkIntegrationTests",
-      dependencies: ["TidemarkCore", "TidemarkBackends", "TidemarkSystem"]),
+      dependencies: ["TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH"]),
   ]
 )

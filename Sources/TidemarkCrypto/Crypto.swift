@@ -17,6 +17,15 @@ nonisolated(unsafe) private let aes256CTR: OpaquePointer? = EVP_CIPHER_fetch(nil
 nonisolated(unsafe) private let aes128ECB: OpaquePointer? = EVP_CIPHER_fetch(nil, "AES-128-ECB", nil)
 nonisolated(unsafe) private let poly1305MAC: OpaquePointer? = EVP_MAC_fetch(nil, "POLY1305", nil)
 
+public enum CryptoLibrary {
+  /// Call first thing in main. Stops OpenSSL from tearing itself down in an atexit handler: a process
+  /// that exits while a blocking thread is still inside libcrypto (an SSH session, a hash) would
+  /// otherwise crash on a freed lock (seen with the SFTP backend: SIGSEGV in pthread_rwlock_wrlock).
+  public static func initialize() {
+    _ = OPENSSL_init_crypto(UInt64(OPENSSL_INIT_NO_ATEXIT), nil)
+  }
+}
+
 public enum SHA256 {
   /// SHA-256 of `data` (EVP_Digest).
   public static func hash(_ data: UnsafeRawBufferPointer) -> [UInt8] {

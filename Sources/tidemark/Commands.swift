@@ -29,7 +29,8 @@ struct Init: AsyncParsableCommand {
       let fpw = try GlobalOptions.readPassword(
         file: fromPasswordFile, command: fromPasswordCommand, envPrefix: "FROM_",
         prompt: "enter password for source repository: ")
-      let src = try await Repository.open(backend: try GlobalOptions.backend(for: from), password: fpw)
+      let src = try await Repository.open(
+        backend: try GlobalOptions.backend(for: from, options: global.option), password: fpw)
       poly = src.config.chunkerPolynomial
     }
     let version: Int

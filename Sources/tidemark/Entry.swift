@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
+import TidemarkCrypto
 import TidemarkSystem
 
 @main
@@ -32,6 +33,7 @@ struct Tidemark: AsyncParsableCommand {
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.
   static func main() async {
+    CryptoLibrary.initialize()
     if ProcessInfo.processInfo.environment["TIDEMARK_NO_MALLOC_TUNING"] == nil { Sys.tuneMalloc() }
     do {
       var command = try parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
@@ -49,7 +51,7 @@ struct Tidemark: AsyncParsableCommand {
   /// them after it. Moves leading options behind the (sub)command path.
   static func hoistingGlobalOptions(_ args: [String]) -> [String] {
     let takesValue: Set<String> = [
-      "-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock",
+      "-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock", "-o", "--option",
     ]
     var leading: [String] = []
     var i = 0

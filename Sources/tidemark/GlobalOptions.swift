@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import TidemarkBackends
 import TidemarkCore
+import TidemarkSSH
 import TidemarkSystem
 
 struct GlobalOptions: ParsableArguments {
@@ -36,6 +37,13 @@ struct GlobalOptions: ParsableArguments {
   @Flag(help: "Do not take a lock (read-only commands only; use with care).")
   var noLock = false
 
+  @Option(
+    name: [.customShort("o"), .customLong("option")],
+    help: ArgumentHelp(
+      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N.",
+      valueName: "key=value"))
+  var option: [String] = []
+
   static func env(_ name: String) -> String? {
     let e = ProcessInfo.processInfo.environment
     if let v = e["TIDEMARK_" + name], !v.isEmpty { return v }
@@ -51,19 +59,60 @@ struct GlobalOptions: ParsableArguments {
     return r
   }
 
-  static func backend(for location: String) throws -> any Backend {
+  static func backend(for location: String, options: [String] = []) throws -> any Backend {
     var loc = location
     if loc.hasPrefix("local:") { loc.removeFirst(6) }
-    for scheme in ["sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
+    var opts: [String: String] = [:]
+    for o in options {
+      guard let eq = o.firstIndex(of: "=") else {
+        throw TidemarkError(.usage, "option \(o) needs a value", hint: "write -o key=value, e.g. -o sftp.port=2222")
+      }
+      opts[String(o[..<eq])] = String(o[o.index(after: eq)...])
+    }
+    if loc.hasPrefix("sftp:") { return try sftpBackend(loc, opts) }
+    for key in opts.keys where key.hasPrefix("sftp.") {
+      throw TidemarkError(.usage, "option \(key) applies to sftp: repositories only")
+    }
+    for scheme in ["s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
       throw TidemarkError(
         .usage, "repository type \(scheme.dropLast()) is not supported by this tidemark build",
-        hint: "use a local directory (path or local:/path)")
+        hint: "use a local directory (path or local:/path) or sftp:user@host:/path")
     }
     guard !loc.isEmpty else { throw TidemarkError(.usage, "empty repository path") }
     return LocalBackend(path: BytePath(loc).absolute())
   }
 
-  func backend() throws -> any Backend { try GlobalOptions.backend(for: repositoryLocation()) }
+  func backend() throws -> any Backend { try GlobalOptions.backend(for: repositoryLocation(), options: option) }
+
+  /// `sftp:user@host:/path` or `sftp://user@host:port//path`, with -o sftp.* options.
+  static func sftpBackend(_ loc: String, _ opts: [String: String]) throws -> any Backend {
+    guard let (user, host, port, path) = SFTPBackend.parse(loc) else {
+      throw TidemarkError(
+        .usage, "cannot read the SFTP location \(loc)",
+        hint: "write sftp:user@host:/path or sftp://user@host:port//path")
+    }
+    let known = ["sftp.identity", "sftp.known-hosts", "sftp.port", "sftp.connections", "sftp.agent"]
+    for key in opts.keys where !known.contains(key) {
+      throw TidemarkError(.usage, "unknown option \(key)", hint: "sftp options: \(known.joined(separator: ", "))")
+    }
+    let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
+    func number(_ key: String) throws -> Int? {
+      guard let v = opts[key] else { return nil }
+      guard let n = Int(v), n > 0 else { throw TidemarkError(.usage, "option \(key)=\(v) needs a positive number") }
+      return n
+    }
+    let identities =
+      opts["sftp.identity"].map { [$0] }
+      ?? ["id_ed25519", "id_ecdsa"].map { "\(home)/.ssh/\($0)" }
+    let knownHosts =
+      opts["sftp.known-hosts"].map { [$0] } ?? ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"]
+    let endpoint = SSHEndpoint(
+      host: host, port: try number("sftp.port") ?? port ?? 22,
+      user: user ?? ProcessInfo.processInfo.environment["USER"] ?? "root", identities: identities,
+      knownHosts: knownHosts, useAgent: opts["sftp.agent"] != "no")
+    return SFTPBackend(
+      endpoint: endpoint, path: path, connections: try number("sftp.connections") ?? 5, location: loc)
+  }
 
   var compressionMode: Compression {
     get throws {

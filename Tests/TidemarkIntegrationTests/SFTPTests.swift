@@ -1,0 +1,248 @@
+// The Backend contract, checked on every backend; SFTP against a real sshd on 127.0.0.1.
+import Foundation
+import Testing
+import TidemarkBackends
+import TidemarkCore
+import TidemarkSSH
+import TidemarkSystem
+
+/// A throwaway sshd on 127.0.0.1 with its own host key, user key and known_hosts; stopped when dropped.
+final class SSHServer {
+  let dir: String
+  let port: Int
+  var userKey: String { dir + "/userkey" }
+  var knownHosts: String { dir + "/known_hosts" }
+
+  init(_ ws: Workspace) throws {
+    dir = ws.sub("sshd")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+    let keys = try Tools.sh(
+      """
+      ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey
+      cp userkey.pub authorized_keys
+      """, cwd: dir)
+    guard keys.status == 0 else { throw TidemarkError(.general, "ssh-keygen failed: \(keys.stderr)") }
+    var started: Int? = nil
+    for _ in 0..<20 where started == nil {
+      let port = Int.random(in: 20000..<60000)
+      let config = """
+        ListenAddress 127.0.0.1
+        Port \(port)
+        HostKey \(dir)/hostkey
+        AuthorizedKeysFile \(dir)/authorized_keys
+        UsePAM no
+        StrictModes no
+        PermitRootLogin prohibit-password
+        PasswordAuthentication no
+        Subsystem sftp internal-sftp
+        PidFile \(dir)/sshd.pid
+        """
+      try config.write(toFile: dir + "/sshd_config", atomically: true, encoding: .utf8)
+      // Not through Foundation's Process: sshd closes every inherited descriptor at start, which that
+      // class takes for the child's exit; its blocking waitpid then stalls every later Process.
+      let child = try spawn(["/usr/sbin/sshd", "-D", "-f", dir + "/sshd_config", "-E", dir + "/sshd.log"])
+      // Listening once a TCP connection succeeds.
+      for _ in 0..<50 {
+        if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status == 0 {
+          started = port
+          break
+        }
+        if waitpid(child, nil, WNOHANG) == child { break }
+        usleep(50_000)
+      }
+      if started != nil {
+        pid = child
+      } else {
+        kill(child, SIGTERM)
+        _ = waitpid(child, nil, 0)
+      }
+    }
+    guard let port = started else { throw TidemarkError(.general, "sshd did not start: see \(dir)/sshd.log") }
+    self.port = port
+    let hostPub = try String(contentsOfFile: dir + "/hostkey.pub", encoding: .utf8)
+    try "[127.0.0.1]:\(port) \(hostPub)".write(toFile: knownHosts, atomically: true, encoding: .utf8)
+  }
+
+  var pid: Int32 = 0
+
+  var endpoint: SSHEndpoint {
+    SSHEndpoint(
+      host: "127.0.0.1", port: port, user: "root", identities: [userKey], knownHosts: [knownHosts], useAgent: false)
+  }
+
+  /// `-o` options for the tidemark CLI.
+  var options: [String] {
+    ["-o", "sftp.identity=\(userKey)", "-o", "sftp.known-hosts=\(knownHosts)", "-o", "sftp.agent=no"]
+  }
+
+  /// restic's way in: its own ssh command line.
+  var resticCommand: String {
+    "ssh -p \(port) -i \(userKey) -o UserKnownHostsFile=\(knownHosts) -o StrictHostKeyChecking=yes -o BatchMode=yes root@127.0.0.1 -s sftp"
+  }
+
+  deinit {
+    if pid > 0 {
+      kill(pid, SIGTERM)
+      _ = waitpid(pid, nil, 0)
+    }
+  }
+}
+
+/// posix_spawn with stdin from /dev/null and stdout/stderr to /dev/null; returns the pid.
+func spawn(_ argv: [String]) throws -> pid_t {
+  var actions = posix_spawn_file_actions_t()
+  posix_spawn_file_actions_init(&actions)
+  defer { posix_spawn_file_actions_destroy(&actions) }
+  for fd: Int32 in [0, 1, 2] {
+    posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+  }
+  var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+  defer { for a in cargs { free(a) } }
+  var pid: pid_t = 0
+  let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, environ)
+  guard rc == 0 else { throw TidemarkError(.general, "cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+  return pid
+}
+
+/// The Backend contract (Sources/TidemarkCore/Backend.swift), on any backend with an empty repository.
+func checkBackendContract(_ b: any Backend) async throws {
+  try await b.create()
+  try await b.create()  // idempotent
+  let data = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+  let id = RawID.hash(data).hex
+  let h = Handle(.pack, id)
+  #expect(try await b.exists(h) == false)
+  await #expect(throws: BackendNotFound.self) { _ = try await b.load(h) }
+  await #expect(throws: BackendNotFound.self) { _ = try await b.size(h) }
+  await #expect(throws: BackendNotFound.self) { try await b.remove(h) }
+
+  try await b.save(h, data: data)
+  #expect(try await b.load(h) == data)
+  #expect(try await b.size(h) == data.count)
+  #expect(try await b.load(h, offset: 1000, length: 5000) == Array(data[1000..<6000]))
+  #expect(try await b.load(h, offset: 299_000, length: 0) == Array(data[299_000...]))
+  await #expect(throws: (any Error).self) { _ = try await b.load(h, offset: 299_000, length: 5000) }
+  // Saving the same name again (same content: names are content hashes) is fine.
+  try await b.save(h, data: data)
+  #expect(try await b.list(.pack).map(\.name) == [id])
+  #expect(try await b.list(.pack).first?.size == data.count)
+
+  // Many saves at once, then listing sees exactly them (no temp files).
+  let blobs = (0..<24).map { i in (0..<(1000 + i * 777)).map { UInt8(truncatingIfNeeded: $0 ^ i) } }
+  try await withThrowingTaskGroup(of: Void.self) { g in
+    for d in blobs { g.addTask { try await b.save(Handle(.index, RawID.hash(d).hex), data: d) } }
+    try await g.waitForAll()
+  }
+  let listed = try await b.list(.index)
+  #expect(Set(listed.map(\.name)) == Set(blobs.map { RawID.hash($0).hex }))
+  for f in listed {
+    let d = try await b.load(Handle(.index, f.name))
+    #expect(RawID.hash(d).hex == f.name && d.count == f.size)
+  }
+  try await b.save(.config, data: Array("cfg".utf8))
+  #expect(try await b.load(.config) == Array("cfg".utf8))
+
+  try await b.remove(h)
+  #expect(try await b.exists(h) == false)
+  #expect(try await b.list(.pack).isEmpty)
+  #expect(try await b.list(.snapshot).isEmpty)
+}
+
+@Suite(.serialized) struct BackendTests {
+  @Test func localBackendKeepsTheContract() async throws {
+    let ws = try Workspace("contract-local")
+    try await checkBackendContract(LocalBackend(path: BytePath(ws.sub("repo"))))
+  }
+
+  @Test func sftpBackendKeepsTheContract() async throws {
+    let ws = try Workspace("contract-sftp")
+    let server = try SSHServer(ws)
+    try await checkBackendContract(
+      SFTPBackend(endpoint: server.endpoint, path: ws.sub("repo"), connections: 3, location: "sftp-test"))
+    // A repository relative to the user's home directory works too.
+    let rel = "tidemark-contract-\(UUID().uuidString.prefix(8))"
+    defer { _ = try? Tools.run("/bin/rm", ["-rf", NSHomeDirectory() + "/" + rel]) }
+    let b = SFTPBackend(endpoint: server.endpoint, path: rel, location: "sftp-rel")
+    try await b.create()
+    try await b.save(.config, data: [1, 2, 3])
+    #expect(FileManager.default.fileExists(atPath: NSHomeDirectory() + "/" + rel + "/config"))
+  }
+
+  @Test func sftpRepositoryWorksWithResticAndTidemark() throws {
+    let ws = try Workspace("sftp")
+    let server = try SSHServer(ws)
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: false)
+    let repo = "sftp://root@127.0.0.1:\(server.port)/" + ws.sub("repo")
+    #expect(try ws.tidemark(["init", "-r", repo] + server.options).status == 0)
+    let b = try ws.tidemark(["-r", repo, "backup", "src"] + server.options)
+    #expect(b.status == 0, "\(b.stderr)")
+
+    // restic reads it over its own SFTP: check --read-data and a restore.
+    let resticRepo = "sftp:root@127.0.0.1:" + ws.sub("repo")
+    let check = try ws.restic(["-r", resticRepo, "-o", "sftp.command=\(server.resticCommand)", "check", "--read-data"])
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+    let rr = try ws.restic([
+      "-r", resticRepo, "-o", "sftp.command=\(server.resticCommand)", "restore", "latest", "--target", "by-restic",
+    ])
+    #expect(rr.status == 0, "\(rr.stderr)")
+    #expect(
+      try describeTree(ws.sub("by-restic/src"))["sub/random.bin"] == (try describeTree(ws.sub("src")))["sub/random.bin"]
+    )
+
+    // restic writes over SFTP; tidemark restores it (the short sftp:user@host:/path form).
+    let rb = try ws.restic([
+      "-r", resticRepo, "-o", "sftp.command=\(server.resticCommand)", "backup", "src", "--tag", "r",
+    ])
+    #expect(rb.status == 0, "\(rb.stderr)")
+    let tr = try ws.tidemark(
+      ["-r", resticRepo, "restore", "latest", "--target", "by-tidemark"] + server.options + [
+        "-o", "sftp.port=\(server.port)",
+      ])
+    #expect(tr.status == 0, "\(tr.stderr)")
+    let d = differences(try describeTree(ws.sub("src")), try describeTree(ws.sub("by-tidemark/src")))
+    #expect(d.isEmpty, "\(d.prefix(5))")
+  }
+
+  @Test func sftpProblemsAreOneClearLine() throws {
+    let ws = try Workspace("sftp-errors")
+    let server = try SSHServer(ws)
+    let repo = "sftp://root@127.0.0.1:\(server.port)/" + ws.sub("repo")
+    #expect(try ws.tidemark(["init", "-r", repo] + server.options).status == 0)
+    _ = try Tools.sh("ssh-keygen -q -t ed25519 -N '' -f otherkey && : > empty_known_hosts", cwd: ws.path)
+
+    // Unknown host key: refused, with the fingerprint and how to trust it.
+    let unknown = try ws.tidemark([
+      "-r", repo, "snapshots", "-o", "sftp.identity=\(server.userKey)",
+      "-o", "sftp.known-hosts=\(ws.sub("empty_known_hosts"))",
+    ])
+    let fp = try Tools.run("/usr/bin/ssh-keygen", ["-l", "-f", server.dir + "/hostkey.pub"]).out
+      .split(separator: " ")[1]
+    #expect(unknown.status == 1 && unknown.stderr.contains("not known") && unknown.stderr.contains(String(fp)))
+    #expect(unknown.stderr.contains("ssh-keyscan"), "\(unknown.stderr)")
+    #expect(unknown.stderr.split(separator: "\n").count == 1)
+
+    // A changed host key.
+    _ = try Tools.sh("echo \"[127.0.0.1]:\(server.port) $(cat otherkey.pub)\" > wrong_known_hosts", cwd: ws.path)
+    let changed = try ws.tidemark([
+      "-r", repo, "snapshots", "-o", "sftp.identity=\(server.userKey)",
+      "-o", "sftp.known-hosts=\(ws.sub("wrong_known_hosts"))",
+    ])
+    #expect(changed.status == 1 && changed.stderr.contains("CHANGED"), "\(changed.stderr)")
+
+    // A key the server does not accept.
+    let denied = try ws.tidemark([
+      "-r", repo, "snapshots", "-o", "sftp.identity=\(ws.sub("otherkey"))",
+      "-o", "sftp.known-hosts=\(server.knownHosts)", "-o", "sftp.agent=no",
+    ])
+    #expect(denied.status == 1 && denied.stderr.contains("refused every key"), "\(denied.stderr)")
+
+    // Nobody listening.
+    let closed = try ws.tidemark(["-r", "sftp://root@127.0.0.1:1//x", "snapshots"] + server.options)
+    #expect(closed.status == 1 && closed.stderr.contains("cannot connect"), "\(closed.stderr)")
+
+    // No repository there: restic's exit code 10.
+    let missing = try ws.tidemark(["-r", repo + "-not-there", "snapshots"] + server.options)
+    #expect(missing.status == 10, "\(missing.stderr)")
+  }
+}
