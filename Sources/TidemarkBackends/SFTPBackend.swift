@@ -17,6 +17,9 @@ public final class SFTPBackend: Backend {
   public let location: String
   private let permits: AsyncSemaphore
   private let idle = Mutex<[SFTPSession]>([])
+  /// Until one connection has worked, an unreachable host is a mistake to report at once (wrong host
+  /// or port), not an outage to wait out.
+  private let everConnected = Atomic<Bool>(false)
 
   public init(endpoint: SSHEndpoint, path: String, connections: Int = 5, location: String) {
     self.endpoint = endpoint
@@ -92,21 +95,26 @@ public final class SFTPBackend: Backend {
         } else {
           s = try await Blocking.run { try SFTPSession(endpoint) }
         }
+        everConnected.store(true, ordering: .relaxed)
         let r = try await Blocking.run { try op(s) }
         idle.withLock { $0.append(s) }
         return r
       } catch let e as SFTPError where e.kind == .connection && attempt == 0 {
         attempt += 1  // the session is dropped (not returned to the pool); try a fresh one
       } catch let e as SFTPError {
-        throw SFTPBackend.mapped(e)
+        throw SFTPBackend.mapped(e, transient: everConnected.load(ordering: .relaxed))
       }
     }
   }
 
   /// One line that says what is wrong and what to do.
-  static func mapped(_ e: SFTPError) -> Error {
-    if e.kind == .notFound { return e }
-    return TidemarkError(.general, e.message, hint: e.hint)
+  static func mapped(_ e: SFTPError, transient: Bool) -> Error {
+    switch e.kind {
+    case .notFound: return e
+    case .connection: return TidemarkError(.unavailable, e.message, hint: e.hint)
+    case .unreachable where transient: return TidemarkError(.unavailable, e.message, hint: e.hint)
+    default: return TidemarkError(.general, e.message, hint: e.hint)
+    }
   }
 
   public func create() async throws {

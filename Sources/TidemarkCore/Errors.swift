@@ -14,6 +14,8 @@ public struct TidemarkError: Error, CustomStringConvertible, Sendable {
     case corrupt
     case notFound
     case alreadyExists
+    /// The storage could not be reached or the connection broke: worth retrying (RetryBackend does).
+    case unavailable
   }
 
   public var kind: Kind

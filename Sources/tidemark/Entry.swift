@@ -107,7 +107,7 @@ struct Tidemark: AsyncParsableCommand {
 enum ExitCodes {
   static func code(for kind: TidemarkError.Kind) -> Int32 {
     switch kind {
-    case .general, .usage, .corrupt, .notFound, .alreadyExists: return 1
+    case .general, .usage, .corrupt, .notFound, .alreadyExists, .unavailable: return 1
     case .incompleteBackup: return 3
     case .repositoryNotFound: return 10
     case .locked: return 11

@@ -110,8 +110,10 @@ struct GlobalOptions: ParsableArguments {
       host: host, port: try number("sftp.port") ?? port ?? 22,
       user: user ?? ProcessInfo.processInfo.environment["USER"] ?? "root", identities: identities,
       knownHosts: knownHosts, useAgent: opts["sftp.agent"] != "no")
-    return SFTPBackend(
+    let sftp = SFTPBackend(
       endpoint: endpoint, path: path, connections: try number("sftp.connections") ?? 5, location: loc)
+    // A dropped connection or a restarting server is waited out (up to ~35 s), not fatal.
+    return RetryBackend(sftp) { Out.err("tidemark: \($0)") }
   }
 
   var compressionMode: Compression {

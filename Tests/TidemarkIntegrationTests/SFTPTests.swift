@@ -81,12 +81,26 @@ final class SSHServer {
     "ssh -p \(port) -i \(userKey) -o UserKnownHostsFile=\(knownHosts) -o StrictHostKeyChecking=yes -o BatchMode=yes root@127.0.0.1 -s sftp"
   }
 
-  deinit {
-    if pid > 0 {
-      kill(pid, SIGTERM)
-      _ = waitpid(pid, nil, 0)
-    }
+  /// Drops every connection (the listener and its per-connection children) and stops listening.
+  func stop() {
+    guard pid > 0 else { return }
+    _ = try? Tools.run("/usr/bin/pkill", ["-KILL", "-P", String(pid)])
+    kill(pid, SIGKILL)
+    _ = waitpid(pid, nil, 0)
+    pid = 0
   }
+
+  /// Listens again on the same port with the same keys.
+  func start() throws {
+    pid = try spawn(["/usr/sbin/sshd", "-D", "-f", dir + "/sshd_config", "-E", dir + "/sshd.log"])
+    for _ in 0..<100 {
+      if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status == 0 { return }
+      usleep(50_000)
+    }
+    throw TidemarkError(.general, "sshd did not come back")
+  }
+
+  deinit { stop() }
 }
 
 /// posix_spawn with stdin from /dev/null and stdout/stderr to /dev/null; returns the pid.
@@ -244,5 +258,53 @@ func checkBackendContract(_ b: any Backend) async throws {
     // No repository there: restic's exit code 10.
     let missing = try ws.tidemark(["-r", repo + "-not-there", "snapshots"] + server.options)
     #expect(missing.status == 10, "\(missing.stderr)")
+  }
+
+  @Test func backupWaitsOutAnSSHServerRestart() throws {
+    let ws = try Workspace("sftp-outage")
+    let server = try SSHServer(ws)
+    _ = try Tools.sh(
+      "mkdir -p data && for i in $(seq 1 48); do head -c 5000000 /dev/urandom > data/f$i; done", cwd: ws.path)
+    let repo = "sftp://root@127.0.0.1:\(server.port)/" + ws.sub("repo")
+    #expect(try ws.tidemark(["init", "-r", repo] + server.options).status == 0)
+
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Tools.tidemark)
+    p.arguments = ["-r", repo, "backup", "data"] + server.options
+    p.environment = ["TIDEMARK_PASSWORD": "test-pw", "PATH": "/usr/bin:/bin", "HOME": NSHomeDirectory()]
+    p.currentDirectoryURL = URL(fileURLWithPath: ws.path)
+    let errFile = ws.sub("backup.err")
+    FileManager.default.createFile(atPath: errFile, contents: nil)
+    p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errFile))
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    // Cut every connection once a few packs are stored, and come back 2 s later.
+    func packs() -> Int {
+      (try? Tools.run("/usr/bin/find", [ws.sub("repo/data"), "-type", "f", "-size", "+1M"]).out)?
+        .split(separator: "\n").count ?? 0
+    }
+    var waited = 0
+    while packs() < 3 && p.isRunning && waited < 600 {
+      usleep(20_000)
+      waited += 1
+    }
+    let cut = p.isRunning
+    server.stop()
+    usleep(2_000_000)
+    try server.start()
+    p.waitUntilExit()
+    let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
+    #expect(p.terminationStatus == 0, "\(err)")
+    #expect(!cut || err.contains("retrying"), "the outage was not noticed: \(err)")
+
+    // The repository is whole: restic checks every byte, and the snapshot restores.
+    let check = try ws.restic([
+      "-r", "sftp:root@127.0.0.1:" + ws.sub("repo"), "-o", "sftp.command=\(server.resticCommand)", "check",
+      "--read-data",
+    ])
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+    let r = try ws.tidemark(["-r", repo, "restore", "latest", "--target", "back"] + server.options)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try Tools.run("/usr/bin/diff", ["-r", ws.sub("data"), ws.sub("back/data")]).status == 0)
   }
 }
