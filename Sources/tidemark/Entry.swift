@@ -52,6 +52,7 @@ struct Tidemark: AsyncParsableCommand {
   static func hoistingGlobalOptions(_ args: [String]) -> [String] {
     let takesValue: Set<String> = [
       "-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock", "-o", "--option",
+      "--limit-upload", "--limit-download",
     ]
     var leading: [String] = []
     var i = 0

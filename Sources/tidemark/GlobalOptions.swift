@@ -37,6 +37,12 @@ struct GlobalOptions: ParsableArguments {
   @Flag(help: "Do not take a lock (read-only commands only; use with care).")
   var noLock = false
 
+  @Option(name: .customLong("limit-upload"), help: "Limit uploads to this many KiB/s (env: RESTIC_LIMIT_UPLOAD).")
+  var limitUpload: Int?
+
+  @Option(name: .customLong("limit-download"), help: "Limit downloads to this many KiB/s (env: RESTIC_LIMIT_DOWNLOAD).")
+  var limitDownload: Int?
+
   @Option(
     name: [.customShort("o"), .customLong("option")],
     help: ArgumentHelp(
@@ -82,7 +88,21 @@ struct GlobalOptions: ParsableArguments {
     return LocalBackend(path: BytePath(loc).absolute())
   }
 
-  func backend() throws -> any Backend { try GlobalOptions.backend(for: repositoryLocation(), options: option) }
+  func backend() throws -> any Backend {
+    let b = try GlobalOptions.backend(for: repositoryLocation(), options: option)
+    let up = try limitUpload ?? GlobalOptions.env("LIMIT_UPLOAD").map(GlobalOptions.kibPerSecond)
+    let down = try limitDownload ?? GlobalOptions.env("LIMIT_DOWNLOAD").map(GlobalOptions.kibPerSecond)
+    if (up ?? 0) < 0 || (down ?? 0) < 0 { throw TidemarkError(.usage, "bandwidth limits are KiB/s, 0 or more") }
+    guard (up ?? 0) > 0 || (down ?? 0) > 0 else { return b }
+    return RateLimitedBackend(b, uploadKiB: up, downloadKiB: down)
+  }
+
+  static func kibPerSecond(_ v: String) throws -> Int {
+    guard let n = Int(v), n >= 0 else {
+      throw TidemarkError(.usage, "bandwidth limit \(v) is not a number of KiB/s")
+    }
+    return n
+  }
 
   /// `sftp:user@host:/path` or `sftp://user@host:port//path`, with -o sftp.* options.
   static func sftpBackend(_ loc: String, _ opts: [String: String]) throws -> any Backend {

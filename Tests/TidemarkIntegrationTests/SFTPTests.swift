@@ -307,4 +307,21 @@ func checkBackendContract(_ b: any Backend) async throws {
     #expect(r.status == 0, "\(r.stderr)")
     #expect(try Tools.run("/usr/bin/diff", ["-r", ws.sub("data"), ws.sub("back/data")]).status == 0)
   }
+
+  @Test func bandwidthLimitsHoldTransfersToTheirRate() throws {
+    let ws = try Workspace("limits")
+    _ = try Tools.sh("mkdir -p d && head -c 6000000 /dev/urandom > d/x", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    // 6 MB at 2 MiB/s cannot take less than ~2.6 s (a quarter second of burst allowed).
+    var t0 = Date()
+    #expect(try ws.tidemark(["-r", "repo", "backup", "d", "--limit-upload", "2048"]).status == 0)
+    #expect(Date().timeIntervalSince(t0) > 2.3)
+    // Downloads, with restic's environment variable: 6 MB at 4 MiB/s, at least ~1.2 s.
+    t0 = Date()
+    let r = try ws.tidemark(
+      ["-r", "repo", "restore", "latest", "--target", "out"], env: ["RESTIC_LIMIT_DOWNLOAD": "4096"])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(Date().timeIntervalSince(t0) > 1.0)
+    #expect(try ws.tidemark(["-r", "repo", "snapshots", "--limit-upload", "x"]).status == 1)
+  }
 }
