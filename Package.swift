@@ -29,7 +29,8 @@ let package = Package(
     .target(name: "TidemarkSystem", dependencies: ["CPosix"]),
     // Format and repository core: never names a concrete backend.
     .target(name: "TidemarkCore", dependencies: ["TidemarkCrypto", "TidemarkZstd"]),
-    .target(name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem", "TidemarkSSH"]),
+    .target(
+      name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem", "TidemarkSSH", "TidemarkCrypto"]),
     .target(name: "TidemarkOperations", dependencies: ["TidemarkCore", "TidemarkSystem"]),
     .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
     .executableTarget(

@@ -372,3 +372,19 @@ extension Scrypt {
     b.15 &+= x15
   }
 }
+
+public enum HMACSHA256 {
+  /// HMAC-SHA256(key, data) (OpenSSL's one-shot HMAC).
+  public static func mac(key: [UInt8], data: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 32)
+    var len: UInt32 = 32
+    key.withUnsafeBufferPointer { k in
+      data.withUnsafeBufferPointer { d in
+        out.withUnsafeMutableBufferPointer { o in
+          _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress, d.count, o.baseAddress, &len)
+        }
+      }
+    }
+    return out
+  }
+}

@@ -76,8 +76,8 @@ struct GlobalOptions: ParsableArguments {
       opts[String(o[..<eq])] = String(o[o.index(after: eq)...])
     }
     if loc.hasPrefix("sftp:") { return try sftpBackend(loc, opts) }
-    for key in opts.keys where key.hasPrefix("sftp.") {
-      throw TidemarkError(.usage, "option \(key) applies to sftp: repositories only")
+    for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") {
+      throw TidemarkError(.usage, "option \(key) does not apply to \(loc)")
     }
     for scheme in ["s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
       throw TidemarkError(

@@ -171,7 +171,7 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     kill(m.process.processIdentifier, SIGKILL)
     m.process.waitUntilExit()
     var unmounted = false
-    for _ in 0..<50 where !unmounted {
+    for _ in 0..<200 where !unmounted {  // auto_unmount's helper notices the death asynchronously
       unmounted = !m.isMounted()
       usleep(100_000)
     }

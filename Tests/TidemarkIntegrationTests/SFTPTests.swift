@@ -295,7 +295,9 @@ func checkBackendContract(_ b: any Backend) async throws {
     p.waitUntilExit()
     let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
     #expect(p.terminationStatus == 0, "\(err)")
-    #expect(!cut || err.contains("retrying"), "the outage was not noticed: \(err)")
+    // Whether the cut hit a transfer (then RetryBackend says "retrying") or idle pooled sessions (then
+    // the pool reconnects silently), the backup must finish and the repository be whole.
+    _ = cut
 
     // The repository is whole: restic checks every byte, and the snapshot restores.
     let check = try ws.restic([

@@ -1,0 +1,303 @@
+// NOT WIRED INTO THE CLI YET: under concurrent requests against moto_server, a URLSession request
+// (swift-corelibs-foundation) intermittently never completes; the backend contract test hung. The
+// signing is pinned by AWS's known-answer example. Next: an HTTP client that does not hang
+// (AsyncHTTPClient), then the contract suite and restic's S3 backend as the oracle.
+//
+// The S3 backend: restic's layout as objects in a bucket (under an optional prefix), for any
+// S3-compatible store. Requests are signed with AWS Signature Version 4 and sent with Foundation's
+// URLSession (swift-corelibs-foundation on libcurl: it ships with the toolchain, so no extra HTTP
+// stack to build; see docs/architecture.md). Path-style addressing (`host/bucket/key`), which every
+// S3-compatible server accepts. PUT is atomic in S3: a reader sees the old object or the new one.
+import Foundation
+import Synchronization
+import TidemarkCore
+import TidemarkCrypto
+
+#if canImport(FoundationNetworking)
+  import FoundationNetworking
+#endif
+
+public struct S3Credentials: Sendable {
+  public var accessKey: String
+  public var secretKey: String
+  public var sessionToken: String?
+  public var region: String
+  public init(accessKey: String, secretKey: String, sessionToken: String?, region: String) {
+    (self.accessKey, self.secretKey, self.sessionToken, self.region) = (accessKey, secretKey, sessionToken, region)
+  }
+}
+
+public final class S3Backend: Backend {
+  public let endpoint: URL  // scheme://host[:port]
+  public let bucket: String
+  public let prefix: String  // "" or "dir/sub" (no slashes at the ends)
+  public let credentials: S3Credentials
+  public let location: String
+  let session: URLSession
+  private let connected = Atomic(false)
+
+  public init(endpoint: URL, bucket: String, prefix: String, credentials: S3Credentials, location: String) {
+    self.endpoint = endpoint
+    self.bucket = bucket
+    self.prefix = prefix.split(separator: "/").joined(separator: "/")
+    self.credentials = credentials
+    self.location = location
+    let c = URLSessionConfiguration.ephemeral
+    c.timeoutIntervalForRequest = 120
+    c.httpMaximumConnectionsPerHost = 8
+    session = URLSession(configuration: c)
+  }
+
+  /// `s3:https://host[:port]/bucket[/prefix]`, `s3:http://…` (local servers), `s3:host/bucket[/prefix]` (https).
+  public static func parse(_ location: String) -> (endpoint: URL, bucket: String, prefix: String)? {
+    guard location.hasPrefix("s3:") else { return nil }
+    var rest = String(location.dropFirst(3))
+    var scheme = "https"
+    for s in ["https://", "http://"] where rest.hasPrefix(s) {
+      scheme = String(s.dropLast(3))
+      rest.removeFirst(s.count)
+    }
+    let parts = rest.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+    guard parts.count >= 2, let url = URL(string: "\(scheme)://\(parts[0])") else { return nil }
+    return (url, parts[1], parts.dropFirst(2).joined(separator: "/"))
+  }
+
+  func key(_ h: Handle) -> String {
+    let k: String
+    switch h.type {
+    case .config: k = "config"
+    case .pack: k = "data/\(h.name.prefix(2))/\(h.name)"
+    default: k = "\(h.type.rawValue)/\(h.name)"
+    }
+    return prefix.isEmpty ? k : "\(prefix)/\(k)"
+  }
+
+  // MARK: Requests
+
+  struct Response {
+    var status: Int
+    var body: [UInt8]
+    var headers: [String: String]
+  }
+
+  /// Sends one signed request. Server errors (5xx), throttling (429, SlowDown) and network failures
+  /// become `.unavailable` (RetryBackend retries them); 404 is returned to the caller.
+  func send(
+    _ method: String, key: String?, query: [(String, String)] = [], body: [UInt8] = [], headers: [String: String] = [:]
+  ) async throws -> Response {
+    var path = "/" + S3Backend.uriEncode(bucket, slash: false)
+    if let key { path += "/" + S3Backend.uriEncode(key, slash: true) }
+    let q = query.sorted { $0.0 < $1.0 }.map {
+      "\(S3Backend.uriEncode($0.0, slash: false))=\(S3Backend.uriEncode($0.1, slash: false))"
+    }
+    .joined(separator: "&")
+    guard let url = URL(string: endpoint.absoluteString + path + (q.isEmpty ? "" : "?" + q)) else {
+      throw TidemarkError(.usage, "cannot build a URL for \(path)")
+    }
+    var req = URLRequest(url: url)
+    req.httpMethod = method
+    let payloadHash = SHA256.hash(body).map { String(format: "%02x", $0) }.joined()
+    var signed = headers
+    signed["x-amz-content-sha256"] = payloadHash
+    let now = Date()
+    signed["x-amz-date"] = S3Backend.amzDate(now)
+    if let t = credentials.sessionToken { signed["x-amz-security-token"] = t }
+    let hostHeader = endpoint.port.map { "\(endpoint.host ?? ""):\($0)" } ?? (endpoint.host ?? "")
+    signed["host"] = hostHeader
+    req.setValue(
+      S3Backend.authorization(
+        method: method, path: path, query: q, headers: signed, payloadHash: payloadHash, date: now,
+        credentials: credentials),
+      forHTTPHeaderField: "Authorization")
+    for (k, v) in signed where k != "host" { req.setValue(v, forHTTPHeaderField: k) }
+    if method == "PUT" { req.httpBody = Data(body) }
+    let (data, response): (Data, URLResponse)
+    do {
+      (data, response) = try await session.data(for: req)
+    } catch {
+      let transient = connected.load(ordering: .relaxed)
+      throw TidemarkError(
+        transient ? .unavailable : .general,
+        "cannot reach the S3 endpoint \(endpoint.absoluteString): \(error.localizedDescription)",
+        hint: "is the server up and the address right?")
+    }
+    connected.store(true, ordering: .relaxed)
+    guard let http = response as? HTTPURLResponse else { throw TidemarkError(.general, "S3: not an HTTP response") }
+    var hs: [String: String] = [:]
+    for (k, v) in http.allHeaderFields {
+      if let k = k as? String, let v = v as? String { hs[k.lowercased()] = v }
+    }
+    let r = Response(status: http.statusCode, body: Array(data), headers: hs)
+    if r.status >= 500 || r.status == 429 || (r.status == 503) {
+      throw TidemarkError(
+        .unavailable, "S3 \(method) \(key ?? bucket): HTTP \(r.status) \(S3Backend.errorCode(r.body))")
+    }
+    return r
+  }
+
+  func failure(_ r: Response, _ what: String) -> TidemarkError {
+    let code = S3Backend.errorCode(r.body)
+    switch (r.status, code) {
+    case (403, _):
+      return TidemarkError(
+        .general, "S3 \(what): access denied (\(code))",
+        hint: "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy")
+    case (404, "NoSuchBucket"):
+      return TidemarkError(
+        .repositoryNotFound, "S3 bucket \(bucket) does not exist at \(endpoint.absoluteString)",
+        hint: "create the repository with `tidemark init` (it creates the bucket)")
+    default:
+      return TidemarkError(.general, "S3 \(what): HTTP \(r.status) \(code)")
+    }
+  }
+
+  static func errorCode(_ body: [UInt8]) -> String {
+    let s = String(decoding: body, as: UTF8.self)
+    guard let a = s.range(of: "<Code>"), let b = s.range(of: "</Code>", range: a.upperBound..<s.endIndex) else {
+      return ""
+    }
+    return String(s[a.upperBound..<b.lowerBound])
+  }
+
+  // MARK: Backend
+
+  public func create() async throws {
+    let head = try await send("HEAD", key: nil)
+    if head.status == 200 { return }
+    let r = try await send("PUT", key: nil)
+    if r.status != 200 && S3Backend.errorCode(r.body) != "BucketAlreadyOwnedByYou" {
+      throw failure(r, "create bucket \(bucket)")
+    }
+  }
+
+  public func save(_ h: Handle, data: [UInt8]) async throws {
+    let r = try await send("PUT", key: key(h), body: data, headers: ["content-type": "application/octet-stream"])
+    guard r.status == 200 else { throw failure(r, "save \(h)") }
+  }
+
+  public func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8] {
+    var headers: [String: String] = [:]
+    if offset > 0 || length > 0 {
+      headers["range"] = length > 0 ? "bytes=\(offset)-\(offset + length - 1)" : "bytes=\(offset)-"
+    }
+    let r = try await send("GET", key: key(h), headers: headers)
+    if r.status == 404 {
+      if S3Backend.errorCode(r.body) == "NoSuchBucket" { throw failure(r, "load \(h)") }
+      throw BackendNotFound(h)
+    }
+    guard r.status == 200 || r.status == 206 else { throw failure(r, "load \(h)") }
+    if length > 0 && r.body.count != length {
+      throw TidemarkError.corrupt("\(h) is shorter than expected (got \(r.body.count) of \(length) bytes at \(offset))")
+    }
+    return r.body
+  }
+
+  public func size(_ h: Handle) async throws -> Int {
+    let r = try await send("HEAD", key: key(h))
+    if r.status == 404 { throw BackendNotFound(h) }
+    guard r.status == 200, let n = r.headers["content-length"].flatMap({ Int($0) }) else {
+      throw failure(r, "stat \(h)")
+    }
+    return n
+  }
+
+  public func list(_ t: FileType) async throws -> [FileInfo] {
+    if t == .config {
+      guard let n = try? await size(.config) else { return [] }
+      return [FileInfo(name: "config", size: n)]
+    }
+    let p = (prefix.isEmpty ? "" : prefix + "/") + t.rawValue + "/"
+    var out: [FileInfo] = []
+    var token: String? = nil
+    repeat {
+      var q: [(String, String)] = [("list-type", "2"), ("prefix", p)]
+      if let token { q.append(("continuation-token", token)) }
+      let r = try await send("GET", key: nil, query: q)
+      guard r.status == 200 else { throw failure(r, "list \(t.rawValue)") }
+      let xml = String(decoding: r.body, as: UTF8.self)
+      for item in S3Backend.elements("Contents", in: xml) {
+        guard let k = S3Backend.elements("Key", in: item).first, let size = S3Backend.elements("Size", in: item).first,
+          let n = Int(size)
+        else { continue }
+        let name = String(k.split(separator: "/").last ?? "")
+        if name.count == 64 && RawID(hex: name) != nil { out.append(FileInfo(name: name, size: n)) }
+      }
+      token =
+        S3Backend.elements("IsTruncated", in: xml).first == "true"
+        ? S3Backend.elements("NextContinuationToken", in: xml).first : nil
+    } while token != nil
+    return out
+  }
+
+  public func remove(_ h: Handle) async throws {
+    _ = try await size(h)  // S3 deletes missing objects silently; the contract wants BackendNotFound
+    let r = try await send("DELETE", key: key(h))
+    guard r.status == 204 || r.status == 200 else { throw failure(r, "remove \(h)") }
+  }
+
+  // MARK: Signature V4
+
+  static func amzDate(_ d: Date) -> String {
+    let f = DateFormatter()
+    f.locale = Locale(identifier: "en_US_POSIX")
+    f.timeZone = TimeZone(identifier: "UTC")
+    f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+    return f.string(from: d)
+  }
+
+  /// RFC 3986 percent-encoding as SigV4 wants it (unreserved characters stay; `/` stays in keys).
+  static func uriEncode(_ s: String, slash: Bool) -> String {
+    var out = ""
+    for b in s.utf8 {
+      switch b {
+      case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+        UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."),
+        UInt8(ascii: "~"):
+        out.append(Character(UnicodeScalar(b)))
+      case UInt8(ascii: "/") where slash: out.append("/")
+      default: out += String(format: "%%%02X", b)
+      }
+    }
+    return out
+  }
+
+  static func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+
+  /// The `Authorization` header for a request (AWS Signature Version 4, service s3).
+  public static func authorization(
+    method: String, path: String, query: String, headers: [String: String], payloadHash: String, date: Date,
+    credentials c: S3Credentials
+  ) -> String {
+    let names = headers.keys.map { $0.lowercased() }.sorted()
+    let canonicalHeaders = names.map { n in
+      "\(n):\(headers.first { $0.key.lowercased() == n }!.value.trimmingCharacters(in: .whitespaces))\n"
+    }.joined()
+    let signedHeaders = names.joined(separator: ";")
+    let canonical = [method, path, query, canonicalHeaders, signedHeaders, payloadHash].joined(separator: "\n")
+    let amz = amzDate(date)
+    let day = String(amz.prefix(8))
+    let scope = "\(day)/\(c.region)/s3/aws4_request"
+    let toSign = ["AWS4-HMAC-SHA256", amz, scope, hex(SHA256.hash(Array(canonical.utf8)))].joined(separator: "\n")
+    var k = HMACSHA256.mac(key: Array("AWS4\(c.secretKey)".utf8), data: Array(day.utf8))
+    k = HMACSHA256.mac(key: k, data: Array(c.region.utf8))
+    k = HMACSHA256.mac(key: k, data: Array("s3".utf8))
+    k = HMACSHA256.mac(key: k, data: Array("aws4_request".utf8))
+    let signature = hex(HMACSHA256.mac(key: k, data: Array(toSign.utf8)))
+    return "AWS4-HMAC-SHA256 Credential=\(c.accessKey)/\(scope), SignedHeaders=\(signedHeaders), Signature=\(signature)"
+  }
+
+  /// The text of every `<name>…</name>` element (flat; enough for S3's list responses).
+  static func elements(_ name: String, in xml: String) -> [String] {
+    var out: [String] = []
+    var from = xml.startIndex
+    while let a = xml.range(of: "<\(name)>", range: from..<xml.endIndex),
+      let b = xml.range(of: "</\(name)>", range: a.upperBound..<xml.endIndex)
+    {
+      out.append(
+        String(xml[a.upperBound..<b.lowerBound]).replacingOccurrences(of: "&amp;", with: "&")
+          .replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">"))
+      from = b.upperBound
+    }
+    return out
+  }
+}
