@@ -11,7 +11,9 @@ let package = Package(
     .library(name: "TidemarkCore", targets: ["TidemarkCore"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
   ],
   targets: [
     // C shims: a module map and a header each, nothing else.
@@ -30,7 +32,13 @@ let package = Package(
     // Format and repository core: never names a concrete backend.
     .target(name: "TidemarkCore", dependencies: ["TidemarkCrypto", "TidemarkZstd"]),
     .target(
-      name: "TidemarkBackends", dependencies: ["TidemarkCore", "TidemarkSystem", "TidemarkSSH", "TidemarkCrypto"]),
+      name: "TidemarkBackends",
+      dependencies: [
+        "TidemarkCore", "TidemarkSystem", "TidemarkSSH", "TidemarkCrypto",
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ]),
     .target(name: "TidemarkOperations", dependencies: ["TidemarkCore", "TidemarkSystem"]),
     .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
     .executableTarget(

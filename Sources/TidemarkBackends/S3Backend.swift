@@ -1,21 +1,15 @@
-// NOT WIRED INTO THE CLI YET: under concurrent requests against moto_server, a URLSession request
-// (swift-corelibs-foundation) intermittently never completes; the backend contract test hung. The
-// signing is pinned by AWS's known-answer example. Next: an HTTP client that does not hang
-// (AsyncHTTPClient), then the contract suite and restic's S3 backend as the oracle.
-//
 // The S3 backend: restic's layout as objects in a bucket (under an optional prefix), for any
-// S3-compatible store. Requests are signed with AWS Signature Version 4 and sent with Foundation's
-// URLSession (swift-corelibs-foundation on libcurl: it ships with the toolchain, so no extra HTTP
-// stack to build; see docs/architecture.md). Path-style addressing (`host/bucket/key`), which every
-// S3-compatible server accepts. PUT is atomic in S3: a reader sees the old object or the new one.
+// S3-compatible store. Requests are signed with AWS Signature Version 4 and sent with AsyncHTTPClient
+// (swift-server's HTTP client on SwiftNIO: connection pooling, non-blocking, maintained by the Swift
+// server workgroup; why not URLSession: docs/architecture.md). Path-style addressing (`host/bucket/key`),
+// which every S3-compatible server accepts. PUT is atomic in S3: a reader sees the old object or the new.
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 import Synchronization
 import TidemarkCore
 import TidemarkCrypto
-
-#if canImport(FoundationNetworking)
-  import FoundationNetworking
-#endif
 
 public struct S3Credentials: Sendable {
   public var accessKey: String
@@ -33,19 +27,34 @@ public final class S3Backend: Backend {
   public let prefix: String  // "" or "dir/sub" (no slashes at the ends)
   public let credentials: S3Credentials
   public let location: String
-  let session: URLSession
+  let client: HTTPClient
   private let connected = Atomic(false)
 
-  public init(endpoint: URL, bucket: String, prefix: String, credentials: S3Credentials, location: String) {
+  let slots: AsyncSemaphore
+
+  /// One client (connection pool) per process, like `HTTPClient.shared` but configured for S3: a failed
+  /// connect fails the request at once (RetryBackend decides about retries, and an unreachable endpoint is
+  /// reported in seconds, not after the request deadline), no transparent decompression.
+  static let httpClient: HTTPClient = {
+    var c = HTTPClient.Configuration()
+    c.timeout = .init(connect: .seconds(10), read: .seconds(120))
+    c.connectionPool.retryConnectionEstablishment = false
+    c.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 16
+    c.decompression = .disabled
+    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: c)
+  }()
+
+  public init(
+    endpoint: URL, bucket: String, prefix: String, credentials: S3Credentials, connections: Int = 5,
+    location: String
+  ) {
     self.endpoint = endpoint
     self.bucket = bucket
     self.prefix = prefix.split(separator: "/").joined(separator: "/")
     self.credentials = credentials
     self.location = location
-    let c = URLSessionConfiguration.ephemeral
-    c.timeoutIntervalForRequest = 120
-    c.httpMaximumConnectionsPerHost = 8
-    session = URLSession(configuration: c)
+    client = S3Backend.httpClient
+    slots = AsyncSemaphore(max(1, connections))
   }
 
   /// `s3:https://host[:port]/bucket[/prefix]`, `s3:http://…` (local servers), `s3:host/bucket[/prefix]` (https).
@@ -91,12 +100,10 @@ public final class S3Backend: Backend {
       "\(S3Backend.uriEncode($0.0, slash: false))=\(S3Backend.uriEncode($0.1, slash: false))"
     }
     .joined(separator: "&")
-    guard let url = URL(string: endpoint.absoluteString + path + (q.isEmpty ? "" : "?" + q)) else {
-      throw TidemarkError(.usage, "cannot build a URL for \(path)")
-    }
-    var req = URLRequest(url: url)
-    req.httpMethod = method
-    let payloadHash = SHA256.hash(body).map { String(format: "%02x", $0) }.joined()
+    let url = endpoint.absoluteString + path + (q.isEmpty ? "" : "?" + q)
+    var req = HTTPClientRequest(url: url)
+    req.method = HTTPMethod(rawValue: method)
+    let payloadHash = S3Backend.hex(SHA256.hash(body))
     var signed = headers
     signed["x-amz-content-sha256"] = payloadHash
     let now = Date()
@@ -104,35 +111,59 @@ public final class S3Backend: Backend {
     if let t = credentials.sessionToken { signed["x-amz-security-token"] = t }
     let hostHeader = endpoint.port.map { "\(endpoint.host ?? ""):\($0)" } ?? (endpoint.host ?? "")
     signed["host"] = hostHeader
-    req.setValue(
-      S3Backend.authorization(
+    req.headers.add(
+      name: "Authorization",
+      value: S3Backend.authorization(
         method: method, path: path, query: q, headers: signed, payloadHash: payloadHash, date: now,
-        credentials: credentials),
-      forHTTPHeaderField: "Authorization")
-    for (k, v) in signed where k != "host" { req.setValue(v, forHTTPHeaderField: k) }
-    if method == "PUT" { req.httpBody = Data(body) }
-    let (data, response): (Data, URLResponse)
+        credentials: credentials))
+    for (k, v) in signed where k != "host" { req.headers.add(name: k, value: v) }
+    if method == "PUT" {
+      req.body = .bytes(ByteBuffer(bytes: body))
+    }
+    let status: Int
+    var hs: [String: String] = [:]
+    var data: [UInt8] = []
+    await slots.acquire()
+    defer { slots.release() }
     do {
-      (data, response) = try await session.data(for: req)
+      let response = try await client.execute(req, timeout: .seconds(120))
+      status = Int(response.status.code)
+      for h in response.headers { hs[h.name.lowercased()] = h.value }
+      if method != "HEAD" {
+        var buf = try await response.body.collect(upTo: 1 << 31)
+        data = buf.readBytes(length: buf.readableBytes) ?? []
+      }
     } catch {
       let transient = connected.load(ordering: .relaxed)
       throw TidemarkError(
         transient ? .unavailable : .general,
-        "cannot reach the S3 endpoint \(endpoint.absoluteString): \(error.localizedDescription)",
+        "cannot reach the S3 endpoint \(endpoint.absoluteString): \(S3Backend.describe(error))",
         hint: "is the server up and the address right?")
     }
     connected.store(true, ordering: .relaxed)
-    guard let http = response as? HTTPURLResponse else { throw TidemarkError(.general, "S3: not an HTTP response") }
-    var hs: [String: String] = [:]
-    for (k, v) in http.allHeaderFields {
-      if let k = k as? String, let v = v as? String { hs[k.lowercased()] = v }
-    }
-    let r = Response(status: http.statusCode, body: Array(data), headers: hs)
+    let r = Response(status: status, body: data, headers: hs)
     if r.status >= 500 || r.status == 429 || (r.status == 503) {
       throw TidemarkError(
         .unavailable, "S3 \(method) \(key ?? bucket): HTTP \(r.status) \(S3Backend.errorCode(r.body))")
     }
     return r
+  }
+
+  /// A network error in a few words (NIO's descriptions nest several layers).
+  static func describe(_ error: any Error) -> String {
+    let text = String(describing: error)
+    for (needle, words) in [
+      ("Connection refused", "connection refused"), ("connectTimeout", "connection timed out"),
+      ("readTimeout", "no answer within 120 s"), ("deadlineExceeded", "request timed out"),
+      ("No route to host", "no route to host"), ("Network is unreachable", "network unreachable"),
+      ("remoteConnectionClosed", "the server closed the connection"),
+    ] where text.contains(needle) {
+      return words
+    }
+    if text.contains("NXDOMAIN") || text.contains("getaddrinfo") || text.contains("Name or service not known") {
+      return "host name not found"
+    }
+    return text
   }
 
   func failure(_ r: Response, _ what: String) -> TidemarkError {
@@ -238,11 +269,11 @@ public final class S3Backend: Backend {
   // MARK: Signature V4
 
   static func amzDate(_ d: Date) -> String {
-    let f = DateFormatter()
-    f.locale = Locale(identifier: "en_US_POSIX")
-    f.timeZone = TimeZone(identifier: "UTC")
-    f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-    return f.string(from: d)
+    var t = time_t(d.timeIntervalSince1970.rounded(.down))
+    var u = tm()
+    gmtime_r(&t, &u)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    return "\(u.tm_year + 1900)\(two(u.tm_mon + 1))\(two(u.tm_mday))T\(two(u.tm_hour))\(two(u.tm_min))\(two(u.tm_sec))Z"
   }
 
   /// RFC 3986 percent-encoding as SigV4 wants it (unreserved characters stay; `/` stays in keys).

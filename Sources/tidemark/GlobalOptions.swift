@@ -46,7 +46,7 @@ struct GlobalOptions: ParsableArguments {
   @Option(
     name: [.customShort("o"), .customLong("option")],
     help: ArgumentHelp(
-      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N.",
+      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N, s3.region=R, s3.connections=N.",
       valueName: "key=value"))
   var option: [String] = []
 
@@ -76,13 +76,14 @@ struct GlobalOptions: ParsableArguments {
       opts[String(o[..<eq])] = String(o[o.index(after: eq)...])
     }
     if loc.hasPrefix("sftp:") { return try sftpBackend(loc, opts) }
+    if loc.hasPrefix("s3:") { return try s3Backend(loc, opts) }
     for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") {
       throw TidemarkError(.usage, "option \(key) does not apply to \(loc)")
     }
-    for scheme in ["s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
+    for scheme in ["rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
       throw TidemarkError(
         .usage, "repository type \(scheme.dropLast()) is not supported by this tidemark build",
-        hint: "use a local directory (path or local:/path) or sftp:user@host:/path")
+        hint: "use a local directory (path or local:/path), sftp:user@host:/path or s3:https://host/bucket")
     }
     guard !loc.isEmpty else { throw TidemarkError(.usage, "empty repository path") }
     return LocalBackend(path: BytePath(loc).absolute())
@@ -102,6 +103,40 @@ struct GlobalOptions: ParsableArguments {
       throw TidemarkError(.usage, "bandwidth limit \(v) is not a number of KiB/s")
     }
     return n
+  }
+
+  /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from
+  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region.
+  static func s3Backend(_ loc: String, _ opts: [String: String]) throws -> any Backend {
+    guard let (endpoint, bucket, prefix) = S3Backend.parse(loc) else {
+      throw TidemarkError(
+        .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
+    }
+    let known = ["s3.region", "s3.connections", "s3.bucket-lookup"]
+    for key in opts.keys where !known.contains(key) {
+      throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
+    }
+    if let lookup = opts["s3.bucket-lookup"], lookup != "path", lookup != "auto" {
+      throw TidemarkError(
+        .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
+    }
+    let env = ProcessInfo.processInfo.environment
+    guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
+      throw TidemarkError(
+        .usage, "no S3 credentials", hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)")
+    }
+    let region = opts["s3.region"] ?? env["AWS_DEFAULT_REGION"] ?? env["AWS_REGION"] ?? "us-east-1"
+    var connections = 5
+    if let c = opts["s3.connections"] {
+      guard let n = Int(c), n > 0 else { throw TidemarkError(.usage, "s3.connections=\(c) is not a positive number") }
+      connections = n
+    }
+    let s3 = S3Backend(
+      endpoint: endpoint, bucket: bucket, prefix: prefix,
+      credentials: S3Credentials(
+        accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
+      connections: connections, location: loc)
+    return RetryBackend(s3) { Out.err("tidemark: \($0)") }
   }
 
   /// `sftp:user@host:/path` or `sftp://user@host:port//path`, with -o sftp.* options.

@@ -38,7 +38,9 @@ enum Tools {
     p.executableURL = URL(fileURLWithPath: exe)
     p.arguments = args
     var e = ProcessInfo.processInfo.environment
-    for k in e.keys where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") { e[k] = nil }
+    for k in e.keys where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") || k.hasPrefix("AWS_") {
+      e[k] = nil
+    }
     e["TIDEMARK_TEST_KDF"] = "1024,8,1"
     e["RESTIC_CACHE_DIR"] = NSTemporaryDirectory() + "restic-test-cache"
     for (k, v) in env { e[k] = v }
@@ -86,8 +88,8 @@ final class Workspace {
     return try Tools.run(Tools.tidemark, args, env: e, cwd: path, stdin: stdin)
   }
 
-  func restic(_ args: [String], password: String = "test-pw") throws -> RunResult {
-    try Tools.run(Tools.restic, args, env: ["RESTIC_PASSWORD": password], cwd: path)
+  func restic(_ args: [String], password: String = "test-pw", env: [String: String] = [:]) throws -> RunResult {
+    try Tools.run(Tools.restic, args, env: env.merging(["RESTIC_PASSWORD": password]) { $1 }, cwd: path)
   }
 
   /// Total bytes of the files under `dir`.
