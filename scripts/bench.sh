@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: tidemark against restic on this machine, in one run. Three sections:
+# Benchmarks: tidemark against restic on this machine, in one run. Four sections:
 #   backup   generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
 #            full restore. For each: wall time and peak RSS (/usr/bin/time).
 #   mount    one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
@@ -8,6 +8,8 @@
 #   inplace  a copy of the corpus diverged by ~1% (edits, deletions, new files, a chmod) brought back to a
 #            restic-made snapshot: `tidemark restore --delete` in place, `rsync -a --delete` from `restic mount`,
 #            and a full `restic restore` into an empty directory. Wall time and peak RSS (/usr/bin/time).
+#   remote   the backup section's corpus backed up over loopback to a real sshd (SFTP) and to moto_server (S3):
+#            first backup and unchanged re-backup, restic (its sftp.command / s3 backend) against tidemark.
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
 # <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
@@ -24,20 +26,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace]   (no argument: all three)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [remote]   (no argument: all four)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | remote) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace remote); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -62,6 +64,13 @@ BENCH_DIR=$(pwd -P)
 rm -rf cache
 export RESTIC_PASSWORD=bench TIDEMARK_PASSWORD=bench RESTIC_CACHE_DIR="$BENCH_DIR/cache"
 
+SSHD_PID="" MOTO_PID=""            # the remote section's servers
+stop_servers() {
+  if [ -n "$SSHD_PID" ]; then pkill -KILL -P "$SSHD_PID" 2>/dev/null; kill -KILL "$SSHD_PID" 2>/dev/null; wait "$SSHD_PID" 2>/dev/null; SSHD_PID=""; fi
+  if [ -n "$MOTO_PID" ]; then kill -KILL "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; MOTO_PID=""; fi
+  return 0
+}
+
 # ---- cleanup: whatever a section leaves mounted or running when the script stops -----------------------------
 FS_IMG="$BENCH_DIR/restore-fs.img"
 MNT="$BENCH_DIR/mnt"              # where the mount and inplace sections mount the repository
@@ -82,6 +91,7 @@ cleanup() {
   if is_mounted "$DEST"; then umount "$DEST" 2>/dev/null || umount -l "$DEST" 2>/dev/null; fi
   if is_mounted "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs" 2>/dev/null || umount -l "$BENCH_DIR/restore-fs"; fi
   rm -f "$FS_IMG"
+  stop_servers
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -681,6 +691,124 @@ print(f'({fetched:,} and {reused:,} bytes; reused counts unchanged files too). S
 print('(/usr/bin/time): tidemark\'s includes opening the repository (scrypt, index); the rsync route\'s second row adds the')
 print('time `restic mount` took to show the snapshot, which does the same work. Peak RSS is the largest over the runs;')
 print('for the rsync route, that of rsync and, separately, the VmHWM of the restic mount process it read from.')
+PY
+}
+
+# ---- remote section ------------------------------------------------------------------------------------------
+
+# wait_port PORT: until something accepts TCP connections on 127.0.0.1:PORT (10 s at most).
+wait_port() {
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "nothing listens on 127.0.0.1:$1"
+}
+
+# start_sshd: a throwaway sshd on 127.0.0.1:$SSH_PORT with its own host key, user key and known_hosts.
+start_sshd() {
+  local d="$BENCH_DIR/sshd"
+  rm -rf "$d"
+  mkdir -p "$d" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/userkey"
+  cp "$d/userkey.pub" "$d/authorized_keys"
+  SSH_PORT=$((20000 + RANDOM % 20000))
+  cat > "$d/sshd_config" <<CONF
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $d/hostkey
+AuthorizedKeysFile $d/authorized_keys
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+Subsystem sftp internal-sftp
+PidFile $d/sshd.pid
+CONF
+  /usr/sbin/sshd -D -f "$d/sshd_config" -E "$d/sshd.log" < /dev/null > /dev/null 2>&1 &
+  SSHD_PID=$!
+  wait_port "$SSH_PORT"
+  echo "[127.0.0.1]:$SSH_PORT $(cat "$d/hostkey.pub")" > "$d/known_hosts"
+  SSH_OPTS=(-o "sftp.identity=$d/userkey" -o "sftp.known-hosts=$d/known_hosts" -o sftp.agent=no)
+  RESTIC_SSH="ssh -p $SSH_PORT -i $d/userkey -o UserKnownHostsFile=$d/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes root@127.0.0.1 -s sftp"
+}
+
+# start_moto: a fresh moto_server (it keeps objects in memory) on 127.0.0.1:$MOTO_PORT.
+start_moto() {
+  [ -z "$MOTO_PID" ] || { kill -KILL "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; }
+  MOTO_PORT=$((40000 + RANDOM % 20000))
+  python3 -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" < /dev/null > "$BENCH_DIR/moto.log" 2>&1 &
+  MOTO_PID=$!
+  wait_port "$MOTO_PORT"
+}
+
+bench_remote() {
+  python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[server]'
+  rm -f remote-results.txt results.txt
+  ensure_corpus
+  CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
+  CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
+  find corpus -type f -exec cat {} + > /dev/null
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
+  start_sshd
+  log "remote: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2) over loopback: $RUNS runs, median"
+  for run in $(seq "$RUNS"); do
+    log "run $run: SFTP (sshd on 127.0.0.1:$SSH_PORT)"
+    rm -rf "$BENCH_DIR/sftp-restic" "$BENCH_DIR/sftp-tidemark"
+    restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" init
+    "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" init
+    for step in first unchanged; do
+      run_measured "sftp-$step" restic restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" backup corpus
+      run_measured "sftp-$step" tidemark "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" backup corpus
+    done
+    log "run $run: S3 (moto_server, a fresh one per tool)"
+    for tool in restic tidemark; do
+      start_moto
+      local repo="s3:http://127.0.0.1:$MOTO_PORT/bench-$tool"
+      if [ $tool = restic ]; then restic -q -r "$repo" init; else "$TM" -q -r "$repo" init; fi
+      for step in first unchanged; do
+        if [ $tool = restic ]; then
+          run_measured "s3-$step" restic restic -q -r "$repo" backup corpus
+        else
+          run_measured "s3-$step" tidemark "$TM" -q -r "$repo" backup corpus
+        fi
+      done
+    done
+  done
+  stop_servers
+  rm -rf "$BENCH_DIR/sftp-restic" "$BENCH_DIR/sftp-tidemark"
+  mv results.txt remote-results.txt
+  render_remote > remote-table.md
+  update_doc remote remote-table.md
+}
+
+render_remote() {
+  python3 - "$CORPUS_BYTES" "$CORPUS_FILES" "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" \
+    "$(ssh -V 2>&1)" "$(python3 -c 'import moto; print(moto.__version__)')" <<'PY'
+import statistics, sys
+corpus, files, rv, tv, cores, day, sshv, motov = sys.argv[1:9]
+runs = {}
+for line in open('remote-results.txt'):
+    step, tool, secs, kb = line.split()
+    runs.setdefault(step, {}).setdefault(tool, []).append((float(secs), int(kb)))
+nruns = max(len(v) for d in runs.values() for v in d.values())
+mib = lambda b: int(b) / (1 << 20)
+print(f'Measured by `scripts/bench.sh remote` on {day}: {cores} cores, same machine, same run, servers on 127.0.0.1;')
+print(f'median of {nruns} runs per step. Corpus: the backup section\'s ({mib(corpus):.0f} MiB in {files} files).')
+print(f'SFTP: a throwaway `sshd` ({sshv}); restic through `-o sftp.command=ssh …`, tidemark through libssh2 (5 connections).')
+print(f'S3: `moto_server` {motov} (Python, in memory; a fresh server per tool and run), path-style, restic\'s s3 backend.')
+print(f'Versions: `{rv}`; `{tv}`.\n')
+print('| step | restic (s) | tidemark (s) | speed-up | target | restic peak RSS (MiB) | tidemark peak RSS (MiB) |')
+print('|---|---:|---:|---:|---:|---:|---:|')
+names = {'sftp-first': 'SFTP: first backup', 'sftp-unchanged': 'SFTP: unchanged re-backup',
+         's3-first': 'S3: first backup', 's3-unchanged': 'S3: unchanged re-backup'}
+for k in ['sftp-first', 'sftp-unchanged', 's3-first', 's3-unchanged']:
+    if k not in runs: continue
+    r = statistics.median(s for s, _ in runs[k]['restic']); t = statistics.median(s for s, _ in runs[k]['tidemark'])
+    rm = max(m for _, m in runs[k]['restic']) / 1024; tm = max(m for _, m in runs[k]['tidemark']) / 1024
+    mark = '>= 1.5x ' + ('met' if r / t >= 1.5 else 'NOT met') if k.endswith('first') else ''
+    print(f'| {names[k]} | {r:.2f} | {t:.2f} | {r/t:.2f}x | {mark} | {rm:.0f} | {tm:.0f} |')
 PY
 }
 

@@ -30,6 +30,7 @@ public final class BlobSaver: Sendable {
     /// Emptied pack buffers, kept for reuse: freeing 16 MiB buffers makes glibc raise its mmap
     /// threshold and then fragment its heap, which costs far more memory than keeping a few.
     var spare: [[UInt8]] = []
+    var indexFiles = Set<String>()
   }
 
   public let repository: Repository
@@ -38,15 +39,24 @@ public final class BlobSaver: Sendable {
   /// Finished packs waiting to be stored hold 16 MiB each: store at most two at a time.
   private let packWrites = AsyncSemaphore(2)
 
-  public init(repository: Repository) { self.repository = repository }
+  /// With `deduplicateAgainstIndex: false` (prune's repacking), blobs the index already names are stored
+  /// again: their old packs are about to go.
+  let deduplicateAgainstIndex: Bool
+
+  public init(repository: Repository, deduplicateAgainstIndex: Bool = true) {
+    self.repository = repository
+    self.deduplicateAgainstIndex = deduplicateAgainstIndex
+  }
 
   public var stats: BlobSaverStats { state.withLock { $0.stats } }
+  /// Names of the index files written so far.
+  public var indexFilesWritten: Set<String> { state.withLock { $0.indexFiles } }
 
   /// Stores a blob unless the repository already has it. Returns true when it was new.
   @discardableResult
   public func save(_ type: BlobType, _ plaintext: [UInt8], id knownID: BlobID? = nil) async throws -> Bool {
     let id = knownID ?? BlobID(RawID.hash(plaintext))
-    if repository.index.has(id) { return false }
+    if deduplicateAgainstIndex && repository.index.has(id) { return false }
     let fresh = state.withLock { $0.pending.insert(id).inserted }
     guard fresh else { return false }
     let (sealed, ulen) = try encode(type, plaintext)
@@ -125,7 +135,8 @@ public final class BlobSaver: Sendable {
   }
 
   private func writeIndex(_ f: IndexFile) async throws {
-    _ = try await repository.saveUnpacked(.index, json: f.encode())
+    let name = try await repository.saveUnpacked(.index, json: f.encode()).hex
+    state.withLock { _ = $0.indexFiles.insert(name) }
     for p in f.packs { repository.index.add(pack: p.id, blobs: p.blobs) }
     state.withLock { s in for p in f.packs { for b in p.blobs { s.pending.remove(b.id) } } }
   }

@@ -1,0 +1,241 @@
+// Check: is everything every snapshot needs there, intact, and where the index says?
+//
+// Structure (always): index files decode; every pack the index names exists with the size its entries imply;
+// every snapshot loads; every tree reachable from a snapshot loads and decodes; every blob a tree names is in
+// the index. With read-data (all packs, or a subset): each pack's SHA-256 equals its name, its header matches
+// the index, and each blob decrypts, decompresses and hashes to its ID. Damaged packs are named together with
+// the snapshots and paths that need their blobs. Packs the index does not name are reported, not errors
+// (an interrupted backup leaves them; prune removes them), as restic does.
+import Foundation
+import Synchronization
+import TidemarkCore
+
+public struct CheckOptions: Sendable {
+  public enum ReadData: Sendable, Equatable {
+    case none
+    case all
+    /// restic's `n/m`: the packs whose first ID byte modulo m is n-1.
+    case slice(n: Int, of: Int)
+    /// A random share of the packs (0 < p <= 100).
+    case percent(Double)
+    /// Random packs until this many bytes.
+    case bytes(Int)
+  }
+  public var readData: ReadData = .none
+  public var checkUnused = false
+  public init() {}
+
+  /// `--read-data-subset` values: `n/m`, `x%`, or a size (`500M`, `2G`).
+  public static func parseSubset(_ s: String) throws -> ReadData {
+    if let slash = s.firstIndex(of: "/") {
+      guard let n = Int(s[..<slash]), let m = Int(s[s.index(after: slash)...]), m >= 1, n >= 1, n <= m else {
+        throw TidemarkError(.usage, "invalid --read-data-subset \(s)", hint: "write n/m with 1 <= n <= m, e.g. 2/7")
+      }
+      return .slice(n: n, of: m)
+    }
+    if s.hasSuffix("%") {
+      guard let p = Double(s.dropLast()), p > 0, p <= 100 else {
+        throw TidemarkError(.usage, "invalid --read-data-subset \(s)", hint: "a percentage in (0, 100], e.g. 10%")
+      }
+      return .percent(p)
+    }
+    let n = try PruneOptions.parseSize(s, what: "--read-data-subset")
+    guard n > 0 else { throw TidemarkError(.usage, "--read-data-subset size must be positive") }
+    return .bytes(n)
+  }
+}
+
+public struct CheckReport: Sendable {
+  /// Problems, one line each. Empty: the repository is fine.
+  public var errors: [String] = []
+  /// Harmless findings (packs no index names, unused blobs without --check-unused).
+  public var notes: [String] = []
+  public var snapshots = 0, trees = 0, packs = 0, indexFiles = 0
+  public var packsRead = 0, bytesRead = 0
+  /// Damaged packs and, for each, the snapshots and paths that need blobs from it.
+  public var damaged: [(pack: PackID, reason: String, affected: [(snapshot: Snapshot, paths: [String])])] = []
+}
+
+public enum Check {
+  public typealias Progress = @Sendable (String) -> Void
+
+  public static func run(_ repo: Repository, options: CheckOptions, progress: Progress = { _ in }) async throws
+    -> CheckReport
+  {
+    var report = CheckReport()
+    let errors = Mutex<[String]>([])
+    @Sendable func fail(_ s: String) { errors.withLock { $0.append(s) } }
+
+    progress("load indexes")
+    let index = try await StoredIndex.load(repo, tolerant: true)
+    report.indexFiles = index.files.count
+    for b in index.broken { fail("index \(b.name.prefix(8)): \(b.error)") }
+    for f in index.files { repo.index.add(f.file) }
+    let packs = index.packs()
+
+    progress("check all packs")
+    var listed: [PackID: Int] = [:]
+    for f in try await repo.backend.list(.pack) {
+      if let id = PackID(hex: f.name) { listed[id] = f.size }
+    }
+    report.packs = listed.count
+    for (id, blobs) in packs.sorted(by: { $0.key < $1.key }) {
+      guard let size = listed[id] else {
+        fail("pack \(id.hex): named by the index but missing from the repository")
+        continue
+      }
+      let want = expectedPackSize(blobs)
+      if size != want { fail("pack \(id.hex): the file has \(size) bytes, the index entries imply \(want)") }
+    }
+    let unindexed = listed.keys.filter { packs[$0] == nil }
+    if !unindexed.isEmpty {
+      report.notes.append(
+        "\(unindexed.count) pack\(unindexed.count == 1 ? " is" : "s are") not named by any index (left by an interrupted backup?): harmless, `tidemark prune` removes them"
+      )
+    }
+
+    progress("check snapshots, trees and blobs")
+    var snapshots: [Snapshot] = []
+    for f in try await repo.backend.list(.snapshot) {
+      guard let id = SnapshotID(hex: f.name) else { continue }
+      do {
+        snapshots.append(try await repo.loadSnapshot(id))
+      } catch {
+        fail("snapshot \(id.short): \(error)")
+      }
+    }
+    report.snapshots = snapshots.count
+    let used = Mutex(Set<BlobID>())
+    let trees = Mutex(0)
+    try await walkTrees(
+      repo, roots: snapshots.map(\.tree),
+      failed: { id, error in
+        if repo.index.has(id) {
+          fail("tree \(id.hex): \(error)")
+        } else {
+          fail("tree \(id.hex): not in the index (missing)")
+        }
+      },
+      visit: { id, tree in
+        var missing: [String] = []
+        var local: [BlobID] = [id]
+        for n in tree.nodes {
+          if let c = n.content {
+            for b in c where !repo.index.has(b) {
+              missing.append("tree \(id.short), file \(n.nameString): data blob \(b.hex) is not in the index")
+            }
+            local += c
+          }
+          if n.type == .dir && n.subtree == nil {
+            missing.append("tree \(id.short), directory \(n.nameString) has no subtree")
+          }
+        }
+        for m in missing { fail(m) }
+        used.withLock { $0.formUnion(local) }
+        trees.withLock { $0 += 1 }
+      })
+    report.trees = trees.withLock { $0 }
+    let usedSet = used.withLock { $0 }
+    var unused = 0
+    index.forEachEntry { _, b in if !usedSet.contains(b.id) { unused += 1 } }
+    if unused > 0 {
+      if options.checkUnused {
+        fail("\(unused) blobs in the index are not used by any snapshot")
+      } else {
+        report.notes.append("\(unused) blobs are not used by any snapshot (`tidemark prune` removes them)")
+      }
+    }
+
+    // Read data.
+    var selected: [PackID] = []
+    let present = packs.keys.filter { listed[$0] != nil }.sorted()
+    switch options.readData {
+    case .none: break
+    case .all: selected = present
+    case .slice(let n, let m): selected = present.filter { Int($0.raw.bytes[0]) % m == n - 1 }
+    case .percent(let p):
+      let k = Int((Double(present.count) * p / 100).rounded(.up))
+      selected = Array(present.shuffled().prefix(k))
+    case .bytes(let limit):
+      var total = 0
+      for id in present.shuffled() {
+        if total >= limit { break }
+        selected.append(id)
+        total += listed[id] ?? 0
+      }
+    }
+    if !selected.isEmpty {
+      progress("read \(selected.count) packs")
+      let damage = Mutex<[(PackID, String, Set<BlobID>)]>([])
+      let read = Mutex((0, 0))
+      try await forEachConcurrently(selected, limit: 2) { id in
+        let (reason, bad, n) = await verifyPack(repo, id, blobs: packs[id] ?? [])
+        read.withLock { $0 = ($0.0 + 1, $0.1 + n) }
+        if let reason { damage.withLock { $0.append((id, reason, bad)) } }
+      }
+      (report.packsRead, report.bytesRead) = read.withLock { $0 }
+      for (id, reason, bad) in damage.withLock({ $0 }).sorted(by: { $0.0 < $1.0 }) {
+        fail("pack \(id.hex): \(reason)")
+        let affected = await filesUsing(bad, in: repo, snapshots: snapshots)
+        report.damaged.append((id, reason, affected))
+      }
+    }
+    report.errors = errors.withLock { $0 }
+    return report
+  }
+
+  /// Reads one pack whole and verifies it. Returns the problem (nil when intact), the blobs that are
+  /// damaged (all of the pack's when the damage cannot be pinned to blobs), and the bytes read.
+  static func verifyPack(_ repo: Repository, _ id: PackID, blobs: [PackedBlob]) async -> (String?, Set<BlobID>, Int) {
+    let all = Set(blobs.map(\.id))
+    var data: [UInt8]
+    do {
+      data = try await repo.backend.load(Handle(.pack, id.hex))
+    } catch {
+      return ("cannot be read: \(error)", all, 0)
+    }
+    let n = data.count
+    var problems: [String] = []
+    if RawID.hash(data) != id.raw { problems.append("content does not match its name (SHA-256)") }
+    // The header, as stored, against the index.
+    var header: [PackedBlob]? = nil
+    if n >= 4 + MasterKey.overhead {
+      let hlen = Int(data[n - 4]) | Int(data[n - 3]) << 8 | Int(data[n - 2]) << 16 | Int(data[n - 1]) << 24
+      if hlen + 4 <= n, hlen >= MasterKey.overhead {
+        let sealed = Array(data[(n - 4 - hlen)..<(n - 4)])
+        if let plain = try? repo.key.open(sealed) { header = try? PackHeader.decode(plain) }
+      }
+    }
+    if let header {
+      if Set(header) != Set(blobs) { problems.append("its header does not match the index") }
+    } else {
+      problems.append("its header is damaged")
+    }
+    var bad = Set<BlobID>()
+    var scratch: [UInt8] = []
+    for b in blobs {
+      let end = Int(b.offset) + Int(b.length)
+      guard end <= n else {
+        bad.insert(b.id)
+        continue
+      }
+      do {
+        try data.withUnsafeMutableBytes { buf in
+          try repo.decodeBlob(
+            inPlace: UnsafeMutableRawBufferPointer(rebasing: buf[Int(b.offset)..<end]), b, pack: id,
+            scratch: &scratch
+          ) { _ in }
+        }
+      } catch {
+        bad.insert(b.id)
+      }
+    }
+    if !bad.isEmpty {
+      problems.append(
+        "\(bad.count) of \(blobs.count) blobs are damaged (\(bad.sorted().prefix(3).map(\.short).joined(separator: ", ")))"
+      )
+    }
+    guard !problems.isEmpty else { return (nil, [], n) }
+    return (problems.joined(separator: "; "), bad.isEmpty ? all : bad, n)
+  }
+}

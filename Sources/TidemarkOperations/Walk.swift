@@ -1,0 +1,150 @@
+// Walking the trees of many snapshots at once: each tree is loaded once however many snapshots share it.
+import Synchronization
+import TidemarkCore
+
+/// All index files of a repository, each with its packs, as stored (duplicates and all). `Repository.index`
+/// merges them into one entry per blob; maintenance needs every copy and which file names it.
+public struct StoredIndex: Sendable {
+  public var files: [(id: IndexID, file: IndexFile)] = []
+  /// Index files that could not be loaded or decoded, with the reason.
+  public var broken: [(name: String, error: String)] = []
+
+  /// Loads every index file (4 at a time). With `tolerant`, damaged ones go to `broken` instead of throwing.
+  public static func load(_ repo: Repository, tolerant: Bool = false) async throws -> StoredIndex {
+    let listed = try await repo.backend.list(.index)
+    let out = Mutex(StoredIndex())
+    try await forEachConcurrently(listed, limit: 4) { f in
+      do {
+        guard let id = IndexID(hex: f.name) else { return }
+        let file = try IndexFile(json: try await repo.loadUnpacked(Handle(.index, f.name)))
+        out.withLock { $0.files.append((id, file)) }
+      } catch {
+        guard tolerant else { throw error }
+        out.withLock { $0.broken.append((f.name, "\(error)")) }
+      }
+    }
+    return out.withLock { s in
+      s.files.sort { $0.id.hex < $1.id.hex }
+      return s
+    }
+  }
+
+  /// Every (pack, blob) entry, in file order.
+  public func forEachEntry(_ body: (PackID, PackedBlob) throws -> Void) rethrows {
+    for f in files { for p in f.file.packs { for b in p.blobs { try body(p.id, b) } } }
+  }
+
+  /// The blobs of each pack (from the first index entry naming the pack).
+  public func packs() -> [PackID: [PackedBlob]] {
+    var out: [PackID: [PackedBlob]] = [:]
+    for f in files {
+      for p in f.file.packs where out[p.id] == nil { out[p.id] = p.blobs }
+    }
+    return out
+  }
+}
+
+/// The size a pack file must have for the blobs its index entries name: the blobs, the sealed header
+/// (37 bytes per entry, 41 when compressed, plus the crypto overhead) and the 4-byte header length.
+public func expectedPackSize(_ blobs: [PackedBlob]) -> Int {
+  var n = 4 + MasterKey.overhead
+  for b in blobs { n += Int(b.length) + (b.isCompressed ? 41 : 37) }
+  return n
+}
+
+/// Loads every tree reachable from `roots` exactly once, breadth first, `limit` at a time, and passes it to
+/// `visit` (from several tasks at once). A tree that cannot be loaded goes to `failed` when given (and its
+/// subtrees are not visited); otherwise the error is thrown.
+public func walkTrees(
+  _ repo: Repository, roots: [BlobID], limit: Int = 8,
+  failed: (@Sendable (BlobID, any Error) -> Void)? = nil,
+  visit: @escaping @Sendable (BlobID, Tree) throws -> Void
+) async throws {
+  let seen = Mutex(Set<BlobID>())
+  var frontier = Array(Set(roots))
+  seen.withLock { $0.formUnion(frontier) }
+  while !frontier.isEmpty {
+    let next = Mutex([BlobID]())
+    try await forEachConcurrently(frontier, limit: limit) { id in
+      let tree: Tree
+      do {
+        tree = try await repo.loadTree(id)
+      } catch {
+        guard let failed else { throw error }
+        failed(id, error)
+        return
+      }
+      try visit(id, tree)
+      let subtrees = tree.nodes.compactMap(\.subtree)
+      guard !subtrees.isEmpty else { return }
+      let fresh = seen.withLock { s in subtrees.filter { s.insert($0).inserted } }
+      if !fresh.isEmpty { next.withLock { $0 += fresh } }
+    }
+    frontier = next.withLock { $0 }
+  }
+}
+
+/// Every blob (trees and file contents) the given snapshots need.
+public func usedBlobs(_ repo: Repository, snapshots: [Snapshot]) async throws -> Set<BlobID> {
+  let used = Mutex(Set<BlobID>())
+  try await walkTrees(repo, roots: snapshots.map(\.tree)) { id, tree in
+    var local: [BlobID] = [id]
+    for n in tree.nodes {
+      if let c = n.content { local += c }
+    }
+    used.withLock { $0.formUnion(local) }
+  }
+  return used.withLock { $0 }
+}
+
+/// Where damaged blobs are used: for each snapshot, the paths of the files (and directories, for damaged
+/// trees) that need one of `blobs`. Only subtrees that contain a damaged blob are walked to the end.
+public func filesUsing(_ blobs: Set<BlobID>, in repo: Repository, snapshots: [Snapshot]) async -> [(
+  snapshot: Snapshot, paths: [String]
+)] {
+  var memo: [BlobID: Bool] = [:]  // tree -> does it (or anything below) use a damaged blob
+  var trees: [BlobID: Tree] = [:]
+  func load(_ id: BlobID) async -> Tree? {
+    if let t = trees[id] { return t }
+    let t = try? await repo.loadTree(id)
+    trees[id] = t
+    return t
+  }
+  func affected(_ id: BlobID) async -> Bool {
+    if let m = memo[id] { return m }
+    if blobs.contains(id) {
+      memo[id] = true
+      return true
+    }
+    guard let t = await load(id) else {
+      memo[id] = false
+      return false
+    }
+    var hit = false
+    for n in t.nodes {
+      if let c = n.content, c.contains(where: blobs.contains) { hit = true }
+      if let s = n.subtree, await affected(s) { hit = true }
+    }
+    memo[id] = hit
+    return hit
+  }
+  func collect(_ id: BlobID, _ prefix: String, into out: inout [String]) async {
+    if blobs.contains(id) {
+      out.append(prefix.isEmpty ? "/" : prefix + "/")
+      return
+    }
+    guard let t = await load(id) else { return }
+    for n in t.nodes {
+      let name = String(decoding: n.name, as: UTF8.self)
+      if let c = n.content, c.contains(where: blobs.contains) { out.append(prefix + "/" + name) }
+      if let s = n.subtree, await affected(s) { await collect(s, prefix + "/" + name, into: &out) }
+    }
+  }
+  var out: [(Snapshot, [String])] = []
+  for s in snapshots where await affected(s.tree) {
+    var paths: [String] = []
+    await collect(s.tree, "", into: &paths)
+    out.append((s, paths))
+  }
+  return out
+}
