@@ -115,7 +115,7 @@ extension Snapshot {
 }
 
 /// A retention policy: restic's `ExpirePolicy`.
-public struct ForgetPolicy: Sendable {
+public struct ForgetPolicy: Sendable, CustomStringConvertible {
   public var last = 0
   public var hourly = 0
   public var daily = 0
