@@ -3,7 +3,9 @@
 // leaves exactly the kept snapshots and a repository `restic check` accepts.
 import Foundation
 import Testing
+import TidemarkBackends
 import TidemarkCore
+import TidemarkSystem
 
 @Suite(.serialized) struct ForgetTests {
   /// A repository of 130 restic snapshots: 80 spread over 2023–2024 and 50 in its last four days (several an
@@ -177,6 +179,34 @@ import TidemarkCore
     let removed = try #require(try JSONSerialization.jsonObject(with: Data(six.stdout)) as? [[String: Any]])
       .flatMap { ($0["remove"] as? [[String: Any]] ?? []).compactMap { $0["time"] as? String } }
     #expect(removed == ["2024-01-15T11:30:00+01:00"])
+  }
+
+  @Test func refusalsNoPolicyAndLocks() async throws {
+    let ws = try Workspace("forget-cli")
+    #expect(try Tools.sh("mkdir data && echo x > data/f", cwd: ws.path).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "data"]).status == 0)
+    let prune = try ws.tidemark(["-r", "repo", "forget", "--prune", "--keep-last", "1"])
+    #expect(prune.status == 1 && prune.stderr.contains("forget --prune: prune is not implemented yet"))
+    let negative = try ws.tidemark(["-r", "repo", "forget", "--keep-last", "-1"])
+    #expect(negative.status == 1 && negative.stderr.contains("--keep-last -1: counts must be 0 or more"))
+    let noLock = try ws.tidemark(["-r", "repo", "--no-lock", "forget", "--keep-last", "1"])
+    #expect(noLock.status == 1 && noLock.stderr.contains("only applicable in combination with --dry-run"))
+    let none = try ws.tidemark(["-r", "repo", "forget"])
+    #expect(none.status == 0 && none.out == "no policy was specified, no snapshots will be removed\n")
+
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    let lock = try await RepositoryLock.acquire(repo, exclusive: false)
+    #expect(try ws.tidemark(["-r", "repo", "forget", "--keep-last", "1", "--dry-run"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "forget", "--keep-last", "1"]).status == 11)
+    await lock.release()
+    let held = try await RepositoryLock.acquire(repo, exclusive: true)
+    #expect(try ws.tidemark(["-r", "repo", "forget", "--keep-last", "1", "--dry-run"]).status == 11)
+    #expect(try ws.tidemark(["-r", "repo", "forget", "--keep-last", "1", "--dry-run", "--no-lock"]).status == 0)
+    await held.release()
+    #expect(try await repo.listSnapshots().count == 1)
+    #expect(try await repo.backend.list(.lock).isEmpty)
   }
 }
 
