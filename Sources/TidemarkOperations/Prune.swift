@@ -108,10 +108,11 @@ public enum Prune {
 
   /// Works out what to delete and repack. The caller holds an exclusive lock.
   public static func plan(
-    _ repo: Repository, index: StoredIndex, options: PruneOptions, progress: Progress = { _ in }
+    _ repo: Repository, index: StoredIndex, options: PruneOptions, ignoring: Set<SnapshotID> = [],
+    progress: Progress = { _ in }
   ) async throws -> PrunePlan {
     progress("loading all snapshots")
-    let snapshots = try await repo.listSnapshots()
+    let snapshots = try await repo.listSnapshots().filter { !ignoring.contains($0.id!) }
     progress("finding data that is still in use for \(snapshots.count) snapshots")
     let used = try await usedBlobs(repo, snapshots: snapshots)
     progress("searching used packs")

@@ -117,17 +117,15 @@ struct Snapshots: AsyncParsableCommand {
   }
 }
 
+/// restic's snapshot filter: any of the hosts, any of the tag lists (each `a,b` meaning all of a and b; `''` an
+/// untagged snapshot), and all of the paths.
 struct SnapshotFilter {
   var hosts: [String]
   var tags: [String]
   var paths: [String]
   func apply(_ s: [Snapshot]) -> [Snapshot] {
-    s.filter { snap in
-      (hosts.isEmpty || hosts.contains(snap.hostname))
-        && (tags.isEmpty
-          || tags.contains { t in t.split(separator: ",").allSatisfy { snap.tags.contains(String($0)) } })
-        && (paths.isEmpty || paths.allSatisfy { snap.paths.contains($0) })
-    }
+    let tagLists = tags.map(TagList.parse)
+    return s.filter { $0.hasHostname(hosts) && $0.hasTagList(tagLists) && $0.hasPaths(paths) }
   }
 }
 

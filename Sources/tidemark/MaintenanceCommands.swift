@@ -137,12 +137,14 @@ struct PruneCommand: AsyncParsableCommand {
 }
 
 /// Plans and (unless dry-run) carries out a prune; prints restic's statistics. The caller holds an exclusive lock.
-func runPrune(_ repo: Repository, options: PruneOptions, global: GlobalOptions) async throws {
+func runPrune(
+  _ repo: Repository, options: PruneOptions, global: GlobalOptions, ignoring: Set<SnapshotID> = []
+) async throws {
   let say: @Sendable (String) -> Void = { [quiet = global.quiet || global.json] s in if !quiet { Out.line(s) } }
   say("loading indexes...")
   let index = try await StoredIndex.load(repo)
   for f in index.files { repo.index.add(f.file) }
-  let plan = try await Prune.plan(repo, index: index, options: options) { say($0 + "...") }
+  let plan = try await Prune.plan(repo, index: index, options: options, ignoring: ignoring) { say($0 + "...") }
   var st = plan.stats
   if !global.json && !global.quiet { printPlan(st, verbose: global.verbose > 0) }
   if options.dryRun {

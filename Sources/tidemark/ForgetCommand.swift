@@ -1,0 +1,399 @@
+// `tidemark forget`: restic 0.14's forget. Snapshots are grouped (--group-by), the policy (ForgetPolicy, in
+// TidemarkOperations) is applied to each group, and the snapshot files of the removed ones are deleted under an
+// exclusive lock. The output (text and --json) is restic's. Data is not touched: that is prune's job.
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkOperations
+
+struct Forget: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Remove snapshots from the repository.",
+    discussion: """
+      Snapshots are first divided into groups according to --group-by (default: host and paths), and the policy \
+      given by the --keep-* options is applied to each group on its own. With snapshot IDs as arguments, exactly \
+      those snapshots are removed and no policy applies.
+      Only the snapshot files are removed; the data they referenced stays until prune (or use --prune).
+      Without any --keep-* option nothing is removed. Counts must be 0 or more (restic 0.15's -1 for "unlimited" \
+      is not accepted: restic 0.14 would remove every snapshot for it).
+      DURATION is restic's: numbers with the units y, m, d, h, e.g. 1y5m7d2h, counted back from the newest \
+      snapshot that is not in the future.
+      """)
+
+  @OptionGroup var global: GlobalOptions
+
+  @Option(
+    name: [.customShort("l"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n snapshots.", valueName: "n"))
+  var keepLast = 0
+  @Option(
+    name: [.customShort("H"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n hourly snapshots.", valueName: "n"))
+  var keepHourly = 0
+  @Option(
+    name: [.customShort("d"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n daily snapshots.", valueName: "n"))
+  var keepDaily = 0
+  @Option(
+    name: [.customShort("w"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n weekly snapshots.", valueName: "n"))
+  var keepWeekly = 0
+  @Option(
+    name: [.customShort("m"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n monthly snapshots.", valueName: "n"))
+  var keepMonthly = 0
+  @Option(
+    name: [.customShort("y"), .long], parsing: .unconditional,
+    help: ArgumentHelp("Keep the last n yearly snapshots.", valueName: "n"))
+  var keepYearly = 0
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep snapshots newer than DURATION (e.g. 1y5m7d2h) before the newest.", valueName: "duration"))
+  var keepWithin = ""
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep hourly snapshots newer than DURATION before the newest.", valueName: "duration"))
+  var keepWithinHourly = ""
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep daily snapshots newer than DURATION before the newest.", valueName: "duration"))
+  var keepWithinDaily = ""
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep weekly snapshots newer than DURATION before the newest.", valueName: "duration"))
+  var keepWithinWeekly = ""
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep monthly snapshots newer than DURATION before the newest.", valueName: "duration"))
+  var keepWithinMonthly = ""
+  @Option(
+    parsing: .unconditional,
+    help: ArgumentHelp("Keep yearly snapshots newer than DURATION before the newest.", valueName: "duration"))
+  var keepWithinYearly = ""
+  @Option(
+    help: ArgumentHelp(
+      "Keep snapshots with all of these tags (comma-separated; repeatable for any list).", valueName: "taglist"))
+  var keepTag: [String] = []
+
+  @Option(help: "Only consider snapshots of this host (repeatable).") var host: [String] = []
+  @Option(
+    help: ArgumentHelp(
+      "Only consider snapshots with all of these tags (comma-separated; repeatable for any list).",
+      valueName: "taglist"))
+  var tag: [String] = []
+  @Option(help: "Only consider snapshots that include this path (repeatable).") var path: [String] = []
+  @Flag(name: [.customShort("c"), .long], help: "Compact table output.") var compact = false
+  @Option(
+    name: [.customShort("g"), .long], parsing: .unconditional,
+    help: ArgumentHelp(
+      "Group snapshots by host, paths and/or tags, comma-separated ('' for no grouping).",
+      valueName: "group"))
+  var groupBy = "host,paths"
+  @Flag(name: [.customShort("n"), .long], help: "Remove nothing; print what would be removed.") var dryRun = false
+  @Flag(help: "Run prune afterwards, under the same exclusive lock (prune's flags apply).") var prune = false
+  @OptionGroup var pruneFlags: PruneFlags
+  @Argument(
+    help: ArgumentHelp(
+      "Remove exactly these snapshots (IDs, unique prefixes or `latest`); no policy applies.",
+      valueName: "snapshot-id"))
+  var snapshotIDs: [String] = []
+
+  /// The policy from the flags; negative counts and durations are refused (restic 0.14 would keep nothing by them).
+  func policy() throws -> ForgetPolicy {
+    var p = ForgetPolicy()
+    for (name, n) in [
+      ("keep-last", keepLast), ("keep-hourly", keepHourly), ("keep-daily", keepDaily), ("keep-weekly", keepWeekly),
+      ("keep-monthly", keepMonthly), ("keep-yearly", keepYearly),
+    ] where n < 0 {
+      throw TidemarkError(
+        .usage, "--\(name) \(n): counts must be 0 or more",
+        hint: "restic 0.14 removes every snapshot for a negative count and later versions read -1 as unlimited; "
+          + "give the number of snapshots to keep")
+    }
+    (p.last, p.hourly, p.daily, p.weekly, p.monthly, p.yearly) =
+      (keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, keepYearly)
+    func duration(_ name: String, _ text: String) throws -> RetentionDuration {
+      let d: RetentionDuration
+      do {
+        d = try RetentionDuration(parsing: text)
+      } catch let e as TidemarkError {
+        throw TidemarkError(
+          .usage, "invalid argument \"\(text)\" for \"--\(name)\" flag: \(e.message)", hint: "use e.g. 1y5m7d2h")
+      }
+      if [d.years, d.months, d.days, d.hours].contains(where: { $0 < 0 }) {
+        throw TidemarkError(.usage, "--\(name) \(text): durations must not be negative")
+      }
+      return d
+    }
+    p.within = try duration("keep-within", keepWithin)
+    p.withinHourly = try duration("keep-within-hourly", keepWithinHourly)
+    p.withinDaily = try duration("keep-within-daily", keepWithinDaily)
+    p.withinWeekly = try duration("keep-within-weekly", keepWithinWeekly)
+    p.withinMonthly = try duration("keep-within-monthly", keepWithinMonthly)
+    p.withinYearly = try duration("keep-within-yearly", keepWithinYearly)
+    p.keepTags = keepTag.map(TagList.parse)
+    return p
+  }
+
+  func run() async throws {
+    let pruneOptions = prune ? try pruneFlags.options(dryRun: dryRun) : nil
+    let policy = try policy()
+    let grouping = try SnapshotGrouping(parsing: groupBy)
+    if global.noLock && !dryRun {
+      throw TidemarkError(.usage, "--no-lock is only applicable in combination with --dry-run for forget command")
+    }
+    let repo = try await global.open()
+    // A dry run only reads, so a shared lock does; removing needs the repository to itself.
+    try await global.withLock(repo, exclusive: !dryRun || prune) {
+      let removed = try await forget(repo, policy: policy, grouping: grouping)
+      if let pruneOptions, !removed.isEmpty || !dryRun {
+        if text && !dryRun && !removed.isEmpty {
+          Out.line("\(removed.count) snapshots have been removed, running prune")
+        }
+        // A dry run plans as if the snapshots it would remove were gone.
+        try await runPrune(repo, options: pruneOptions, global: global, ignoring: dryRun ? removed : [])
+      }
+    }
+  }
+
+  private var text: Bool { !global.json && !global.quiet }
+
+  /// Returns the snapshots that were (or, in a dry run, would be) removed.
+  @discardableResult
+  private func forget(_ repo: Repository, policy: ForgetPolicy, grouping: SnapshotGrouping) async throws
+    -> Set<SnapshotID>
+  {
+    let all = try await repo.listSnapshots()
+    var remove: [SnapshotID] = []
+    var groups: [(key: SnapshotGrouping.Key, result: ForgetPolicy.Result)] = []
+    if !snapshotIDs.isEmpty {
+      remove = try await explicitSnapshots(repo, all)
+    } else if policy.isEmpty {
+      if text { Out.line("no policy was specified, no snapshots will be removed") }
+    } else {
+      if text { Out.line("Applying Policy: \(policy)") }
+      let filter = SnapshotFilter(hosts: host, tags: tag, paths: path)
+      for (key, snapshots) in grouping.group(filter.apply(all)) {
+        if text && global.verbose >= 1 { printGroupHeader(key) }
+        let result = policy.apply(to: snapshots)
+        if text && !result.keep.isEmpty {
+          Out.line("keep \(result.keep.count) snapshots:")
+          printSnapshotTable(result.keep, reasons: result.reasons, compact: compact)
+          Out.line("")
+        }
+        if text && !result.remove.isEmpty {
+          Out.line("remove \(result.remove.count) snapshots:")
+          printSnapshotTable(result.remove, reasons: nil, compact: compact)
+          Out.line("")
+        }
+        groups.append((key, result))
+        remove += result.remove.compactMap(\.id)
+      }
+    }
+
+    if !remove.isEmpty {
+      if dryRun {
+        if text {
+          Out.line("Would have removed the following snapshots:")
+          Out.line("{" + Set(remove).sorted().map(\.short).joined(separator: " ") + "}")
+          Out.line("")
+        }
+      } else {
+        try await removeSnapshots(repo, Array(Set(remove)).sorted())
+      }
+    }
+    if global.json && !groups.isEmpty { Out.raw(forgetJSON(groups)) }
+    return Set(remove)
+  }
+
+  /// Snapshot arguments, resolved as restic does: unknown or ambiguous ones are reported and skipped; `latest`
+  /// is the newest snapshot passing --host/--tag/--path.
+  private func explicitSnapshots(_ repo: Repository, _ all: [Snapshot]) async throws -> [SnapshotID] {
+    var ids: [SnapshotID] = []
+    var usedFilter = false
+    for arg in snapshotIDs {
+      if arg == "latest" {
+        usedFilter = true
+        let wanted = path.map(Self.absoluteClean)
+        let tagLists = tag.map(TagList.parse)
+        let candidates = all.filter { $0.hasPaths(wanted) && $0.hasTagList(tagLists) && $0.hasHostname(host) }
+        guard let newest = candidates.max(by: { $0.time < $1.time }), let id = newest.id else {
+          Out.err(
+            "Ignoring \"latest\", no snapshot matched given filter (Paths:[\(path.joined(separator: " "))] "
+              + "Tags:[\(tagLists.map(TagList.describe).joined(separator: " "))] Hosts:[\(host.joined(separator: " "))])"
+          )
+          continue
+        }
+        ids.append(id)
+        continue
+      }
+      let matching = all.compactMap(\.id).filter { !arg.isEmpty && $0.hex.hasPrefix(arg) }
+      switch matching.count {
+      case 1: ids.append(matching[0])
+      case 0: Out.err("Ignoring \(Out.jsonString(arg)): no matching ID found for prefix \(Out.jsonString(arg))")
+      default: Out.err("Ignoring \(Out.jsonString(arg)): multiple IDs with prefix \(Out.jsonString(arg)) found")
+      }
+    }
+    if !usedFilter && !(host.isEmpty && tag.isEmpty && path.isEmpty) {
+      Out.err("Ignoring filters as there are explicit snapshot ids given")
+    }
+    var seen = Set<SnapshotID>()
+    return ids.filter { seen.insert($0).inserted }
+  }
+
+  /// Go's `filepath.Abs` (relative to the working directory, then cleaned).
+  static func absoluteClean(_ p: String) -> String {
+    let full = p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
+    var parts: [Substring] = []
+    for c in full.split(separator: "/") where c != "." {
+      if c == ".." {
+        if !parts.isEmpty { parts.removeLast() }
+      } else {
+        parts.append(c)
+      }
+    }
+    return "/" + parts.joined(separator: "/")
+  }
+
+  /// Deletes the snapshot files (a few at a time; the first failure stops the rest).
+  private func removeSnapshots(_ repo: Repository, _ ids: [SnapshotID]) async throws {
+    let start = ContinuousClock.now
+    let verbose = global.verbose >= 2 && text
+    try await forEachConcurrently(ids, limit: 4) { id in
+      let h = Handle(.snapshot, id.hex)
+      do {
+        try await repo.backend.remove(h)
+      } catch {
+        throw TidemarkError(.general, "unable to remove \(h) from the repository: \(error)")
+      }
+      if verbose { Out.line("removed \(h)") }
+    }
+    if text {
+      let secs = Double((ContinuousClock.now - start).components.seconds)
+      Out.line("[\(Out.duration(secs))] 100.00%  \(ids.count) / \(ids.count) files deleted")
+    }
+  }
+
+  /// restic's "snapshots for (host [h], tags [a, b], paths [/x, /y]):", nothing when not grouped.
+  private func printGroupHeader(_ key: SnapshotGrouping.Key) {
+    var parts: [String] = []
+    if !key.hostname.isEmpty { parts.append("host [\(key.hostname)]") }
+    if let tags = key.tags { parts.append("tags [\(tags.joined(separator: ", "))]") }
+    if let paths = key.paths { parts.append("paths [\(paths.joined(separator: ", "))]") }
+    if parts.isEmpty { return }
+    Out.line("snapshots for (\(parts.joined(separator: ", "))):")
+  }
+
+  /// restic's JSON: `[{"tags","host","paths","keep","remove","reasons"}]`, empty lists as `null`.
+  private func forgetJSON(_ groups: [(key: SnapshotGrouping.Key, result: ForgetPolicy.Result)]) -> [UInt8] {
+    var w = JSONWriter()
+    func list(_ items: [Snapshot]) {
+      if items.isEmpty { return w.raw("null") }
+      w.raw("[")
+      for (i, s) in items.enumerated() {
+        if i > 0 { w.comma() }
+        s.listingJSON(into: &w)
+      }
+      w.raw("]")
+    }
+    w.raw("[")
+    for (g, (key, result)) in groups.enumerated() {
+      if g > 0 { w.comma() }
+      w.raw("{\"tags\":")
+      if let tags = key.tags { w.stringArray(tags) } else { w.raw("null") }
+      w.raw(",\"host\":")
+      w.string(key.hostname)
+      w.raw(",\"paths\":")
+      if let paths = key.paths { w.stringArray(paths) } else { w.raw("null") }
+      w.raw(",\"keep\":")
+      list(result.keep)
+      w.raw(",\"remove\":")
+      list(result.remove)
+      w.raw(",\"reasons\":")
+      if result.reasons.isEmpty { w.raw("null") }
+      for (i, r) in result.reasons.enumerated() {
+        w.raw(i == 0 ? "[" : ",")
+        w.raw("{\"snapshot\":")
+        w.out += r.snapshot.encode()
+        w.raw(",\"matches\":")
+        w.stringArray(r.matches)
+        w.raw(",\"counters\":{")
+        let c = r.counters
+        let counters = [
+          ("last", c.last), ("hourly", c.hourly), ("daily", c.daily), ("weekly", c.weekly), ("monthly", c.monthly),
+          ("yearly", c.yearly),
+        ].filter { $0.1 != 0 }
+        w.raw(counters.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ","))
+        w.raw("}}")
+        if i == result.reasons.count - 1 { w.raw("]") }
+      }
+      w.raw("}")
+    }
+    w.raw("]\n")
+    return w.out
+  }
+}
+
+/// restic's snapshot table (`PrintSnapshots`): oldest first, times in the local zone, a Reasons column for kept
+/// snapshots, a blank line between rows when some snapshot has several paths, and the count as footer.
+func printSnapshotTable(_ list: [Snapshot], reasons: [ForgetPolicy.KeepReason]?, compact: Bool) {
+  var matches: [SnapshotID: [String]] = [:]
+  for r in reasons ?? [] { if let id = r.snapshot.id { matches[id] = r.matches } }
+  let rows = list.enumerated().sorted { a, b in
+    a.element.time != b.element.time ? a.element.time < b.element.time : a.offset < b.offset
+  }
+  .map(\.element)
+  var header: [String]
+  if compact {
+    header = ["ID", "Time", "Host", "Tags  "]
+  } else {
+    header = ["ID", "Time", "Host      ", "Tags      "]
+    if reasons?.isEmpty == false { header.append("Reasons") }
+    header.append("Paths")
+  }
+  var cells: [[String]] = []
+  var multiline = false
+  for s in rows {
+    let time = Out.time(Timestamp.local(seconds: s.time.seconds, nanoseconds: s.time.nanoseconds))
+    var row = [s.id?.short ?? "", time, s.hostname]
+    if compact {
+      row.append(s.tags.joined(separator: "\n"))
+    } else {
+      row.append(s.tags.joined(separator: ","))
+      if reasons?.isEmpty == false { row.append(matches[s.id!]?.joined(separator: "\n") ?? "") }
+      row.append(s.paths.joined(separator: "\n"))
+      if s.paths.count > 1 { multiline = true }
+    }
+    cells.append(row)
+  }
+  // Widths in bytes, as Go's len.
+  var widths = header.map(\.utf8.count)
+  for row in cells {
+    for (i, c) in row.enumerated() {
+      widths[i] = max(
+        widths[i], c.split(separator: "\n", omittingEmptySubsequences: false).map(\.utf8.count).max() ?? 0)
+    }
+  }
+  let rule = String(repeating: "-", count: widths.reduce(0, +) + 2 * (widths.count - 1))
+  func lines(_ row: [String]) -> [String] {
+    let fields = row.map { $0.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) }
+    let height = fields.map(\.count).max() ?? 1
+    return (0..<height).map { k in
+      var s = ""
+      for (i, f) in fields.enumerated() {
+        let v = k < f.count ? f[k] : ""
+        if i > 0 { s += "  " }
+        s += v + String(repeating: " ", count: max(0, widths[i] - v.utf8.count))
+      }
+      while s.hasSuffix(" ") { s.removeLast() }
+      return s
+    }
+  }
+  for l in lines(header) { Out.line(l) }
+  Out.line(rule)
+  for (i, row) in cells.enumerated() {
+    for (k, l) in lines(row).enumerated() { Out.line(multiline && i > 0 && k == 0 ? "\n" + l : l) }
+  }
+  Out.line(rule)
+  Out.line("\(list.count) snapshots")
+}
