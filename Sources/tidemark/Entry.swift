@@ -28,7 +28,7 @@ struct Tidemark: AsyncParsableCommand {
     version: version,
     subcommands: [
       Init.self, Backup.self, Snapshots.self, Ls.self, Cat.self, RestoreCommand.self, KeyCommand.self,
-      Unlock.self, MountCommand.self, StatsCommand.self, DiffCommand.self, VersionCommand.self,
+      Unlock.self, MountCommand.self, StatsCommand.self, DiffCommand.self, FindCommand.self, VersionCommand.self,
     ])
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.
