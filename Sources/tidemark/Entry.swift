@@ -28,7 +28,8 @@ struct Tidemark: AsyncParsableCommand {
     version: version,
     subcommands: [
       Init.self, Backup.self, Snapshots.self, Ls.self, Cat.self, RestoreCommand.self, KeyCommand.self,
-      Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, MountCommand.self, VersionCommand.self,
+      Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, StatsCommand.self, DiffCommand.self,
+      FindCommand.self, MountCommand.self, VersionCommand.self,
     ])
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.
