@@ -176,7 +176,16 @@ public enum Check {
       (report.packsRead, report.bytesRead) = read.withLock { $0 }
       for (id, reason, bad) in damage.withLock({ $0 }).sorted(by: { $0.0 < $1.0 }) {
         fail("pack \(id.hex): \(reason)")
-        let affected = await filesUsing(bad, in: repo, snapshots: snapshots)
+        let uses = await Find.uses(
+          data: BlobSelector(ids: bad), trees: BlobSelector(ids: bad), in: snapshots, repo: repo)
+        var affected: [(snapshot: Snapshot, paths: [String])] = []
+        for s in snapshots {
+          var seen = Set<[UInt8]>()
+          let paths = uses.uses.filter { $0.snapshot == s.id && seen.insert($0.path).inserted }.map {
+            String(decoding: $0.path, as: UTF8.self) + ($0.type == .tree && $0.path != [47] ? "/" : "")
+          }
+          if !paths.isEmpty { affected.append((s, paths)) }
+        }
         report.damaged.append((id, reason, affected))
       }
     }

@@ -22,7 +22,8 @@ func makeChurnedRepository(_ ws: Workspace, rounds: Int, files: Int = 24) throws
     try Data("round \(r)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/round.txt")))
     let b =
       r % 2 == 0
-      ? try ws.restic(["-r", "repo", "backup", "--json", "src"]) : try ws.tidemark(["-r", "repo", "backup", "--json", "src"])
+      ? try ws.restic(["-r", "repo", "backup", "--json", "src"])
+      : try ws.tidemark(["-r", "repo", "backup", "--json", "src"])
     #expect(b.status == 0, "\(b.stderr)")
     guard let line = b.out.split(separator: "\n").last(where: { $0.contains("\"summary\"") }),
       let range = line.range(of: "\"snapshot_id\":\"")

@@ -38,7 +38,8 @@ enum Tools {
     p.executableURL = URL(fileURLWithPath: exe)
     p.arguments = args
     var e = ProcessInfo.processInfo.environment
-    for k in e.keys where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") || k.hasPrefix("AWS_") {
+    for k in e.keys
+    where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") || k.hasPrefix("AWS_") {
       e[k] = nil
     }
     e["TIDEMARK_TEST_KDF"] = "1024,8,1"
