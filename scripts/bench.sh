@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: tidemark against restic on this machine, in one run. Four sections:
+# Benchmarks: tidemark against restic on this machine, in one run. Five sections:
 #   backup   generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
 #            full restore. For each: wall time and peak RSS (/usr/bin/time).
 #   mount    one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
@@ -8,6 +8,8 @@
 #   inplace  a copy of the corpus diverged by ~1% (edits, deletions, new files, a chmod) brought back to a
 #            restic-made snapshot: `tidemark restore --delete` in place, `rsync -a --delete` from `restic mount`,
 #            and a full `restic restore` into an empty directory. Wall time and peak RSS (/usr/bin/time).
+#   maint    a restic-made repository with history (the corpus, then 3 rounds of changes, forget --keep-last 1):
+#            `prune` (default --max-unused 5%) on identical copies, and `check --read-data`, restic against tidemark.
 #   remote   the backup section's corpus backed up over loopback to a real sshd (SFTP) and to moto_server (S3):
 #            first backup and unchanged re-backup, restic (its sftp.command / s3 backend) against tidemark.
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
@@ -26,20 +28,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [remote]   (no argument: all four)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [remote]   (no argument: all five)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | remote) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | remote) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace remote); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint remote); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -691,6 +693,86 @@ print(f'({fetched:,} and {reused:,} bytes; reused counts unchanged files too). S
 print('(/usr/bin/time): tidemark\'s includes opening the repository (scrypt, index); the rsync route\'s second row adds the')
 print('time `restic mount` took to show the snapshot, which does the same work. Peak RSS is the largest over the runs;')
 print('for the rsync route, that of rsync and, separately, the VmHWM of the restic mount process it read from.')
+PY
+}
+
+# ---- maint section -------------------------------------------------------------------------------------------
+
+bench_maint() {
+  rm -f maint-results.txt results.txt
+  ensure_corpus
+  local src="$BENCH_DIR/maint-src"
+  if [ ! -f maint-repo/.complete ]; then
+    log "maint: building a repository with history (restic: corpus + 3 rounds of ~10% changes, forget --keep-last 1)"
+    rm -rf maint-repo "$src"
+    cp -a corpus "$src"
+    restic init -q -r maint-repo
+    restic -q -r maint-repo backup "$src"
+    for round in 1 2 3; do
+      python3 - "$src" "$round" <<'PY'
+import random, sys
+d, rnd = sys.argv[1], int(sys.argv[2])
+r = random.Random(1000 + rnd)
+for i in r.sample(range(200), 20):                   # 20 of the 1 MiB files rewritten
+    with open(f'{d}/mid/m{i:03}.bin', 'wb') as f: f.write(r.randbytes(1 << 20))
+with open(f'{d}/large/l{rnd}.bin', 'r+b') as f:      # 16 MiB rewritten inside a large file
+    f.seek(20 << 20); f.write(r.randbytes(16 << 20))
+for i in r.sample(range(120), 12):                   # 12 text files rewritten
+    with open(f'{d}/text/t{i:03}.txt', 'w') as f: f.write(' '.join(str(r.random()) for _ in range(150000)))
+PY
+      restic -q -r maint-repo backup "$src"
+    done
+    restic -q -r maint-repo forget --keep-last 1
+    touch maint-repo/.complete
+  fi
+  MAINT_BYTES=$(du -sb maint-repo | cut -f1)
+  log "maint: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs, median"
+  for run in $(seq "$RUNS"); do
+    for tool in restic tidemark; do
+      rm -rf maint-work
+      cp -a maint-repo maint-work
+      sync
+      if [ $tool = restic ]; then
+        run_measured prune restic restic -q -r maint-work prune
+      else
+        run_measured prune tidemark "$TM" -q -r maint-work prune
+      fi
+      PRUNED_BYTES=$(du -sb maint-work | cut -f1)
+    done
+  done
+  # check --read-data on the pruned repository, page cache warm for both.
+  find maint-work -type f -exec cat {} + > /dev/null
+  for run in $(seq "$RUNS"); do
+    run_measured check restic restic -q -r maint-work check --read-data
+    run_measured check tidemark "$TM" -q -r maint-work check --read-data
+  done
+  rm -rf maint-work
+  mv results.txt maint-results.txt
+  render_maint > maint-table.md
+  update_doc maint maint-table.md
+}
+
+render_maint() {
+  python3 - "$MAINT_BYTES" "$PRUNED_BYTES" "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" <<'PY'
+import statistics, sys
+repo, pruned, rv, tv, cores, day = sys.argv[1:7]
+runs = {}
+for line in open('maint-results.txt'):
+    step, tool, secs, kb = line.split()
+    runs.setdefault(step, {}).setdefault(tool, []).append((float(secs), int(kb)))
+nruns = max(len(v) for d in runs.values() for v in d.values())
+mib = lambda b: int(b) / (1 << 20)
+print(f'Measured by `scripts/bench.sh maint` on {day}: {cores} cores, same machine, same run; median of {nruns} runs.')
+print(f'Repository: made by restic: the corpus, then 3 rounds of changes (20 x 1 MiB files, 16 MiB inside a large file,')
+print(f'12 text files), each backed up, then `forget --keep-last 1`: {mib(repo):.0f} MiB before prune, {mib(pruned):.0f} MiB after.')
+print('Each prune runs on a fresh copy of that repository (default `--max-unused 5%`); `check --read-data` runs on the')
+print(f'pruned repository with its files in the page cache. Versions: `{rv}`; `{tv}`.\n')
+print('| step | restic (s) | tidemark (s) | speed-up | target | restic peak RSS (MiB) | tidemark peak RSS (MiB) |')
+print('|---|---:|---:|---:|---:|---:|---:|')
+for k, name in [('prune', '`prune`'), ('check', '`check --read-data`')]:
+    r = statistics.median(s for s, _ in runs[k]['restic']); t = statistics.median(s for s, _ in runs[k]['tidemark'])
+    rm = max(m for _, m in runs[k]['restic']) / 1024; tm = max(m for _, m in runs[k]['tidemark']) / 1024
+    print(f'| {name} | {r:.2f} | {t:.2f} | {r/t:.2f}x | >= 1.5x {"met" if r / t >= 1.5 else "NOT met"} | {rm:.0f} | {tm:.0f} |')
 PY
 }
 
