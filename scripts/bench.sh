@@ -68,8 +68,17 @@ export RESTIC_PASSWORD=bench TIDEMARK_PASSWORD=bench RESTIC_CACHE_DIR="$BENCH_DI
 
 SSHD_PID="" MOTO_PID=""            # the remote section's servers
 stop_servers() {
-  if [ -n "$SSHD_PID" ]; then pkill -KILL -P "$SSHD_PID" 2>/dev/null; kill -KILL "$SSHD_PID" 2>/dev/null; wait "$SSHD_PID" 2>/dev/null; SSHD_PID=""; fi
-  if [ -n "$MOTO_PID" ]; then kill -KILL "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; MOTO_PID=""; fi
+  if [ -n "$SSHD_PID" ]; then
+    pkill -KILL -P "$SSHD_PID" 2>/dev/null || true
+    kill -KILL "$SSHD_PID" 2>/dev/null || true
+    wait "$SSHD_PID" 2>/dev/null || true
+    SSHD_PID=""
+  fi
+  if [ -n "$MOTO_PID" ]; then
+    kill -KILL "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+    MOTO_PID=""
+  fi
   return 0
 }
 
@@ -818,7 +827,10 @@ CONF
 
 # start_moto: a fresh moto_server (it keeps objects in memory) on 127.0.0.1:$MOTO_PORT.
 start_moto() {
-  [ -z "$MOTO_PID" ] || { kill -KILL "$MOTO_PID" 2>/dev/null; wait "$MOTO_PID" 2>/dev/null; }
+  if [ -n "$MOTO_PID" ]; then
+    kill -KILL "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
   MOTO_PORT=$((40000 + RANDOM % 20000))
   python3 -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" < /dev/null > "$BENCH_DIR/moto.log" 2>&1 &
   MOTO_PID=$!
