@@ -93,8 +93,9 @@ func makeChurnedRepository(_ ws: Workspace, rounds: Int, files: Int = 24) throws
     _ = try makeChurnedRepository(ws, rounds: 6)
     #expect(try ws.restic(["-r", "repo", "forget", "--keep-last", "2"]).status == 0)
     _ = try Tools.sh("cp -a repo pristine", cwd: ws.path)
-    // Kill after increasing delays: before, during and after the repack, index rewrite and deletions.
-    for (i, delayMs) in [40, 120, 200, 280, 360, 450, 600, 800].enumerated() {
+    // Kill after increasing, jittered delays: before, during and after the repack, index rewrite and deletions.
+    for (i, base) in [40, 120, 200, 280, 360, 450, 600, 800].enumerated() {
+      let delayMs = base + Int.random(in: 0..<60)
       _ = try Tools.sh("rm -rf repo && cp -a pristine repo", cwd: ws.path)
       let script = """
         TIDEMARK_PASSWORD=test-pw "\(Tools.tidemark)" -q -r repo prune --max-unused 0% & pid=$!
