@@ -83,7 +83,13 @@ public enum Copy {
       }
       event(.copying(s))
       let saver = BlobSaver(repository: destination)
-      visited = try await copyBlobs(from: source, to: saver, root: s.tree, visited: visited)
+      do {
+        visited = try await copyBlobs(from: source, to: saver, root: s.tree, visited: visited)
+      } catch {
+        // Index what was stored, so the next run does not send it again; the snapshot is not saved.
+        try? await saver.finish()
+        throw error
+      }
       try await saver.finish()
       let added = saver.stats
       stats.treeBlobs += added.blobsAdded[Int(BlobType.tree.rawValue)]

@@ -23,7 +23,7 @@ struct CopyCommand: AsyncParsableCommand {
   @OptionGroup var from: FromRepositoryOptions
   @Option(name: [.customShort("H"), .long], help: "Only snapshots of this host, when no ID is given (repeatable).")
   var host: [String] = []
-  @Option(help: "Only snapshots with these tags (comma-separated for all of them; repeatable for any), when no ID is given.")
+  @Option(help: "Only snapshots with these tags (`a,b`: all of them; repeatable: any), when no ID is given.")
   var tag: [String] = []
   @Option(help: "Only snapshots with this path (repeatable), when no ID is given.") var path: [String] = []
   @Argument(help: "Snapshot IDs or `latest` (default: all snapshots that match the filters).") var ids: [String] = []
