@@ -17,7 +17,8 @@ struct CopyCommand: AsyncParsableCommand {
       restic, copies only what is new. Files are not re-chunked: create the destination with \
       `tidemark init --copy-chunker-params --from-repo SRC` so that its own backups deduplicate against the \
       copies. Packs, then the index, then each snapshot are written, so an interrupted copy leaves a \
-      consistent repository and the next run reuses what arrived. Shared locks on both repositories.
+      consistent repository, and the next run reuses what was indexed (a failed copy indexes what it stored). \
+      Shared locks on both repositories; --no-lock spares only the source.
       """)
   @OptionGroup var global: GlobalOptions
   @OptionGroup var from: FromRepositoryOptions
