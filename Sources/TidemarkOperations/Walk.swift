@@ -60,21 +60,37 @@ public func walkTrees(
   failed: (@Sendable (BlobID, any Error) -> Void)? = nil,
   visit: @escaping @Sendable (BlobID, Tree) throws -> Void
 ) async throws {
-  let seen = Mutex(Set<BlobID>())
-  var frontier = Array(Set(roots))
-  seen.withLock { $0.formUnion(frontier) }
+  _ = try await walkTreeBlobs(repo, roots: roots, limit: limit, failed: failed) { id, tree, _ in try visit(id, tree) }
+}
+
+/// `walkTrees` that also passes each tree's stored plaintext (to copy it byte for byte), skips the trees in
+/// `seen` and everything below them, and returns `seen` with every tree it reached added (so several walks,
+/// one per snapshot, visit each tree once).
+public func walkTreeBlobs(
+  _ repo: Repository, roots: [BlobID], seen alreadySeen: Set<BlobID> = [], limit: Int = 8,
+  failed: (@Sendable (BlobID, any Error) -> Void)? = nil,
+  visit: @escaping @Sendable (BlobID, Tree, [UInt8]) async throws -> Void
+) async throws -> Set<BlobID> {
+  let seen = Mutex(alreadySeen)
+  var frontier = seen.withLock { s in Set(roots).filter { s.insert($0).inserted } }.map { $0 }
   while !frontier.isEmpty {
     let next = Mutex([BlobID]())
     try await forEachConcurrently(frontier, limit: limit) { id in
+      let raw: [UInt8]
       let tree: Tree
       do {
-        tree = try await repo.loadTree(id)
+        raw = try await repo.loadBlob(id)
+        do {
+          tree = try Tree(json: raw)
+        } catch {
+          throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
+        }
       } catch {
         guard let failed else { throw error }
         failed(id, error)
         return
       }
-      try visit(id, tree)
+      try await visit(id, tree, raw)
       let subtrees = tree.nodes.compactMap(\.subtree)
       guard !subtrees.isEmpty else { return }
       let fresh = seen.withLock { s in subtrees.filter { s.insert($0).inserted } }
@@ -82,6 +98,7 @@ public func walkTrees(
     }
     frontier = next.withLock { $0 }
   }
+  return seen.withLock { $0 }
 }
 
 /// Every blob (trees and file contents) the given snapshots need.

@@ -12,10 +12,7 @@ struct Init: AsyncParsableCommand {
   @OptionGroup var global: GlobalOptions
   @Flag(help: "Use the chunker polynomial of --from-repo, so the two repositories deduplicate against each other.")
   var copyChunkerParams = false
-  @Option(help: "The repository to copy chunker parameters from (env: TIDEMARK_FROM_REPOSITORY).")
-  var fromRepo: String?
-  @Option(help: "Password file for --from-repo (env: TIDEMARK_FROM_PASSWORD_FILE).") var fromPasswordFile: String?
-  @Option(help: "Password command for --from-repo.") var fromPasswordCommand: String?
+  @OptionGroup var from: FromRepositoryOptions
   @Option(help: "Repository format version: 1 or 2 (latest).") var repositoryVersion: String = "2"
 
   func run() async throws {
@@ -23,15 +20,7 @@ struct Init: AsyncParsableCommand {
     let pw = try global.password(prompt: "enter password for new repository: ")
     var poly: Polynomial? = nil
     if copyChunkerParams {
-      guard let from = fromRepo ?? GlobalOptions.env("FROM_REPOSITORY") else {
-        throw TidemarkError(.usage, "--copy-chunker-params needs --from-repo")
-      }
-      let fpw = try GlobalOptions.readPassword(
-        file: fromPasswordFile, command: fromPasswordCommand, envPrefix: "FROM_",
-        prompt: "enter password for source repository: ")
-      let src = try await Repository.open(
-        backend: try GlobalOptions.backend(for: from, options: global.option), password: fpw)
-      poly = src.config.chunkerPolynomial
+      poly = try await from.open(global, needFor: "--copy-chunker-params").config.chunkerPolynomial
     }
     let version: Int
     switch repositoryVersion {

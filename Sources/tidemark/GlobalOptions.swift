@@ -89,8 +89,11 @@ struct GlobalOptions: ParsableArguments {
     return LocalBackend(path: BytePath(loc).absolute())
   }
 
-  func backend() throws -> any Backend {
-    let b = try GlobalOptions.backend(for: repositoryLocation(), options: option)
+  func backend() throws -> any Backend { try backend(at: repositoryLocation()) }
+
+  /// The backend for `location` with this command's -o options and bandwidth limits.
+  func backend(at location: String) throws -> any Backend {
+    let b = try GlobalOptions.backend(for: location, options: option)
     let up = try limitUpload ?? GlobalOptions.env("LIMIT_UPLOAD").map(GlobalOptions.kibPerSecond)
     let down = try limitDownload ?? GlobalOptions.env("LIMIT_DOWNLOAD").map(GlobalOptions.kibPerSecond)
     if (up ?? 0) < 0 || (down ?? 0) < 0 { throw TidemarkError(.usage, "bandwidth limits are KiB/s, 0 or more") }
@@ -275,6 +278,58 @@ struct GlobalOptions: ParsableArguments {
   }
 
   var progressEnabled: Bool { !quiet && !json && isatty(2) == 1 }
+}
+
+/// The second repository of `init --copy-chunker-params` and `copy`: restic's `--from-*` options.
+struct FromRepositoryOptions: ParsableArguments {
+  @Option(help: "The source repository (env: TIDEMARK_FROM_REPOSITORY, RESTIC_FROM_REPOSITORY).")
+  var fromRepo: String?
+  @Option(help: "A file holding the source repository's location (env: TIDEMARK_FROM_REPOSITORY_FILE).")
+  var fromRepositoryFile: String?
+  @Option(help: "Password file for the source repository (env: TIDEMARK_FROM_PASSWORD_FILE).")
+  var fromPasswordFile: String?
+  @Option(help: "Password command for the source repository (env: TIDEMARK_FROM_PASSWORD_COMMAND).")
+  var fromPasswordCommand: String?
+
+  /// The source location, or nil when none is given.
+  func location() throws -> String? {
+    let file = fromRepositoryFile ?? GlobalOptions.env("FROM_REPOSITORY_FILE")
+    if fromRepo != nil && fromRepositoryFile != nil {
+      throw TidemarkError(.usage, "--from-repo and --from-repository-file exclude each other", hint: "give one")
+    }
+    if let r = fromRepo { return r }
+    if let file {
+      do {
+        let loc = String(decoding: GlobalOptions.trimmed(try Sys.readFile(BytePath(file))), as: UTF8.self)
+        guard !loc.isEmpty else { throw TidemarkError(.usage, "repository file \(file) is empty") }
+        return loc
+      } catch let e as TidemarkError {
+        throw e
+      } catch {
+        throw TidemarkError(.usage, "cannot read repository file \(file): \(error)")
+      }
+    }
+    return GlobalOptions.env("FROM_REPOSITORY")
+  }
+
+  /// Opens the source repository (its password from --from-password-*, TIDEMARK_FROM_PASSWORD*, or a prompt).
+  /// A wrong password says which repository it was for.
+  func open(_ global: GlobalOptions, needFor what: String) async throws -> Repository {
+    guard let loc = try location() else {
+      throw TidemarkError(
+        .usage, "\(what) needs a source repository", hint: "pass --from-repo or set TIDEMARK_FROM_REPOSITORY")
+    }
+    let pw = try GlobalOptions.readPassword(
+      file: fromPasswordFile, command: fromPasswordCommand, envPrefix: "FROM_",
+      prompt: "enter password for source repository: ")
+    do {
+      return try await Repository.open(backend: try global.backend(at: loc), password: pw)
+    } catch let e as TidemarkError where e.kind == .wrongPassword {
+      throw TidemarkError(
+        .wrongPassword, "wrong password for the source repository \(loc): no key opens with it",
+        hint: "check --from-password-file / TIDEMARK_FROM_PASSWORD (or RESTIC_FROM_PASSWORD)")
+    }
+  }
 }
 
 /// On SIGINT/SIGTERM: run cleanup, say so, exit 130. No global state: the closure holds what it needs.

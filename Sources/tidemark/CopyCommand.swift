@@ -1,0 +1,177 @@
+// `tidemark copy`: restic 0.14's `copy` (source --from-repo, destination --repo), output and all.
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkOperations
+import TidemarkSystem
+
+struct CopyCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "copy",
+    abstract: "Copy snapshots from another repository (--from-repo) into this one (--repo).",
+    discussion: """
+      The repositories have different keys, so every blob the destination lacks is read, decrypted and \
+      verified, then compressed and encrypted again. A snapshot is skipped when the destination already has a \
+      copy of it (the same `original` and the same time, tree, host, user, paths, tags and excludes); a copy \
+      records the source snapshot's ID (or its own `original`) in `original`, so copying again, by tidemark or \
+      restic, copies only what is new. Files are not re-chunked: create the destination with \
+      `tidemark init --copy-chunker-params --from-repo SRC` so that its own backups deduplicate against the \
+      copies. Packs, then the index, then each snapshot are written, so an interrupted copy leaves a \
+      consistent repository, and the next run reuses what was indexed (a failed copy indexes what it stored). \
+      Shared locks on both repositories; --no-lock spares only the source.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @OptionGroup var from: FromRepositoryOptions
+  @Option(name: [.customShort("H"), .long], help: "Only snapshots of this host, when no ID is given (repeatable).")
+  var host: [String] = []
+  @Option(help: "Only snapshots with these tags (`a,b`: all of them; repeatable: any), when no ID is given.")
+  var tag: [String] = []
+  @Option(help: "Only snapshots with this path (repeatable), when no ID is given.") var path: [String] = []
+  @Argument(help: "Snapshot IDs or `latest` (default: all snapshots that match the filters).") var ids: [String] = []
+
+  func run() async throws {
+    let source = try await from.open(global, needFor: "copy")
+    let destination = try await global.open()
+    let filter = SnapshotFilter(hosts: host, tags: tag, paths: path)
+    let verbose = !global.quiet && !global.json
+
+    // As restic: --no-lock spares only the source; the destination is written, so it is always locked.
+    let sourceLock: RepositoryLock?
+    if global.noLock {
+      try await source.loadIndex()
+      sourceLock = nil
+    } else {
+      sourceLock = try await RepositoryLock.acquire(
+        source, exclusive: false, retry: try global.lockRetry, meanwhile: { try await source.loadIndex() })
+    }
+    let destinationLock: RepositoryLock
+    do {
+      destinationLock = try await RepositoryLock.acquire(
+        destination, exclusive: false, retry: try global.lockRetry, meanwhile: { try await destination.loadIndex() })
+    } catch {
+      await sourceLock?.release()
+      throw error
+    }
+    let signals = SignalGuard {
+      await destinationLock.release()
+      await sourceLock?.release()
+    }
+    defer { signals.cancel() }
+    func release() async {
+      await destinationLock.release()
+      await sourceLock?.release()
+    }
+
+    let stats: Copy.Stats
+    var unresolved = 0
+    do {
+      let (selected, missing) = try await select(source, filter)
+      unresolved = missing
+      let existing = filter.apply(try await destination.listSnapshots())
+      stats = try await Copy.run(
+        from: source, to: destination, snapshots: selected, destinationSnapshots: existing
+      ) { e in
+        guard verbose else { return }
+        switch e {
+        case .snapshot(let s):
+          Out.line("")
+          Out.line("snapshot \(s.id!.short) of [\(s.paths.joined(separator: " "))] at \(Out.goTime(s.time)))")
+        case .skipped(let s, let copy):
+          Out.line("skipping source snapshot \(s.id!.short), was already copied to snapshot \(copy.id!.short)")
+        case .copying:
+          Out.line("  copy started, this may take a while...")
+        case .saved(_, let id):
+          Out.line("snapshot \(id.short) saved")
+        }
+      }
+    } catch {
+      await release()
+      throw error
+    }
+    await release()
+
+    if global.json {
+      var w = JSONWriter()
+      w.raw("{\"message_type\":\"summary\",\"snapshots_copied\":\(stats.copied.count)")
+      w.raw(",\"snapshots_skipped\":\(stats.skipped.count),\"copied\":[")
+      for (i, c) in stats.copied.enumerated() {
+        if i > 0 { w.comma() }
+        w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
+      }
+      w.raw("],\"skipped\":[")
+      for (i, c) in stats.skipped.enumerated() {
+        if i > 0 { w.comma() }
+        w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
+      }
+      w.raw("],\"tree_blobs\":\(stats.treeBlobs),\"data_blobs\":\(stats.dataBlobs)")
+      w.raw(",\"data_added\":\(stats.bytesAdded),\"data_added_packed\":\(stats.bytesStored)")
+      w.raw(",\"packs_written\":\(stats.packsWritten)}\n")
+      Out.raw(w.out)
+    }
+    if unresolved > 0 {
+      throw TidemarkError(
+        .notFound, "\(unresolved) of the given snapshot IDs matched no source snapshot (the others were copied)",
+        hint: "list them with `tidemark snapshots --repo SOURCE`")
+    }
+  }
+
+  /// The source snapshots to copy and how many given IDs matched none. As restic: with IDs the filters apply
+  /// only to `latest`; without, every snapshot that passes them, oldest first.
+  func select(_ source: Repository, _ filter: SnapshotFilter) async throws -> ([Snapshot], Int) {
+    let all = try await source.listSnapshots()
+    if ids.isEmpty { return (filter.apply(all), 0) }
+    if (!host.isEmpty || !tag.isEmpty || !path.isEmpty) && !ids.contains("latest") {
+      Out.err("Ignoring filters as there are explicit snapshot ids given")
+    }
+    var out: [Snapshot] = []
+    var taken = Set<SnapshotID>()
+    var missing = 0
+    for ref in ids {
+      let found: Snapshot?
+      if ref == "latest" {
+        found = filter.apply(all).last
+        if found == nil {
+          Out.err("Ignoring \"latest\", no snapshot matched given filter (Paths:\(path) Tags:\(tag) Hosts:\(host))")
+        }
+      } else {
+        let matches = all.filter { $0.id!.hex.hasPrefix(ref.lowercased()) }
+        found = matches.count == 1 && !ref.isEmpty ? matches[0] : nil
+        if found == nil {
+          Out.err("Ignoring \"\(ref)\": \(matches.count > 1 ? "prefix is ambiguous" : "no matching ID found")")
+        }
+      }
+      guard let s = found else {
+        missing += 1
+        continue
+      }
+      if taken.insert(s.id!).inserted { out.append(s) }
+    }
+    return (out, missing)
+  }
+}
+
+extension Out {
+  /// Go's `time.Time.String()` for a time read from JSON: "2006-01-02 15:04:05.999999999 -0700 MST", the zone
+  /// named as Go names it (UTC for `Z`, the local abbreviation when the offset is the local one, else the offset).
+  static func goTime(_ t: Timestamp) -> String {
+    var s = time(t)
+    if t.nanoseconds != 0 {
+      var frac = String(format: "%09d", t.nanoseconds)
+      while frac.hasSuffix("0") { frac.removeLast() }
+      s += "." + frac
+    }
+    let o = abs(Int(t.offset)) / 60
+    let offset = (t.offset < 0 ? "-" : "+") + String(format: "%02d%02d", o / 60, o % 60)
+    var name = offset
+    if t.offset == 0 {
+      name = "UTC"
+    } else {
+      var secs = time_t(t.seconds)
+      var tm = Glibc.tm()
+      if localtime_r(&secs, &tm) != nil, tm.tm_gmtoff == Int(t.offset), let z = tm.tm_zone {
+        name = String(cString: z)
+      }
+    }
+    return "\(s) \(offset) \(name)"
+  }
+}
