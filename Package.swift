@@ -14,6 +14,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
   ],
   targets: [
     // C shims: a module map and a header each, nothing else.
@@ -39,7 +40,9 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
       ]),
-    .target(name: "TidemarkOperations", dependencies: ["TidemarkCore", "TidemarkSystem"]),
+    .target(
+      name: "TidemarkOperations",
+      dependencies: ["TidemarkCore", "TidemarkSystem", .product(name: "Yams", package: "Yams")]),
     .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
     .executableTarget(
       name: "tidemark",

@@ -52,7 +52,8 @@ struct Tidemark: AsyncParsableCommand {
   /// them after it. Moves leading options behind the (sub)command path.
   static func hoistingGlobalOptions(_ args: [String]) -> [String] {
     let takesValue: Set<String> = [
-      "-r", "--repo", "--password-file", "--password-command", "--compression", "--retry-lock", "-o", "--option",
+      "-r", "--repo", "--password-file", "--password-command", "--config", "--compression", "--retry-lock", "-o",
+      "--option",
       "--limit-upload", "--limit-download",
     ]
     var leading: [String] = []

@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import TidemarkBackends
 import TidemarkCore
+import TidemarkOperations
 import TidemarkSSH
 import TidemarkSystem
 
@@ -15,6 +16,12 @@ struct GlobalOptions: ParsableArguments {
 
   @Option(help: "Read the password from this file (env: TIDEMARK_PASSWORD_FILE, RESTIC_PASSWORD_FILE).")
   var passwordFile: String?
+
+  @Option(
+    help: ArgumentHelp(
+      "Take the repository and password file from this engine configuration (YAML; env: TIDEMARK_CONFIG).",
+      valueName: "file"))
+  var config: String?
 
   @Option(help: "Run this shell command and use its output as the password (env: TIDEMARK_PASSWORD_COMMAND).")
   var passwordCommand: String?
@@ -57,8 +64,16 @@ struct GlobalOptions: ParsableArguments {
     return nil
   }
 
+  /// The engine configuration named by --config or TIDEMARK_CONFIG, if any.
+  func engineConfig() throws -> EngineConfig? {
+    guard let path = config ?? ProcessInfo.processInfo.environment["TIDEMARK_CONFIG"], !path.isEmpty else {
+      return nil
+    }
+    return try EngineConfig.load(path)
+  }
+
   func repositoryLocation() throws -> String {
-    guard let r = repo ?? GlobalOptions.env("REPOSITORY") else {
+    guard let r = try repo ?? engineConfig()?.repository ?? GlobalOptions.env("REPOSITORY") else {
       throw TidemarkError(
         .usage, "no repository given", hint: "pass -r/--repo PATH or set TIDEMARK_REPOSITORY")
     }
@@ -187,7 +202,10 @@ struct GlobalOptions: ParsableArguments {
   var lockRetry: Duration {
     get throws {
       guard let r = retryLock else { return .zero }
-      return try parseDuration(r)
+      guard let d = EngineConfig.parseDuration(r) else {
+        throw TidemarkError(.usage, "invalid duration \(r) for --retry-lock", hint: "use e.g. 30s, 5m, 1h")
+      }
+      return d
     }
   }
 
@@ -197,8 +215,10 @@ struct GlobalOptions: ParsableArguments {
   )
     throws -> [UInt8]
   {
-    try GlobalOptions.readPassword(
-      file: fileOption ?? (prefix.isEmpty ? passwordFile : nil),
+    // With --config (and no -r), the configuration's password file comes before the environment.
+    let configured = prefix.isEmpty && repo == nil && passwordCommand == nil ? try engineConfig()?.passwordFile : nil
+    return try GlobalOptions.readPassword(
+      file: fileOption ?? (prefix.isEmpty ? passwordFile ?? configured : nil),
       command: commandOption ?? (prefix.isEmpty ? passwordCommand : nil), envPrefix: prefix, prompt: prompt)
   }
 
@@ -360,32 +380,6 @@ final class SignalGuard: @unchecked Sendable {
     signal(SIGINT, SIG_DFL)
     signal(SIGTERM, SIG_DFL)
   }
-}
-
-func parseDuration(_ s: String) throws -> Duration {
-  var num = ""
-  var total = 0.0
-  for c in s {
-    if c.isNumber || c == "." {
-      num.append(c)
-      continue
-    }
-    guard let v = Double(num) else {
-      throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h")
-    }
-    switch c {
-    case "s": total += v
-    case "m": total += v * 60
-    case "h": total += v * 3600
-    default: throw TidemarkError(.usage, "invalid duration \(s)", hint: "use e.g. 30s, 5m, 1h")
-    }
-    num = ""
-  }
-  if !num.isEmpty {
-    guard let v = Double(num) else { throw TidemarkError(.usage, "invalid duration \(s)") }
-    total += v
-  }
-  return .milliseconds(Int64(total * 1000))
 }
 
 // MARK: Output helpers

@@ -1,0 +1,118 @@
+// The engine configuration: a full example parses to the expected values; every mistake is one line naming
+// the file, the line and the key.
+import Foundation
+import Testing
+import TidemarkCore
+import TidemarkOperations
+
+@Suite struct EngineConfigTests {
+  static let example = """
+    host: dc1
+    repository: /srv/tidemark
+    password-file: /etc/tidemark/password
+    interval: 5m
+    sources:
+      - path: /srv/data
+        exclude: ["*.tmp", /srv/data/cache]
+      - command: pg_dump -Fc app
+        filename: app.dump
+    hooks:
+      before: [sync]
+      after: echo done
+      on-failure:
+        - logger tidemark failed
+    targets:
+      - name: dr1
+        repository: sftp:backup@dr1:/srv/tidemark
+        options:
+          sftp.identity: /root/.ssh/id_ed25519
+        limit-upload: 50000
+        retention:
+          keep-daily: 30
+      - name: s3
+        repository: s3:https://minio.dr2:9000/backups/dc1
+        password-file: /etc/tidemark/s3-password
+        options: [s3.connections=8]
+    retention:
+      keep-hourly: 48
+      keep-daily: 7
+      keep-weekly: 4
+      keep-monthly: 12
+      keep-within: 2d
+    metrics:
+      listen: 127.0.0.1:9817
+      textfile: /var/lib/node_exporter/tidemark.prom
+    alerts:
+      rpo: 15m
+      command: /usr/local/bin/page-oncall
+      webhook: https://hooks.example.com/tidemark
+    """
+
+  @Test func fullExampleParses() throws {
+    let c = try EngineConfig.parse(Self.example, file: "t.yaml")
+    #expect(c.host == "dc1" && c.repository == "/srv/tidemark" && c.passwordFile == "/etc/tidemark/password")
+    #expect(c.interval == .seconds(300))
+    #expect(
+      c.sources == [
+        .path("/srv/data", exclude: ["*.tmp", "/srv/data/cache"]), .command("pg_dump -Fc app", filename: "app.dump"),
+      ])
+    #expect(c.hooks.before == ["sync"] && c.hooks.after == ["echo done"])
+    #expect(c.hooks.onFailure == ["logger tidemark failed"])
+    #expect(c.targets.map(\.name) == ["dr1", "s3"])
+    #expect(c.targets[0].options == ["sftp.identity=/root/.ssh/id_ed25519"] && c.targets[0].limitUploadKiB == 50000)
+    #expect(c.targets[0].retention?.keepDaily == 30)
+    #expect(c.targets[1].options == ["s3.connections=8"] && c.targets[1].passwordFile == "/etc/tidemark/s3-password")
+    #expect(c.retention.keepHourly == 48 && c.retention.keepMonthly == 12 && c.retention.keepWithin == "2d")
+    #expect(c.metrics.listen == "127.0.0.1:9817" && c.alerts.rpo == .seconds(900))
+    #expect(c.alerts.webhook == "https://hooks.example.com/tidemark")
+  }
+
+  /// Each broken variant: (the line to change, its replacement, what the error must say). Errors name the line of
+  /// the bad key or value, except whole-file problems (no `:line`).
+  @Test(arguments: [
+    ("interval: 5m", "intervall: 5m", "unknown key intervall"),
+    ("interval: 5m", "interval: 5x", "interval: invalid duration 5x"),
+    ("limit-upload: 50000", "limit-upload: lots", "targets[0].limit-upload: expected a number"),
+    ("keep-daily: 7", "keep-dayly: 7", "unknown key retention.keep-dayly"),
+    ("keep-within: 2d", "keep-within: soon", "retention.keep-within: invalid duration"),
+    ("- name: s3", "- nam: s3", "unknown key targets[1].nam"),
+    ("listen: 127.0.0.1:9817", "listen: localhost", "metrics.listen: expected host:port"),
+    ("webhook: https://hooks.example.com/tidemark", "webhook: hooks", "alerts.webhook: expected an http"),
+  ])
+  func mistakesAreOneLineWithFileLineAndKey(_ broken: (String, String, String)) throws {
+    var lines = Self.example.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    let i = try #require(lines.firstIndex { $0.trimmingCharacters(in: .whitespaces) == broken.0 })
+    lines[i] = lines[i].replacingOccurrences(of: broken.0, with: broken.1)
+    do {
+      _ = try EngineConfig.parse(lines.joined(separator: "\n"), file: "t.yaml")
+      Issue.record("accepted: \(broken.1)")
+    } catch let e as TidemarkError {
+      #expect(e.message.hasPrefix("t.yaml:\(i + 1): \(broken.2)"), "\(e.message)")
+      #expect(!e.message.contains("\n"))
+    }
+  }
+
+  @Test func wholeFileMistakes() {
+    for (text, message) in [
+      (Self.example.replacingOccurrences(of: "repository: /srv/tidemark\n", with: ""), "`repository` is missing"),
+      (Self.example.replacingOccurrences(of: "- name: s3", with: "- name: dr1"), "two targets are named dr1"),
+      (Self.example.replacingOccurrences(of: "filename: app.dump", with: "filename: a/b"), "needs `filename`"),
+      ("- just\n- a list\n", "must be a mapping"), ("key: [unclosed", "not valid YAML"),
+    ] {
+      #expect(throws: TidemarkError.self) { _ = try EngineConfig.parse(text, file: "t.yaml") }
+      do {
+        _ = try EngineConfig.parse(text, file: "t.yaml")
+      } catch let e as TidemarkError {
+        #expect(e.message.contains(message) && e.message.hasPrefix("t.yaml"), "\(e.message)")
+      } catch {}
+    }
+  }
+
+  @Test func durations() {
+    #expect(EngineConfig.parseDuration("30s") == .seconds(30))
+    #expect(EngineConfig.parseDuration("1h30m") == .seconds(5400))
+    #expect(EngineConfig.parseDuration("250ms") == .milliseconds(250))
+    #expect(EngineConfig.parseDuration("90") == .seconds(90))
+    #expect(EngineConfig.parseDuration("5x") == nil && EngineConfig.parseDuration("") == nil)
+  }
+}
