@@ -29,9 +29,13 @@ public struct StoredIndex: Sendable {
     }
   }
 
-  /// Every (pack, blob) entry, in file order.
+  /// Every (pack, blob) entry, in file order; a pack that several index files name (old and new index files
+  /// side by side after an interrupted prune) is visited once, as the first file describes it.
   public func forEachEntry(_ body: (PackID, PackedBlob) throws -> Void) rethrows {
-    for f in files { for p in f.file.packs { for b in p.blobs { try body(p.id, b) } } }
+    var seen = Set<PackID>()
+    for f in files {
+      for p in f.file.packs where seen.insert(p.id).inserted { for b in p.blobs { try body(p.id, b) } }
+    }
   }
 
   /// The blobs of each pack (from the first index entry naming the pack).

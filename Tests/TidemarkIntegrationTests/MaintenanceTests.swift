@@ -2,6 +2,7 @@
 // a prune killed at any point leaves a repository restic accepts, and check names damaged packs.
 import Foundation
 import Testing
+import TidemarkBackends
 import TidemarkCore
 import TidemarkSystem
 
@@ -111,6 +112,26 @@ func makeChurnedRepository(_ ws: Workspace, rounds: Int, files: Int = 24) throws
       let after = try ws.restic(["-r", "repo", "check"])
       #expect(after.status == 0 && !after.out.contains("additional files"), "\(after.out)")
     }
+  }
+
+  /// The state a prune killed between writing the new index and deleting the old leaves: every pack named by two
+  /// index files. Prune and check must treat a pack once, however many index files name it.
+  @Test func packsNamedByTwoIndexFilesArePrunedOnce() async throws {
+    let ws = try Workspace("prune-dup-index")
+    _ = try makeChurnedRepository(ws, rounds: 4, files: 8)
+    #expect(try ws.restic(["-r", "repo", "forget", "--keep-last", "1"]).status == 0)
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    var merged = IndexFile()
+    for f in try await repo.backend.list(.index) {
+      merged.packs += try IndexFile(json: try await repo.loadUnpacked(Handle(.index, f.name))).packs
+    }
+    _ = try await repo.saveUnpacked(.index, json: merged.encode())
+    let p = try ws.tidemark(["-r", "repo", "prune", "--max-unused", "0%"])
+    #expect(p.status == 0, "\(p.out) \(p.stderr)")
+    let check = try ws.restic(["-r", "repo", "check", "--read-data"])
+    #expect(check.status == 0 && !check.out.contains("additional files"), "\(check.out) \(check.stderr)")
+    #expect(try ws.tidemark(["-r", "repo", "check"]).status == 0)
   }
 
   @Test func checkNamesTheDamagedPackTheSnapshotsAndTheFiles() throws {
