@@ -18,11 +18,15 @@ struct ReplicateCommand: AsyncParsableCommand {
       The replica's password is the repository's unless --to-password-file or --to-password-command \
       (env: TIDEMARK_TO_PASSWORD_FILE, TIDEMARK_TO_PASSWORD_COMMAND, TIDEMARK_TO_PASSWORD) gives another. \
       -o options apply to whichever of the two repositories they fit (sftp.* to sftp:, s3.* to s3:). \
-      Takes shared locks on both repositories. A damaged pack of the repository is not copied, nothing \
+      --limit-upload caps the rate at which the replica is written. Takes shared locks on both repositories. \
+      A damaged pack of the repository is not copied, nothing \
       that needs it is published on the replica, and the command exits 1 naming it.
       """)
   @OptionGroup var global: GlobalOptions
-  @Option(help: "The replica: a directory, local:/path, sftp:… or s3:… (created when it holds no repository).")
+  @Option(
+    help: ArgumentHelp(
+      "The replica: a directory, local:/path, sftp:… or s3:… (created when it holds no repository).",
+      valueName: "repository"))
   var to: String
   @Option(help: "Read the replica's password from this file (default: the repository's password).")
   var toPasswordFile: String?

@@ -7,14 +7,17 @@ import Testing
 import TidemarkCore
 import TidemarkSystem
 
-/// The pack, index and snapshot files of a local repository (path inside it -> size).
+/// The pack, index and snapshot files of a local repository (path inside it -> size). Temp files a killed
+/// save left behind (`<id>-tmp-<n>`, never listed by the backend nor read by restic) are not repository files.
 func storedFiles(_ ws: Workspace, _ repo: String) throws -> [String: Int64] {
   let r = try Tools.sh(
     "cd \(repo) && find data index snapshots -type f -printf '%p %s\\n' 2>/dev/null || true", cwd: ws.path)
   var out: [String: Int64] = [:]
   for line in r.out.split(separator: "\n") {
     let parts = line.split(separator: " ")
-    if parts.count == 2, let n = Int64(parts[1]) { out[String(parts[0])] = n }
+    guard parts.count == 2, let n = Int64(parts[1]), RawID(hex: parts[0].split(separator: "/").last ?? "") != nil
+    else { continue }
+    out[String(parts[0])] = n
   }
   return out
 }
