@@ -74,6 +74,26 @@ public final class Repository: Sendable {
       hint: "check --password-file / TIDEMARK_PASSWORD (or RESTIC_PASSWORD)")
   }
 
+  /// Opens a repository whose master key is already known (a replica shares its source's master key):
+  /// decrypts the config with it, or fails when the key does not fit. `keyID` names the key file used, if any.
+  public static func open(
+    backend: any Backend, key: MasterKey, keyID: KeyID?, compression: Compression = .auto
+  ) async throws -> Repository {
+    let configSealed: [UInt8]
+    do {
+      configSealed = try await backend.load(.config)
+    } catch is BackendNotFound {
+      throw notFound(backend)
+    }
+    guard let plain = try key.open(configSealed) else {
+      throw TidemarkError(
+        .wrongPassword, "the master key does not open the config of \(backend.location)",
+        hint: "it belongs to another repository")
+    }
+    let config = try Config(json: try decodeUnpacked(plain))
+    return Repository(backend: backend, key: key, keyID: keyID, config: config, compression: compression)
+  }
+
   /// Creates a new repository (format version 2 unless told otherwise).
   public static func initialize(
     backend: any Backend, password: [UInt8], version: Int = 2, polynomial: Polynomial? = nil,
@@ -111,7 +131,7 @@ public final class Repository: Sendable {
   }
 
   /// Unpacked-file plaintext: `0x02 ‖ zstd(JSON)` in v2, raw JSON when it starts with `{` or `[`.
-  static func decodeUnpacked(_ plain: [UInt8]) throws -> [UInt8] {
+  public static func decodeUnpacked(_ plain: [UInt8]) throws -> [UInt8] {
     guard let first = plain.first else { return plain }
     if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return plain }
     if first == 2 {

@@ -452,7 +452,8 @@ struct KeyCommand: AsyncParsableCommand {
 
   static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
     let kf = try KeyFile.create(
-      master: repo.key, password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname)
+      master: repo.key, password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname,
+      params: GlobalOptions.keyDerivationParams)
     let json = kf.json
     let id = RawID.hash(json).hex
     try await repo.backend.save(Handle(.key, id), data: json)

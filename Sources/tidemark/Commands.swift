@@ -28,14 +28,8 @@ struct Init: AsyncParsableCommand {
     case "2", "latest", "stable": version = 2
     default: throw TidemarkError(.usage, "unknown repository version \(repositoryVersion)", hint: "use 1 or 2")
     }
-    var kdf = KeyFile.defaultParams
-    // Tests only: cheaper scrypt parameters ("N,r,p").
-    if let k = ProcessInfo.processInfo.environment["TIDEMARK_TEST_KDF"] {
-      let p = k.split(separator: ",").compactMap { UInt64($0) }
-      if p.count == 3 { kdf = (p[0], p[1], p[2]) }
-    }
     let repo = try await Repository.initialize(
-      backend: backend, password: pw, version: version, polynomial: poly, kdf: kdf)
+      backend: backend, password: pw, version: version, polynomial: poly, kdf: GlobalOptions.keyDerivationParams)
     if global.json {
       Out.line(
         "{\"message_type\":\"initialized\",\"id\":\"\(repo.config.id)\",\"repository\":\(Out.jsonString(backend.location))}"

@@ -104,16 +104,25 @@ struct GlobalOptions: ParsableArguments {
     return LocalBackend(path: BytePath(loc).absolute())
   }
 
-  func backend() throws -> any Backend { try backend(at: repositoryLocation()) }
+  func backend() throws -> any Backend { try backend(at: repositoryLocation(), options: option) }
 
-  /// The backend for `location` with this command's -o options and bandwidth limits.
-  func backend(at location: String) throws -> any Backend {
-    let b = try GlobalOptions.backend(for: location, options: option)
+  /// The backend for `location` with `options`, behind the bandwidth limits (--limit-upload/--limit-download).
+  func backend(at location: String, options: [String]) throws -> any Backend {
+    let b = try GlobalOptions.backend(for: location, options: options)
     let up = try limitUpload ?? GlobalOptions.env("LIMIT_UPLOAD").map(GlobalOptions.kibPerSecond)
     let down = try limitDownload ?? GlobalOptions.env("LIMIT_DOWNLOAD").map(GlobalOptions.kibPerSecond)
     if (up ?? 0) < 0 || (down ?? 0) < 0 { throw TidemarkError(.usage, "bandwidth limits are KiB/s, 0 or more") }
     guard (up ?? 0) > 0 || (down ?? 0) > 0 else { return b }
     return RateLimitedBackend(b, uploadKiB: up, downloadKiB: down)
+  }
+
+  /// scrypt parameters for new key files: restic's, or cheaper ones for tests (TIDEMARK_TEST_KDF="N,r,p").
+  static var keyDerivationParams: (n: UInt64, r: UInt64, p: UInt64) {
+    if let k = ProcessInfo.processInfo.environment["TIDEMARK_TEST_KDF"] {
+      let p = k.split(separator: ",").compactMap { UInt64($0) }
+      if p.count == 3 { return (p[0], p[1], p[2]) }
+    }
+    return KeyFile.defaultParams
   }
 
   static func kibPerSecond(_ v: String) throws -> Int {
@@ -343,7 +352,7 @@ struct FromRepositoryOptions: ParsableArguments {
       file: fromPasswordFile, command: fromPasswordCommand, envPrefix: "FROM_",
       prompt: "enter password for source repository: ")
     do {
-      return try await Repository.open(backend: try global.backend(at: loc), password: pw)
+      return try await Repository.open(backend: try global.backend(at: loc, options: global.option), password: pw)
     } catch let e as TidemarkError where e.kind == .wrongPassword {
       throw TidemarkError(
         .wrongPassword, "wrong password for the source repository \(loc): no key opens with it",

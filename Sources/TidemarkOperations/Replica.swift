@@ -1,0 +1,420 @@
+// Replica: a disaster-recovery copy of a repository that shares its master key, kept up to date by copying
+// stored files verbatim (nothing is decrypted and re-encrypted; only index files are decrypted, to learn
+// which packs they name).
+//
+// A replica has the same `config` file (same ID, chunker polynomial and version) and its own key file
+// wrapping the same master key, so every pack, index and snapshot file of the source is valid there as is,
+// under the same name.
+//
+// Publish order, so the target is consistent at every instant (backends save atomically, so a file is
+// either there in full or not at all):
+//   1. packs the target lacks, each checked against its name (SHA-256) after loading; a damaged one is
+//      not copied and is reported;
+//   2. an index file the target lacks as soon as every pack it names is on the target (index files that
+//      name a damaged pack, or a pack the source itself lacks, are not published);
+//   3. snapshot files the target lacks, only when every index file of the source is on the target: the
+//      source's snapshots are complete in the source's index (listed in that order: snapshots, then index,
+//      then packs, under a shared lock, so prune cannot interfere), hence in the target's.
+// A rerun copies only what is still missing (resumable by construction).
+//
+// Concurrency: `sync` runs `concurrency` transfers at once; its callbacks may come from several tasks.
+// Never: write a file the target has under that name, or publish a file before what it refers to.
+import Foundation
+import Synchronization
+import TidemarkCore
+
+/// What one `Replica.sync` did.
+public struct ReplicaStats: Sendable {
+  public var packsCopied = 0, packBytes = 0
+  public var indexFilesCopied = 0, indexBytes = 0
+  public var snapshotsCopied = 0, snapshotBytes = 0
+  /// Files of the source the target already had.
+  public var packsPresent = 0, indexFilesPresent = 0, snapshotsPresent = 0
+  /// Files not copied: damaged packs, index files naming a pack that is damaged or missing, and
+  /// snapshots waiting for index files.
+  public var packsSkipped = 0, indexFilesSkipped = 0, snapshotsSkipped = 0
+  /// Harmless findings worth a line (skipped index files and why).
+  public var notes: [String] = []
+  public var seconds = 0.0
+  public var bytesCopied: Int { packBytes + indexBytes + snapshotBytes }
+  public init() {}
+}
+
+/// Progress of a sync, reported as it happens (from several tasks at once).
+public enum ReplicaEvent: Sendable {
+  /// What is to be copied: counts and bytes of the files the target lacks.
+  case planned(packs: Int, packBytes: Int, indexFiles: Int, snapshots: Int)
+  case copied(Handle, bytes: Int)
+  case note(String)
+}
+
+/// Shared locks on both repositories, held while a sync runs.
+public struct ReplicaLocks: Sendable {
+  let source: RepositoryLock
+  let target: RepositoryLock
+
+  public func release() async {
+    await target.release()
+    await source.release()
+  }
+}
+
+public enum Replica {
+  /// Makes `target` a replica of `source`: the same config file bytes and a new key file wrapping the same
+  /// master key with `password`. An existing replica of the same repository is accepted as it is (a key
+  /// must open with `password`); anything else at the target is refused.
+  public static func create(
+    source: Repository, target: any Backend, password: [UInt8],
+    kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams
+  ) async throws -> Repository {
+    let config = try await source.backend.load(.config)
+    let existing: [UInt8]?
+    do {
+      existing = try await target.load(.config)
+    } catch is BackendNotFound {
+      existing = nil
+    }
+    if let existing {
+      try await checkSameRepository(source, target, existingConfig: existing, sourceConfig: config)
+      guard let keyID = try await findKey(target, master: source.key, password: password) else {
+        throw TidemarkError(
+          .wrongPassword, "no key of the replica at \(target.location) opens with the given password",
+          hint: "pass the replica's own password with --to-password-file")
+      }
+      return try await Repository.open(
+        backend: target, key: source.key, keyID: keyID, compression: source.compression)
+    }
+    // No config: the target must be empty, except for a key file of ours that an interrupted create wrote.
+    for type in [FileType.pack, .index, .snapshot] {
+      let files = try await target.list(type)
+      guard !files.isEmpty else { continue }
+      throw TidemarkError(
+        .alreadyExists, "\(target.location) is not empty (\(type.rawValue)/ holds files) but has no config",
+        hint: "replicate to an empty location")
+    }
+    var keyID = try await findKey(target, master: source.key, password: password)
+    let keyFiles = try await target.list(.key)
+    if keyID == nil && !keyFiles.isEmpty {
+      throw TidemarkError(
+        .alreadyExists, "\(target.location) holds key files of another repository but no config",
+        hint: "replicate to an empty location")
+    }
+    try await target.create()
+    if keyID == nil {
+      let kf = try KeyFile.create(
+        master: source.key, password: password, username: SystemInfo.username, hostname: SystemInfo.hostname,
+        params: kdf)
+      let json = kf.json
+      let id = KeyID(RawID.hash(json))
+      try await target.save(Handle(.key, id.hex), data: json)
+      keyID = id
+    }
+    // The key first, then the config: a config is never there without a key that opens it.
+    try await target.save(.config, data: config)
+    return try await Repository.open(backend: target, key: source.key, keyID: keyID, compression: source.compression)
+  }
+
+  /// Refuses a target whose config is not the source's (byte for byte, or at least the same repository ID
+  /// under the same master key).
+  static func checkSameRepository(
+    _ source: Repository, _ target: any Backend, existingConfig: [UInt8], sourceConfig: [UInt8]
+  ) async throws {
+    if existingConfig == sourceConfig { return }
+    let other = try? await Repository.open(backend: target, key: source.key, keyID: nil)
+    guard let other, other.config.id == source.config.id else {
+      throw TidemarkError(
+        .alreadyExists,
+        "\(target.location) holds another repository, not a replica of \(source.backend.location) (different config"
+          + (other == nil ? " and master key)" : " ID)"),
+        hint: "replicate to an empty location, or copy snapshots between unrelated repositories with `restic copy`")
+    }
+  }
+
+  /// The key file of `target` that opens with `password` to `master`, if any (at most 20 are tried, as
+  /// `Repository.open` does).
+  static func findKey(_ target: any Backend, master: MasterKey, password: [UInt8]) async throws -> KeyID? {
+    for k in try await target.list(.key).sorted(by: { $0.name < $1.name }).prefix(20) {
+      guard let data = try? await target.load(Handle(.key, k.name)), RawID.hash(data).hex == k.name,
+        let kf = try? KeyFile(json: data), let mk = try? kf.open(password: password), mk == master
+      else { continue }
+      return KeyID(hex: k.name)
+    }
+    return nil
+  }
+
+  /// Takes shared locks on the source and then the target (both, or neither).
+  public static func lock(source: Repository, target: Repository, retry: Duration = .zero) async throws
+    -> ReplicaLocks
+  {
+    let s = try await RepositoryLock.acquire(source, exclusive: false, retry: retry)
+    do {
+      let t = try await RepositoryLock.acquire(target, exclusive: false, retry: retry)
+      return ReplicaLocks(source: s, target: t)
+    } catch {
+      await s.release()
+      throw error
+    }
+  }
+
+  /// Copies to `target` every pack, index and snapshot file of `source` it lacks, in publish order (see the
+  /// top of this file). Takes shared locks on both unless the caller holds them (`locked`). A damaged source
+  /// file is not copied, nothing that needs it is published, everything else is, and then the sync throws
+  /// an error naming it.
+  public static func sync(
+    source: Repository, target: Repository, concurrency: Int = 4, locked: Bool = false,
+    lockRetry: Duration = .zero, progress: @escaping @Sendable (ReplicaEvent) -> Void = { _ in }
+  ) async throws -> ReplicaStats {
+    guard source.key == target.key, source.config.id == target.config.id else {
+      throw TidemarkError(
+        .general, "\(target.backend.location) is not a replica of \(source.backend.location) (different master key)",
+        hint: "replicate to an empty location to create a replica")
+    }
+    guard !locked else {
+      return try await Copier(source: source, target: target, concurrency: concurrency, progress: progress).run()
+    }
+    let locks = try await lock(source: source, target: target, retry: lockRetry)
+    do {
+      let stats = try await Copier(source: source, target: target, concurrency: concurrency, progress: progress)
+        .run()
+      await locks.release()
+      return stats
+    } catch {
+      await locks.release()
+      throw error
+    }
+  }
+}
+
+/// One sync's plan and state.
+private struct Copier {
+  let source: Repository
+  let target: Repository
+  let concurrency: Int
+  let progress: @Sendable (ReplicaEvent) -> Void
+
+  /// A source index file the target lacks: its stored bytes and the packs it names.
+  struct PendingIndex: Sendable {
+    var name: String
+    var data: [UInt8]
+    var packs: Set<String>
+  }
+
+  final class State: Sendable {
+    struct Inner {
+      var stats = ReplicaStats()
+      /// Per pending index file: how many of its packs are not on the target yet.
+      var waiting: [String: Int] = [:]
+      /// Index files that will not be published (a pack damaged or missing).
+      var blocked: Set<String> = []
+      var published: Set<String> = []
+      /// Damaged source files, one line each.
+      var damaged: [String] = []
+    }
+    let inner = Mutex(Inner())
+  }
+
+  func run() async throws -> ReplicaStats {
+    let start = ContinuousClock.now
+    let state = State()
+    let src = source.backend
+    let dst = target.backend
+    // Source listings in publish order reversed (snapshots, index, packs): whatever a listed snapshot needs
+    // was published before it, so it is in the later listings.
+    let srcSnapshots = try await src.list(.snapshot)
+    let srcIndex = try await src.list(.index)
+    let srcPacks = try await src.list(.pack)
+    let dstSnapshots = Set(try await dst.list(.snapshot).map(\.name))
+    let dstIndex = Set(try await dst.list(.index).map(\.name))
+    let dstPacks = Set(try await dst.list(.pack).map(\.name))
+    let srcPackSize = Dictionary(srcPacks.map { ($0.name, $0.size) }) { a, _ in a }
+
+    // The index files to publish, decrypted only to learn their packs.
+    let missingIndex = srcIndex.filter { !dstIndex.contains($0.name) }.sorted { $0.name < $1.name }
+    let loaded = Mutex<[PendingIndex]>([])
+    try await forEachConcurrently(missingIndex, limit: concurrency) { f in
+      let h = Handle(.index, f.name)
+      let data = try await src.load(h)
+      let got = RawID.hash(data).hex
+      guard got == f.name else {
+        state.inner.withLock {
+          $0.damaged.append("source index file \(f.name) is damaged (its content hashes to \(got.prefix(8)))")
+          $0.stats.indexFilesSkipped += 1
+        }
+        return
+      }
+      guard let plain = try source.key.open(data),
+        let file = try? IndexFile(json: try Repository.decodeUnpacked(plain))
+      else {
+        state.inner.withLock {
+          $0.damaged.append("source index file \(f.name) does not decrypt or decode")
+          $0.stats.indexFilesSkipped += 1
+        }
+        return
+      }
+      let pending = PendingIndex(name: f.name, data: data, packs: Set(file.packs.map(\.id.hex)))
+      loaded.withLock { $0.append(pending) }
+    }
+    let pending = loaded.withLock { $0 }.sorted { $0.name < $1.name }
+
+    // Which packs to copy, grouped by the index file that waits for them so index files publish early;
+    // then the other packs the target lacks (not indexed yet on the source, or lost on the target).
+    var order: [String] = []
+    var scheduled = Set<String>()
+    var indexesOfPack: [String: [String]] = [:]
+    var ready: [PendingIndex] = []
+    var byName: [String: PendingIndex] = [:]
+    for p in pending {
+      byName[p.name] = p
+      let absent = p.packs.filter { !dstPacks.contains($0) && srcPackSize[$0] == nil }
+      if !absent.isEmpty {
+        let note =
+          "index file \(p.name.prefix(8)) not copied: it names \(absent.count) pack(s) the source lacks, e.g. \(absent.sorted()[0].prefix(8))"
+        progress(.note(note))
+        state.inner.withLock {
+          $0.stats.notes.append(note)
+          $0.stats.indexFilesSkipped += 1
+          $0.blocked.insert(p.name)
+        }
+        continue
+      }
+      let toCopy = p.packs.filter { !dstPacks.contains($0) }.sorted()
+      if toCopy.isEmpty {
+        ready.append(p)
+        continue
+      }
+      state.inner.withLock { $0.waiting[p.name] = toCopy.count }
+      for pack in toCopy {
+        indexesOfPack[pack, default: []].append(p.name)
+        if scheduled.insert(pack).inserted { order.append(pack) }
+      }
+    }
+    for f in srcPacks.sorted(by: { $0.name < $1.name }) where !dstPacks.contains(f.name) {
+      if scheduled.insert(f.name).inserted { order.append(f.name) }
+    }
+    let skippedForAbsence = state.inner.withLock { $0.blocked }
+    let missingSnapshots = srcSnapshots.filter { !dstSnapshots.contains($0.name) }
+    state.inner.withLock { s in
+      s.stats.packsPresent = srcPacks.count - order.count
+      s.stats.indexFilesPresent = srcIndex.count - missingIndex.count
+      s.stats.snapshotsPresent = srcSnapshots.count - missingSnapshots.count
+    }
+    progress(
+      .planned(
+        packs: order.count, packBytes: order.reduce(0) { $0 + (srcPackSize[$1] ?? 0) },
+        indexFiles: missingIndex.count, snapshots: missingSnapshots.count))
+
+    let publish: @Sendable (PendingIndex) async throws -> Void = { p in
+      try await dst.save(Handle(.index, p.name), data: p.data)
+      state.inner.withLock { s in
+        s.published.insert(p.name)
+        s.stats.indexFilesCopied += 1
+        s.stats.indexBytes += p.data.count
+      }
+      progress(.copied(Handle(.index, p.name), bytes: p.data.count))
+    }
+    // Index files whose packs are all on the target already.
+    try await forEachConcurrently(ready, limit: concurrency, publish)
+
+    // Packs, each verified against its name before it is saved; index files as soon as they are complete.
+    let waiters = indexesOfPack
+    let pendingByName = byName
+    try await forEachConcurrently(order, limit: concurrency) { name in
+      let h = Handle(.pack, name)
+      let data: [UInt8]
+      do {
+        data = try await src.load(h)
+      } catch is BackendNotFound {
+        // Removed from the source since the listing: nothing on the target will need it.
+        return
+      }
+      let got = RawID.hash(data).hex
+      guard got == name else {
+        let line = "source pack \(name) is damaged (its content hashes to \(got.prefix(8)), not to its name)"
+        state.inner.withLock { s in
+          s.damaged.append(line)
+          s.stats.packsSkipped += 1
+          for i in waiters[name] ?? [] where s.blocked.insert(i).inserted { s.stats.indexFilesSkipped += 1 }
+        }
+        return
+      }
+      try await dst.save(h, data: data)
+      progress(.copied(h, bytes: data.count))
+      let complete = state.inner.withLock { s -> [String] in
+        s.stats.packsCopied += 1
+        s.stats.packBytes += data.count
+        var done: [String] = []
+        for i in waiters[name] ?? [] {
+          s.waiting[i, default: 1] -= 1
+          if s.waiting[i] == 0 && !s.blocked.contains(i) { done.append(i) }
+        }
+        return done
+      }
+      for i in complete {
+        if let p = pendingByName[i] { try await publish(p) }
+      }
+    }
+
+    // Snapshots: only when every index file of the source is on the target (those naming packs the source
+    // itself lacks excepted: the source is damaged there, and the target can be no better).
+    let published = state.inner.withLock { $0.published }
+    let unindexed = srcIndex.filter {
+      !dstIndex.contains($0.name) && !published.contains($0.name) && !skippedForAbsence.contains($0.name)
+    }
+    if !unindexed.isEmpty {
+      if !missingSnapshots.isEmpty {
+        let note =
+          "\(missingSnapshots.count) snapshot(s) not copied: \(unindexed.count) index file(s) of the source are not on the target"
+        progress(.note(note))
+        state.inner.withLock {
+          $0.stats.notes.append(note)
+          $0.stats.snapshotsSkipped += missingSnapshots.count
+        }
+      }
+    } else {
+      try await forEachConcurrently(missingSnapshots, limit: concurrency) { f in
+        let h = Handle(.snapshot, f.name)
+        let data: [UInt8]
+        do {
+          data = try await src.load(h)
+        } catch is BackendNotFound {
+          return  // forgotten on the source since the listing
+        }
+        let got = RawID.hash(data).hex
+        guard got == f.name else {
+          state.inner.withLock {
+            $0.damaged.append("source snapshot file \(f.name) is damaged (its content hashes to \(got.prefix(8)))")
+            $0.stats.snapshotsSkipped += 1
+          }
+          return
+        }
+        try await dst.save(h, data: data)
+        state.inner.withLock { s in
+          s.stats.snapshotsCopied += 1
+          s.stats.snapshotBytes += data.count
+        }
+        progress(.copied(h, bytes: data.count))
+      }
+    }
+
+    var stats = state.inner.withLock { $0.stats }
+    let elapsed = (ContinuousClock.now - start).components
+    stats.seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+    let allDamaged = state.inner.withLock { $0.damaged }
+    if !allDamaged.isEmpty {
+      throw ReplicaError(
+        stats: stats,
+        error: TidemarkError.corrupt(
+          allDamaged.sorted().joined(separator: "; ")
+            + "; not copied, and nothing on \(target.backend.location) refers to it",
+          hint: "run `tidemark check --read-data` on the source; restore the damaged files from the replica"))
+    }
+    return stats
+  }
+}
+
+/// A sync that finished what it could but found damaged source files: what was copied, and the error.
+public struct ReplicaError: Error, CustomStringConvertible, Sendable {
+  public var stats: ReplicaStats
+  public var error: TidemarkError
+  public var description: String { error.description }
+}

@@ -1,0 +1,153 @@
+// `replicate`: wiring and output; the work is in TidemarkOperations (Replica.swift).
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkOperations
+
+struct ReplicateCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "replicate",
+    abstract: "Copy the repository to a disaster-recovery replica, verbatim.",
+    discussion: """
+      A replica shares the repository's config and master key (with a key file of its own), so stored files \
+      are copied as they are: packs the replica lacks (each checked against its SHA-256 name), then index \
+      files whose packs are all there, then snapshot files once every index file is there. The replica is \
+      consistent at every moment; an interrupted run is finished by the next one, which copies only what is \
+      still missing. When --to holds no repository, it is created as a replica first.
+
+      The replica's password is the repository's unless --to-password-file or --to-password-command \
+      (env: TIDEMARK_TO_PASSWORD_FILE, TIDEMARK_TO_PASSWORD_COMMAND, TIDEMARK_TO_PASSWORD) gives another. \
+      -o options apply to whichever of the two repositories they fit (sftp.* to sftp:, s3.* to s3:). \
+      --limit-upload caps the rate at which the replica is written. Takes shared locks on both repositories. \
+      A damaged pack of the repository is not copied, nothing \
+      that needs it is published on the replica, and the command exits 1 naming it.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Option(
+    help: ArgumentHelp(
+      "The replica: a directory, local:/path, sftp:… or s3:… (created when it holds no repository).",
+      valueName: "repository"))
+  var to: String
+  @Option(help: "Read the replica's password from this file (default: the repository's password).")
+  var toPasswordFile: String?
+  @Option(help: "Run this shell command and use its output as the replica's password.")
+  var toPasswordCommand: String?
+
+  func run() async throws {
+    let sourceLocation = try global.repositoryLocation()
+    let (sourceOptions, targetOptions) = try Self.splitOptions(global.option, source: sourceLocation, target: to)
+    let password = try global.password()
+    let source = try await Repository.open(
+      backend: try global.backend(at: sourceLocation, options: sourceOptions), password: password,
+      compression: try global.compressionMode)
+    let targetBackend = try global.backend(at: to, options: targetOptions)
+    let targetPassword =
+      toPasswordFile != nil || toPasswordCommand != nil || GlobalOptions.env("TO_PASSWORD_FILE") != nil
+        || GlobalOptions.env("TO_PASSWORD_COMMAND") != nil || GlobalOptions.env("TO_PASSWORD") != nil
+      ? try GlobalOptions.readPassword(
+        file: toPasswordFile, command: toPasswordCommand, envPrefix: "TO_", prompt: "enter password for replica: ")
+      : password
+    let created = !(try await targetBackend.exists(.config))
+    let target = try await Replica.create(
+      source: source, target: targetBackend, password: targetPassword, kdf: GlobalOptions.keyDerivationParams)
+    if created && !global.quiet && !global.json {
+      Out.line("created replica \(target.config.id.prefix(10)) at \(targetBackend.location)")
+    }
+
+    let locks = try await Replica.lock(source: source, target: target, retry: try global.lockRetry)
+    let signals = SignalGuard { await locks.release() }
+    defer { signals.cancel() }
+    let verbose = global.verbose > 0 && !global.quiet && !global.json
+    let notes = !global.quiet && !global.json
+    let progress: @Sendable (ReplicaEvent) -> Void = { e in
+      switch e {
+      case .planned(let packs, let bytes, let indexFiles, let snapshots):
+        if verbose {
+          Out.line(
+            "to copy: \(packs) packs (\(Out.bytes(Int64(bytes)))), \(indexFiles) index files, \(snapshots) snapshots")
+        }
+      case .copied(let h, let bytes):
+        if verbose { Out.line("copied \(h) (\(Out.bytes(Int64(bytes))))") }
+      case .note(let s):
+        if notes { Out.line("note: \(s)") }
+      }
+    }
+    let stats: ReplicaStats
+    do {
+      stats = try await Replica.sync(source: source, target: target, locked: true, progress: progress)
+      await locks.release()
+    } catch let e as ReplicaError {
+      await locks.release()
+      summary(e.stats, created: created, target: targetBackend.location, error: e.error)
+      throw e.error
+    } catch {
+      await locks.release()
+      throw error
+    }
+    summary(stats, created: created, target: targetBackend.location, error: nil)
+  }
+
+  func summary(_ s: ReplicaStats, created: Bool, target: String, error: TidemarkError?) {
+    if global.json {
+      var w = JSONWriter()
+      w.raw("{\"message_type\":\"summary\",\"ok\":\(error == nil),\"target\":")
+      w.string(target)
+      w.raw(",\"created\":\(created)")
+      w.raw(",\"packs_copied\":\(s.packsCopied),\"pack_bytes\":\(s.packBytes)")
+      w.raw(",\"index_files_copied\":\(s.indexFilesCopied),\"index_bytes\":\(s.indexBytes)")
+      w.raw(",\"snapshots_copied\":\(s.snapshotsCopied),\"snapshot_bytes\":\(s.snapshotBytes)")
+      w.raw(",\"bytes_copied\":\(s.bytesCopied)")
+      w.raw(
+        ",\"packs_present\":\(s.packsPresent),\"index_files_present\":\(s.indexFilesPresent),\"snapshots_present\":\(s.snapshotsPresent)"
+      )
+      w.raw(
+        ",\"packs_skipped\":\(s.packsSkipped),\"index_files_skipped\":\(s.indexFilesSkipped),\"snapshots_skipped\":\(s.snapshotsSkipped)"
+      )
+      w.raw(",\"notes\":")
+      w.stringArray(s.notes)
+      if let error {
+        w.raw(",\"error\":")
+        w.string(error.message)
+      }
+      w.raw(",\"duration_seconds\":")
+      w.raw(String(format: "%.3f", s.seconds))
+      w.raw("}\n")
+      Out.raw(w.out)
+      return
+    }
+    guard !global.quiet else { return }
+    Out.line(
+      "copied \(s.packsCopied) packs (\(Out.bytes(Int64(s.packBytes)))), \(s.indexFilesCopied) index files, "
+        + "\(s.snapshotsCopied) snapshots to \(target) in \(Out.duration(s.seconds))")
+    Out.line(
+      "already there: \(s.packsPresent) packs, \(s.indexFilesPresent) index files, \(s.snapshotsPresent) snapshots")
+    if s.packsSkipped + s.indexFilesSkipped + s.snapshotsSkipped > 0 {
+      Out.line(
+        "not copied: \(s.packsSkipped) packs, \(s.indexFilesSkipped) index files, \(s.snapshotsSkipped) snapshots")
+    }
+  }
+
+  /// Backend options go to the repository whose kind they name (sftp.* to sftp:, s3.* to s3:); an option that
+  /// fits neither is an error.
+  static func splitOptions(_ options: [String], source: String, target: String) throws -> ([String], [String]) {
+    func kind(_ location: String) -> String? {
+      if location.hasPrefix("sftp:") { return "sftp." }
+      if location.hasPrefix("s3:") { return "s3." }
+      return nil
+    }
+    var s: [String] = []
+    var t: [String] = []
+    for o in options {
+      let toSource = kind(source).map(o.hasPrefix) ?? false
+      let toTarget = kind(target).map(o.hasPrefix) ?? false
+      guard toSource || toTarget else {
+        throw TidemarkError(
+          .usage, "option \(o) applies to neither \(source) nor \(target)",
+          hint: "sftp.* options need an sftp: repository, s3.* options an s3: one")
+      }
+      if toSource { s.append(o) }
+      if toTarget { t.append(o) }
+    }
+    return (s, t)
+  }
+}
