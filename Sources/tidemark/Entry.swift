@@ -29,7 +29,8 @@ struct Tidemark: AsyncParsableCommand {
     subcommands: [
       Init.self, Backup.self, Snapshots.self, Ls.self, Cat.self, RestoreCommand.self, KeyCommand.self,
       Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, StatsCommand.self, DiffCommand.self,
-      FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, VersionCommand.self,
+      FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, StatusCommand.self,
+      VersionCommand.self,
     ])
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.

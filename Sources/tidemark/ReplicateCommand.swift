@@ -27,13 +27,30 @@ struct ReplicateCommand: AsyncParsableCommand {
     help: ArgumentHelp(
       "The replica: a directory, local:/path, sftp:… or s3:… (created when it holds no repository).",
       valueName: "repository"))
-  var to: String
+  var to: String?
+  @Flag(
+    help:
+      "Run one replication cycle from the configuration (--config, TIDEMARK_CONFIG or /etc/tidemark/tidemark.yaml): hooks, backup, replicate to every target, retention, state."
+  )
+  var once = false
   @Option(help: "Read the replica's password from this file (default: the repository's password).")
   var toPasswordFile: String?
   @Option(help: "Run this shell command and use its output as the replica's password.")
   var toPasswordCommand: String?
 
   func run() async throws {
+    guard let to else {
+      guard once else {
+        throw TidemarkError(.usage, "nothing to do", hint: "give --to REPOSITORY, or --once to run a configured cycle")
+      }
+      var g = global
+      if g.config == nil && ProcessInfo.processInfo.environment["TIDEMARK_CONFIG"] == nil {
+        g.config = EngineConfig.defaultPath
+      }
+      guard let config = try g.engineConfig() else { return }
+      try await Cycle(global: g, config: config).run()
+      return
+    }
     let sourceLocation = try global.repositoryLocation()
     let (sourceOptions, targetOptions) = try Self.splitOptions(global.option, source: sourceLocation, target: to)
     let password = try global.password()

@@ -1,0 +1,125 @@
+// The replication cycle from a configuration: backup, verbatim replication to a local and an SFTP target,
+// retention, state and `status` (lag against the RPO), a failing target, and no overlapping cycles.
+import Foundation
+import Testing
+import TidemarkCore
+
+@Suite(.serialized) struct CycleTests {
+  @Test func cyclesReplicateReportLagAndSurviveATargetOutage() throws {
+    let ws = try Workspace("cycle")
+    let server = try SSHServer(ws)
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    let sftpRepo = "sftp://root@127.0.0.1:\(server.port)/" + ws.sub("dr-sftp")
+    let config = """
+      host: dc1
+      repository: \(ws.sub("dc"))
+      password-file: \(ws.sub("pw"))
+      sources:
+        - path: \(ws.sub("src"))
+          exclude: ["*.tmp"]
+      hooks:
+        before: [touch \(ws.sub("before-ran"))]
+        on-failure: [touch \(ws.sub("failure-ran"))]
+      targets:
+        - name: local
+          repository: \(ws.sub("dr-local"))
+        - name: sftp
+          repository: \(sftpRepo)
+          options:
+            sftp.identity: \(server.userKey)
+            sftp.known-hosts: \(server.knownHosts)
+            sftp.agent: "no"
+      retention:
+        keep-last: 3
+      alerts:
+        rpo: 3s
+      """
+    try config.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: env) }
+    #expect(try run(["init", "--config", "c.yaml"]).status == 0)
+
+    func state() throws -> [String: Any] {
+      let data = try Data(contentsOf: URL(fileURLWithPath: ws.sub("state/state.json")))
+      return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    }
+    func ids(_ repo: String, _ extra: [String] = []) throws -> Set<String> {
+      let out = try ws.restic(["-r", repo, "snapshots", "--json"] + extra, password: "secret").out
+      let list = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+      return Set(list.compactMap { $0["id"] as? String })
+    }
+    let resticSFTP = ["-o", "sftp.command=\(server.resticCommand)"]
+    for round in 0..<4 {
+      let bytes = (0..<(200_000 + round * 50_000)).map { _ in UInt8.random(in: 0...255) }
+      try Data(bytes).write(to: URL(fileURLWithPath: ws.sub("src/f\(round)")))
+      try Data("skip".utf8).write(to: URL(fileURLWithPath: ws.sub("src/junk\(round).tmp")))
+      let c = try run(["replicate", "--once", "--config", "c.yaml"])
+      #expect(c.status == 0, "round \(round): \(c.out) \(c.stderr)")
+      for (repo, extra) in [(ws.sub("dr-local"), [String]()), ("sftp:root@127.0.0.1:" + ws.sub("dr-sftp"), resticSFTP)]
+      {
+        let check = try ws.restic(["-r", repo, "check", "--read-data"] + extra, password: "secret")
+        #expect(check.status == 0, "round \(round) \(repo): \(check.out) \(check.stderr)")
+        #expect(try ids(repo, extra) == (try ids(ws.sub("dc"))), "round \(round) \(repo)")
+      }
+      #expect(try ids(ws.sub("dc")).count == min(round + 1, 3))
+      // What travelled is what the backup added (plus index and snapshot files).
+      let s = try state()
+      let added = s["backupBytesAdded"] as? Int ?? 0
+      for t in s["targets"] as? [[String: Any]] ?? [] {
+        let copied = t["bytesCopiedLast"] as? Int ?? 0
+        #expect(copied >= added && copied <= added + added / 5 + 16_384, "round \(round): \(copied) vs \(added)")
+      }
+    }
+    #expect(FileManager.default.fileExists(atPath: ws.sub("before-ran")))
+    let restored = try ws.restic(["-r", ws.sub("dr-local"), "restore", "latest", "--target", "r"], password: "secret")
+    #expect(restored.status == 0)
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("r") + ws.sub("src/junk0.tmp")))
+    #expect(FileManager.default.contentsEqual(atPath: ws.sub("r") + ws.sub("src/f3"), andPath: ws.sub("src/f3")))
+
+    // Status: within the RPO right after a cycle; WARN past it; CRIT past twice it.
+    try Data("more".utf8).write(to: URL(fileURLWithPath: ws.sub("src/more")))
+    #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 0)
+    let ok = try run(["status", "--json", "--config", "c.yaml"])
+    #expect(ok.status == 0 && ok.out.contains("\"status\":\"OK\""), "\(ok.out) \(ok.stderr)")
+    Thread.sleep(forTimeInterval: 3.6)
+    let warn = try run(["status", "--json", "--config", "c.yaml"])
+    #expect(warn.status == 1 && warn.out.contains("\"status\":\"WARN\""), "\(warn.out)")
+    Thread.sleep(forTimeInterval: 3)
+    #expect(try run(["status", "--config", "c.yaml"]).status == 2)
+
+    // The SFTP target goes away: the cycle fails (exit 1) but the local target still gets the new snapshot.
+    server.stop()
+    try Data("new".utf8).write(to: URL(fileURLWithPath: ws.sub("src/after-outage")))
+    let failed = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(failed.status == 1 && failed.stderr.contains("target sftp"), "\(failed.stderr)")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("failure-ran")))
+    #expect(try ids(ws.sub("dr-local")) == (try ids(ws.sub("dc"))))
+    let down = try run(["status", "--json", "--config", "c.yaml"])
+    #expect(down.status == 2 && down.out.contains("\"consecutive_failures\":1"), "\(down.out)")
+    // It comes back: the next cycle catches up.
+    try server.start()
+    let back = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(back.status == 0, "\(back.stderr)")
+    #expect(try ids("sftp:root@127.0.0.1:" + ws.sub("dr-sftp"), resticSFTP) == (try ids(ws.sub("dc"))))
+    let up = try run(["status", "--json", "--config", "c.yaml"])
+    #expect(up.status == 0 && up.out.contains("\"consecutive_failures\":0"), "\(up.out)")
+
+    // Never two cycles at once.
+    let busy = try Tools.sh(
+      "flock state/cycle.lock sh -c 'TIDEMARK_STATE_DIR=\(ws.sub("state")) \"\(Tools.tidemark)\" replicate --once --config c.yaml; echo rc=$?'",
+      cwd: ws.path)
+    #expect(
+      busy.out.contains("rc=11") && busy.stderr.contains("another replication cycle"), "\(busy.out) \(busy.stderr)")
+  }
+
+  @Test func badConfigurationIsOneLineWithTheLine() throws {
+    let ws = try Workspace("cycle-config")
+    try "repository: /tmp/x\ntargets:\n  - name: a\n    repo: /tmp/y\n".write(
+      toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let r = try ws.tidemark(["replicate", "--once", "--config", "c.yaml"])
+    #expect(r.status == 1, "\(r.stderr)")
+    #expect(r.stderr.contains("c.yaml:4: unknown key targets[0].repo"), "\(r.stderr)")
+    #expect(r.stderr.split(separator: "\n").count == 1)
+  }
+}
