@@ -118,8 +118,8 @@ public struct EngineConfig: Sendable {
     guard sawRepository, !c.repository.isEmpty else {
       throw TidemarkError(.usage, "\(file): `repository` is missing", hint: "the DC repository, e.g. /srv/tidemark")
     }
-    if c.interval < .seconds(10) {
-      throw TidemarkError(.usage, "\(file): interval must be at least 10s")
+    if c.interval < .seconds(1) {
+      throw TidemarkError(.usage, "\(file): interval must be at least 1s")
     }
     var names = Set<String>()
     for t in c.targets where !names.insert(t.name).inserted {

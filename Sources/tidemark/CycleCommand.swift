@@ -2,6 +2,7 @@
 // backup, replica sync and retention, and keeping the state file that status and monitoring read.
 import ArgumentParser
 import Foundation
+import Synchronization
 import TidemarkBackends
 import TidemarkCore
 import TidemarkOperations
@@ -29,8 +30,54 @@ struct EngineState: Codable {
   var lastSnapshot: String?
   var lastSnapshotTime: Double?
   var backupBytesAdded = 0
+  var repositorySizeBytes = 0
   var cycles = 0
+  var cyclesSkipped = 0
   var targets: [TargetState] = []
+
+  /// The Prometheus text exposition of this state (for `metrics.textfile` and the daemon's /metrics).
+  func prometheus(now: Double) -> String {
+    var out = ""
+    func metric(_ name: String, _ help: String, _ type: String, _ samples: [(String, Double)]) {
+      out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+      for (labels, v) in samples {
+        out += name + (labels.isEmpty ? "" : "{\(labels)}") + " " + String(format: "%.3f", v) + "\n"
+      }
+    }
+    func label(_ t: TargetState) -> String {
+      "target=\"" + t.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        + "\""
+    }
+    metric(
+      "tidemark_replication_lag_seconds", "Now minus the capture time of the newest snapshot on the target.", "gauge",
+      targets.compactMap { t in t.newestSnapshotTime.map { (label(t), max(0, now - $0)) } })
+    metric(
+      "tidemark_replicated_bytes_total", "Bytes copied to the target by replication.", "counter",
+      targets.map { (label($0), Double($0.bytesCopiedTotal)) })
+    metric(
+      "tidemark_target_consecutive_failures", "Failed replications to the target since its last success.", "gauge",
+      targets.map { (label($0), Double($0.consecutiveFailures)) })
+    if let a = lastCycleStart, let b = lastCycleEnd {
+      metric("tidemark_cycle_duration_seconds", "Duration of the last cycle.", "gauge", [("", b - a)])
+    }
+    metric("tidemark_cycle_success", "1 when the last cycle succeeded.", "gauge", [("", lastCycleSuccess ? 1 : 0)])
+    metric("tidemark_cycles_total", "Cycles run.", "counter", [("", Double(cycles))])
+    metric(
+      "tidemark_cycles_skipped_total", "Cycles skipped because the previous one overran.", "counter",
+      [("", Double(cyclesSkipped))])
+    metric(
+      "tidemark_backup_bytes_added", "Bytes the last backup added to the repository.", "gauge",
+      [("", Double(backupBytesAdded))])
+    if let t = lastSuccess {
+      metric("tidemark_last_success_timestamp_seconds", "When the last successful cycle ended.", "gauge", [("", t)])
+    }
+    metric(
+      "tidemark_repository_size_bytes", "Size of the DC repository's packs.", "gauge",
+      [("", Double(repositorySizeBytes))])
+    return out
+  }
+
+  var lastSuccess: Double?
 
   static func directory() -> String {
     ProcessInfo.processInfo.environment["TIDEMARK_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/tidemark"
@@ -55,6 +102,22 @@ struct EngineState: Codable {
 struct Cycle {
   let global: GlobalOptions
   let config: EngineConfig
+  /// Standalone cycles release their locks on SIGINT/SIGTERM (and exit 130); under the daemon, its own handlers
+  /// decide (it finishes the cycle, then stops), so the cycle leaves the signals alone.
+  var guardSignals = true
+
+  func withLock<T>(_ repo: Repository, exclusive: Bool, _ body: () async throws -> T) async throws -> T {
+    if guardSignals { return try await global.withLock(repo, exclusive: exclusive, body) }
+    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try global.lockRetry)
+    do {
+      let r = try await body()
+      await lock.release()
+      return r
+    } catch {
+      await lock.release()
+      throw error
+    }
+  }
 
   func run() async throws {
     let dir = EngineState.directory()
@@ -99,7 +162,7 @@ struct Cycle {
           return []
         }
         opts.programVersion = "tidemark \(Tidemark.version)"
-        let result = try await global.withLock(repo, exclusive: false) {
+        let result = try await withLock(repo, exclusive: false) {
           try await TidemarkOperations.Backup(repository: repo, options: opts).run()
         }
         state.lastSnapshot = result.snapshotID?.hex
@@ -171,6 +234,7 @@ struct Cycle {
           failures.append("retention on target \(t.name): \(error)")
         }
       }
+      state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
       try runHooks(config.hooks.after, "after")
     } catch {
       failures.append("\(error)")
@@ -179,7 +243,17 @@ struct Cycle {
     state.lastCycleEnd = Date().timeIntervalSince1970
     state.lastCycleSuccess = failures.isEmpty
     state.lastCycleError = failures.first
+    if failures.isEmpty { state.lastSuccess = state.lastCycleEnd }
     try state.save(dir)
+    if let path = config.metrics.textfile {
+      do {
+        try Array(state.prometheus(now: Date().timeIntervalSince1970).utf8).withUnsafeBytes {
+          try Sys.writeAtomically(BytePath(path), $0, mode: 0o644)
+        }
+      } catch {
+        Out.err("tidemark: cannot write metrics to \(path): \(error)")
+      }
+    }
     if !failures.isEmpty {
       try? runHooks(config.hooks.onFailure, "on-failure")
       throw TidemarkError(
@@ -251,7 +325,7 @@ struct Cycle {
     p.withinMonthly = try d(r.keepWithinMonthly)
     p.withinYearly = try d(r.keepWithinYearly)
     p.keepTags = r.keepTag.map(TagList.parse)
-    return try await global.withLock(repo, exclusive: true) {
+    return try await withLock(repo, exclusive: true) {
       var remove: [SnapshotID] = []
       for (_, snaps) in SnapshotGrouping.default.group(try await repo.listSnapshots()) {
         let newest = snaps.max { $0.time < $1.time }?.id
@@ -324,5 +398,149 @@ struct StatusCommand: AsyncParsableCommand {
           + (state.lastCycleError.map { ": \($0)" } ?? ""))
     }
     if level > 0 { throw ExitCode(Int32(level)) }
+  }
+}
+
+/// `tidemark daemon`: cycles aligned to the interval, one at a time; an overrun skips the ticks it covered (and
+/// counts them); SIGHUP reloads the configuration before the next cycle; SIGTERM/SIGINT stop the daemon once the running
+/// cycle (if any) has finished.
+struct DaemonCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "daemon",
+    abstract: "Run replication cycles every interval (the engine's long-running mode).",
+    discussion: """
+      Reads the configuration like `replicate --once` (--config, TIDEMARK_CONFIG, /etc/tidemark/tidemark.yaml). \
+      Cycles start on multiples of `interval` (5m: at :00, :05, …) and never overlap; a cycle that overruns skips \
+      the ticks it covered. Serves Prometheus metrics on `metrics.listen` (GET /metrics) and writes \
+      `metrics.textfile` after each cycle. A second daemon for the same state directory refuses to start. \
+      SIGHUP: reload the configuration. SIGTERM/SIGINT: stop.
+      """)
+  @OptionGroup var global: GlobalOptions
+
+  func run() async throws {
+    var g = global
+    if g.config == nil && ProcessInfo.processInfo.environment["TIDEMARK_CONFIG"] == nil {
+      g.config = EngineConfig.defaultPath
+    }
+    guard var config = try g.engineConfig() else { return }
+    let dir = EngineState.directory()
+    try Sys.mkdirAll(BytePath(dir), 0o755)
+    let fd = open(dir + "/daemon.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    guard fd >= 0, flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+      throw TidemarkError(
+        .locked, "another tidemark daemon is running with the state directory \(dir)",
+        hint: "stop it first (systemctl stop tidemark), or use another TIDEMARK_STATE_DIR")
+    }
+    defer { close(fd) }
+    let signals = DaemonSignals()
+    if let listen = config.metrics.listen { try MetricsServer.start(listen: listen, stateDir: dir) }
+    Out.line("tidemark daemon: every \(config.interval), state in \(dir)")
+    while true {
+      let interval = Double(config.interval.components.seconds) + Double(config.interval.components.attoseconds) / 1e18
+      let now = Date().timeIntervalSince1970
+      let next = (now / interval).rounded(.down) * interval + interval
+      while Date().timeIntervalSince1970 < next && !signals.stop.load(ordering: .relaxed) {
+        try? await Task.sleep(for: .milliseconds(100))
+      }
+      if signals.stop.load(ordering: .relaxed) { break }
+      if signals.reload.exchange(false, ordering: .relaxed) {
+        do {
+          config = try EngineConfig.load(g.config ?? EngineConfig.defaultPath)
+          Out.line("tidemark daemon: configuration reloaded")
+        } catch {
+          Out.err("tidemark daemon: keeping the old configuration: \(error)")
+        }
+      }
+      do {
+        try await Cycle(global: g, config: config, guardSignals: false).run()
+      } catch {
+        Out.err("tidemark daemon: \(error)")
+      }
+      // Ticks the cycle overran are skipped, not queued.
+      let end = Date().timeIntervalSince1970
+      let missed = Int(((end - next) / interval).rounded(.down))
+      if missed > 0 {
+        var st = EngineState.load(dir)
+        st.cyclesSkipped += missed
+        try? st.save(dir)
+        Out.err("tidemark daemon: the cycle overran; skipped \(missed) tick\(missed == 1 ? "" : "s")")
+      }
+      if signals.stop.load(ordering: .relaxed) { break }
+    }
+    Out.line("tidemark daemon: stopped")
+  }
+}
+
+/// SIGHUP/SIGTERM/SIGINT as flags the daemon loop reads (the sources live as long as this object).
+final class DaemonSignals: @unchecked Sendable {
+  let stop = Atomic(false)
+  let reload = Atomic(false)
+  private var sources: [any DispatchSourceSignal] = []  // set in init only
+
+  init() {
+    for sig in [SIGHUP, SIGTERM, SIGINT] {
+      signal(sig, SIG_IGN)
+      let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+      src.setEventHandler { [weak self] in
+        guard let self else { return }
+        if sig == SIGHUP {
+          self.reload.store(true, ordering: .relaxed)
+        } else {
+          self.stop.store(true, ordering: .relaxed)
+        }
+      }
+      src.resume()
+      sources.append(src)
+    }
+  }
+
+}
+
+/// A minimal HTTP endpoint for Prometheus: GET /metrics answers the state file's metrics; anything else 404.
+/// One blocking thread (never the cooperative pool); one request per connection.
+enum MetricsServer {
+  static func start(listen: String, stateDir: String) throws {
+    guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
+      throw TidemarkError(.usage, "metrics.listen \(listen) is not host:port")
+    }
+    let host = String(listen[..<colon])
+    let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard s >= 0 else { throw TidemarkError(.general, "metrics: socket failed") }
+    var one: Int32 = 1
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    guard inet_pton(AF_INET, host.isEmpty ? "0.0.0.0" : host, &addr.sin_addr) == 1 else {
+      close(s)
+      throw TidemarkError(.usage, "metrics.listen: \(host) is not an IPv4 address")
+    }
+    let bound = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard bound == 0, Glibc.listen(s, 16) == 0 else {
+      close(s)
+      throw TidemarkError(.general, "metrics: cannot listen on \(listen): \(String(cString: strerror(errno)))")
+    }
+    Thread.detachNewThread {
+      while true {
+        let c = accept(s, nil, nil)
+        if c < 0 { continue }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = read(c, &buf, buf.count)
+        let request = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
+        let response: String
+        if request.hasPrefix("GET /metrics") {
+          let body = EngineState.load(stateDir).prometheus(now: Date().timeIntervalSince1970)
+          response =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+            + body
+        } else {
+          response = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        }
+        Out.write(fd: c, Array(response.utf8))
+        close(c)
+      }
+    }
   }
 }

@@ -113,6 +113,83 @@ import TidemarkCore
       busy.out.contains("rc=11") && busy.stderr.contains("another replication cycle"), "\(busy.out) \(busy.stderr)")
   }
 
+  @Test func daemonRunsCyclesServesMetricsReloadsAndStops() throws {
+    let ws = try Workspace("daemon")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    let port = Int.random(in: 20000..<60000)
+    func config(targets: [String]) -> String {
+      """
+      repository: \(ws.sub("dc"))
+      password-file: \(ws.sub("pw"))
+      interval: 1s
+      sources:
+        - path: \(ws.sub("src"))
+      targets:
+      \(targets.map { "  - name: \($0)\n    repository: \(ws.sub($0))" }.joined(separator: "\n"))
+      metrics:
+        listen: 127.0.0.1:\(port)
+        textfile: \(ws.sub("tidemark.prom"))
+      """
+    }
+    try config(targets: ["dr1"]).write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    #expect(try ws.tidemark(["init", "--config", ws.sub("c.yaml")], password: "", env: env).status == 0)
+    let pid = try spawn([
+      "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
+      "--config", ws.sub("c.yaml"),
+    ])
+    defer {
+      kill(pid, SIGKILL)
+      _ = waitpid(pid, nil, 0)
+    }
+    func cycles() -> Int {
+      guard let d = FileManager.default.contents(atPath: ws.sub("state/state.json")),
+        let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any]
+      else { return 0 }
+      return o["cycles"] as? Int ?? 0
+    }
+    for _ in 0..<100 where cycles() < 2 { Thread.sleep(forTimeInterval: 0.1) }
+    #expect(cycles() >= 2, "the daemon ran no cycles")
+    // Metrics over HTTP and in the textfile.
+    let metrics = try Tools.run(
+      "/bin/bash",
+      ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
+    #expect(
+      metrics.out.contains("200 OK") && metrics.out.contains("tidemark_replication_lag_seconds{target=\"dr1\"}"),
+      "\(metrics.out)")
+    #expect(metrics.out.contains("tidemark_cycle_success 1"))
+    let text = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)
+    #expect(text.contains("tidemark_replicated_bytes_total{target=\"dr1\"}"))
+    // A second daemon refuses.
+    let second = try ws.tidemark(["daemon", "--config", ws.sub("c.yaml")], password: "", env: env)
+    #expect(second.status == 11 && second.stderr.contains("another tidemark daemon"), "\(second.stderr)")
+    // SIGHUP: the new configuration (a second target) is used from the next cycle on.
+    try config(targets: ["dr1", "dr2"]).write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    kill(pid, SIGHUP)
+    for _ in 0..<100 where !FileManager.default.fileExists(atPath: ws.sub("dr2/config")) {
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    #expect(FileManager.default.fileExists(atPath: ws.sub("dr2/config")), "SIGHUP did not reload")
+    // SIGTERM: it stops (after the running cycle), exit 0, and the repositories check clean.
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    var exited = false
+    for _ in 0..<100 {
+      if waitpid(pid, &status, WNOHANG) == pid {
+        exited = true
+        break
+      }
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    #expect(exited && (status >> 8) & 0xff == 0, "status \(status)")
+    for r in ["dc", "dr1", "dr2"] {
+      let check = try ws.restic(["-r", ws.sub(r), "check"], password: "secret")
+      #expect(check.status == 0, "\(r): \(check.out) \(check.stderr)")
+    }
+  }
+
   @Test func badConfigurationIsOneLineWithTheLine() throws {
     let ws = try Workspace("cycle-config")
     try "repository: /tmp/x\ntargets:\n  - name: a\n    repo: /tmp/y\n".write(
