@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: tidemark against restic on this machine, in one run. Five sections:
+# Benchmarks: tidemark against restic on this machine, in one run. Six sections:
 #   backup   generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
 #            full restore. For each: wall time and peak RSS (/usr/bin/time).
 #   mount    one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
@@ -10,6 +10,8 @@
 #            and a full `restic restore` into an empty directory. Wall time and peak RSS (/usr/bin/time).
 #   maint    a restic-made repository with history (the corpus, then 3 rounds of changes, forget --keep-last 1):
 #            `prune` (default --max-unused 5%) on identical copies, and `check --read-data`, restic against tidemark.
+#   cycle    one replication cycle after a ~1% change of the corpus: `tidemark replicate --once` (backup + verbatim
+#            replication to a local DR repository) against `restic backup` + `restic copy` to a DR repository.
 #   remote   the backup section's corpus backed up over loopback to a real sshd (SFTP) and to moto_server (S3):
 #            first backup and unchanged re-backup, restic (its sftp.command / s3 backend) against tidemark.
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
@@ -28,20 +30,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [remote]   (no argument: all five)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote]   (no argument: all six)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | maint | remote) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | cycle | remote) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint remote); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want maint || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want cycle || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -782,6 +784,106 @@ for k, name in [('prune', '`prune`'), ('check', '`check --read-data`')]:
     r = statistics.median(s for s, _ in runs[k]['restic']); t = statistics.median(s for s, _ in runs[k]['tidemark'])
     rm = max(m for _, m in runs[k]['restic']) / 1024; tm = max(m for _, m in runs[k]['tidemark']) / 1024
     print(f'| {name} | {r:.2f} | {t:.2f} | {r/t:.2f}x | >= 1.5x {"met" if r / t >= 1.5 else "NOT met"} | {rm:.0f} | {tm:.0f} |')
+PY
+}
+
+# ---- cycle section -------------------------------------------------------------------------------------------
+
+# change_cycle DIR SEED: a ~1% change (3 x 1 MiB files, 4 MiB inside a large file, 10 small files), different per seed.
+change_cycle() {
+  python3 - "$1" "$2" <<'PY'
+import random, sys
+d, seed = sys.argv[1], int(sys.argv[2])
+r = random.Random(5000 + seed)
+for i in r.sample(range(200), 3):
+    with open(f'{d}/mid/m{i:03}.bin', 'wb') as f: f.write(r.randbytes(1 << 20))
+with open(f'{d}/large/l{seed % 5}.bin', 'r+b') as f:
+    f.seek(r.randrange(0, 90) << 20); f.write(r.randbytes(4 << 20))
+for i in r.sample(range(40), 10):
+    with open(f'{d}/small/d{i:02}/f{r.randrange(100):03}', 'wb') as f: f.write(r.randbytes(5000))
+PY
+}
+
+bench_cycle() {
+  rm -f cycle-results.txt results.txt
+  ensure_corpus
+  local src="$BENCH_DIR/cycle-src" dir="$BENCH_DIR/cycle"
+  log "cycle: setting up (a copy of the corpus, initial backup and replication by both tools)"
+  rm -rf "$src" "$dir"
+  mkdir -p "$dir"
+  cp -a corpus "$src"
+  echo bench > "$dir/pw"
+  cat > "$dir/c.yaml" <<YAML
+host: bench
+repository: $dir/dc-tidemark
+password-file: $dir/pw
+sources:
+  - path: $src
+targets:
+  - name: dr
+    repository: $dir/dr-tidemark
+YAML
+  export TIDEMARK_STATE_DIR="$dir/state"
+  restic init -q -r "$dir/dc-restic"
+  restic init -q -r "$dir/dr-restic" --copy-chunker-params --from-repo "$dir/dc-restic" --from-password-file "$dir/pw"
+  "$TM" init -q --config "$dir/c.yaml"
+  restic -q -r "$dir/dc-restic" backup --host bench "$src"
+  restic -q -r "$dir/dr-restic" copy --from-repo "$dir/dc-restic" --from-password-file "$dir/pw" > /dev/null
+  "$TM" -q replicate --once --config "$dir/c.yaml"
+  log "cycle: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs, median"
+  for run in $(seq "$RUNS"); do
+    change_cycle "$src" "$run"
+    find "$src" -type f -exec cat {} + > /dev/null
+    local before after dcb dca
+    dcb=$(du -sb "$dir/dc-restic" | cut -f1); before=$(du -sb "$dir/dr-restic" | cut -f1)
+    run_measured backup restic restic -q -r "$dir/dc-restic" backup --host bench "$src"
+    run_measured copy restic restic -q -r "$dir/dr-restic" copy --from-repo "$dir/dc-restic" --from-password-file "$dir/pw"
+    dca=$(du -sb "$dir/dc-restic" | cut -f1); after=$(du -sb "$dir/dr-restic" | cut -f1)
+    echo "bytes restic $((dca - dcb)) $((after - before))" >> cycle-bytes.txt
+    dcb=$(du -sb "$dir/dc-tidemark" | cut -f1); before=$(du -sb "$dir/dr-tidemark" | cut -f1)
+    run_measured cycle tidemark "$TM" -q replicate --once --config "$dir/c.yaml"
+    dca=$(du -sb "$dir/dc-tidemark" | cut -f1); after=$(du -sb "$dir/dr-tidemark" | cut -f1)
+    echo "bytes tidemark $((dca - dcb)) $((after - before))" >> cycle-bytes.txt
+  done
+  mv results.txt cycle-results.txt
+  render_cycle > cycle-table.md
+  rm -f cycle-bytes.txt
+  update_doc cycle cycle-table.md
+  unset TIDEMARK_STATE_DIR
+}
+
+render_cycle() {
+  python3 - "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" <<'PY'
+import statistics, sys
+rv, tv, cores, day = sys.argv[1:5]
+runs = {}
+for line in open('cycle-results.txt'):
+    step, tool, secs, kb = line.split()
+    runs.setdefault((step, tool), []).append(float(secs))
+bytes_ = {}
+for line in open('cycle-bytes.txt'):
+    _, tool, dc, dr = line.split()
+    bytes_.setdefault(tool, []).append((int(dc), int(dr)))
+n = len(runs[('cycle', 'tidemark')])
+rb = statistics.median(runs[('backup', 'restic')]); rc = statistics.median(runs[('copy', 'restic')])
+r = statistics.median(a + b for a, b in zip(runs[('backup', 'restic')], runs[('copy', 'restic')]))
+t = statistics.median(runs[('cycle', 'tidemark')])
+kib = lambda b: b / 1024
+print(f'Measured by `scripts/bench.sh cycle` on {day}: {cores} cores, same machine, same run; median of {n} runs, each after a')
+print('different ~1% change of a copy of the corpus (3 x 1 MiB files, 4 MiB inside a large file, 10 small files).')
+print('DC and DR repositories are local directories (so the figures are the tools\' own work, not a network\'s).')
+print(f'restic: `backup` then `copy` into a DR repository made with `--copy-chunker-params`; tidemark: `replicate --once`')
+print(f'(backup + verbatim replication to a replica). Versions: `{rv}`; `{tv}`.\n')
+print('| route | seconds | speed-up | target |')
+print('|---|---:|---:|---|')
+print(f'| restic backup + restic copy | {r:.2f} (backup {rb:.2f}, copy {rc:.2f}) | | |')
+print(f'| tidemark replicate --once | {t:.2f} | {r / t:.2f}x | >= 3x {"met" if r / t >= 3 else "NOT met"} |')
+print()
+for tool in ['restic', 'tidemark']:
+    dc = statistics.median(a for a, _ in bytes_[tool]); dr = statistics.median(b for _, b in bytes_[tool])
+    ratio = dr / dc if dc else 0
+    mark = f' (target <= 1.2x: {"met" if ratio <= 1.2 else "NOT met"})' if tool == 'tidemark' else ''
+    print(f'- {tool}: the DC repository grew {kib(dc):.0f} KiB per cycle, the DR repository {kib(dr):.0f} KiB: {ratio:.2f}x{mark}.')
 PY
 }
 

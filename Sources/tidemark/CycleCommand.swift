@@ -8,6 +8,10 @@ import TidemarkCore
 import TidemarkOperations
 import TidemarkSystem
 
+#if canImport(FoundationNetworking)
+  import FoundationNetworking
+#endif
+
 /// What the last cycles did, per target; `state.json` in the state directory (TIDEMARK_STATE_DIR, default
 /// /var/lib/tidemark). Written atomically after every cycle.
 struct EngineState: Codable {
@@ -254,12 +258,80 @@ struct Cycle {
         Out.err("tidemark: cannot write metrics to \(path): \(error)")
       }
     }
+    await raiseAlerts(state, failures: failures)
     if !failures.isEmpty {
       try? runHooks(config.hooks.onFailure, "on-failure")
       throw TidemarkError(
         .general, "cycle failed: \(failures.joined(separator: "; "))", hint: "`tidemark status` shows each target")
     }
     say(String(format: "cycle done in %.1f s", state.lastCycleEnd! - start))
+  }
+
+  /// alerts.command and alerts.webhook, on a failed cycle and on an RPO breach (a target whose newest snapshot is
+  /// older than alerts.rpo). The command gets TIDEMARK_ALERT (failure|rpo) and TIDEMARK_ALERT_MESSAGE in its
+  /// environment and the JSON body on stdin; the webhook gets the JSON body by POST. Delivery problems are
+  /// reported on stderr and never fail the cycle.
+  func raiseAlerts(_ state: EngineState, failures: [String]) async {
+    guard config.alerts.command != nil || config.alerts.webhook != nil else { return }
+    var alerts: [(kind: String, message: String, target: String?)] = failures.map { ("failure", $0, nil) }
+    if let rpo = config.alerts.rpo {
+      let limit = Double(rpo.components.seconds)
+      let now = Date().timeIntervalSince1970
+      for t in state.targets {
+        let lag = t.newestSnapshotTime.map { now - $0 }
+        if lag == nil || lag! > limit {
+          let text = lag.map { "lag \(Int($0)) s exceeds the RPO of \(Int(limit)) s" } ?? "no snapshot replicated yet"
+          alerts.append(("rpo", "target \(t.name): \(text)", t.name))
+        }
+      }
+    }
+    for a in alerts {
+      var w = JSONWriter()
+      w.raw("{\"alert\":\"\(a.kind)\",\"host\":")
+      w.string(config.host ?? SystemInfo.hostname)
+      w.raw(",\"repository\":")
+      w.string(config.repository)
+      if let t = a.target {
+        w.raw(",\"target\":")
+        w.string(t)
+      }
+      w.raw(",\"message\":")
+      w.string(a.message)
+      w.raw(",\"time\":\(Int(Date().timeIntervalSince1970))}")
+      let body = w.out
+      if let c = config.alerts.command {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", c]
+        p.environment = ProcessInfo.processInfo.environment.merging(
+          ["TIDEMARK_ALERT": a.kind, "TIDEMARK_ALERT_MESSAGE": a.message]) { $1 }
+        let input = Pipe()
+        p.standardInput = input
+        do {
+          try p.run()
+          input.fileHandleForWriting.write(Data(body))
+          try? input.fileHandleForWriting.close()
+          p.waitUntilExit()
+          if p.terminationStatus != 0 { Out.err("tidemark: alert command exited \(p.terminationStatus)") }
+        } catch {
+          Out.err("tidemark: cannot run the alert command: \(error)")
+        }
+      }
+      if let hook = config.alerts.webhook, let url = URL(string: hook) {
+        var req = URLRequest(url: url, timeoutInterval: 10)
+        req.httpMethod = "POST"
+        req.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        req.httpBody = Data(body)
+        do {
+          let (_, response) = try await URLSession.shared.data(for: req)
+          if let h = response as? HTTPURLResponse, !(200..<300).contains(h.statusCode) {
+            Out.err("tidemark: alert webhook answered HTTP \(h.statusCode)")
+          }
+        } catch {
+          Out.err("tidemark: alert webhook \(hook) failed: \(error.localizedDescription)")
+        }
+      }
+    }
   }
 
   func runHooks(_ commands: [String], _ phase: String) throws {

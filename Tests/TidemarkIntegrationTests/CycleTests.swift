@@ -34,6 +34,7 @@ import TidemarkCore
         keep-last: 3
       alerts:
         rpo: 3s
+        command: 'cat >> \(ws.sub("alerts.json")); echo "$TIDEMARK_ALERT" >> \(ws.sub("alerts.kinds"))'
       """
     try config.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
     let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
@@ -94,6 +95,11 @@ import TidemarkCore
     let failed = try run(["replicate", "--once", "--config", "c.yaml"])
     #expect(failed.status == 1 && failed.stderr.contains("target sftp"), "\(failed.stderr)")
     #expect(FileManager.default.fileExists(atPath: ws.sub("failure-ran")))
+    // Alerts: the failure, and the SFTP target's RPO breach (its newest snapshot is older than 3 s by now).
+    let kinds = (try? String(contentsOfFile: ws.sub("alerts.kinds"), encoding: .utf8)) ?? ""
+    #expect(kinds.contains("failure") && kinds.contains("rpo"), "\(kinds)")
+    let bodies = (try? String(contentsOfFile: ws.sub("alerts.json"), encoding: .utf8)) ?? ""
+    #expect(bodies.contains("\"alert\":\"rpo\"") && bodies.contains("\"target\":\"sftp\""), "\(bodies)")
     #expect(try ids(ws.sub("dr-local")) == (try ids(ws.sub("dc"))))
     let down = try run(["status", "--json", "--config", "c.yaml"])
     #expect(down.status == 2 && down.out.contains("\"consecutive_failures\":1"), "\(down.out)")
