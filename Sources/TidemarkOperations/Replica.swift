@@ -65,7 +65,7 @@ public enum Replica {
   /// must open with `password`); anything else at the target is refused.
   public static func create(
     source: Repository, target: any Backend, password: [UInt8],
-    kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams
+    kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams, verifiedKey: KeyID? = nil
   ) async throws -> Repository {
     let config = try await source.backend.load(.config)
     let existing: [UInt8]?
@@ -76,6 +76,11 @@ public enum Replica {
     }
     if let existing {
       try await checkSameRepository(source, target, existingConfig: existing, sourceConfig: config)
+      // A key this caller found to open with its password earlier (a previous cycle) and that is still there:
+      // no need to derive the password key again (scrypt costs a quarter second per target and cycle).
+      if let k = verifiedKey, existing == config, try await target.exists(Handle(.key, k.hex)) {
+        return try await Repository.open(backend: target, key: source.key, keyID: k, compression: source.compression)
+      }
       guard let keyID = try await findKey(target, master: source.key, password: password) else {
         throw TidemarkError(
           .wrongPassword, "no key of the replica at \(target.location) opens with the given password",

@@ -26,6 +26,8 @@ struct EngineState: Codable {
     var consecutiveFailures = 0
     var bytesCopiedLast = 0
     var bytesCopiedTotal = 0
+    /// The target's key file that opened with the target password (checked again when it disappears).
+    var keyID: String?
   }
   var lastCycleStart: Double?
   var lastCycleEnd: Double?
@@ -102,6 +104,15 @@ struct EngineState: Codable {
   }
 }
 
+/// What replicating to one target gave.
+struct TargetOutcome: Sendable {
+  var index: Int
+  var stats: ReplicaStats?
+  var newest: Snapshot?
+  var keyID: String?
+  var error: String?
+}
+
 /// One cycle: lock -> hooks -> backup -> replicate to every target (in parallel) -> retention -> state.
 struct Cycle {
   let global: GlobalOptions
@@ -157,6 +168,7 @@ struct Cycle {
         throw TidemarkError(
           .usage, "\(config.file): command sources are not supported yet", hint: "use path sources for now")
       }
+      var made: Snapshot? = nil
       if !paths.isEmpty {
         var opts = BackupOptions()
         opts.paths = paths
@@ -169,6 +181,8 @@ struct Cycle {
         let result = try await withLock(repo, exclusive: false) {
           try await TidemarkOperations.Backup(repository: repo, options: opts).run()
         }
+        made = result.snapshot
+        made?.id = result.snapshotID
         state.lastSnapshot = result.snapshotID?.hex
         state.lastSnapshotTime = Double(result.snapshot.time.seconds)
         state.backupBytesAdded = result.saver.bytesStored
@@ -178,40 +192,48 @@ struct Cycle {
       }
       // Replicate to every target at once; a failing target does not stop the others.
       let password = try global.password()
-      let outcomes = await withTaskGroup(of: (Int, Result<(ReplicaStats, Snapshot?), any Error>).self) { g in
-        for (i, t) in config.targets.enumerated() {
+      let targets = config.targets
+      let previous = state.targets
+      let madeSnapshot = made
+      let outcomes = await withTaskGroup(of: TargetOutcome.self) { g in
+        for (i, t) in targets.enumerated() {
           g.addTask {
             do {
-              return (i, .success(try await replicate(repo, t, password)))
+              let known = previous.first { $0.name == t.name && $0.repository == t.repository }?.keyID
+              let (stats, newest, key) = try await replicate(
+                repo, t, password, verifiedKey: known.flatMap(KeyID.init(hex:)), newest: madeSnapshot)
+              return TargetOutcome(index: i, stats: stats, newest: newest, keyID: key?.hex, error: nil)
             } catch {
-              return (i, .failure(error))
+              return TargetOutcome(index: i, stats: nil, newest: nil, keyID: nil, error: "\(error)")
             }
           }
         }
-        var out: [(Int, Result<(ReplicaStats, Snapshot?), any Error>)] = []
+        var out: [TargetOutcome] = []
         for await r in g { out.append(r) }
-        return out.sorted { $0.0 < $1.0 }
+        return out.sorted { $0.index < $1.index }
       }
       let now = Date().timeIntervalSince1970
-      for (i, outcome) in outcomes {
-        let t = config.targets[i]
+      for outcome in outcomes {
+        let t = targets[outcome.index]
         var ts =
           state.targets.first { $0.name == t.name } ?? EngineState.TargetState(name: t.name, repository: t.repository)
         ts.repository = t.repository
-        switch outcome {
-        case .success(let (stats, newest)):
+        if let stats = outcome.stats {
+          let newest = outcome.newest
           ts.lastSuccess = now
           ts.lastError = nil
           ts.consecutiveFailures = 0
           ts.bytesCopiedLast = stats.bytesCopied
           ts.bytesCopiedTotal += stats.bytesCopied
+          ts.keyID = outcome.keyID
           if let newest {
             ts.newestSnapshot = newest.id?.hex
             ts.newestSnapshotTime = Double(newest.time.seconds)
           }
           say("target \(t.name): copied \(Out.bytes(Int64(stats.bytesCopied))) (\(stats.snapshotsCopied) snapshots)")
-        case .failure(let e):
-          ts.lastError = "\(e)"
+        } else {
+          let e = outcome.error ?? "unknown error"
+          ts.lastError = e
           ts.consecutiveFailures += 1
           failures.append("target \(t.name): \(e)")
           Out.err("tidemark: target \(t.name): \(e)")
@@ -225,9 +247,8 @@ struct Cycle {
         let n = try await applyRetention(repo, config.retention)
         if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
       }
-      for (i, outcome) in outcomes {
-        guard case .success = outcome else { continue }
-        let t = config.targets[i]
+      for outcome in outcomes where outcome.stats != nil {
+        let t = targets[outcome.index]
         let r = t.retention ?? config.retention
         guard !r.isEmpty else { continue }
         do {
@@ -363,20 +384,27 @@ struct Cycle {
   }
 
   /// Creates the replica if needed and syncs it; returns the stats and the newest snapshot now on the target.
-  func replicate(_ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8]) async throws -> (
-    ReplicaStats, Snapshot?
-  ) {
+  /// `newest`: the snapshot this cycle made; once the sync succeeded it is on the target (a successful sync
+  /// copies every snapshot file), so the target's snapshots need not be loaded to know its newest.
+  func replicate(
+    _ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8], verifiedKey: KeyID?, newest made: Snapshot?
+  ) async throws -> (ReplicaStats, Snapshot?, KeyID?) {
     let target = try await Replica.create(
       source: repo, target: try targetBackend(t), password: try targetPassword(t, password),
-      kdf: GlobalOptions.keyDerivationParams)
+      kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
     let stats: ReplicaStats
     do {
       stats = try await Replica.sync(source: repo, target: target)
     } catch let e as ReplicaError {
       throw e.error
     }
-    let newest = try await target.listSnapshots().last
-    return (stats, newest)
+    let newest: Snapshot?
+    if let made {
+      newest = made
+    } else {
+      newest = try await target.listSnapshots().last
+    }
+    return (stats, newest, target.keyID)
   }
 
   /// Forgets by `r` (grouped by host and paths); the newest snapshot of each group always stays (a target may
