@@ -19,6 +19,8 @@ public struct BackupOptions: Sendable {
   public var time: Timestamp? = nil
   /// Back up standard input as one file of this name.
   public var stdinFilename: String? = nil
+  /// Where the --stdin content comes from (standard input by default; a command's output pipe in the engine).
+  public var stdinFD: Int32 = 0
   public var programVersion = "tidemark"
   public init() {}
 }
@@ -505,7 +507,7 @@ public final class Backup: Sendable {
     node.gid = getgid()
     node.user = names.user(node.uid)
     node.group = names.group(node.gid)
-    let (content, size) = try await chunked(fd: 0, sparse: false, stream: true)
+    let (content, size) = try await chunked(fd: options.stdinFD, sparse: false, stream: true)
     node.content = content
     node.size = UInt64(size)
     state.withLock {

@@ -164,10 +164,6 @@ struct Cycle {
         if case .path(let p, _) = s { return BytePath(p) }
         return nil
       }
-      if config.sources.contains(where: { if case .command = $0 { return true } else { return false } }) {
-        throw TidemarkError(
-          .usage, "\(config.file): command sources are not supported yet", hint: "use path sources for now")
-      }
       var made: Snapshot? = nil
       if !paths.isEmpty {
         var opts = BackupOptions()
@@ -189,6 +185,41 @@ struct Cycle {
         say(
           "backup: snapshot \(result.snapshotID?.short ?? "-") (\(Out.bytes(Int64(result.saver.bytesStored))) added)")
         if !result.stats.errors.isEmpty { failures.append("backup: \(result.stats.errors.count) files unreadable") }
+      }
+      // Command sources: each command's standard output is streamed into a snapshot of its own, stored as
+      // `filename` (no temporary file). A command that fails leaves no snapshot: its output may be cut short.
+      for source in config.sources {
+        guard case .command(let command, let filename) = source else { continue }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", command]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        var opts = BackupOptions()
+        if let h = config.host { opts.host = h }
+        opts.stdinFilename = filename
+        opts.stdinFD = pipe.fileHandleForReading.fileDescriptor
+        opts.programVersion = "tidemark \(Tidemark.version)"
+        let result: BackupResult
+        do {
+          result = try await withLock(repo, exclusive: false) {
+            try await TidemarkOperations.Backup(repository: repo, options: opts).run()
+          }
+        } catch {
+          p.terminate()
+          p.waitUntilExit()
+          throw error
+        }
+        p.waitUntilExit()
+        if p.terminationStatus != 0 {
+          if let id = result.snapshotID { try? await repo.backend.remove(Handle(.snapshot, id.hex)) }
+          failures.append("source command `\(command)` exited with \(p.terminationStatus); its snapshot was discarded")
+          continue
+        }
+        made = result.snapshot
+        made?.id = result.snapshotID
+        say("backup: \(filename) from `\(command)`: snapshot \(result.snapshotID?.short ?? "-")")
       }
       // Replicate to every target at once; a failing target does not stop the others.
       let password = try global.password()

@@ -196,6 +196,40 @@ import TidemarkCore
     }
   }
 
+  @Test func commandSourcesAreStreamedIntoSnapshotsAndAFailingCommandLeavesNone() throws {
+    let ws = try Workspace("cycle-command")
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    func write(_ command: String) throws {
+      try """
+      repository: \(ws.sub("dc"))
+      password-file: \(ws.sub("pw"))
+      sources:
+        - command: \(command)
+          filename: numbers.txt
+      targets:
+        - name: dr
+          repository: \(ws.sub("dr"))
+      """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    }
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    try write("seq 1 200000")
+    #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
+    let ok = try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
+    #expect(ok.status == 0, "\(ok.out) \(ok.stderr)")
+    let want = (1...200_000).map(String.init).joined(separator: "\n") + "\n"
+    for repo in ["dc", "dr"] {
+      let dump = try ws.restic(["-r", ws.sub(repo), "dump", "latest", "/numbers.txt"], password: "secret")
+      #expect(dump.status == 0 && dump.out == want, "\(repo): \(dump.stderr) \(dump.out.prefix(100))")
+    }
+    // A command that fails half-way: the cycle fails and leaves no snapshot of the cut-short output.
+    try write("'seq 1 1000; exit 3'")
+    let before = try ws.restic(["-r", ws.sub("dc"), "snapshots", "--json"], password: "secret").out
+    let bad = try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
+    #expect(bad.status == 1 && bad.stderr.contains("exited with 3"), "\(bad.stderr)")
+    let after = try ws.restic(["-r", ws.sub("dc"), "snapshots", "--json"], password: "secret").out
+    #expect(before == after)
+  }
+
   @Test func badConfigurationIsOneLineWithTheLine() throws {
     let ws = try Workspace("cycle-config")
     try "repository: /tmp/x\ntargets:\n  - name: a\n    repo: /tmp/y\n".write(
