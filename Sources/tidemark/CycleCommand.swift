@@ -675,3 +675,94 @@ enum MetricsServer {
     }
   }
 }
+
+/// `tidemark schedule install|remove`: the systemd units that run the cycle every interval, for this binary and
+/// configuration (the daemon unit, or a oneshot service with a timer).
+struct ScheduleCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "schedule",
+    abstract: "Install or remove the systemd units that run replication cycles.",
+    discussion: """
+      install writes tidemark.service (the daemon; default) or, with --timer, tidemark-replicate.service and \
+      tidemark-replicate.timer (OnCalendar from the configuration's interval when it divides an hour, else every \
+      5 minutes; Persistent=true), then runs `systemctl daemon-reload` and `systemctl enable --now` unless \
+      --no-enable. remove disables and deletes them.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Argument(help: "install or remove") var action: String
+  @Flag(help: "Use a systemd timer and oneshot cycles instead of the daemon.") var timer = false
+  @Flag(help: "Only write (or delete) the unit files; do not call systemctl.") var noEnable = false
+  @Option(help: "Where the units go.") var unitDir = "/etc/systemd/system"
+
+  func run() async throws {
+    let config = global.config ?? ProcessInfo.processInfo.environment["TIDEMARK_CONFIG"] ?? EngineConfig.defaultPath
+    let units = timer ? ["tidemark-replicate.service", "tidemark-replicate.timer"] : ["tidemark.service"]
+    switch action {
+    case "install":
+      let parsed = try EngineConfig.load(config)
+      let binary = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+      let path = config.hasPrefix("/") ? config : FileManager.default.currentDirectoryPath + "/" + config
+      let minutes = Int(parsed.interval.components.seconds / 60)
+      let calendar = minutes >= 1 && minutes <= 60 && 60 % minutes == 0 ? "*:0/\(minutes)" : "*:0/5"
+      let common = "Wants=network-online.target\nAfter=network-online.target\n"
+      let env = "Environment=TIDEMARK_STATE_DIR=\(EngineState.directory())\n"
+      var files: [(String, String)] = []
+      if timer {
+        files.append(
+          (
+            "tidemark-replicate.service",
+            "[Unit]\nDescription=tidemark replication cycle\n\(common)\n[Service]\nType=oneshot\n"
+              + "ExecStart=\(binary) replicate --once --config \(path)\n\(env)"
+          ))
+        files.append(
+          (
+            "tidemark-replicate.timer",
+            "[Unit]\nDescription=tidemark replication cycle (\(calendar))\n\n[Timer]\nOnCalendar=\(calendar)\n"
+              + "Persistent=true\nAccuracySec=1s\n\n[Install]\nWantedBy=timers.target\n"
+          ))
+      } else {
+        files.append(
+          (
+            "tidemark.service",
+            "[Unit]\nDescription=tidemark replication daemon\n\(common)\n[Service]\nType=simple\n"
+              + "ExecStart=\(binary) daemon --config \(path)\nExecReload=/bin/kill -HUP $MAINPID\n"
+              + "TimeoutStopSec=30min\nRestart=on-failure\nRestartSec=30s\n\(env)\n[Install]\nWantedBy=multi-user.target\n"
+          ))
+      }
+      try Sys.mkdirAll(BytePath(unitDir), 0o755)
+      for (name, text) in files {
+        try Array(text.utf8).withUnsafeBytes {
+          try Sys.writeAtomically(BytePath(unitDir + "/" + name), $0, mode: 0o644)
+        }
+        if !global.quiet { Out.line("wrote \(unitDir)/\(name)") }
+      }
+      if !noEnable {
+        try systemctl(["daemon-reload"])
+        try systemctl(["enable", "--now", timer ? "tidemark-replicate.timer" : "tidemark.service"])
+      }
+    case "remove":
+      if !noEnable { try? systemctl(["disable", "--now", timer ? "tidemark-replicate.timer" : "tidemark.service"]) }
+      for name in units where FileManager.default.fileExists(atPath: unitDir + "/" + name) {
+        try FileManager.default.removeItem(atPath: unitDir + "/" + name)
+        if !global.quiet { Out.line("removed \(unitDir)/\(name)") }
+      }
+      if !noEnable { try? systemctl(["daemon-reload"]) }
+    default:
+      throw TidemarkError(.usage, "unknown action \(action)", hint: "use install or remove")
+    }
+  }
+
+  func systemctl(_ args: [String]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/systemctl")
+    p.arguments = args
+    do { try p.run() } catch {
+      throw TidemarkError(
+        .general, "cannot run systemctl: \(error)", hint: "install the units with --no-enable and enable them by hand")
+    }
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else {
+      throw TidemarkError(.general, "systemctl \(args.joined(separator: " ")) failed (exit \(p.terminationStatus))")
+    }
+  }
+}

@@ -230,6 +230,26 @@ import TidemarkCore
     #expect(before == after)
   }
 
+  @Test func scheduleWritesAndRemovesTheUnits() throws {
+    let ws = try Workspace("schedule")
+    try "repository: /srv/x\ninterval: 10m\n".write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let dir = ws.sub("units")
+    let t = try ws.tidemark([
+      "schedule", "install", "--timer", "--no-enable", "--unit-dir", dir, "--config", ws.sub("c.yaml"),
+    ])
+    #expect(t.status == 0, "\(t.stderr)")
+    let service = try String(contentsOfFile: dir + "/tidemark-replicate.service", encoding: .utf8)
+    #expect(service.contains("ExecStart=\(Tools.tidemark) replicate --once --config \(ws.sub("c.yaml"))"), "\(service)")
+    let timer = try String(contentsOfFile: dir + "/tidemark-replicate.timer", encoding: .utf8)
+    #expect(timer.contains("OnCalendar=*:0/10") && timer.contains("Persistent=true"), "\(timer)")
+    let d = try ws.tidemark(["schedule", "install", "--no-enable", "--unit-dir", dir, "--config", ws.sub("c.yaml")])
+    #expect(d.status == 0)
+    #expect(try String(contentsOfFile: dir + "/tidemark.service", encoding: .utf8).contains(" daemon --config "))
+    #expect(try ws.tidemark(["schedule", "remove", "--timer", "--no-enable", "--unit-dir", dir]).status == 0)
+    #expect(try ws.tidemark(["schedule", "remove", "--no-enable", "--unit-dir", dir]).status == 0)
+    #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+  }
+
   @Test func badConfigurationIsOneLineWithTheLine() throws {
     let ws = try Workspace("cycle-config")
     try "repository: /tmp/x\ntargets:\n  - name: a\n    repo: /tmp/y\n".write(
