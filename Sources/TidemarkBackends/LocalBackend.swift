@@ -24,7 +24,7 @@ public struct LocalBackend: Backend {
     let root = self.root
     try await Blocking.run {
       try Sys.mkdirAll(root, 0o700)
-      for t in FileType.allCases where t != .config { try Sys.mkdir(root.appending(t.rawValue), 0o700) }
+      for t in FileType.layout { try Sys.mkdir(root.appending(t.rawValue), 0o700) }
       for i in 0..<256 {
         try Sys.mkdir(root.appending("data").appending(String(format: "%02x", i)), 0o700)
       }
@@ -37,9 +37,11 @@ public struct LocalBackend: Backend {
     try await Blocking.run {
       do {
         try data.withUnsafeBytes { try Sys.writeAtomically(p, $0, mode: 0o400) }
-      } catch let e as SystemError where e.errno == ENOENT && h.type == .pack {
-        // A repository made by an older tool may lack a data/XX directory.
-        try Sys.mkdir(root.appending("data").appending(String(h.name.prefix(2))), 0o700)
+      } catch let e as SystemError where e.errno == ENOENT && (h.type == .pack || h.type == .site) {
+        // A repository made by an older tool may lack a data/XX directory; tidemark/ is made on first use.
+        try Sys.mkdir(
+          h.type == .pack ? root.appending("data").appending(String(h.name.prefix(2))) : root.appending("tidemark"),
+          0o700)
         try data.withUnsafeBytes { try Sys.writeAtomically(p, $0, mode: 0o400) }
       }
     }

@@ -119,7 +119,7 @@ public final class SFTPBackend: Backend {
 
   public func create() async throws {
     let dirs: [[UInt8]] =
-      [root] + FileType.allCases.filter { $0 != .config }.map { join($0.rawValue) }
+      [root] + FileType.layout.map { join($0.rawValue) }
       + (0..<256).map { join("data", String(format: "%02x", $0)) }
     let root = self.root
     try await withSession { s in
@@ -142,8 +142,8 @@ public final class SFTPBackend: Backend {
     try await withSession { s in
       do {
         try data.withUnsafeBytes { try s.write(temp, $0, mode: 0o400) }
-      } catch let e as SFTPError where e.kind == .notFound && h.type == .pack {
-        try s.mkdir(dir)  // a repository made elsewhere may lack a data/XX directory
+      } catch let e as SFTPError where e.kind == .notFound && (h.type == .pack || h.type == .site) {
+        try s.mkdir(dir)  // a repository made elsewhere may lack a data/XX directory; tidemark/ comes on first use
         try data.withUnsafeBytes { try s.write(temp, $0, mode: 0o400) }
       }
       do {

@@ -18,6 +18,12 @@ public enum FileType: String, Sendable, CaseIterable {
   case snapshot = "snapshots"
   case index
   case pack = "data"
+  /// tidemark's own records beside restic's namespaces (the site role and fencing epoch, see Site): encrypted
+  /// like snapshot files, named by the SHA-256 of their bytes. restic ignores the directory.
+  case site = "tidemark"
+
+  /// The directories `create()` makes; `tidemark/` is made when the first record is saved.
+  public static let layout: [FileType] = [.key, .lock, .snapshot, .index, .pack]
 }
 
 /// Names one stored file: its type and its name (hex ID; "config" for the config file).

@@ -113,6 +113,19 @@ struct TargetOutcome: Sendable {
   var error: String?
 }
 
+/// A target's backend and site role as read before the cycle.
+struct TargetProbe: Sendable {
+  var index: Int
+  var name: String
+  var backend: (any Backend)? = nil
+  var state: SiteState? = nil
+}
+
+/// A standby's cycle: refused before anything is recorded (no state, no alerts).
+struct StandbyRefusal: Error {
+  var error: TidemarkError
+}
+
 /// One cycle: lock -> hooks -> backup -> replicate to every target (in parallel) -> retention -> state.
 struct Cycle {
   let global: GlobalOptions
@@ -156,8 +169,17 @@ struct Cycle {
     let say: (String) -> Void = { [quiet = global.quiet || global.json] s in if !quiet { Out.line(s) } }
 
     do {
-      try runHooks(config.hooks.before, "before")
       let repo = try await global.open()
+      // Roles (see Site): a standby runs no cycle; a site that a target outranks is fenced.
+      let own = try await Site.load(repo)
+      if own.role == .standby, let (m, h) = Site.fence(own: own, targets: []) {
+        throw StandbyRefusal(error: TidemarkError(.general, m, hint: h))
+      }
+      let probes = await probeTargets(repo)
+      if let (m, h) = Site.fence(own: own, targets: probes.compactMap { p in p.state.map { (p.name, $0) } }) {
+        throw TidemarkError(.general, m, hint: h)
+      }
+      try runHooks(config.hooks.before, "before")
       try await repo.loadIndex()
       // Backup.
       let paths = config.sources.compactMap { s -> BytePath? in
@@ -232,7 +254,8 @@ struct Cycle {
             do {
               let known = previous.first { $0.name == t.name && $0.repository == t.repository }?.keyID
               let (stats, newest, key) = try await replicate(
-                repo, t, password, verifiedKey: known.flatMap(KeyID.init(hex:)), newest: madeSnapshot)
+                repo, t, password, verifiedKey: known.flatMap(KeyID.init(hex:)), newest: madeSnapshot,
+                backend: probes[i].backend)
               return TargetOutcome(index: i, stats: stats, newest: newest, keyID: key?.hex, error: nil)
             } catch {
               return TargetOutcome(index: i, stats: nil, newest: nil, keyID: nil, error: "\(error)")
@@ -275,7 +298,10 @@ struct Cycle {
       state.targets.removeAll { s in !config.targets.contains { $0.name == s.name } }
       // Retention on the DC and on every target that replicated.
       if !config.retention.isEmpty {
-        let n = try await applyRetention(repo, config.retention)
+        // Retention guard: the newest snapshot each target holds stays on the DC too (a target that has been
+        // failing for a while still needs its newest snapshot as the last common one).
+        let needed = Set(state.targets.compactMap { $0.newestSnapshot })
+        let n = try await applyRetention(repo, config.retention, keeping: needed)
         if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
       }
       for outcome in outcomes where outcome.stats != nil {
@@ -292,6 +318,8 @@ struct Cycle {
       }
       state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
       try runHooks(config.hooks.after, "after")
+    } catch let e as StandbyRefusal {
+      throw e.error
     } catch {
       failures.append("\(error)")
       Out.err("tidemark: \(error)")
@@ -414,14 +442,39 @@ struct Cycle {
     try await Repository.open(backend: try targetBackend(t), password: try targetPassword(t, password))
   }
 
+  /// Each target's backend and site role, read in parallel before the cycle; an unreachable target has neither
+  /// (replicating to it fails and is reported as usual).
+  func probeTargets(_ repo: Repository) async -> [TargetProbe] {
+    let key = repo.key
+    return await withTaskGroup(of: TargetProbe.self) { g in
+      for (i, t) in config.targets.enumerated() {
+        g.addTask {
+          var p = TargetProbe(index: i, name: t.name)
+          do {
+            let b = try targetBackend(t)
+            p.backend = b
+            p.state = try await Site.load(b, key: key)
+          } catch {
+            p.state = nil
+          }
+          return p
+        }
+      }
+      var out: [TargetProbe] = []
+      for await p in g { out.append(p) }
+      return out.sorted { $0.index < $1.index }
+    }
+  }
+
   /// Creates the replica if needed and syncs it; returns the stats and the newest snapshot now on the target.
   /// `newest`: the snapshot this cycle made; once the sync succeeded it is on the target (a successful sync
   /// copies every snapshot file), so the target's snapshots need not be loaded to know its newest.
   func replicate(
-    _ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8], verifiedKey: KeyID?, newest made: Snapshot?
+    _ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8], verifiedKey: KeyID?, newest made: Snapshot?,
+    backend: (any Backend)? = nil
   ) async throws -> (ReplicaStats, Snapshot?, KeyID?) {
     let target = try await Replica.create(
-      source: repo, target: try targetBackend(t), password: try targetPassword(t, password),
+      source: repo, target: try backend ?? targetBackend(t), password: try targetPassword(t, password),
       kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
     let stats: ReplicaStats
     do {
@@ -438,9 +491,12 @@ struct Cycle {
     return (stats, newest, target.keyID)
   }
 
-  /// Forgets by `r` (grouped by host and paths); the newest snapshot of each group always stays (a target may
-  /// still need it as the last common snapshot). Returns how many snapshots were removed.
-  func applyRetention(_ repo: Repository, _ r: EngineConfig.Retention) async throws -> Int {
+  /// Forgets by `r` (grouped by host and paths); the newest snapshot of each group always stays, and so do
+  /// the snapshots in `needed` (each target's newest: a target may still need it as the last common snapshot).
+  /// Returns how many snapshots were removed.
+  func applyRetention(_ repo: Repository, _ r: EngineConfig.Retention, keeping needed: Set<String> = []) async throws
+    -> Int
+  {
     var p = ForgetPolicy()
     p.last = r.keepLast ?? 0
     p.hourly = r.keepHourly ?? 0
@@ -460,7 +516,7 @@ struct Cycle {
       var remove: [SnapshotID] = []
       for (_, snaps) in SnapshotGrouping.default.group(try await repo.listSnapshots()) {
         let newest = snaps.max { $0.time < $1.time }?.id
-        remove += p.apply(to: snaps).remove.compactMap(\.id).filter { $0 != newest }
+        remove += p.apply(to: snaps).remove.compactMap(\.id).filter { $0 != newest && !needed.contains($0.hex) }
       }
       try await forEachConcurrently(remove, limit: 4) { id in try await repo.backend.remove(Handle(.snapshot, id.hex)) }
       return remove.count

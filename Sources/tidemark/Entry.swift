@@ -30,7 +30,8 @@ struct Tidemark: AsyncParsableCommand {
       Init.self, Backup.self, Snapshots.self, Ls.self, Cat.self, RestoreCommand.self, KeyCommand.self,
       Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, StatsCommand.self, DiffCommand.self,
       FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, StatusCommand.self,
-      DaemonCommand.self, ScheduleCommand.self,
+      DaemonCommand.self, ScheduleCommand.self, FailoverCommand.self, PromoteCommand.self, DemoteCommand.self,
+      RoleCommand.self,
       VersionCommand.self,
     ])
 

@@ -143,6 +143,7 @@ struct Forget: AsyncParsableCommand {
       throw TidemarkError(.usage, "--no-lock is only applicable in combination with --dry-run for forget command")
     }
     let repo = try await global.open()
+    if !dryRun { try await global.refuseOnStandby(repo, "forget") }
     // A dry run only reads, so a shared lock does; removing needs the repository to itself.
     try await global.withLock(repo, exclusive: !dryRun || prune) {
       let removed = try await forget(repo, policy: policy, grouping: grouping)

@@ -130,6 +130,7 @@ struct PruneCommand: AsyncParsableCommand {
   func run() async throws {
     let options = try flags.options(dryRun: dryRun)
     let repo = try await global.open()
+    try await global.refuseOnStandby(repo, "prune")
     try await global.withLock(repo, exclusive: true) {
       try await runPrune(repo, options: options, global: global)
     }

@@ -2,6 +2,7 @@
 // pack's blobs into ranged reads.
 import Testing
 import TidemarkCore
+
 @testable import TidemarkOperations
 
 struct CopyRuleTests {

@@ -90,6 +90,9 @@ import TidemarkCore
     #expect(try run(["status", "--config", "c.yaml"]).status == 2)
 
     // The SFTP target goes away: the cycle fails (exit 1) but the local target still gets the new snapshot.
+    let sftpNewest =
+      (try state()["targets"] as? [[String: Any]])?.first { $0["name"] as? String == "sftp" }?[
+        "newestSnapshot"] as? String
     server.stop()
     try Data("new".utf8).write(to: URL(fileURLWithPath: ws.sub("src/after-outage")))
     let failed = try run(["replicate", "--once", "--config", "c.yaml"])
@@ -101,8 +104,17 @@ import TidemarkCore
     let bodies = (try? String(contentsOfFile: ws.sub("alerts.json"), encoding: .utf8)) ?? ""
     #expect(bodies.contains("\"alert\":\"rpo\"") && bodies.contains("\"target\":\"sftp\""), "\(bodies)")
     #expect(try ids(ws.sub("dr-local")) == (try ids(ws.sub("dc"))))
+    // Retention guard: more failing cycles push the SFTP target's newest snapshot out of keep-last 3, but the DC
+    // keeps it (the target's last common snapshot) while the local target, which is current, forgets it.
+    for i in 0..<3 {
+      try Data("new \(i)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/after-outage")))
+      #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 1)
+    }
+    let dcNow = try ids(ws.sub("dc"))
+    #expect(sftpNewest != nil && dcNow.contains(sftpNewest!) && dcNow.count == 4, "\(dcNow) \(sftpNewest ?? "-")")
+    #expect(!(try ids(ws.sub("dr-local"))).contains(sftpNewest ?? ""))
     let down = try run(["status", "--json", "--config", "c.yaml"])
-    #expect(down.status == 2 && down.out.contains("\"consecutive_failures\":1"), "\(down.out)")
+    #expect(down.status == 2 && down.out.contains("\"consecutive_failures\":4"), "\(down.out)")
     // It comes back: the next cycle catches up.
     try server.start()
     let back = try run(["replicate", "--once", "--config", "c.yaml"])

@@ -13,8 +13,9 @@ final class SSHServer {
   var userKey: String { dir + "/userkey" }
   var knownHosts: String { dir + "/known_hosts" }
 
-  init(_ ws: Workspace) throws {
-    dir = ws.sub("sshd")
+  /// `name`: the directory under the workspace for its keys, config and log (two servers need two).
+  init(_ ws: Workspace, name: String = "sshd") throws {
+    dir = ws.sub(name)
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
     let keys = try Tools.sh(

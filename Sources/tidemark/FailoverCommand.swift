@@ -1,0 +1,318 @@
+// Failover and role reversal: `tidemark failover`, `promote`, `demote` and `role`. The role and fencing epoch
+// live in each site's repository (see TidemarkOperations/Site.swift); the replication cycle checks them.
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkOperations
+
+/// This site's repository and configuration, and what its targets (the other sites) say about themselves.
+struct SiteContext {
+  let global: GlobalOptions
+  let config: EngineConfig
+  let repo: Repository
+  let own: SiteState
+
+  struct Peer: Sendable {
+    var name: String
+    var location: String
+    var state: SiteState?
+    var error: String?
+    var snapshots: Set<String>?
+  }
+
+  static func open(_ global: GlobalOptions, for what: String) async throws -> SiteContext {
+    guard let config = try global.engineConfig() else {
+      throw TidemarkError(
+        .usage, "\(what) needs this site's configuration", hint: "pass --config FILE (or set TIDEMARK_CONFIG)")
+    }
+    let repo = try await global.open()
+    return SiteContext(global: global, config: config, repo: repo, own: try await Site.load(repo))
+  }
+
+  /// Every target's role (in parallel); an unreachable target has an error instead. `snapshots`: also list the
+  /// snapshot files each target holds.
+  func peers(snapshots: Bool = false) async -> [Peer] {
+    let cycle = Cycle(global: global, config: config)
+    let key = repo.key
+    return await withTaskGroup(of: (Int, Peer).self) { g in
+      for (i, t) in config.targets.enumerated() {
+        g.addTask {
+          var p = Peer(name: t.name, location: t.repository)
+          do {
+            let b = try cycle.targetBackend(t)
+            p.state = try await Site.load(b, key: key)
+            if snapshots { p.snapshots = Set(try await b.list(.snapshot).map(\.name)) }
+          } catch {
+            p.error = "\(error)"
+          }
+          return (i, p)
+        }
+      }
+      var out: [(Int, Peer)] = []
+      for await r in g { out.append(r) }
+      return out.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+  }
+
+  /// The newest snapshot of this configuration's path sources (optionally of one host), or `ref`.
+  func snapshotToRestore(_ ref: String?, host: String?) async throws -> Snapshot? {
+    if let ref { return try await repo.findSnapshot(ref, host: host) }
+    let paths = config.sourcePaths
+    guard !paths.isEmpty else { return nil }
+    let want = Set(paths)
+    let all = try await repo.listSnapshots().filter { s in
+      Set(s.paths) == want && (host == nil || s.hostname == host)
+    }
+    guard let newest = all.max(by: { $0.time < $1.time }) else {
+      throw TidemarkError(
+        .notFound,
+        "no snapshot of \(paths.joined(separator: " "))\(host.map { " from host \($0)" } ?? "") in \(repo.backend.location)",
+        hint: "name one with --snapshot ID (`tidemark snapshots` lists them)")
+    }
+    return newest
+  }
+
+  /// Restores each source path of `snap` to where it was (in place), like `tidemark restore ID:PATH --in-place`.
+  func restoreInPlace(_ snap: Snapshot, delete: Bool, dryRun: Bool) async throws {
+    let paths = config.sourcePaths.isEmpty ? snap.paths : config.sourcePaths
+    for p in paths {
+      var r = try RestoreCommand.parse(["\(snap.id!.hex):\(p)", "--in-place"])
+      r.global = global
+      r.delete = delete
+      r.dryRun = dryRun
+      try await r.run()
+    }
+  }
+}
+
+extension EngineConfig {
+  /// The `path` sources, in order.
+  var sourcePaths: [String] {
+    sources.compactMap { s in
+      if case .path(let p, _) = s { return p }
+      return nil
+    }
+  }
+}
+
+struct FailoverCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "failover",
+    abstract: "Make this (DR) site the primary after the primary site is lost, and restore its data in place.",
+    discussion: """
+      Run on the DR machine with its own configuration (--config): its repository is the replica the lost \
+      primary replicated into, its targets point back at the primary's repository.
+
+      1. Refuses when a target is reachable and not a standby: the primary may still be running \
+      (use `demote` there and `promote` here for a planned switch), unless --force.
+      2. Records in this site's repository that it is the primary, with a new fencing epoch (one above any \
+      epoch seen). The old primary reads it when it comes back and stops its cycles (fenced) until it is demoted.
+      3. Restores the newest snapshot of the configured source paths (or --snapshot) in place: only what \
+      differs is written; --delete removes what the snapshot does not have.
+
+      Then start the cycles here (`tidemark schedule install` or `systemctl start tidemark`). Running \
+      failover again repeats the restore without raising the epoch again.
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Option(help: "Restore this snapshot (ID, prefix or latest) instead of the newest of the source paths.")
+  var snapshot: String?
+  @Option(name: [.customShort("H"), .long], help: "Take the newest snapshot of this host.") var host: String?
+  @Flag(help: "Delete what the snapshot does not have, inside the restored source paths.") var delete = false
+  @Flag(name: .customLong("no-restore"), help: "Only record the new role; restore nothing.") var noRestore = false
+  @Flag(name: [.customShort("n"), .long], help: "Show what would be done; change nothing.") var dryRun = false
+  @Flag(help: "Fail over even when a target is reachable and not a standby.") var force = false
+
+  func run() async throws {
+    let site = try await SiteContext.open(global, for: "failover")
+    let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
+    let peers = await site.peers()
+    for p in peers {
+      if let e = p.error {
+        say("target \(p.name): unreachable (\(e))")
+      } else if let s = p.state, s.role != .standby, !force {
+        throw TidemarkError(
+          .general,
+          "target \(p.name) (\(p.location)) is reachable and \(s.role == nil ? "has no standby role" : s.summary): the primary may still be running",
+          hint:
+            "for a planned switch run `tidemark demote` there and `tidemark promote` here; if that site is lost for good, pass --force"
+        )
+      }
+    }
+    let snap = noRestore ? nil : try await site.snapshotToRestore(snapshot, host: host)
+    let maxEpoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()!
+    let already = site.own.role == .primary && site.own.current?.reason == "failover" && site.own.epoch >= maxEpoch
+    let epoch = already ? site.own.epoch : maxEpoch + 1
+    if dryRun {
+      say(already ? "already primary at epoch \(epoch)" : "would record: primary at epoch \(epoch)")
+    } else if already {
+      say("this site is already the primary at epoch \(epoch) (failover of \(site.own.current!.time))")
+    } else {
+      try await Site.record(site.repo, role: .primary, epoch: epoch, reason: "failover", snapshot: snap?.id?.hex)
+      say("this site is now the primary at epoch \(epoch)")
+    }
+    if let snap {
+      try await site.restoreInPlace(snap, delete: delete, dryRun: dryRun)
+    }
+    if global.json {
+      Out.line(
+        "{\"role\":\"primary\",\"epoch\":\(epoch),\"dry_run\":\(dryRun),\"snapshot\":\(snap.map { "\"\($0.id!.hex)\"" } ?? "null")}"
+      )
+    }
+    if !dryRun {
+      say("next: start the cycles here (`tidemark schedule install --config …`); when the old primary returns, run")
+      say("`tidemark demote` there: this site's cycles then send it only what is new.")
+    }
+  }
+}
+
+struct PromoteCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "promote",
+    abstract: "Make this site the primary again (planned role switch), with a new fencing epoch.",
+    discussion: """
+      For a planned switch (e.g. back to the original DC): on the current primary run a last cycle \
+      (`tidemark replicate --once`) and `tidemark demote`; then run `tidemark promote --restore` here.
+
+      Refuses, unless --force: when a target is still primary, when a target cannot be reached (its role is \
+      unknown; after a site loss use `tidemark failover`), and when a target holds snapshots this repository \
+      lacks (the last cycle did not reach here). --restore puts the newest snapshot of the source paths back \
+      in place (only what differs is written; --delete removes what it does not have).
+      """)
+  @OptionGroup var global: GlobalOptions
+  @Flag(help: "Restore the newest snapshot of the source paths in place after promoting.") var restore = false
+  @Flag(help: "With --restore: delete what the snapshot does not have, inside the source paths.") var delete = false
+  @Flag(help: "Promote even when a target is unreachable, still primary, or ahead.") var force = false
+
+  func run() async throws {
+    let site = try await SiteContext.open(global, for: "promote")
+    let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
+    if site.own.role == .primary {
+      say("this site is already the primary (\(site.own.summary))")
+    } else {
+      let peers = await site.peers(snapshots: true)
+      let mine = Set(try await site.repo.backend.list(.snapshot).map(\.name))
+      for p in peers where !force {
+        if let e = p.error {
+          throw TidemarkError(
+            .general, "cannot read the role of target \(p.name): \(e)",
+            hint: "if that site is lost, use `tidemark failover`; otherwise pass --force")
+        }
+        if let s = p.state, s.role != .standby {
+          throw TidemarkError(
+            .general, "target \(p.name) is \(s.role == nil ? "not a standby (no role recorded)" : s.summary)",
+            hint: "run a last cycle and `tidemark demote` there first")
+        }
+        if let theirs = p.snapshots, case let missing = theirs.subtracting(mine), !missing.isEmpty {
+          throw TidemarkError(
+            .general, "target \(p.name) holds \(missing.count) snapshots this repository lacks",
+            hint: "run a last cycle there (`tidemark replicate --once`) before promoting this site, or pass --force")
+        }
+      }
+      let epoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()! + 1
+      try await Site.record(site.repo, role: .primary, epoch: epoch, reason: "promote")
+      say("this site is now the primary at epoch \(epoch)")
+    }
+    if restore, let snap = try await site.snapshotToRestore(nil, host: nil) {
+      try await site.restoreInPlace(snap, delete: delete, dryRun: false)
+    }
+  }
+}
+
+struct DemoteCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "demote",
+    abstract: "Make this site a standby: its cycles and prunes are refused; the primary replicates into it.",
+    discussion: """
+      Run on the old primary when it comes back after a failover (its cycles report `fenced` until then), \
+      or on the current primary, after a last cycle, before promoting the other site. The standby keeps the \
+      highest epoch it has seen. Stop its timer or daemon (`systemctl stop tidemark`); cycles there now fail \
+      with a message saying so.
+      """)
+  @OptionGroup var global: GlobalOptions
+
+  func run() async throws {
+    let site = try await SiteContext.open(global, for: "demote")
+    let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
+    if site.own.role == .standby {
+      say("this site is already a standby (\(site.own.summary))")
+      return
+    }
+    let peers = await site.peers()
+    let epoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()!
+    try await Site.record(site.repo, role: .standby, epoch: epoch, reason: "demote")
+    say(
+      "this site is now a standby at epoch \(epoch): the primary's cycles replicate into \(site.repo.backend.location)")
+  }
+}
+
+struct RoleCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "role",
+    abstract: "Show this site's role and fencing epoch, and those of its targets.",
+    discussion: """
+      With --config: this site's repository and every target. With -r only: that repository's role and the \
+      history of its role changes.
+      """)
+  @OptionGroup var global: GlobalOptions
+
+  func run() async throws {
+    let repo = try await global.open()
+    let own = try await Site.load(repo)
+    var peers: [SiteContext.Peer] = []
+    if let config = try global.engineConfig(), global.repo == nil {
+      peers = await SiteContext(global: global, config: config, repo: repo, own: own).peers()
+    }
+    func json(_ s: SiteState?) -> String {
+      guard let s else { return "null" }
+      let role = s.role.map { "\"\($0.rawValue)\"" } ?? "null"
+      return "{\"role\":\(role),\"epoch\":\(s.epoch),\"since\":\(s.current.map { "\"\($0.time)\"" } ?? "null")}"
+    }
+    if global.json {
+      var w = JSONWriter()
+      w.raw("{\"site\":\(json(own)),\"history\":[")
+      for (i, r) in own.history.enumerated() {
+        if i > 0 { w.comma() }
+        w.raw("{\"seq\":\(r.seq),\"epoch\":\(r.epoch),\"role\":\"\(r.role.rawValue)\",\"reason\":")
+        w.string(r.reason)
+        w.raw(",\"hostname\":")
+        w.string(r.hostname)
+        w.raw(",\"time\":\"\(r.time)\"}")
+      }
+      w.raw("],\"targets\":[")
+      for (i, p) in peers.enumerated() {
+        if i > 0 { w.comma() }
+        w.raw("{\"name\":")
+        w.string(p.name)
+        w.raw(",\"site\":\(json(p.state))")
+        if let e = p.error {
+          w.raw(",\"error\":")
+          w.string(e)
+        }
+        w.raw("}")
+      }
+      w.raw("]}\n")
+      Out.raw(w.out)
+      return
+    }
+    Out.line("this site (\(repo.backend.location)): \(own.summary)")
+    for r in own.history.reversed().dropFirst() {
+      Out.line("  before: \(r.role.rawValue) at epoch \(r.epoch) since \(r.time) (\(r.reason) on \(r.hostname))")
+    }
+    for p in peers {
+      Out.line("target \(p.name) (\(p.location)): \(p.state?.summary ?? "unreachable: \(p.error ?? "?")")")
+    }
+  }
+}
+
+extension GlobalOptions {
+  /// A demoted site refuses to prune (or forget in) its own repository, the one its configuration names; the
+  /// primary still manages it as a target (`-r` from there).
+  func refuseOnStandby(_ repo: Repository, _ what: String) async throws {
+    guard self.repo == nil, try engineConfig() != nil else { return }
+    let own = try await Site.load(repo)
+    guard own.role == .standby else { return }
+    throw TidemarkError(
+      .general, "this site is a standby (\(own.summary)): \(what) is refused here",
+      hint: "the primary manages this repository as its target; `tidemark promote` makes this site primary again")
+  }
+}
