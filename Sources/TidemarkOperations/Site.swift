@@ -52,8 +52,11 @@ public struct SiteState: Sendable {
   public var role: SiteRecord.Role? { current?.role }
   public var nextSeq: Int { (current?.seq ?? 0) + 1 }
 
-  public var summary: String {
-    guard let c = current else { return "no role recorded (epoch 0)" }
+  public var summary: String { summary(implicit: nil) }
+
+  /// "primary at epoch 2 since … (promote on dc1)"; without records, "`implicit` (no role recorded, epoch 0)".
+  public func summary(implicit: SiteRecord.Role?) -> String {
+    guard let c = current else { return "\(implicit.map { $0.rawValue + " " } ?? "")(no role recorded, epoch 0)" }
     return "\(c.role.rawValue) at epoch \(c.epoch) since \(c.time) (\(c.reason) on \(c.hostname))"
   }
 }
@@ -101,7 +104,7 @@ public enum Site {
   public static func fence(own: SiteState, targets: [(name: String, state: SiteState)]) -> (String, String)? {
     if own.role == .standby {
       return (
-        "this site is a standby (\(own.summary)): it does not run cycles or prunes",
+        "this site is a \(own.summary): a standby does not run cycles or prunes",
         "`tidemark promote` makes it primary again (after the primary's last cycle and `tidemark demote` there)"
       )
     }

@@ -290,7 +290,6 @@ struct Cycle {
           ts.lastError = e
           ts.consecutiveFailures += 1
           failures.append("target \(t.name): \(e)")
-          Out.err("tidemark: target \(t.name): \(e)")
         }
         state.targets.removeAll { $0.name == t.name }
         state.targets.append(ts)
@@ -322,7 +321,6 @@ struct Cycle {
       throw e.error
     } catch {
       failures.append("\(error)")
-      Out.err("tidemark: \(error)")
     }
     state.lastCycleEnd = Date().timeIntervalSince1970
     state.lastCycleSuccess = failures.isEmpty

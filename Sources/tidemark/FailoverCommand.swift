@@ -187,7 +187,7 @@ struct PromoteCommand: AsyncParsableCommand {
     let site = try await SiteContext.open(global, for: "promote")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
     if site.own.role == .primary {
-      say("this site is already the primary (\(site.own.summary))")
+      say("this site is already the \(site.own.summary)")
     } else {
       let peers = await site.peers(snapshots: true)
       let mine = Set(try await site.repo.backend.list(.snapshot).map(\.name))
@@ -234,7 +234,7 @@ struct DemoteCommand: AsyncParsableCommand {
     let site = try await SiteContext.open(global, for: "demote")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
     if site.own.role == .standby {
-      say("this site is already a standby (\(site.own.summary))")
+      say("this site is already a \(site.own.summary)")
       return
     }
     let peers = await site.peers()
@@ -294,12 +294,13 @@ struct RoleCommand: AsyncParsableCommand {
       Out.raw(w.out)
       return
     }
-    Out.line("this site (\(repo.backend.location)): \(own.summary)")
+    Out.line("this site (\(repo.backend.location)): \(own.summary(implicit: peers.isEmpty ? nil : .primary))")
     for r in own.history.reversed().dropFirst() {
       Out.line("  before: \(r.role.rawValue) at epoch \(r.epoch) since \(r.time) (\(r.reason) on \(r.hostname))")
     }
     for p in peers {
-      Out.line("target \(p.name) (\(p.location)): \(p.state?.summary ?? "unreachable: \(p.error ?? "?")")")
+      Out.line(
+        "target \(p.name) (\(p.location)): \(p.state?.summary(implicit: .standby) ?? "unreachable: \(p.error ?? "?")")")
     }
   }
 }
@@ -312,7 +313,7 @@ extension GlobalOptions {
     let own = try await Site.load(repo)
     guard own.role == .standby else { return }
     throw TidemarkError(
-      .general, "this site is a standby (\(own.summary)): \(what) is refused here",
+      .general, "this site is a \(own.summary): \(what) is refused on a standby",
       hint: "the primary manages this repository as its target; `tidemark promote` makes this site primary again")
   }
 }
