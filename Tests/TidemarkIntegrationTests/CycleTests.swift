@@ -208,6 +208,65 @@ import TidemarkCore
     }
   }
 
+  @Test func daemonRunsACycleOnSIGUSR1WithItsKeyInMemory() throws {
+    let ws = try Workspace("daemon-usr1")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try Data("one".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try """
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    interval: 1h
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    #expect(try ws.tidemark(["init", "--config", ws.sub("c.yaml")], password: "", env: env).status == 0)
+    let pid = try spawn([
+      "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
+      "--config", ws.sub("c.yaml"),
+    ])
+    defer {
+      kill(pid, SIGKILL)
+      _ = waitpid(pid, nil, 0)
+    }
+    func snapshots(_ r: String) -> Int {
+      (try? FileManager.default.contentsOfDirectory(atPath: ws.sub(r + "/snapshots")).count) ?? 0
+    }
+    Thread.sleep(forTimeInterval: 0.5)
+    #expect(snapshots("dc") == 0, "a cycle ran before its hour")
+    // Each SIGUSR1 runs a cycle now; the second one opens the repository with the key kept in memory.
+    for round in 1...2 {
+      try Data("round \(round)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+      kill(pid, SIGUSR1)
+      for _ in 0..<100 where snapshots("dr") < round { Thread.sleep(forTimeInterval: 0.05) }
+      #expect(snapshots("dc") == round && snapshots("dr") == round, "round \(round)")
+    }
+    // A removed key file is noticed: the cached key is dropped and the password opens another key.
+    let added = try ws.tidemark(
+      ["key", "add", "--config", ws.sub("c.yaml"), "--new-password-file", ws.sub("pw")], password: "", env: env)
+    #expect(added.status == 0, "\(added.stderr)")
+    let keys = try FileManager.default.contentsOfDirectory(atPath: ws.sub("dc/keys")).sorted()
+    let used = try ws.tidemark(["key", "list", "--json", "--config", ws.sub("c.yaml")], password: "", env: env).out
+    if let current = keys.first(where: { used.contains("\"current\":true,\"id\":\"\($0)") }) {
+      try FileManager.default.removeItem(atPath: ws.sub("dc/keys/" + current))
+    }
+    kill(pid, SIGUSR1)
+    for _ in 0..<100 where snapshots("dr") < 3 { Thread.sleep(forTimeInterval: 0.05) }
+    #expect(snapshots("dr") == 3)
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    for _ in 0..<100 {
+      if waitpid(pid, &status, WNOHANG) == pid { break }
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    let check = try ws.restic(["-r", ws.sub("dr"), "check"], password: "secret")
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
   @Test func commandSourcesAreStreamedIntoSnapshotsAndAFailingCommandLeavesNone() throws {
     let ws = try Workspace("cycle-command")
     try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
