@@ -837,7 +837,7 @@ YAML
   "$TM" daemon --config "$dir/d.yaml" > "$dir/daemon.log" 2>&1 &
   local dpid=$!
   DAEMON_PID=$dpid
-  sleep 0.5
+  for _ in $(seq 100); do grep -q "tidemark daemon: every" "$dir/daemon.log" && break; sleep 0.05; done
   daemon_cycle "$dpid" "$dir/state/state.json" > /dev/null
   log "cycle: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $RUNS runs, median"
   local before after dcb dca

@@ -165,9 +165,15 @@ public enum Replica {
   /// top of this file). Takes shared locks on both unless the caller holds them (`locked`). A damaged source
   /// file is not copied, nothing that needs it is published, everything else is, and then the sync throws
   /// an error naming it.
+  ///
+  /// `fullListing`: list every pack on both sides, so packs lost on the target (or never indexed on the source)
+  /// are copied too. Without it the work grows with what is new, not with the repository: only the snapshot
+  /// and index directories are listed, and only the packs named by index files the target lacks are looked up
+  /// (one `size` each, on both sides). The replication cycle lists in full now and then.
   public static func sync(
     source: Repository, target: Repository, concurrency: Int = 4, locked: Bool = false,
-    lockRetry: Duration = .zero, progress: @escaping @Sendable (ReplicaEvent) -> Void = { _ in }
+    lockRetry: Duration = .zero, fullListing: Bool = true,
+    progress: @escaping @Sendable (ReplicaEvent) -> Void = { _ in }
   ) async throws -> ReplicaStats {
     guard source.key == target.key, source.config.id == target.config.id else {
       throw TidemarkError(
@@ -175,12 +181,15 @@ public enum Replica {
         hint: "replicate to an empty location to create a replica")
     }
     guard !locked else {
-      return try await Copier(source: source, target: target, concurrency: concurrency, progress: progress).run()
+      return try await Copier(
+        source: source, target: target, concurrency: concurrency, fullListing: fullListing, progress: progress
+      ).run()
     }
     let locks = try await lock(source: source, target: target, retry: lockRetry)
     do {
-      let stats = try await Copier(source: source, target: target, concurrency: concurrency, progress: progress)
-        .run()
+      let stats = try await Copier(
+        source: source, target: target, concurrency: concurrency, fullListing: fullListing, progress: progress
+      ).run()
       await locks.release()
       return stats
     } catch {
@@ -195,6 +204,7 @@ private struct Copier {
   let source: Repository
   let target: Repository
   let concurrency: Int
+  let fullListing: Bool
   let progress: @Sendable (ReplicaEvent) -> Void
 
   /// A source index file the target lacks: its stored bytes and the packs it names.
@@ -227,11 +237,11 @@ private struct Copier {
     // was published before it, so it is in the later listings.
     let srcSnapshots = try await src.list(.snapshot)
     let srcIndex = try await src.list(.index)
-    let srcPacks = try await src.list(.pack)
+    let srcPacks = fullListing ? try await src.list(.pack) : []
     let dstSnapshots = Set(try await dst.list(.snapshot).map(\.name))
     let dstIndex = Set(try await dst.list(.index).map(\.name))
-    let dstPacks = Set(try await dst.list(.pack).map(\.name))
-    let srcPackSize = Dictionary(srcPacks.map { ($0.name, $0.size) }) { a, _ in a }
+    var dstPacks = fullListing ? Set(try await dst.list(.pack).map(\.name)) : []
+    var srcPackSize = Dictionary(srcPacks.map { ($0.name, $0.size) }) { a, _ in a }
 
     // The index files to publish, decrypted only to learn their packs.
     let missingIndex = srcIndex.filter { !dstIndex.contains($0.name) }.sorted { $0.name < $1.name }
@@ -260,6 +270,22 @@ private struct Copier {
       loaded.withLock { $0.append(pending) }
     }
     let pending = loaded.withLock { $0 }.sorted { $0.name < $1.name }
+    if !fullListing {
+      // Only the packs the new index files name: which the source has (and their sizes), which the target has.
+      let wanted = Array(Set(pending.flatMap(\.packs))).sorted()
+      let found = Mutex<(src: [String: Int], dst: Set<String>)>(([:], []))
+      try await forEachConcurrently(wanted, limit: 2 * concurrency) { name in
+        let h = Handle(.pack, name)
+        let size: Int?
+        do { size = try await src.size(h) } catch is BackendNotFound { size = nil }
+        let there = try await dst.exists(h)
+        found.withLock {
+          if let size { $0.src[name] = size }
+          if there { $0.dst.insert(name) }
+        }
+      }
+      (srcPackSize, dstPacks) = found.withLock { ($0.src, $0.dst) }
+    }
 
     // Which packs to copy, grouped by the index file that waits for them so index files publish early;
     // then the other packs the target lacks (not indexed yet on the source, or lost on the target).
@@ -299,7 +325,7 @@ private struct Copier {
     let skippedForAbsence = state.inner.withLock { $0.blocked }
     let missingSnapshots = srcSnapshots.filter { !dstSnapshots.contains($0.name) }
     state.inner.withLock { s in
-      s.stats.packsPresent = srcPacks.count - order.count
+      s.stats.packsPresent = fullListing ? srcPacks.count - order.count : dstPacks.count
       s.stats.indexFilesPresent = srcIndex.count - missingIndex.count
       s.stats.snapshotsPresent = srcSnapshots.count - missingSnapshots.count
     }

@@ -28,6 +28,8 @@ struct EngineState: Codable {
     var bytesCopiedTotal = 0
     /// The target's key file that opened with the target password (checked again when it disappears).
     var keyID: String?
+    /// When a sync last compared every pack on both sides (see `Cycle.fullListingEvery`).
+    var lastFullSync: Double?
   }
   var lastCycleStart: Double?
   var lastCycleEnd: Double?
@@ -111,6 +113,7 @@ struct TargetOutcome: Sendable {
   var newest: Snapshot?
   var keyID: String?
   var error: String?
+  var fullListing = false
 }
 
 /// The daemon's master keys by repository and password, in memory only: a cycle after the first opens the
@@ -164,6 +167,8 @@ struct Cycle {
   var guardSignals = true
   /// The daemon's keys: its cycles open the repository without deriving the password's key again.
   var keys: KeyCache? = nil
+  /// Seconds between syncs that list every pack on both sides.
+  static let fullListingEvery = 6 * 3600.0
 
   func withLock<T>(_ repo: Repository, exclusive: Bool, _ body: () async throws -> T) async throws -> T {
     if guardSignals { return try await global.withLock(repo, exclusive: exclusive, body) }
@@ -284,11 +289,15 @@ struct Cycle {
         for (i, t) in targets.enumerated() {
           g.addTask {
             do {
-              let known = previous.first { $0.name == t.name && $0.repository == t.repository }?.keyID
+              let known = previous.first { $0.name == t.name && $0.repository == t.repository }
+              // Packs are compared in full now and then (that heals packs lost on the target); in between
+              // only what the new index files name is looked up.
+              let full = known?.lastFullSync.map { Date().timeIntervalSince1970 - $0 > Cycle.fullListingEvery } ?? true
               let (stats, newest, key) = try await replicate(
-                repo, t, password, verifiedKey: known.flatMap(KeyID.init(hex:)), newest: madeSnapshot,
-                backend: probes[i].backend)
-              return TargetOutcome(index: i, stats: stats, newest: newest, keyID: key?.hex, error: nil)
+                repo, t, password, verifiedKey: known?.keyID.flatMap(KeyID.init(hex:)), newest: madeSnapshot,
+                backend: probes[i].backend, fullListing: full)
+              return TargetOutcome(
+                index: i, stats: stats, newest: newest, keyID: key?.hex, error: nil, fullListing: full)
             } catch {
               return TargetOutcome(index: i, stats: nil, newest: nil, keyID: nil, error: "\(error)")
             }
@@ -312,6 +321,7 @@ struct Cycle {
           ts.bytesCopiedLast = stats.bytesCopied
           ts.bytesCopiedTotal += stats.bytesCopied
           ts.keyID = outcome.keyID
+          if outcome.fullListing { ts.lastFullSync = now }
           if let newest {
             ts.newestSnapshot = newest.id?.hex
             ts.newestSnapshotTime = Double(newest.time.seconds)
@@ -501,14 +511,14 @@ struct Cycle {
   /// copies every snapshot file), so the target's snapshots need not be loaded to know its newest.
   func replicate(
     _ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8], verifiedKey: KeyID?, newest made: Snapshot?,
-    backend: (any Backend)? = nil
+    backend: (any Backend)? = nil, fullListing: Bool = true
   ) async throws -> (ReplicaStats, Snapshot?, KeyID?) {
     let target = try await Replica.create(
       source: repo, target: try backend ?? targetBackend(t), password: try targetPassword(t, password),
       kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
     let stats: ReplicaStats
     do {
-      stats = try await Replica.sync(source: repo, target: target)
+      stats = try await Replica.sync(source: repo, target: target, fullListing: fullListing)
     } catch let e as ReplicaError {
       throw e.error
     }

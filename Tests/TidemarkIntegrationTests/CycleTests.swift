@@ -208,6 +208,51 @@ import TidemarkCore
     }
   }
 
+  @Test func cyclesLookUpOnlyNewPacksAndListEverythingNowAndThen() throws {
+    let ws = try Workspace("cycle-incremental")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try """
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func cycle() throws -> RunResult {
+      try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
+    }
+    #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
+    func packs(_ r: String) throws -> Set<String> {
+      let out = try Tools.run("/usr/bin/find", [ws.sub(r + "/data"), "-type", "f", "-printf", "%f\n"]).out
+      return Set(out.split(separator: "\n").map(String.init))
+    }
+    try Data((0..<300_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    #expect(try cycle().status == 0)  // the first sync lists everything
+    // A pack lost on the target is not noticed by the next cycles, which look up only what is new...
+    let lost = try packs("dr").sorted()[0]
+    try FileManager.default.removeItem(atPath: ws.sub("dr/data/\(lost.prefix(2))/\(lost)"))
+    try Data((0..<300_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/b")))
+    #expect(try cycle().status == 0)
+    #expect(try packs("dc").subtracting(try packs("dr")) == [lost])
+    // ...until the periodic full comparison, which copies it again.
+    let statePath = ws.sub("state/state.json")
+    var state =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: statePath))) as! [String: Any]
+    var targets = state["targets"] as! [[String: Any]]
+    #expect(targets[0]["lastFullSync"] != nil)
+    targets[0]["lastFullSync"] = 0
+    state["targets"] = targets
+    try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
+    #expect(try cycle().status == 0)
+    #expect(try packs("dc") == (try packs("dr")))
+    let check = try ws.restic(["-r", ws.sub("dr"), "check", "--read-data"], password: "secret")
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
   @Test func daemonRunsACycleOnSIGUSR1WithItsKeyInMemory() throws {
     let ws = try Workspace("daemon-usr1")
     try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
