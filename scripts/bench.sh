@@ -911,7 +911,7 @@ d = statistics.median(runs[('daemon', 'tidemark')])
 kib = lambda b: b / 1024
 print(f'Measured by `scripts/bench.sh cycle` on {day}: {cores} cores, same machine, same run; medians of {n} runs of each')
 print('tidemark route, each after a different ~1% change of a copy of the corpus (3 x 1 MiB files, 4 MiB inside a large')
-print('file, 10 small files); restic ran once after every change (2 x {n} runs). DC and DR repositories are local')
+print('file, 10 small files); restic ran once after every change (2 x ' + str(n) + ' runs). DC and DR repositories are local')
 print('directories (so the figures are the tools\' own work, not a network\'s). restic: `backup` then `copy` into a DR')
 print('repository made with `--copy-chunker-params`. tidemark: `replicate --once` (a process per cycle, as the systemd')
 print('timer runs it: it derives the key from the password, like each restic command) and a cycle of `tidemark daemon`')

@@ -14,6 +14,18 @@ public struct EngineConfig: Sendable {
     case command(String, filename: String)
   }
 
+  /// One entry of `sources`: what to back up, and how a drill checks a restored copy of it.
+  public struct Source: Sendable, Equatable {
+    public var kind: SourceKind
+    /// A shell command run by `tidemark drill` on the restored copy (`{}` stands for its path), e.g.
+    /// `sqlite3 {} 'pragma integrity_check'`; exit 0 means it is good.
+    public var verify: String?
+    public init(_ kind: SourceKind, verify: String? = nil) {
+      self.kind = kind
+      self.verify = verify
+    }
+  }
+
   public struct Hooks: Sendable, Equatable {
     public var before: [String] = []
     public var after: [String] = []
@@ -57,7 +69,7 @@ public struct EngineConfig: Sendable {
   public var repository: String
   public var passwordFile: String?
   public var interval: Duration = .seconds(300)
-  public var sources: [SourceKind] = []
+  public var sources: [Source] = []
   public var hooks = Hooks()
   public var targets: [Target] = []
   public var retention = Retention()
@@ -183,31 +195,33 @@ public struct EngineConfig: Sendable {
       return d
     }
 
-    func source(_ n: YAMLNode, _ key: String) throws -> SourceKind {
+    func source(_ n: YAMLNode, _ key: String) throws -> Source {
       let m = try mapping(n, key)
       var path: String?
       var exclude: [String] = []
       var command: String?
       var filename: String?
+      var verify: String?
       for (k, v) in m {
-        switch try self.key(k, in: key, allowed: ["path", "exclude", "command", "filename"]) {
+        switch try self.key(k, in: key, allowed: ["path", "exclude", "command", "filename", "verify"]) {
         case "path": path = try string(v, key + ".path")
         case "exclude": exclude = try strings(v, key + ".exclude")
         case "command": command = try string(v, key + ".command")
         case "filename": filename = try string(v, key + ".filename")
+        case "verify": verify = try string(v, key + ".verify")
         default: break
         }
       }
       switch (path, command) {
       case (let p?, nil):
         guard filename == nil else { throw fail(n, key, "filename applies to command sources only") }
-        return .path(p, exclude: exclude)
+        return Source(.path(p, exclude: exclude), verify: verify)
       case (nil, let c?):
         guard let f = filename, !f.isEmpty, !f.contains("/") else {
           throw fail(n, key, "a command source needs `filename` (a name without /) for its output")
         }
         guard exclude.isEmpty else { throw fail(n, key, "exclude applies to path sources only") }
-        return .command(c, filename: f)
+        return Source(.command(c, filename: f), verify: verify)
       default:
         throw fail(n, key, "a source has either `path` or `command`")
       }

@@ -220,7 +220,7 @@ struct Cycle {
       try await repo.loadIndex()
       // Backup.
       let paths = config.sources.compactMap { s -> BytePath? in
-        if case .path(let p, _) = s { return BytePath(p) }
+        if case .path(let p, _) = s.kind { return BytePath(p) }
         return nil
       }
       var made: Snapshot? = nil
@@ -229,7 +229,7 @@ struct Cycle {
         opts.paths = paths
         if let h = config.host { opts.host = h }
         opts.excludes = config.sources.flatMap { s -> [PathPattern] in
-          if case .path(_, let ex) = s { return ex.map(PathPattern.init) }
+          if case .path(_, let ex) = s.kind { return ex.map(PathPattern.init) }
           return []
         }
         opts.programVersion = "tidemark \(Tidemark.version)"
@@ -248,7 +248,7 @@ struct Cycle {
       // Command sources: each command's standard output is streamed into a snapshot of its own, stored as
       // `filename` (no temporary file). A command that fails leaves no snapshot: its output may be cut short.
       for source in config.sources {
-        guard case .command(let command, let filename) = source else { continue }
+        guard case .command(let command, let filename) = source.kind else { continue }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         p.arguments = ["-c", command]

@@ -89,7 +89,7 @@ extension EngineConfig {
   /// The `path` sources, in order.
   var sourcePaths: [String] {
     sources.compactMap { s in
-      if case .path(let p, _) = s { return p }
+      if case .path(let p, _) = s.kind { return p }
       return nil
     }
   }

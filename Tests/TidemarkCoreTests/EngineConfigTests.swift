@@ -16,6 +16,7 @@ import TidemarkOperations
         exclude: ["*.tmp", /srv/data/cache]
       - command: pg_dump -Fc app
         filename: app.dump
+        verify: pg_restore --list {} > /dev/null
     hooks:
       before: [sync]
       after: echo done
@@ -54,7 +55,8 @@ import TidemarkOperations
     #expect(c.interval == .seconds(300))
     #expect(
       c.sources == [
-        .path("/srv/data", exclude: ["*.tmp", "/srv/data/cache"]), .command("pg_dump -Fc app", filename: "app.dump"),
+        .init(.path("/srv/data", exclude: ["*.tmp", "/srv/data/cache"])),
+        .init(.command("pg_dump -Fc app", filename: "app.dump"), verify: "pg_restore --list {} > /dev/null"),
       ])
     #expect(c.hooks.before == ["sync"] && c.hooks.after == ["echo done"])
     #expect(c.hooks.onFailure == ["logger tidemark failed"])
