@@ -64,6 +64,18 @@ public struct EngineConfig: Sendable {
     public var webhook: String?
   }
 
+  /// `drill:`: when the daemon runs a DR drill, what it drills, where it writes, and the daily byte budget of the
+  /// rolling `check --read-data-subset` on the targets.
+  public struct Drill: Sendable, Equatable {
+    public var schedule: DrillSchedule?
+    /// Target names; empty: every target (the configuration's own repository when there are none).
+    public var targets: [String] = []
+    public var reports: String?
+    public var scratch: String?
+    /// Bytes of pack data the daemon reads back from each target per day (0: no rolling check).
+    public var checkBudget = 0
+  }
+
   public var file: String
   public var host: String?
   public var repository: String
@@ -75,6 +87,7 @@ public struct EngineConfig: Sendable {
   public var retention = Retention()
   public var metrics = Metrics()
   public var alerts = Alerts()
+  public var drill = Drill()
 
   /// The default location.
   public static let defaultPath = "/etc/tidemark/tidemark.yaml"
@@ -104,7 +117,7 @@ public struct EngineConfig: Sendable {
     var c = EngineConfig(file: file, repository: "")
     let keys = [
       "host", "repository", "password-file", "interval", "sources", "hooks", "targets", "retention", "metrics",
-      "alerts",
+      "alerts", "drill",
     ]
     var sawRepository = false
     for (k, v) in top {
@@ -124,6 +137,7 @@ public struct EngineConfig: Sendable {
       case "retention": c.retention = try p.retention(v, key)
       case "metrics": c.metrics = try p.metrics(v, key)
       case "alerts": c.alerts = try p.alerts(v, key)
+      case "drill": c.drill = try p.drill(v, key)
       default: break
       }
     }
@@ -136,6 +150,11 @@ public struct EngineConfig: Sendable {
     var names = Set<String>()
     for t in c.targets where !names.insert(t.name).inserted {
       throw TidemarkError(.usage, "\(file): two targets are named \(t.name)", hint: "target names must be unique")
+    }
+    for t in c.drill.targets where !names.contains(t) {
+      throw TidemarkError(
+        .usage, "\(file): drill.targets names \(t), which is not a target",
+        hint: "targets: \(c.targets.map(\.name).joined(separator: ", "))")
     }
     return c
   }
@@ -327,6 +346,33 @@ public struct EngineConfig: Sendable {
         }
       }
       return m
+    }
+
+    func drill(_ n: YAMLNode, _ key: String) throws -> Drill {
+      var d = Drill()
+      for (k, v) in try mapping(n, key) {
+        switch try self.key(k, in: key, allowed: ["schedule", "targets", "reports", "scratch", "check-budget"]) {
+        case "schedule":
+          let s = try string(v, key + ".schedule")
+          guard let sched = DrillSchedule(s) else {
+            throw fail(
+              v, key + ".schedule", "invalid schedule \(s)",
+              hint: "hourly, daily, weekly, a duration (12h) or a cron expression (\"30 3 * * 0\")")
+          }
+          d.schedule = sched
+        case "targets": d.targets = try strings(v, key + ".targets")
+        case "reports": d.reports = try string(v, key + ".reports")
+        case "scratch": d.scratch = try string(v, key + ".scratch")
+        case "check-budget":
+          let s = try string(v, key + ".check-budget")
+          guard let b = try? PruneOptions.parseSize(s, what: key + ".check-budget"), b >= 0 else {
+            throw fail(v, key + ".check-budget", "invalid size \(s)", hint: "e.g. 2G, 500M, 0 for none")
+          }
+          d.checkBudget = b
+        default: break
+        }
+      }
+      return d
     }
 
     func alerts(_ n: YAMLNode, _ key: String) throws -> Alerts {

@@ -371,7 +371,7 @@ struct Cycle {
     try state.save(dir)
     if let path = config.metrics.textfile {
       do {
-        try Array(state.prometheus(now: Date().timeIntervalSince1970).utf8).withUnsafeBytes {
+        try Array(EngineState.metricsText(dir, now: Date().timeIntervalSince1970).utf8).withUnsafeBytes {
           try Sys.writeAtomically(BytePath(path), $0, mode: 0o644)
         }
       } catch {
@@ -405,6 +405,12 @@ struct Cycle {
         }
       }
     }
+    await deliver(alerts)
+  }
+
+  /// Sends each alert (kind `failure`, `rpo` or `drill`; message; target) to alerts.command and alerts.webhook.
+  func deliver(_ alerts: [(kind: String, message: String, target: String?)]) async {
+    guard config.alerts.command != nil || config.alerts.webhook != nil else { return }
     for a in alerts {
       var w = JSONWriter()
       w.raw("{\"alert\":\"\(a.kind)\",\"host\":")
@@ -689,6 +695,10 @@ struct DaemonCommand: AsyncParsableCommand {
       } catch {
         Out.err("tidemark daemon: \(error)")
       }
+      // A drill when its schedule says so, and the day's share of the rolling data check.
+      if !signals.stop.load(ordering: .relaxed) {
+        await Drill(global: g, config: config, guardSignals: false).scheduled(stateDir: dir)
+      }
       // Ticks the cycle overran are skipped, not queued.
       let end = Date().timeIntervalSince1970
       let missed = max(0, Int(((end - next) / interval).rounded(.down)))
@@ -767,7 +777,7 @@ enum MetricsServer {
         let request = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
         let response: String
         if request.hasPrefix("GET /metrics") {
-          let body = EngineState.load(stateDir).prometheus(now: Date().timeIntervalSince1970)
+          let body = EngineState.metricsText(stateDir, now: Date().timeIntervalSince1970)
           response =
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
             + body
