@@ -471,18 +471,36 @@ struct Cycle {
 struct StatusCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "status",
-    abstract: "Replication status per target: newest replicated snapshot and the RPO lag.",
+    abstract: "Replication status per target (or per host of a repository): newest snapshot and the RPO lag.",
     discussion: """
       Reads the state the replication cycles keep (TIDEMARK_STATE_DIR, default /var/lib/tidemark). lag_seconds is \
       now minus the capture time of the newest snapshot fully present on the target. Exit code, for monitoring \
-      checks: 0 OK (every lag within alerts.rpo), 1 WARN (a lag above rpo), 2 CRIT (a lag above twice rpo, a \
-      target that never replicated, or the last cycle failed). Without alerts.rpo in the configuration, 15m.
+      checks: 0 OK (every lag within the RPO), 1 WARN (a lag above it), 2 CRIT (a lag above twice it, a target \
+      that never replicated, or the last cycle failed). The RPO: --rpo, else alerts.rpo, else 15m.
+
+      With a repository (-r/--repo, or TIDEMARK_REPOSITORY/RESTIC_REPOSITORY when no --config is given), e.g. on \
+      the DR machine: no state file is needed; the repository is opened read-only (no lock) and, per host (or \
+      each --host), lag_seconds is now minus the time of its newest snapshot. A host without snapshots is CRIT.
       """)
   @OptionGroup var global: GlobalOptions
+  @Option(
+    name: .customLong("host"),
+    help: "With a repository: report this host only (repeatable; default: every host in the repository).")
+  var hosts: [String] = []
+  @Option(help: "The RPO: WARN above it, CRIT above twice it, e.g. 15m (default: alerts.rpo, else 15m).")
+  var rpo: String?
 
   func run() async throws {
     let config = try global.engineConfig()
-    let rpo = Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
+    let rpo = try rpoSeconds(config)
+    if let location = repositoryMode {
+      try await runOnRepository(location, rpo: rpo)
+      return
+    }
+    if !hosts.isEmpty {
+      throw TidemarkError(
+        .usage, "--host needs a repository", hint: "pass -r/--repo (the DR repository) to report per host")
+    }
     let state = EngineState.load(EngineState.directory())
     let now = Date().timeIntervalSince1970
     var level = state.lastCycleSuccess || state.cycles == 0 ? 0 : 2
