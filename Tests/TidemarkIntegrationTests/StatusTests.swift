@@ -1,9 +1,80 @@
-// Status (issue 7): `status -r` on the DR side (per host, no lock, no state file).
+// Status and metrics (issue 7): `status -r` on the DR side (per host, no lock, no state file), pending snapshots
+// and bytes of a failing target, and the alert webhook, against a real HTTP server.
 import Foundation
 import Testing
 import TidemarkBackends
 import TidemarkCore
 import TidemarkSystem
+
+/// A tiny HTTP server (python3's http.server) on 127.0.0.1 that answers 200 to everything and records each
+/// request's method, path, Content-Type and body as one JSON line.
+final class HTTPRecorder {
+  private(set) var port = 0
+  let log: String
+  private var pid: pid_t = 0
+
+  init(_ ws: Workspace) throws {
+    log = ws.sub("http-\(UUID().uuidString.prefix(6)).jsonl")
+    let script = ws.sub("recorder.py")
+    try """
+    import http.server, json, sys, threading
+    port, log = int(sys.argv[1]), sys.argv[2]
+    lock = threading.Lock()
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def record(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n).decode("utf-8", "replace")
+            line = json.dumps({"method": self.command, "path": self.path, "body": body,
+                               "content_type": self.headers.get("Content-Type")})
+            with lock, open(log, "a") as f:
+                f.write(line + "\\n")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        do_GET = do_PUT = do_POST = record
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+    """.write(toFile: script, atomically: true, encoding: .utf8)
+    var port = 0
+    for _ in 0..<5 {
+      let p = Int.random(in: 20000..<60000)
+      pid = try spawn(["/usr/bin/python3", script, String(p), log])
+      for _ in 0..<100 {
+        if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(p)"]).status == 0 {
+          port = p
+          break
+        }
+        if waitpid(pid, nil, WNOHANG) == pid { break }  // the port was taken: try another
+        usleep(50_000)
+      }
+      if port != 0 { break }
+      stop()
+    }
+    guard port != 0 else { throw TidemarkError(.general, "the test HTTP server did not start") }
+    self.port = port
+  }
+
+  var url: String { "http://127.0.0.1:\(port)" }
+
+  /// Every request so far, oldest first.
+  func requests() -> [[String: Any]] {
+    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").compactMap {
+      try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+    }
+  }
+
+  func stop() {
+    guard pid > 0 else { return }
+    kill(pid, SIGKILL)
+    _ = waitpid(pid, nil, 0)
+    pid = 0
+  }
+
+  deinit { stop() }
+}
 
 @Suite(.serialized) struct StatusTests {
   @Test func drStatusReportsEveryHostsLagFromTheRepositoryWithoutALock() async throws {
@@ -84,5 +155,110 @@ import TidemarkSystem
     #expect(state.status == 2 && state.out.contains("\"targets\":[]"), "\(state.out) \(state.stderr)")
     let usage = try ws.tidemark(["status", "--host", "dc1"], password: "", env: env)
     #expect(usage.status == 1 && usage.stderr.contains("--host needs a repository"), "\(usage.stderr)")
+  }
+
+  @Test func failingTargetsReportPendingWorkAndAlertTheWebhook() throws {
+    let ws = try Workspace("status-pending")
+    let server = try HTTPRecorder(ws)
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    // A target under a regular file cannot be created: it fails every cycle until the file goes away.
+    try "not a directory".write(toFile: ws.sub("blocker"), atomically: true, encoding: .utf8)
+    func write(broken: String) throws {
+      try """
+      host: dc1
+      repository: \(ws.sub("dc"))
+      password-file: \(ws.sub("pw"))
+      sources:
+        - path: \(ws.sub("src"))
+      targets:
+        - name: good
+          repository: \(ws.sub("dr-good"))
+        - name: broken
+          repository: \(broken)
+      alerts:
+        rpo: 2s
+        webhook: \(server.url)/hook
+      """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    }
+    try write(broken: ws.sub("blocker/dr"))
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: env) }
+    #expect(try run(["init", "--config", "c.yaml"]).status == 0)
+    func targets() throws -> [String: [String: Any]] {
+      let r = try run(["status", "--json", "--config", "c.yaml", "--rpo", "1h"])
+      let o = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any] ?? [:]
+      var out: [String: [String: Any]] = [:]
+      for t in o["targets"] as? [[String: Any]] ?? [] { out[t["name"] as? String ?? ""] = t }
+      return out
+    }
+    func repositorySize() throws -> Int {
+      let d = try Data(contentsOf: URL(fileURLWithPath: ws.sub("state/state.json")))
+      return (try JSONSerialization.jsonObject(with: d) as? [String: Any])?["repositorySizeBytes"] as? Int ?? -1
+    }
+    func hooks() -> [[String: Any]] {
+      server.requests().compactMap { r in
+        guard r["method"] as? String == "POST", r["path"] as? String == "/hook",
+          r["content_type"] as? String == "application/json", let body = r["body"] as? String
+        else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+      }
+    }
+
+    // Cycle 1: `broken` never replicated. It lacks everything; the webhook hears of the failure and the breach.
+    try Data((0..<300_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    let c1 = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(c1.status == 1 && c1.stderr.contains("target broken"), "\(c1.stderr)")
+    var t = try targets()
+    #expect(t["good"]?["pending_snapshots"] as? Int == 0 && t["good"]?["pending_bytes"] as? Int == 0, "\(t)")
+    #expect(t["broken"]?["pending_snapshots"] as? Int == 1, "\(t)")
+    let size1 = try repositorySize()
+    #expect(size1 > 300_000 && t["broken"]?["pending_bytes"] as? Int == size1, "\(t) \(size1)")
+    var h = hooks()
+    #expect(
+      h.contains { $0["alert"] as? String == "failure" && ($0["message"] as? String ?? "").contains("target broken") },
+      "\(h)")
+    #expect(
+      h.contains {
+        $0["alert"] as? String == "rpo" && $0["target"] as? String == "broken" && $0["host"] as? String == "dc1"
+      },
+      "\(h)")
+
+    // Cycle 2: still failing: two snapshots behind, and the second backup's bytes on top.
+    try Data((0..<200_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/b")))
+    #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 1)
+    t = try targets()
+    #expect(t["broken"]?["pending_snapshots"] as? Int == 2, "\(t)")
+    let size2 = try repositorySize()
+    #expect(size2 > size1 + 200_000 && t["broken"]?["pending_bytes"] as? Int == size2, "\(t) \(size2)")
+    #expect(t["broken"]?["consecutive_failures"] as? Int == 2)
+    let table = try run(["status", "--config", "c.yaml", "--rpo", "1h"])
+    #expect(table.status == 2 && table.out.contains("Pending"), "\(table.out)")
+    #expect(
+      table.out.split(separator: "\n").contains { $0.hasPrefix("broken ") && $0.contains(" 2 (") }, "\(table.out)")
+
+    // The obstacle goes: the next cycle catches up and nothing is pending.
+    try FileManager.default.removeItem(atPath: ws.sub("blocker"))
+    let c3 = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(c3.status == 0, "\(c3.stderr)")
+    t = try targets()
+    #expect(t["broken"]?["pending_snapshots"] as? Int == 0 && t["broken"]?["pending_bytes"] as? Int == 0, "\(t)")
+    #expect(try run(["status", "--config", "c.yaml", "--rpo", "1h"]).status == 0)
+
+    // It breaks again after having replicated: the breach is now a lag past the RPO (2 s), and what it lacks
+    // is the new snapshot and the bytes this cycle added.
+    Thread.sleep(forTimeInterval: 2.5)
+    let before = hooks().count
+    try write(broken: ws.sub("src/a/dr"))
+    try Data((0..<100_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/c")))
+    #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 1)
+    h = Array(hooks().dropFirst(before))
+    let breach = h.first { $0["alert"] as? String == "rpo" && $0["target"] as? String == "broken" }
+    let message: String = breach?["message"] as? String ?? ""
+    #expect(message.contains("exceeds the RPO of 2 s"), "\(h)")
+    t = try targets()
+    #expect(t["broken"]?["pending_snapshots"] as? Int == 1, "\(t)")
+    let pending = t["broken"]?["pending_bytes"] as? Int ?? 0
+    #expect(pending >= 100_000 && pending < 100_000 + 50_000, "\(pending)")
   }
 }
