@@ -334,6 +334,9 @@ struct Cycle {
         Out.err("tidemark: cannot write metrics to \(path): \(error)")
       }
     }
+    if let gateway = config.metrics.pushgateway {
+      await pushMetrics(gateway, state.prometheus(now: Date().timeIntervalSince1970))
+    }
     await raiseAlerts(state, failures: failures)
     if !failures.isEmpty {
       try? runHooks(config.hooks.onFailure, "on-failure")

@@ -1,5 +1,5 @@
 // Status and metrics (issue 7): `status -r` on the DR side (per host, no lock, no state file), pending snapshots
-// and bytes of a failing target, and the alert webhook, against a real HTTP server.
+// and bytes of a failing target, the Prometheus pushgateway and the alert webhook, against a real HTTP server.
 import Foundation
 import Testing
 import TidemarkBackends
@@ -260,5 +260,50 @@ final class HTTPRecorder {
     #expect(t["broken"]?["pending_snapshots"] as? Int == 1, "\(t)")
     let pending = t["broken"]?["pending_bytes"] as? Int ?? 0
     #expect(pending >= 100_000 && pending < 100_000 + 50_000, "\(pending)")
+  }
+
+  @Test func cyclesPushTheirMetricsToThePushgateway() throws {
+    let ws = try Workspace("status-push")
+    let server = try HTTPRecorder(ws)
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "some data\n".write(toFile: ws.sub("src/a"), atomically: true, encoding: .utf8)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try """
+    host: dc1
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    metrics:
+      pushgateway: \(server.url)/
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: env) }
+    #expect(try run(["init", "--config", "c.yaml"]).status == 0)
+    let c = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(c.status == 0 && c.stderr.isEmpty, "\(c.stderr)")
+    let reqs = server.requests()
+    #expect(reqs.count == 1, "\(reqs)")
+    let r = reqs.first ?? [:]
+    #expect(r["method"] as? String == "PUT" && r["path"] as? String == "/metrics/job/tidemark/instance/dc1", "\(r)")
+    let contentType: String = r["content_type"] as? String ?? ""
+    #expect(contentType.hasPrefix("text/plain"), "\(contentType)")
+    let body = r["body"] as? String ?? ""
+    #expect(body.contains("tidemark_replication_lag_seconds{target=\"dr\"} "), "\(body)")
+    #expect(body.contains("tidemark_cycle_success 1") && body.contains("tidemark_cycles_total 1"), "\(body)")
+    #expect(body.contains("tidemark_target_pending_snapshots{target=\"dr\"} 0.000"), "\(body)")
+    // Each cycle pushes again (replacing the group).
+    #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 0)
+    #expect(
+      server.requests().count == 2 && (server.requests().last?["body"] as? String ?? "").contains("cycles_total 2"))
+
+    // The gateway is gone: said on stderr, the cycle still succeeds.
+    server.stop()
+    let down = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(down.status == 0 && down.stderr.contains("cannot push metrics"), "\(down.stderr)")
+    #expect(down.stderr.contains("connection refused"), "\(down.stderr)")
   }
 }
