@@ -108,15 +108,20 @@ final class HTTPRecorder {
       for h in o["hosts"] as? [[String: Any]] ?? [] { out[h["host"] as? String ?? ""] = h }
       return out
     }
-    let all = try ws.tidemark(["status", "-r", dr, "--rpo", "15m", "--json"], env: env)
+    let (t0, all, t1) = (Date(), try ws.tidemark(["status", "-r", dr, "--rpo", "15m", "--json"], env: env), Date())
     #expect(all.status == 2, "\(all.out) \(all.stderr)")
     #expect(all.out.contains("\"rpo_seconds\":900") && all.out.hasSuffix("\"status\":\"CRIT\"}\n"), "\(all.out)")
     let h = try hosts(all)
     #expect(Set(h.keys) == ["dc1", "dc2", "dc3"])
-    func lag(_ host: String) -> Int { h[host]?["lag_seconds"] as? Int ?? -1 }
-    #expect(abs(lag("dc1") - 1200) < 60 && h["dc1"]?["status"] as? String == "WARN", "\(h["dc1"] ?? [:])")
-    #expect(abs(lag("dc2") - 3600) < 60 && h["dc2"]?["status"] as? String == "CRIT", "\(h["dc2"] ?? [:])")
-    #expect(lag("dc3") >= 0 && lag("dc3") < 60 && h["dc3"]?["status"] as? String == "OK", "\(h["dc3"] ?? [:])")
+    // The lag is counted from when status ran (the whole suite in parallel can make that minutes after `now`).
+    func lagFits(_ host: String, _ ago: Double) -> Bool {
+      guard let lag = h[host]?["lag_seconds"] as? Int else { return false }
+      let taken = now.addingTimeInterval(-ago).timeIntervalSince1970.rounded(.down)  // --time has whole seconds
+      return lag >= Int(t0.timeIntervalSince1970 - taken) - 1 && lag <= Int(t1.timeIntervalSince1970 - taken) + 1
+    }
+    #expect(lagFits("dc1", 1200) && h["dc1"]?["status"] as? String == "WARN", "\(h["dc1"] ?? [:]) \(now) \(t0) \(t1)")
+    #expect(lagFits("dc2", 3600) && h["dc2"]?["status"] as? String == "CRIT", "\(h["dc2"] ?? [:])")
+    #expect(lagFits("dc3", 0) && h["dc3"]?["status"] as? String == "OK", "\(h["dc3"] ?? [:])")
     #expect(h["dc1"]?["snapshots"] as? Int == 2)
     // The newest snapshot of dc1 is the one restic lists last for it.
     let listed = try ws.restic(["-r", dr, "snapshots", "--host", "dc1", "--latest", "1", "--json", "--no-lock"]).out
