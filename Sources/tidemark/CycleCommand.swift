@@ -30,6 +30,9 @@ struct EngineState: Codable {
     var keyID: String?
     /// When a sync last compared every pack on both sides (see `Cycle.fullListingEvery`).
     var lastFullSync: Double?
+    /// What the target still lacks (0 after a successful sync; see `Cycle.pending` for a failed one).
+    var pendingSnapshots: Int?
+    var pendingBytes: Int?
   }
   var lastCycleStart: Double?
   var lastCycleEnd: Double?
@@ -65,6 +68,12 @@ struct EngineState: Codable {
     metric(
       "tidemark_target_consecutive_failures", "Failed replications to the target since its last success.", "gauge",
       targets.map { (label($0), Double($0.consecutiveFailures)) })
+    metric(
+      "tidemark_target_pending_snapshots", "Snapshots on the DC not yet on the target (as of the last cycle).",
+      "gauge", targets.compactMap { t in t.pendingSnapshots.map { (label(t), Double($0)) } })
+    metric(
+      "tidemark_target_pending_bytes", "Pack bytes on the DC not yet on the target (an upper bound).", "gauge",
+      targets.compactMap { t in t.pendingBytes.map { (label(t), Double($0)) } })
     if let a = lastCycleStart, let b = lastCycleEnd {
       metric("tidemark_cycle_duration_seconds", "Duration of the last cycle.", "gauge", [("", b - a)])
     }
@@ -224,6 +233,7 @@ struct Cycle {
         return nil
       }
       var made: Snapshot? = nil
+      var addedThisCycle = 0
       if !paths.isEmpty {
         var opts = BackupOptions()
         opts.paths = paths
@@ -241,6 +251,7 @@ struct Cycle {
         state.lastSnapshot = result.snapshotID?.hex
         state.lastSnapshotTime = Double(result.snapshot.time.seconds)
         state.backupBytesAdded = result.saver.bytesStored
+        addedThisCycle += result.saver.bytesStored
         say(
           "backup: snapshot \(result.snapshotID?.short ?? "-") (\(Out.bytes(Int64(result.saver.bytesStored))) added)")
         if !result.stats.errors.isEmpty { failures.append("backup: \(result.stats.errors.count) files unreadable") }
@@ -278,6 +289,7 @@ struct Cycle {
         }
         made = result.snapshot
         made?.id = result.snapshotID
+        addedThisCycle += result.saver.bytesStored
         say("backup: \(filename) from `\(command)`: snapshot \(result.snapshotID?.short ?? "-")")
       }
       // Replicate to every target at once; a failing target does not stop the others.
@@ -322,6 +334,8 @@ struct Cycle {
           ts.bytesCopiedTotal += stats.bytesCopied
           ts.keyID = outcome.keyID
           if outcome.fullListing { ts.lastFullSync = now }
+          ts.pendingSnapshots = 0
+          ts.pendingBytes = 0
           if let newest {
             ts.newestSnapshot = newest.id?.hex
             ts.newestSnapshotTime = Double(newest.time.seconds)
@@ -345,6 +359,17 @@ struct Cycle {
         let n = try await applyRetention(repo, config.retention, keeping: needed)
         if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
       }
+      state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
+      // What each failed target still lacks, against the DC as retention left it.
+      let failed = outcomes.filter { $0.stats == nil }.map { targets[$0.index].name }
+      if !failed.isEmpty {
+        let dcSnapshots = try await repo.listSnapshots()
+        for i in state.targets.indices where failed.contains(state.targets[i].name) {
+          Cycle.pending(
+            &state.targets[i], dcSnapshots: dcSnapshots, dcPackBytes: state.repositorySizeBytes,
+            addedThisCycle: addedThisCycle)
+        }
+      }
       for outcome in outcomes where outcome.stats != nil {
         let t = targets[outcome.index]
         let r = t.retention ?? config.retention
@@ -357,7 +382,6 @@ struct Cycle {
           failures.append("retention on target \(t.name): \(error)")
         }
       }
-      state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
       try runHooks(config.hooks.after, "after")
     } catch let e as StandbyRefusal {
       throw e.error
@@ -377,6 +401,9 @@ struct Cycle {
       } catch {
         Out.err("tidemark: cannot write metrics to \(path): \(error)")
       }
+    }
+    if let gateway = config.metrics.pushgateway {
+      await pushMetrics(gateway, EngineState.metricsText(dir, now: Date().timeIntervalSince1970))
     }
     await raiseAlerts(state, failures: failures)
     if !failures.isEmpty {
@@ -573,18 +600,37 @@ struct Cycle {
 struct StatusCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "status",
-    abstract: "Replication status per target: newest replicated snapshot and the RPO lag.",
+    abstract: "Replication status per target (or per host of a repository): newest snapshot and the RPO lag.",
     discussion: """
       Reads the state the replication cycles keep (TIDEMARK_STATE_DIR, default /var/lib/tidemark). lag_seconds is \
-      now minus the capture time of the newest snapshot fully present on the target. Exit code, for monitoring \
-      checks: 0 OK (every lag within alerts.rpo), 1 WARN (a lag above rpo), 2 CRIT (a lag above twice rpo, a \
-      target that never replicated, or the last cycle failed). Without alerts.rpo in the configuration, 15m.
+      now minus the capture time of the newest snapshot fully present on the target; pending_snapshots and \
+      pending_bytes are what a target that failed still lacks (0 after a successful sync). Exit code, for \
+      monitoring checks: 0 OK (every lag within the RPO), 1 WARN (a lag above it), 2 CRIT (a lag above twice \
+      it, a target that never replicated, or the last cycle failed). The RPO: --rpo, else alerts.rpo, else 15m.
+
+      With a repository (-r/--repo, or TIDEMARK_REPOSITORY/RESTIC_REPOSITORY when no --config is given), e.g. on \
+      the DR machine: no state file is needed; the repository is opened read-only (no lock) and, per host (or \
+      each --host), lag_seconds is now minus the time of its newest snapshot. A host without snapshots is CRIT.
       """)
   @OptionGroup var global: GlobalOptions
+  @Option(
+    name: .customLong("host"),
+    help: "With a repository: report this host only (repeatable; default: every host in the repository).")
+  var hosts: [String] = []
+  @Option(help: "The RPO: WARN above it, CRIT above twice it, e.g. 15m (default: alerts.rpo, else 15m).")
+  var rpo: String?
 
   func run() async throws {
     let config = try global.engineConfig()
-    let rpo = Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
+    let rpo = try rpoSeconds(config)
+    if let location = repositoryMode {
+      try await runOnRepository(location, rpo: rpo)
+      return
+    }
+    if !hosts.isEmpty {
+      throw TidemarkError(
+        .usage, "--host needs a repository", hint: "pass -r/--repo (the DR repository) to report per host")
+    }
     let state = EngineState.load(EngineState.directory())
     let now = Date().timeIntervalSince1970
     var level = state.lastCycleSuccess || state.cycles == 0 ? 0 : 2
@@ -615,9 +661,14 @@ struct StatusCommand: AsyncParsableCommand {
         w.string(e)
       }
       w.raw(",\"consecutive_failures\":\(t.consecutiveFailures),\"bytes_copied_total\":\(t.bytesCopiedTotal)")
+      if let n = t.pendingSnapshots { w.raw(",\"pending_snapshots\":\(n)") }
+      if let n = t.pendingBytes { w.raw(",\"pending_bytes\":\(n)") }
       w.raw(",\"status\":\"\(["OK", "WARN", "CRIT"][l])\"}")
       rows.append([
         t.name, t.newestSnapshot.map { String($0.prefix(8)) } ?? "-", lag.map { Out.duration($0) } ?? "never",
+        t.pendingSnapshots.map { n in
+          n == 0 && (t.pendingBytes ?? 0) == 0 ? "0" : "\(n) (\(Out.bytes(Int64(t.pendingBytes ?? 0))))"
+        } ?? "-",
         ["OK", "WARN", "CRIT"][l], t.lastError ?? "",
       ])
     }
@@ -625,7 +676,7 @@ struct StatusCommand: AsyncParsableCommand {
     if global.json {
       Out.raw(w.out)
     } else {
-      printTable(header: ["Target", "Newest", "Lag", "Status", "Last error"], rows: rows)
+      printTable(header: ["Target", "Newest", "Lag", "Pending", "Status", "Last error"], rows: rows)
       Out.line(
         "\(["OK", "WARN", "CRIT"][level]): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
           + (state.lastCycleError.map { ": \($0)" } ?? ""))

@@ -78,16 +78,19 @@ import TidemarkCore
     #expect(!FileManager.default.fileExists(atPath: ws.sub("r") + ws.sub("src/junk0.tmp")))
     #expect(FileManager.default.contentsEqual(atPath: ws.sub("r") + ws.sub("src/f3"), andPath: ws.sub("src/f3")))
 
-    // Status: within the RPO right after a cycle; WARN past it; CRIT past twice it.
+    // Status: within the RPO right after a cycle; WARN past it; CRIT past twice it. The RPOs are set from the
+    // lag status reports (--rpo), so a slow machine cannot move the lag across a fixed limit.
     try Data("more".utf8).write(to: URL(fileURLWithPath: ws.sub("src/more")))
     #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 0)
-    let ok = try run(["status", "--json", "--config", "c.yaml"])
+    let ok = try run(["status", "--json", "--config", "c.yaml", "--rpo", "10m"])
     #expect(ok.status == 0 && ok.out.contains("\"status\":\"OK\""), "\(ok.out) \(ok.stderr)")
-    Thread.sleep(forTimeInterval: 3.6)
-    let warn = try run(["status", "--json", "--config", "c.yaml"])
-    #expect(warn.status == 1 && warn.out.contains("\"status\":\"WARN\""), "\(warn.out)")
-    Thread.sleep(forTimeInterval: 3)
-    #expect(try run(["status", "--config", "c.yaml"]).status == 2)
+    Thread.sleep(forTimeInterval: 2)
+    let lagJSON = try JSONSerialization.jsonObject(with: Data(ok.out.utf8)) as? [String: Any] ?? [:]
+    let lags = (lagJSON["targets"] as? [[String: Any]] ?? []).compactMap { $0["lag_seconds"] as? Int }
+    let lag = (lags.max() ?? 0) + 2  // at least this now; at most a second or two more
+    let warn = try run(["status", "--json", "--config", "c.yaml", "--rpo", "\(lag * 3 / 4)s"])
+    #expect(warn.status == 1 && warn.out.contains("\"status\":\"WARN\""), "lag \(lag): \(warn.out)")
+    #expect(try run(["status", "--config", "c.yaml", "--rpo", "\(max(1, lag / 3))s"]).status == 2)
 
     // The SFTP target goes away: the cycle fails (exit 1) but the local target still gets the new snapshot.
     let sftpNewest =
