@@ -672,11 +672,27 @@ struct StatusCommand: AsyncParsableCommand {
         ["OK", "WARN", "CRIT"][l], t.lastError ?? "",
       ])
     }
-    w.raw("],\"status\":\"\(["OK", "WARN", "CRIT"][level])\"}\n")
+    w.raw("]")
+    // The last drill: a failed one is a warning (the data may not be recoverable as it is).
+    let drill = DrillState.load(EngineState.directory())
+    if let d = drill {
+      if !d.ok { level = max(level, 1) }
+      let rto = d.repositories.map(\.rtoSeconds).max() ?? 0
+      w.raw(",\"last_drill\":{\"ok\":\(d.ok),\"end\":\(Int(d.end)),\"rto_seconds\":\(String(format: "%.3f", rto))}")
+    }
+    w.raw(",\"status\":\"\(["OK", "WARN", "CRIT"][level])\"}\n")
     if global.json {
       Out.raw(w.out)
     } else {
       printTable(header: ["Target", "Newest", "Lag", "Pending", "Status", "Last error"], rows: rows)
+      if let d = drill {
+        let failed = d.repositories.filter { !$0.ok }.map(\.name)
+        Out.line(
+          "last drill \(Out.duration(max(0, now - d.end))) ago: "
+            + (d.ok ? "passed" : "FAILED on \(failed.joined(separator: ", "))")
+            + ", RTO \(String(format: "%.1f s", d.repositories.map(\.rtoSeconds).max() ?? 0))"
+            + (d.report.map { " (report \($0))" } ?? ""))
+      }
       Out.line(
         "\(["OK", "WARN", "CRIT"][level]): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
           + (state.lastCycleError.map { ": \($0)" } ?? ""))

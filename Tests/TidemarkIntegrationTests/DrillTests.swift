@@ -76,6 +76,8 @@ import TidemarkCore
     let prom = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)
     #expect(prom.contains("tidemark_drill_success{target=\"dr\"} 1.000"), "\(prom)")
     #expect(prom.contains("tidemark_drill_rto_seconds{target=\"dr\"}"))
+    let okStatus = try tm(["status"])
+    #expect(okStatus.status == 0 && okStatus.out.contains("passed, RTO"), "\(okStatus.out)")
     #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("state/drill-scratch")).isEmpty)
     // The DC's own repository drills too.
     let local = try tm(["drill", "--target", "local", "--json"])
@@ -101,6 +103,9 @@ import TidemarkCore
     #expect(failures.contains("dr: ") && failures.contains("/sub/f"), "\(failures)")
     let alerted = (try? String(contentsOfFile: ws.sub("alerts.json"), encoding: .utf8)) ?? ""
     #expect(alerted.contains("\"alert\":\"drill\"") && alerted.contains("\"target\":\"dr\""), "\(alerted)")
+    // `status` shows the failed drill and warns.
+    let status = try tm(["status", "--json"])
+    #expect(status.status == 1 && status.out.contains("\"last_drill\":{\"ok\":false"), "\(status.out)")
     let prom2 = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)
     #expect(prom2.contains("tidemark_drill_success{target=\"dr\"} 0.000"), "\(prom2)")
   }
