@@ -14,6 +14,8 @@
 #            replication to a local DR repository) against `restic backup` + `restic copy` to a DR repository.
 #   remote   the backup section's corpus backed up over loopback to a real sshd (SFTP) and to moto_server (S3):
 #            first backup and unchanged re-backup, restic (its sftp.command / s3 backend) against tidemark.
+#   drill    RTO and RPO: the corpus replicated by `tidemark replicate --once` to a local and an SFTP (loopback
+#            sshd) target, then `tidemark drill` on both; figures go to docs/rto-rpo.md (not performance.md).
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
 # <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
@@ -30,20 +32,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote]   (no argument: all six)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [drill]   (no argument: all)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | maint | cycle | remote) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | cycle | remote | drill) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote drill); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want maint || want cycle || want remote; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want cycle || want remote || want drill; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -113,12 +115,13 @@ trap 'exit 130' INT TERM
 
 # update_doc SECTION FILE: puts FILE's text between the section's markers in $OUT (markers appended at the end
 # when the document has none yet), or prints it when BENCH_OUT=-.
-update_doc() {
+update_doc() { # SECTION BLOCK_FILE [DOCUMENT (default: $OUT)]
+  local doc=${3:-$OUT}
   if [ "$OUT" = "-" ]; then
     cat "$2"
     return
   fi
-  python3 - "$OUT" "$1" "$2" <<'PY'
+  python3 - "$doc" "$1" "$2" <<'PY'
 import os, sys
 path, section, block_file = sys.argv[1:4]
 block = open(block_file).read().strip('\n')
@@ -135,7 +138,7 @@ with open(path + '.tmp', 'w') as f:
     f.write(doc)
 os.replace(path + '.tmp', path)
 PY
-  log "updated the $1 section of $OUT"
+  log "updated the $1 section of $doc"
 }
 
 # ---- backup section ------------------------------------------------------------------------------------------
@@ -1021,6 +1024,83 @@ bench_remote() {
   mv results.txt remote-results.txt
   render_remote > remote-table.md
   update_doc remote remote-table.md
+}
+
+# ---- drill section --------------------------------------------------------------------------------------------
+
+bench_drill() {
+  rm -f drill-results.txt results.txt
+  ensure_corpus
+  local src="$BENCH_DIR/drill-src" dir="$BENCH_DIR/drill"
+  rm -rf "$src" "$dir"
+  mkdir -p "$dir"
+  cp -a corpus "$src"
+  start_sshd
+  cat > "$dir/c.yaml" <<YAML
+host: bench
+repository: $dir/dc
+password-file: $dir/pw
+sources:
+  - path: $src
+    verify: test -d {}/large
+targets:
+  - name: dr-local
+    repository: $dir/dr-local
+  - name: dr-sftp
+    repository: sftp://root@127.0.0.1:$SSH_PORT/$dir/dr-sftp
+    options:
+      sftp.identity: $BENCH_DIR/sshd/userkey
+      sftp.known-hosts: $BENCH_DIR/sshd/known_hosts
+      sftp.agent: "no"
+drill:
+  scratch: $dir/scratch
+  reports: $dir/reports
+YAML
+  echo bench > "$dir/pw"
+  export TIDEMARK_STATE_DIR="$dir/state"
+  log "drill: first cycle (the corpus to both targets)"
+  "$TM" -q init --config "$dir/c.yaml"
+  "$TM" -q replicate --once --config "$dir/c.yaml"
+  log "drill: $RUNS runs of (a ~1% change, a cycle, a drill of both targets)"
+  for run in $(seq "$RUNS"); do
+    change_cycle "$src" "$run"
+    run_measured cycle tidemark "$TM" -q replicate --once --config "$dir/c.yaml"
+    "$TM" drill --json --config "$dir/c.yaml" > "$dir/drill-$run.json" || die "the drill failed: $(cat "$dir/drill-$run.json")"
+  done
+  stop_servers
+  mv results.txt drill-results.txt
+  render_drill "$dir" > drill-table.md
+  update_doc drill drill-table.md "$ROOT/docs/rto-rpo.md"
+  rm -rf "$src" "$dir"
+}
+
+render_drill() { # DIR
+  python3 - "$1" "$RUNS" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" <<'PY'
+import json, statistics, sys
+d, runs, tv, cores, day = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+drills = [json.load(open(f'{d}/drill-{i}.json')) for i in range(1, runs + 1)]
+cycles = [float(l.split()[2]) for l in open('drill-results.txt') if l.startswith('cycle ')]
+first = drills[0]['repositories'][0]
+mib = lambda b: b / 2**20
+print(f'Measured by `scripts/bench.sh drill` on {day}: {cores} cores, same machine; {tv}; median of {runs} drills.')
+print(f'Data: the benchmark corpus ({first["files_verified"]} files, {mib(first["bytes_verified"]):.0f} MiB: large random files, text, 4000 small')
+print('files), backed up on the DC and replicated to two targets: a local directory, and an SFTP server on loopback')
+print('(OpenSSH sshd on 127.0.0.1, so no network limits apply). Before each drill: a ~1% change of the data and one')
+print('`tidemark replicate --once` cycle; then `tidemark drill --json` of both targets (restore into scratch space on')
+print('the same disk, every file read back and checked against the snapshot\'s hashes, a `verify` command).\n')
+print('| target | RTO (restore + verify) | throughput | RPO at the drill | files verified | bytes verified |')
+print('|---|---:|---:|---:|---:|---:|')
+for name in [r['name'] for r in drills[0]['repositories']]:
+    rs = [next(r for r in dr['repositories'] if r['name'] == name) for dr in drills]
+    assert all(r['ok'] for r in rs), f'a drill of {name} failed'
+    rto = statistics.median(r['rto_seconds'] for r in rs)
+    rpo = statistics.median(r['rpo_seconds'] for r in rs)
+    thr = statistics.median(r['throughput_bytes_per_second'] for r in rs)
+    print(f'| {name} | {rto:.1f} s | {mib(thr):.0f} MiB/s | {rpo:.0f} s | {rs[0]["files_verified"]} | {mib(rs[0]["bytes_verified"]):.0f} MiB |')
+print(f'\nThe cycle before each drill took {statistics.median(cycles):.2f} s (median; backup of the change + replication to both')
+print('targets). The RPO at a drill is the age of the newest snapshot: here the cycle plus the drills of the targets')
+print('drilled before it. In operation the worst case is one interval (5 minutes by default) plus one cycle.')
+PY
 }
 
 render_remote() {
