@@ -158,6 +158,8 @@ struct Cycle {
     do {
       try runHooks(config.hooks.before, "before")
       let repo = try await global.open()
+      // Locks an earlier cycle left when it was killed: restic would refuse the repository until `unlock`.
+      _ = try? await RepositoryLock.removeDead(repo)
       try await repo.loadIndex()
       // Backup.
       let paths = config.sources.compactMap { s -> BytePath? in
@@ -423,6 +425,7 @@ struct Cycle {
     let target = try await Replica.create(
       source: repo, target: try targetBackend(t), password: try targetPassword(t, password),
       kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
+    _ = try? await RepositoryLock.removeDead(target)  // as on the DC: a killed cycle's locks
     let stats: ReplicaStats
     do {
       stats = try await Replica.sync(source: repo, target: target)
