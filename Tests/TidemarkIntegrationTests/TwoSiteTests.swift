@@ -270,11 +270,12 @@ final class TwoSites {
     // Where each kill landed: before the DC snapshot (backup), between it and a complete DR (replication),
     // or after DR was complete (retention, state).
     var landed: [String] = []
-    // Kills at random moments of the backup, of the rest of the cycle and of the whole cycle, then two aimed at
-    // moments: right after the backup's snapshot, and right after the first new pack reached DR.
+    // Kills at a random moment of the backup and of the rest of the cycle, then three aimed at moments: as soon
+    // as the backup's lock is on the DC, right after the backup's snapshot, and right after the first new pack
+    // reached DR.
     let aims: [(String, ClosedRange<Double>)] = [
       ("random", 0.1 * backupEnd...0.6 * backupEnd), ("random", backupEnd + 0.05 * (full - backupEnd)...full),
-      ("random", 0.05 * full...full), ("snapshot", 0...0), ("first-pack", 0...0),
+      ("lock", 0...0), ("snapshot", 0...0), ("first-pack", 0...0),
     ]
     for (round, (aim, range)) in aims.enumerated() {
       try freshData(round)
@@ -285,12 +286,14 @@ final class TwoSites {
       var when = ""
       var reaped = false
       switch aim {
-      case "snapshot", "first-pack":
+      case "lock", "snapshot", "first-pack":
         let start = Date()
         var hit = false
         while !hit && !reaped && Date().timeIntervalSince(start) < 10 {
           reaped = waitpid(pid, nil, WNOHANG) == pid
-          if aim == "snapshot" {
+          if aim == "lock" {
+            hit = !s.locks().isEmpty  // the backup's lock on the DC: the backup has begun
+          } else if aim == "snapshot" {
             hit = try dcSnapshotCount() > dcSnapshots
           } else {
             hit = try s.files(s.dr).keys.contains { $0.hasPrefix("data/") && !drPacks.contains($0) }
