@@ -132,6 +132,22 @@ public final class RepositoryLock: Sendable {
     if let name { try? await repository.backend.remove(Handle(.lock, name)) }
   }
 
+  /// Removes the locks of processes on this host that are gone (stale by restic's second rule, with no doubt
+  /// about the clock); returns how many were removed. A process killed while it held a lock leaves its file
+  /// behind: tidemark ignores it, but restic refuses the repository (an exclusive lock even for `restic
+  /// snapshots`) until `unlock`.
+  public static func removeDead(_ repo: Repository) async throws -> Int {
+    var n = 0
+    for (name, info) in try await list(repo) {
+      guard let info, info.hostname == SystemInfo.hostname, info.pid > 0, kill(pid_t(info.pid), 0) != 0,
+        errno == ESRCH
+      else { continue }
+      try await repo.backend.remove(Handle(.lock, name))
+      n += 1
+    }
+    return n
+  }
+
   /// Removes stale locks (or all locks); returns how many were removed.
   public static func unlock(_ repo: Repository, all: Bool) async throws -> Int {
     var n = 0

@@ -216,6 +216,8 @@ struct Cycle {
     do {
       let repo: Repository
       if let keys { repo = try await keys.open(global) } else { repo = try await global.open() }
+      // Locks an earlier cycle left when it was killed: restic would refuse the repository until `unlock`.
+      _ = try? await RepositoryLock.removeDead(repo)
       // Roles (see Site): a standby runs no cycle; a site that a target outranks is fenced.
       let own = try await Site.load(repo)
       if own.role == .standby, let (m, h) = Site.fence(own: own, targets: []) {
@@ -549,6 +551,7 @@ struct Cycle {
     let target = try await Replica.create(
       source: repo, target: try backend ?? targetBackend(t), password: try targetPassword(t, password),
       kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
+    _ = try? await RepositoryLock.removeDead(target)  // as on the DC: a killed cycle's locks
     let stats: ReplicaStats
     do {
       stats = try await Replica.sync(source: repo, target: target, fullListing: fullListing)
