@@ -358,8 +358,13 @@ struct Cycle {
         // Retention guard: the newest snapshot each target holds stays on the DC too (a target that has been
         // failing for a while still needs its newest snapshot as the last common one).
         let needed = Set(state.targets.compactMap { $0.newestSnapshot })
-        let n = try await applyRetention(repo, config.retention, keeping: needed)
-        if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
+        do {
+          let n = try await applyRetention(repo, config.retention, keeping: needed)
+          if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
+        } catch let e as TidemarkError where e.kind == .locked {
+          // Someone holds a lock (a `tidemark mount`, a restore, a check): forgetting waits for the next cycle.
+          Out.err("tidemark: retention on \(config.repository) skipped this cycle: \(e)")
+        }
       }
       state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
       // What each failed target still lacks, against the DC as retention left it.
@@ -380,6 +385,8 @@ struct Cycle {
           let target = try await openTarget(t, password)
           let n = try await applyRetention(target, r)
           if n > 0 { say("retention: forgot \(n) snapshots on target \(t.name)") }
+        } catch let e as TidemarkError where e.kind == .locked {
+          Out.err("tidemark: retention on target \(t.name) skipped this cycle: \(e)")
         } catch {
           failures.append("retention on target \(t.name): \(error)")
         }

@@ -272,6 +272,10 @@ struct Drill {
         try Sys.writeAtomically(BytePath(path), $0, mode: 0o644)
       }
     }
+    if let gateway = config.metrics.pushgateway {
+      await Cycle(global: global, config: config).pushMetrics(
+        gateway, EngineState.metricsText(dir, now: Date().timeIntervalSince1970))
+    }
     let failures = state.repositories.flatMap { r in r.failures.map { (r.name, "drill of \(r.name): \($0)") } }
     if !failures.isEmpty {
       await Cycle(global: global, config: config).deliver(failures.map { ("drill", $0.1, $0.0) })

@@ -224,8 +224,12 @@ struct GlobalOptions: ParsableArguments {
   )
     throws -> [UInt8]
   {
-    // With --config (and no -r), the configuration's password file comes before the environment.
-    let configured = prefix.isEmpty && repo == nil && passwordCommand == nil ? try engineConfig()?.passwordFile : nil
+    // With --config (and no -r, or -r naming the configuration's repository, as a path in a mount does), the
+    // configuration's password file comes before the environment.
+    var configured: String? = nil
+    if prefix.isEmpty && passwordCommand == nil, let c = try engineConfig(), repo == nil || repo == c.repository {
+      configured = c.passwordFile
+    }
     return try GlobalOptions.readPassword(
       file: fileOption ?? (prefix.isEmpty ? passwordFile ?? configured : nil),
       command: commandOption ?? (prefix.isEmpty ? passwordCommand : nil), envPrefix: prefix, prompt: prompt)

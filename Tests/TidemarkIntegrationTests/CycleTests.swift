@@ -2,7 +2,9 @@
 // retention, state and `status` (lag against the RPO), a failing target, and no overlapping cycles.
 import Foundation
 import Testing
+import TidemarkBackends
 import TidemarkCore
+import TidemarkSystem
 
 @Suite(.serialized) struct CycleTests {
   @Test func cyclesReplicateReportLagAndSurviveATargetOutage() throws {
@@ -254,6 +256,49 @@ import TidemarkCore
     #expect(try packs("dc") == (try packs("dr")))
     let check = try ws.restic(["-r", ws.sub("dr"), "check", "--read-data"], password: "secret")
     #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
+  @Test func retentionWaitsForTheNextCycleWhileSomeoneHoldsALock() async throws {
+    let ws = try Workspace("cycle-retention-locked")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try """
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    retention:
+      keep-last: 1
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func cycle() throws -> RunResult {
+      try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
+    }
+    #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
+    for i in 0..<2 {
+      try Data("v\(i)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+      #expect(try cycle().status == 0)
+    }
+    func count(_ r: String) throws -> Int {
+      try FileManager.default.contentsOfDirectory(atPath: ws.sub(r + "/snapshots")).count
+    }
+    #expect(try count("dc") == 1 && count("dr") == 1)
+    // A shared lock (as `tidemark mount` holds one): the cycle backs up and replicates, and leaves forgetting to
+    // the next cycle instead of failing.
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("dc"))), password: Array("secret".utf8))
+    let lock = try await RepositoryLock.acquire(repo, exclusive: false)
+    try Data("v2".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    let held = try cycle()
+    #expect(
+      held.status == 0 && held.stderr.contains("retention on \(ws.sub("dc")) skipped this cycle"), "\(held.stderr)")
+    #expect(try count("dc") == 2 && count("dr") == 1)
+    await lock.release()
+    #expect(try cycle().status == 0)
+    #expect(try count("dc") == 1 && count("dr") == 1)
   }
 
   @Test func daemonRunsACycleOnSIGUSR1WithItsKeyInMemory() throws {

@@ -128,6 +128,13 @@ func itemized(_ r: RunResult) -> [String] {
       cwd: "/")
     #expect(r.status == 0, "\(r.stderr)")
     #expect(differences(original, try describeTree(ws.sub("data/docs")), ignoreRootMtime: false).isEmpty)
+    // With --config instead of a password in the environment: its password file serves the mount's repository.
+    try "test-pw\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try "repository: \(ws.sub("repo"))\npassword-file: \(ws.sub("pw"))\n".write(
+      toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let viaConfig = try Tools.run(
+      Tools.tidemark, ["restore", mnt + "/snapshots/latest/data/docs", "--config", ws.sub("c.yaml")], cwd: "/")
+    #expect(viaConfig.status == 0, "\(viaConfig.stderr)")
     // Exactly that directory: its siblings keep their local changes.
     #expect(try String(contentsOfFile: ws.sub("data/other/o"), encoding: .utf8) == "changed\n")
     #expect(FileManager.default.fileExists(atPath: ws.sub("data/other/n")))
