@@ -247,6 +247,7 @@ struct Cycle {
       }
       // Stream-like sources (command, postgres, sqlite, redis; see SourceStream): each is stored as one file,
       // `filename`, in a snapshot of its own. A source that fails leaves no snapshot: its output may be cut short.
+      SourceStream.clean(tmp: dir + "/tmp")
       for source in config.sources {
         guard let filename = source.kind.filename else { continue }
         let stream: SourceStream

@@ -43,6 +43,13 @@ final class SourceStream {
     try? errHandle?.close()
   }
 
+  /// Removes what an earlier cycle that died left in `tmp` (copies, stderr files). Only under the cycle lock: the
+  /// directory is the cycles' own.
+  static func clean(tmp: String) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: tmp) else { return }
+    for n in names { unlink(tmp + "/" + n) }
+  }
+
   /// Starts the source. `tmp` is a private directory (0700) in the state directory, for copies and stderr.
   static func start(_ kind: EngineConfig.SourceKind, tmp: String) throws -> SourceStream {
     try Sys.mkdirAll(BytePath(tmp), 0o700)

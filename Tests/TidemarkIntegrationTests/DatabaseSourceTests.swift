@@ -57,13 +57,17 @@ final class PostgresServer {
     bin = "\(root)/\(v)/bin"
     let dir = ws.sub("pg")
     try FileManager.default.createDirectory(atPath: dir + "/sock", withIntermediateDirectories: true)
-    try Tools.run("/bin/chown", ["-R", "nobody:nogroup", dir])
-    let asNobody = ["/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-    let initdb = try Tools.run(
-      asNobody[0],
-      Array(asNobody.dropFirst()) + [
+    // As root (scripts/test.sh): the cluster belongs to nobody. Otherwise as the user running the tests.
+    var asNobody: [String] = []
+    if getuid() == 0 {
+      try Tools.run("/bin/chown", ["-R", "nobody:nogroup", dir])
+      asNobody = ["/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    }
+    let initdbArgv =
+      asNobody + [
         bin + "/initdb", "-D", dir + "/data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync",
-      ], cwd: dir)
+      ]
+    let initdb = try Tools.run(initdbArgv[0], Array(initdbArgv.dropFirst()), cwd: dir)
     guard initdb.status == 0 else { throw TidemarkError(.general, "initdb failed: \(initdb.stderr)") }
     port = try unusedPort()
     pid = try spawn(
@@ -259,6 +263,9 @@ final class RedisServer {
         repository: \(ws.sub("dr"))
     """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
     let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    // A copy left behind by a cycle that died is removed by the next one.
+    try FileManager.default.createDirectory(atPath: ws.sub("state/tmp"), withIntermediateDirectories: true)
+    FileManager.default.createFile(atPath: ws.sub("state/tmp/sqlite-99999-app.db"), contents: Data("x".utf8))
     #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
     let cycle = try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
     let sqliteAfter = try sqliteCount(db)
@@ -268,7 +275,8 @@ final class RedisServer {
     // The writer never failed (its busy timeout covers the copy) and kept writing during the cycle.
     #expect(writerStatus == 0, "the SQLite writer failed: status \(String(describing: writerStatus))")
     #expect(sqliteAfter > sqliteBefore)
-    // No copy is left in the state directory.
+    // No copy is left in the state directory, and its directory is private.
+    #expect(try FileManager.default.attributesOfItem(atPath: ws.sub("state/tmp"))[.posixPermissions] as? Int == 0o700)
     #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("state/tmp")) == [])
 
     // One snapshot per source, each holding one file: paths ["/" + filename].
