@@ -68,9 +68,11 @@ final class SourceStream {
       if let port = p.port { args += ["--port", String(port)] }
       if let u = p.user { args += ["--username", u] }
       args += p.options + ["--dbname=" + p.database]
+      // A connection string may hold a password: messages name the stored file instead.
+      let what = "postgres \(p.database.contains("=") ? p.filename : p.database)"
       return try streaming(
-        try tool("pg_dump", "postgresql-client", what: "postgres \(p.database)"), args,
-        what: "postgres \(p.database)", errFile: tmp + "/pg_dump-\(getpid()).err")
+        try tool("pg_dump", "postgresql-client", what: what), args, what: what,
+        errFile: tmp + "/pg_dump-\(getpid()).err")
     case .sqlite(let s):
       return try sqlite(s, tmp: tmp)
     case .redis(let r):
