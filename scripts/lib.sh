@@ -17,6 +17,15 @@ TIDEMARK_APT_PACKAGES=(
   git ca-certificates rsync sqlite3
 )
 
+# What only the tests need besides: real database servers for the database-source tests
+# (Tests/TidemarkIntegrationTests/DatabaseSourceTests.swift), each started by the test itself on 127.0.0.1:
+#   postgresql                  initdb/postgres under /usr/lib/postgresql/*/bin, pg_dump, pg_restore, psql
+#   redis-server redis-tools    redis-server, redis-cli (--rdb), redis-check-rdb
+#   sqlite3                     the sqlite3 command-line tool (also in the list above)
+# On a machine where services start on installation, Debian also starts its own postgres and redis; the tests do
+# not use them.
+TIDEMARK_TEST_APT_PACKAGES=(postgresql redis-server redis-tools sqlite3)
+
 # log MESSAGE...: one progress line, easy to spot among build output.
 log() { printf '\n==> %s\n' "$*"; }
 

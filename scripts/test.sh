@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ensure_swift
 
-log "phase 1/4: system packages, and moto_server (the S3-compatible server the S3 tests run on loopback)"
+log "phase 1/4: system packages (with PostgreSQL, Redis and SQLite for the database sources), and moto_server (the S3-compatible server the S3 tests run on loopback)"
 ensure_packages
+ensure_packages "${TIDEMARK_TEST_APT_PACKAGES[@]}"
 if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "installing moto[server] from PyPI"
   python3 -m pip install -q 'moto[server]' || die "cannot install moto[server] (pip): the S3 tests need it"

@@ -12,6 +12,91 @@ public struct EngineConfig: Sendable {
     case path(String, exclude: [String])
     /// A command whose standard output is stored as one file (e.g. `pg_dump -Fc app`).
     case command(String, filename: String)
+    /// A PostgreSQL database: `pg_dump -Fc` streamed into the snapshot.
+    case postgres(PostgresSource)
+    /// A SQLite database file: an online copy (`VACUUM INTO`) taken into the state directory, then stored.
+    case sqlite(SQLiteSource)
+    /// A Redis server: a fresh RDB (`redis-cli --rdb`), then stored.
+    case redis(RedisSource)
+
+    /// The name of the one file a stream-like source (every kind but `.path`) is stored as; nil for `.path`.
+    ///
+    /// Each such source is a snapshot of its own, made like `backup --stdin --stdin-filename NAME`: its tree holds
+    /// one file, NAME, at the root, and the snapshot's `paths` is `["/" + NAME]`. So the newest snapshot of a
+    /// source is the newest one (of the configured host) whose `paths == ["/" + filename]`, and the file restores
+    /// as `SNAPSHOT:/NAME` (`restic dump --path /NAME latest /NAME`). Filenames are unique among the sources.
+    public var filename: String? {
+      switch self {
+      case .path: return nil
+      case .command(_, let f): return f
+      case .postgres(let p): return p.filename
+      case .sqlite(let s): return s.filename
+      case .redis(let r): return r.filename
+      }
+    }
+  }
+
+  /// `postgres: DBNAME`: `pg_dump -Fc` of one database (consistent: pg_dump reads in one repeatable-read
+  /// transaction). The password comes from libpq's usual places (~/.pgpass, PGPASSFILE, PGPASSWORD).
+  public struct PostgresSource: Sendable, Equatable {
+    /// The database name, or a libpq connection string (`host=… dbname=…`).
+    public var database: String
+    /// A host name, an IP address or a Unix socket directory (pg_dump --host).
+    public var host: String?
+    public var port: Int?
+    public var user: String?
+    /// Default: DBNAME.pgdump.
+    public var filename: String
+    /// More pg_dump arguments, e.g. `--exclude-table=audit_log`.
+    public var options: [String] = []
+    public init(
+      database: String, host: String? = nil, port: Int? = nil, user: String? = nil, filename: String? = nil,
+      options: [String] = []
+    ) {
+      self.database = database
+      self.host = host
+      self.port = port
+      self.user = user
+      self.filename = filename ?? database + ".pgdump"
+      self.options = options
+    }
+  }
+
+  /// `sqlite: /path/to/db`: never read directly; an online copy is taken with the sqlite3 command-line tool.
+  public struct SQLiteSource: Sendable, Equatable {
+    /// An absolute path.
+    public var path: String
+    /// Default: the database file's name.
+    public var filename: String
+    public init(path: String, filename: String? = nil) {
+      self.path = path
+      self.filename = filename ?? String(path.split(separator: "/").last ?? "db.sqlite")
+    }
+  }
+
+  /// `redis: HOST:PORT` or `redis: /path/to/redis.sock`.
+  public struct RedisSource: Sendable, Equatable {
+    /// `HOST:PORT` (`[v6addr]:PORT` for IPv6) or an absolute Unix socket path.
+    public var address: String
+    /// A file holding the password (first line; `requirepass`).
+    public var passwordFile: String?
+    /// Default: dump.rdb.
+    public var filename: String
+    public init(address: String, passwordFile: String? = nil, filename: String? = nil) {
+      self.address = address
+      self.passwordFile = passwordFile
+      self.filename = filename ?? "dump.rdb"
+    }
+    /// The Unix socket path, or the host and port.
+    public var endpoint: (socket: String?, host: String, port: Int) {
+      if address.hasPrefix("/") { return (address, "", 0) }
+      guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+        return (nil, address, 6379)
+      }
+      var host = String(address[..<colon])
+      if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+      return (nil, host, port)
+    }
   }
 
   /// One entry of `sources`: what to back up, and how a drill checks a restored copy of it.
@@ -147,6 +232,14 @@ public struct EngineConfig: Sendable {
     if c.interval < .seconds(1) {
       throw TidemarkError(.usage, "\(file): interval must be at least 1s")
     }
+    var stored = Set<String>()
+    for s in c.sources {
+      guard let f = s.kind.filename else { continue }
+      guard stored.insert(f).inserted else {
+        throw TidemarkError(
+          .usage, "\(file): two sources are stored as \(f)", hint: "give each one its own `filename`")
+      }
+    }
     var names = Set<String>()
     for t in c.targets where !names.insert(t.name).inserted {
       throw TidemarkError(.usage, "\(file): two targets are named \(t.name)", hint: "target names must be unique")
@@ -214,36 +307,118 @@ public struct EngineConfig: Sendable {
       return d
     }
 
+    /// The keys that choose a source's kind, and the keys each kind takes besides its own and `verify`.
+    static let sourceKinds: [(kind: String, keys: [String])] = [
+      ("path", ["exclude"]), ("command", ["filename"]),
+      ("postgres", ["host", "port", "user", "filename", "options"]), ("sqlite", ["filename"]),
+      ("redis", ["password-file", "filename"]),
+    ]
+
     func source(_ n: YAMLNode, _ key: String) throws -> Source {
       let m = try mapping(n, key)
-      var path: String?
+      let kinds = Self.sourceKinds.map(\.kind)
+      // Which kind: exactly one of the kind keys. Keys no kind knows are reported first.
+      var allKeys = kinds + ["verify"]
+      for (_, extra) in Self.sourceKinds { allKeys += extra.filter { !allKeys.contains($0) } }
+      for (k, _) in m { _ = try self.key(k, in: key, allowed: allKeys) }
+      let present = m.compactMap { (k, _) in k.string.flatMap { kinds.contains($0) ? $0 : nil } }
+      guard present.count == 1, let kind = present.first, let spec = Self.sourceKinds.first(where: { $0.kind == kind })
+      else {
+        throw fail(
+          n, key,
+          present.isEmpty
+            ? "a source needs one of \(kinds.joined(separator: ", "))"
+            : "a source has only one of \(kinds.joined(separator: ", ")) (this one has \(present.joined(separator: " and ")))"
+        )
+      }
+      let allowed = [kind] + spec.keys + ["verify"]
+      var value: (node: YAMLNode, text: String)?
       var exclude: [String] = []
-      var command: String?
-      var filename: String?
+      var filename: (node: YAMLNode, text: String)?
       var verify: String?
+      var host: String?
+      var port: Int?
+      var user: String?
+      var options: [String] = []
+      var passwordFile: String?
       for (k, v) in m {
-        switch try self.key(k, in: key, allowed: ["path", "exclude", "command", "filename", "verify"]) {
-        case "path": path = try string(v, key + ".path")
-        case "exclude": exclude = try strings(v, key + ".exclude")
-        case "command": command = try string(v, key + ".command")
-        case "filename": filename = try string(v, key + ".filename")
-        case "verify": verify = try string(v, key + ".verify")
+        let name = try self.key(k, in: key, allowed: allowed)
+        let path = key + "." + name
+        switch name {
+        case kind: value = (v, try string(v, path))
+        case "exclude": exclude = try strings(v, path)
+        case "filename": filename = (v, try string(v, path))
+        case "verify": verify = try string(v, path)
+        case "host": host = try string(v, path)
+        case "port":
+          let p = try int(v, path)
+          guard (1...65535).contains(p) else { throw fail(v, path, "expected a port number (1-65535), got \(p)") }
+          port = p
+        case "user": user = try string(v, path)
+        case "options":
+          // A list of arguments, or one line split at spaces.
+          if case .scalar = v {
+            options = try string(v, path).split(separator: " ").map(String.init)
+          } else {
+            options = try strings(v, path)
+          }
+          if let bad = options.first(where: { $0 == "-f" || $0.hasPrefix("--file") || $0.hasPrefix("-f") }) {
+            throw fail(v, path, "\(bad): pg_dump writes to the snapshot, not to a file")
+          }
+        case "password-file": passwordFile = try string(v, path)
         default: break
         }
       }
-      switch (path, command) {
-      case (let p?, nil):
-        guard filename == nil else { throw fail(n, key, "filename applies to command sources only") }
-        return Source(.path(p, exclude: exclude), verify: verify)
-      case (nil, let c?):
-        guard let f = filename, !f.isEmpty, !f.contains("/") else {
+      guard let value, !value.text.isEmpty else { throw fail(n, key + "." + kind, "expected a value") }
+      /// A stored file name: not empty, no `/`, not `.` or `..`.
+      func checkName(_ f: String, _ node: YAMLNode, _ what: String) throws -> String {
+        guard !f.isEmpty, !f.contains("/"), f != ".", f != ".." else {
+          throw fail(node, key + ".filename", "\(what) (a name without /) for the stored file, got `\(f)`")
+        }
+        return f
+      }
+      let kindOut: SourceKind
+      switch kind {
+      case "path":
+        kindOut = .path(value.text, exclude: exclude)
+      case "command":
+        guard let f = filename else {
           throw fail(n, key, "a command source needs `filename` (a name without /) for its output")
         }
-        guard exclude.isEmpty else { throw fail(n, key, "exclude applies to path sources only") }
-        return Source(.command(c, filename: f), verify: verify)
+        kindOut = .command(
+          value.text, filename: try checkName(f.text, f.node, "a command source needs `filename`"))
+      case "postgres":
+        let f = try filename.map { try checkName($0.text, $0.node, "a postgres source needs `filename`") }
+        if f == nil && (value.text.contains("/") || value.text.contains("=") || value.text.contains(" ")) {
+          throw fail(value.node, key + ".postgres", "with a connection string, give `filename` (e.g. app.pgdump)")
+        }
+        kindOut = .postgres(
+          PostgresSource(
+            database: value.text, host: host, port: port, user: user, filename: f, options: options))
+      case "sqlite":
+        guard value.text.hasPrefix("/") else {
+          throw fail(value.node, key + ".sqlite", "expected an absolute path to the database file, got \(value.text)")
+        }
+        let f = try filename.map { try checkName($0.text, $0.node, "a sqlite source needs `filename`") }
+        let s = SQLiteSource(path: value.text, filename: f)
+        _ = try checkName(s.filename, value.node, "a sqlite source needs `filename`")
+        kindOut = .sqlite(s)
       default:
-        throw fail(n, key, "a source has either `path` or `command`")
+        let f = try filename.map { try checkName($0.text, $0.node, "a redis source needs `filename`") }
+        let r = RedisSource(address: value.text, passwordFile: passwordFile, filename: f)
+        let e = r.endpoint
+        if e.socket == nil {
+          guard let colon = value.text.lastIndex(of: ":"), let p = Int(value.text[value.text.index(after: colon)...]),
+            (1...65535).contains(p), !e.host.isEmpty
+          else {
+            throw fail(
+              value.node, key + ".redis", "expected HOST:PORT or a Unix socket path, got \(value.text)",
+              hint: "e.g. 127.0.0.1:6379, [::1]:6379 or /run/redis/redis-server.sock")
+          }
+        }
+        kindOut = .redis(r)
       }
+      return Source(kindOut, verify: verify)
     }
 
     func hooks(_ n: YAMLNode, _ key: String) throws -> Hooks {

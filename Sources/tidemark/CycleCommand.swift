@@ -258,20 +258,22 @@ struct Cycle {
           "backup: snapshot \(result.snapshotID?.short ?? "-") (\(Out.bytes(Int64(result.saver.bytesStored))) added)")
         if !result.stats.errors.isEmpty { failures.append("backup: \(result.stats.errors.count) files unreadable") }
       }
-      // Command sources: each command's standard output is streamed into a snapshot of its own, stored as
-      // `filename` (no temporary file). A command that fails leaves no snapshot: its output may be cut short.
+      // Stream-like sources (command, postgres, sqlite, redis; see SourceStream): each is stored as one file,
+      // `filename`, in a snapshot of its own. A source that fails leaves no snapshot: its output may be cut short.
+      SourceStream.clean(tmp: dir + "/tmp")
       for source in config.sources {
-        guard case .command(let command, let filename) = source.kind else { continue }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        try p.run()
+        guard let filename = source.kind.filename else { continue }
+        let stream: SourceStream
+        do {
+          stream = try SourceStream.start(source.kind, tmp: dir + "/tmp")
+        } catch let e as SourceFailure {
+          failures.append(e.message)
+          continue
+        }
         var opts = BackupOptions()
         if let h = config.host { opts.host = h }
         opts.stdinFilename = filename
-        opts.stdinFD = pipe.fileHandleForReading.fileDescriptor
+        opts.stdinFD = stream.fd
         opts.programVersion = "tidemark \(Tidemark.version)"
         let result: BackupResult
         do {
@@ -279,20 +281,18 @@ struct Cycle {
             try await TidemarkOperations.Backup(repository: repo, options: opts).run()
           }
         } catch {
-          p.terminate()
-          p.waitUntilExit()
+          stream.cancel()
           throw error
         }
-        p.waitUntilExit()
-        if p.terminationStatus != 0 {
+        if let problem = stream.finish() {
           if let id = result.snapshotID { try? await repo.backend.remove(Handle(.snapshot, id.hex)) }
-          failures.append("source command `\(command)` exited with \(p.terminationStatus); its snapshot was discarded")
+          failures.append("\(problem); its snapshot was discarded")
           continue
         }
         made = result.snapshot
         made?.id = result.snapshotID
         addedThisCycle += result.saver.bytesStored
-        say("backup: \(filename) from `\(command)`: snapshot \(result.snapshotID?.short ?? "-")")
+        say("backup: \(filename) from \(stream.what): snapshot \(result.snapshotID?.short ?? "-")")
       }
       // Replicate to every target at once; a failing target does not stop the others.
       let password = try global.password()

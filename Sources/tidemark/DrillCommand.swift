@@ -160,7 +160,7 @@ struct Drill {
     switch s.kind {
     case .path(let p, _): return (p, Set(config.sourcePaths))
     default:
-      let f = s.kind.storedFilename ?? "?"
+      let f = s.kind.filename ?? "?"
       return (f, ["/" + f])
     }
   }
@@ -212,7 +212,7 @@ struct Drill {
       let copy: String
       switch source.kind {
       case .path(let p, _): copy = dir + (p.hasPrefix("/") ? p : "/" + p)
-      default: copy = dir + "/" + (source.kind.storedFilename ?? "")
+      default: copy = dir + "/" + (source.kind.filename ?? "")
       }
       if let e = restoreError {
         res.error = e
@@ -355,16 +355,6 @@ struct Drill {
       }
     }
     return m + "\n"
-  }
-}
-
-extension EngineConfig.SourceKind {
-  /// The file a stream-like source is stored as (its snapshot's path is `/` + this); nil for `path`.
-  var storedFilename: String? {
-    switch self {
-    case .path: return nil
-    case .command(_, let f): return f
-    }
   }
 }
 

@@ -17,6 +17,16 @@ import TidemarkOperations
       - command: pg_dump -Fc app
         filename: app.dump
         verify: pg_restore --list {} > /dev/null
+      - postgres: app
+        host: db1
+        port: 5433
+        user: backup
+        options: [--exclude-table=audit_log]
+        verify: pg_restore --list {} >/dev/null
+      - sqlite: /var/lib/app/app.db
+        verify: sqlite3 {} 'pragma integrity_check'
+      - redis: 127.0.0.1:6379
+        password-file: /etc/tidemark/redis-password
     hooks:
       before: [sync]
       after: echo done
@@ -57,7 +67,15 @@ import TidemarkOperations
       c.sources == [
         .init(.path("/srv/data", exclude: ["*.tmp", "/srv/data/cache"])),
         .init(.command("pg_dump -Fc app", filename: "app.dump"), verify: "pg_restore --list {} > /dev/null"),
+        .init(
+          .postgres(
+            .init(database: "app", host: "db1", port: 5433, user: "backup", options: ["--exclude-table=audit_log"])),
+          verify: "pg_restore --list {} >/dev/null"),
+        .init(.sqlite(.init(path: "/var/lib/app/app.db")), verify: "sqlite3 {} 'pragma integrity_check'"),
+        .init(.redis(.init(address: "127.0.0.1:6379", passwordFile: "/etc/tidemark/redis-password"))),
       ])
+    // The stored file of each stream-like source (defaults for the database kinds); none for a path.
+    #expect(c.sources.map(\.kind.filename) == [nil, "app.dump", "app.pgdump", "app.db", "dump.rdb"])
     #expect(c.hooks.before == ["sync"] && c.hooks.after == ["echo done"])
     #expect(c.hooks.onFailure == ["logger tidemark failed"])
     #expect(c.targets.map(\.name) == ["dr1", "s3"])
@@ -80,6 +98,15 @@ import TidemarkOperations
     ("- name: s3", "- nam: s3", "unknown key targets[1].nam"),
     ("listen: 127.0.0.1:9817", "listen: localhost", "metrics.listen: expected host:port"),
     ("webhook: https://hooks.example.com/tidemark", "webhook: hooks", "alerts.webhook: expected an http"),
+    ("port: 5433", "port: 70000", "sources[2].port: expected a port number"),
+    ("port: 5433", "prot: 5433", "unknown key sources[2].prot"),
+    ("options: [--exclude-table=audit_log]", "options: [-f, out.sql]", "sources[2].options: -f: pg_dump writes"),
+    ("- sqlite: /var/lib/app/app.db", "- sqlite: app.db", "sources[3].sqlite: expected an absolute path"),
+    ("- redis: 127.0.0.1:6379", "- redis: localhost", "sources[4].redis: expected HOST:PORT"),
+    ("- redis: 127.0.0.1:6379", "- redis: 127.0.0.1:0", "sources[4].redis: expected HOST:PORT"),
+    ("password-file: /etc/tidemark/redis-password", "exclude: [x]", "unknown key sources[4].exclude"),
+    ("verify: sqlite3 {} 'pragma integrity_check'", "port: 1", "unknown key sources[3].port"),
+    ("- postgres: app", "- postgres: dbname=app host=db1", "sources[2].postgres: with a connection string"),
   ])
   func mistakesAreOneLineWithFileLineAndKey(_ broken: (String, String, String)) throws {
     var lines = Self.example.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
@@ -100,6 +127,13 @@ import TidemarkOperations
       (Self.example.replacingOccurrences(of: "- name: s3", with: "- name: dr1"), "two targets are named dr1"),
       (Self.example.replacingOccurrences(of: "filename: app.dump", with: "filename: a/b"), "needs `filename`"),
       ("- just\n- a list\n", "must be a mapping"), ("key: [unclosed", "not valid YAML"),
+      (
+        Self.example.replacingOccurrences(of: "sqlite: /var/lib/app/app.db", with: "sqlite: /srv/app.pgdump"),
+        "two sources are stored as app.pgdump"
+      ),
+      ("repository: /x\nsources:\n  - verify: 'true'\n", "a source needs one of path, command, postgres"),
+      ("repository: /x\nsources:\n  - path: /a\n    sqlite: /b.db\n", "a source has only one of"),
+      ("repository: /x\nsources:\n  - redis: /run/redis.sock\n    filename: ../x\n", "needs `filename`"),
     ] {
       #expect(throws: TidemarkError.self) { _ = try EngineConfig.parse(text, file: "t.yaml") }
       do {
