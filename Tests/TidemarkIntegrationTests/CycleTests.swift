@@ -159,14 +159,8 @@ import TidemarkSystem
     try config(targets: ["dr1"]).write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
     let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
     #expect(try ws.tidemark(["init", "--config", ws.sub("c.yaml")], password: "", env: env).status == 0)
-    let pid = try spawn([
-      "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
-      "--config", ws.sub("c.yaml"),
-    ])
-    defer {
-      kill(pid, SIGKILL)
-      _ = waitpid(pid, nil, 0)
-    }
+    let pid = try startDaemon(ws, config: ws.sub("c.yaml"))
+    defer { stop(pid) }
     func cycles() -> Int {
       guard let d = FileManager.default.contents(atPath: ws.sub("state/state.json")),
         let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any]
@@ -215,22 +209,9 @@ import TidemarkSystem
 
   @Test func cyclesLookUpOnlyNewPacksAndListEverythingNowAndThen() throws {
     let ws = try Workspace("cycle-incremental")
-    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
-    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
-    try """
-    repository: \(ws.sub("dc"))
-    password-file: \(ws.sub("pw"))
-    sources:
-      - path: \(ws.sub("src"))
-    targets:
-      - name: dr
-        repository: \(ws.sub("dr"))
-    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
-    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
-    func cycle() throws -> RunResult {
-      try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
-    }
-    #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
+    let site = try EngineSite(ws)
+    func cycle() throws -> RunResult { try site.run(["replicate", "--once"]) }
+    #expect(try site.run(["init"]).status == 0)
     func packs(_ r: String) throws -> Set<String> {
       let out = try Tools.run("/usr/bin/find", [ws.sub(r + "/data"), "-type", "f", "-printf", "%f\n"]).out
       return Set(out.split(separator: "\n").map(String.init))
@@ -260,32 +241,15 @@ import TidemarkSystem
 
   @Test func retentionWaitsForTheNextCycleWhileSomeoneHoldsALock() async throws {
     let ws = try Workspace("cycle-retention-locked")
-    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
-    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
-    try """
-    repository: \(ws.sub("dc"))
-    password-file: \(ws.sub("pw"))
-    sources:
-      - path: \(ws.sub("src"))
-    targets:
-      - name: dr
-        repository: \(ws.sub("dr"))
-    retention:
-      keep-last: 1
-    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
-    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
-    func cycle() throws -> RunResult {
-      try ws.tidemark(["replicate", "--once", "--config", "c.yaml"], password: "", env: env)
-    }
-    #expect(try ws.tidemark(["init", "--config", "c.yaml"], password: "", env: env).status == 0)
+    let site = try EngineSite(ws, extra: "retention:\n  keep-last: 1\n")
+    func cycle() throws -> RunResult { try site.run(["replicate", "--once"]) }
+    #expect(try site.run(["init"]).status == 0)
     for i in 0..<2 {
       try Data("v\(i)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
       #expect(try cycle().status == 0)
     }
-    func count(_ r: String) throws -> Int {
-      try FileManager.default.contentsOfDirectory(atPath: ws.sub(r + "/snapshots")).count
-    }
-    #expect(try count("dc") == 1 && count("dr") == 1)
+    func count(_ r: String) -> Int { site.snapshots(r) }
+    #expect(count("dc") == 1 && count("dr") == 1)
     // A shared lock (as `tidemark mount` holds one): the cycle backs up and replicates, and leaves forgetting to
     // the next cycle instead of failing.
     let repo = try await Repository.open(
@@ -295,40 +259,21 @@ import TidemarkSystem
     let held = try cycle()
     #expect(
       held.status == 0 && held.stderr.contains("retention on \(ws.sub("dc")) skipped this cycle"), "\(held.stderr)")
-    #expect(try count("dc") == 2 && count("dr") == 1)
+    #expect(count("dc") == 2 && count("dr") == 1)
     await lock.release()
     #expect(try cycle().status == 0)
-    #expect(try count("dc") == 1 && count("dr") == 1)
+    #expect(count("dc") == 1 && count("dr") == 1)
   }
 
   @Test func daemonRunsACycleOnSIGUSR1WithItsKeyInMemory() throws {
     let ws = try Workspace("daemon-usr1")
-    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    let site = try EngineSite(ws, extra: "interval: 1h\n")
     try Data("one".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
-    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
-    try """
-    repository: \(ws.sub("dc"))
-    password-file: \(ws.sub("pw"))
-    interval: 1h
-    sources:
-      - path: \(ws.sub("src"))
-    targets:
-      - name: dr
-        repository: \(ws.sub("dr"))
-    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
-    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
-    #expect(try ws.tidemark(["init", "--config", ws.sub("c.yaml")], password: "", env: env).status == 0)
-    let pid = try spawn([
-      "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
-      "--config", ws.sub("c.yaml"),
-    ])
-    defer {
-      kill(pid, SIGKILL)
-      _ = waitpid(pid, nil, 0)
-    }
-    func snapshots(_ r: String) -> Int {
-      (try? FileManager.default.contentsOfDirectory(atPath: ws.sub(r + "/snapshots")).count) ?? 0
-    }
+    let env = site.env
+    #expect(try site.run(["init"]).status == 0)
+    let pid = try site.startDaemon()
+    defer { stop(pid) }
+    func snapshots(_ r: String) -> Int { site.snapshots(r) }
     Thread.sleep(forTimeInterval: 0.5)
     #expect(snapshots("dc") == 0, "a cycle ran before its hour")
     // Each SIGUSR1 runs a cycle now; the second one opens the repository with the key kept in memory.

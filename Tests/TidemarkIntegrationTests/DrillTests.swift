@@ -131,14 +131,8 @@ import TidemarkCore
         ["init", "--config", ws.sub("c.yaml")], password: "", env: ["TIDEMARK_STATE_DIR": ws.sub("state")]
       )
       .status == 0)
-    let pid = try spawn([
-      "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
-      "--config", ws.sub("c.yaml"),
-    ])
-    defer {
-      kill(pid, SIGKILL)
-      _ = waitpid(pid, nil, 0)
-    }
+    let pid = try startDaemon(ws, config: ws.sub("c.yaml"))
+    defer { stop(pid) }
     func drills() -> [Double] {
       guard let d = FileManager.default.contents(atPath: ws.sub("state/drill.json")),
         let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any]

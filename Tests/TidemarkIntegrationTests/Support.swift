@@ -207,3 +207,54 @@ func makeAwkwardTree(in dir: String, nonUTF8LinkTarget: Bool) throws {
   let r = try Tools.sh(script, cwd: dir)
   if r.status != 0 { throw TidemarkError(.general, "building the test tree failed: \(r.stderr)") }
 }
+
+/// A DC for engine tests in a workspace: `src/` to back up, the password file `pw` ("secret"), and `c.yaml` with
+/// the repository `dc`, that source, one local target `dr` and `extra` YAML; its state directory is `state`.
+struct EngineSite {
+  let ws: Workspace
+  var config: String { ws.sub("c.yaml") }
+  var env: [String: String] { ["TIDEMARK_STATE_DIR": ws.sub("state")] }
+
+  init(_ ws: Workspace, extra: String = "") throws {
+    self.ws = ws
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    try """
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+
+    """.appending(extra).write(toFile: config, atomically: true, encoding: .utf8)
+  }
+
+  /// `tidemark ARGS --config c.yaml` with the site's state directory.
+  func run(_ args: [String]) throws -> RunResult {
+    try ws.tidemark(args + ["--config", config], password: "", env: env)
+  }
+
+  /// How many snapshot files the repository in `dir` of the workspace holds.
+  func snapshots(_ dir: String) -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: ws.sub(dir + "/snapshots")).count) ?? 0
+  }
+
+  /// Starts `tidemark daemon` for c.yaml with this state directory; kill it with `stop`.
+  func startDaemon() throws -> pid_t { try TidemarkIntegrationTests.startDaemon(ws, config: config) }
+}
+
+/// Starts `tidemark daemon --config CONFIG` with the workspace's `state` directory (posix_spawn, not Process).
+func startDaemon(_ ws: Workspace, config: String) throws -> pid_t {
+  try spawn([
+    "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
+    "--config", config,
+  ])
+}
+
+/// SIGKILL and reap (for `defer`).
+func stop(_ pid: pid_t) {
+  kill(pid, SIGKILL)
+  _ = waitpid(pid, nil, 0)
+}
