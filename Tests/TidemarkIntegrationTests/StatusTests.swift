@@ -270,23 +270,9 @@ final class HTTPRecorder {
   @Test func cyclesPushTheirMetricsToThePushgateway() throws {
     let ws = try Workspace("status-push")
     let server = try HTTPRecorder(ws)
-    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    let site = try EngineSite(ws, host: "dc1", extra: "metrics:\n  pushgateway: \(server.url)/\n")
     try "some data\n".write(toFile: ws.sub("src/a"), atomically: true, encoding: .utf8)
-    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
-    try """
-    host: dc1
-    repository: \(ws.sub("dc"))
-    password-file: \(ws.sub("pw"))
-    sources:
-      - path: \(ws.sub("src"))
-    targets:
-      - name: dr
-        repository: \(ws.sub("dr"))
-    metrics:
-      pushgateway: \(server.url)/
-    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
-    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
-    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: env) }
+    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: site.env) }
     #expect(try run(["init", "--config", "c.yaml"]).status == 0)
     let c = try run(["replicate", "--once", "--config", "c.yaml"])
     #expect(c.status == 0 && c.stderr.isEmpty, "\(c.stderr)")

@@ -215,11 +215,12 @@ struct EngineSite {
   var config: String { ws.sub("c.yaml") }
   var env: [String: String] { ["TIDEMARK_STATE_DIR": ws.sub("state")] }
 
-  init(_ ws: Workspace, extra: String = "") throws {
+  init(_ ws: Workspace, host: String? = nil, extra: String = "") throws {
     self.ws = ws
     try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
     try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
     try """
+    \(host.map { "host: \($0)" } ?? "")
     repository: \(ws.sub("dc"))
     password-file: \(ws.sub("pw"))
     sources:
