@@ -33,6 +33,10 @@ struct ReplicateCommand: AsyncParsableCommand {
       "Run one replication cycle from the configuration (--config, TIDEMARK_CONFIG or /etc/tidemark/tidemark.yaml): hooks, backup, replicate to every target, retention, state."
   )
   var once = false
+  @Flag(
+    name: .customLong("no-scheduled"),
+    help: "With --once: skip the drill and rolling check that drill.schedule / drill.check-budget make due.")
+  var noScheduled = false
   @Option(help: "Read the replica's password from this file (default: the repository's password).")
   var toPasswordFile: String?
   @Option(help: "Run this shell command and use its output as the replica's password.")
@@ -48,7 +52,18 @@ struct ReplicateCommand: AsyncParsableCommand {
         g.config = EngineConfig.defaultPath
       }
       guard let config = try g.engineConfig() else { return }
-      try await Cycle(global: g, config: config).run()
+      // A failed cycle still lets a due drill run (it reports on what the targets hold); the cycle's error wins.
+      var failure: Error? = nil
+      do {
+        try await Cycle(global: g, config: config).run()
+      } catch let e as TidemarkError where e.kind == .locked {
+        throw e  // another cycle runs: it does the scheduled work
+      } catch {
+        failure = error
+      }
+      // Scheduled drills and rolling checks, as the daemon runs them, so timer users get them too.
+      if !noScheduled { await Drill(global: g, config: config).scheduled(stateDir: EngineState.directory()) }
+      if let failure { throw failure }
       return
     }
     let sourceLocation = try global.repositoryLocation()

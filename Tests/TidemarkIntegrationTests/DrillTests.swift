@@ -123,6 +123,28 @@ import TidemarkCore
     #expect(r.out.contains("FAILED"), "\(r.out)")
   }
 
+  @Test func timerCyclesRunTheScheduledDrillWhenItIsDue() throws {
+    let ws = try Workspace("drill-timer")
+    let env = try setUp(ws, extra: "drill:\n  schedule: 1h\n")
+    func tm(_ args: [String]) throws -> RunResult {
+      try ws.tidemark(args + ["--config", ws.sub("c.yaml")], password: "", env: env)
+    }
+    func lastDrill() -> Double? {
+      guard let d = FileManager.default.contents(atPath: ws.sub("state/drill.json")),
+        let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any]
+      else { return nil }
+      return o["start"] as? Double
+    }
+    #expect(try tm(["init"]).status == 0)
+    #expect(try tm(["replicate", "--once", "--no-scheduled"]).status == 0)
+    #expect(lastDrill() == nil)
+    let first = try tm(["replicate", "--once"])
+    #expect(first.status == 0, "\(first.stderr)")
+    let t = try #require(lastDrill(), "the due drill did not run")
+    #expect(try tm(["replicate", "--once"]).status == 0)
+    #expect(lastDrill() == t, "a drill ran again before its hour")
+  }
+
   @Test func theDaemonDrillsOnItsSchedule() throws {
     let ws = try Workspace("drill-daemon")
     _ = try setUp(ws, extra: "interval: 1s\ndrill:\n  schedule: 2s\n  check-budget: 1M\n")
