@@ -9,6 +9,7 @@
 // - `list(t)` returns every stored file of the type with its size, in no particular order; it never
 //   returns temporary files.
 // - `remove` of a missing file throws `BackendNotFound`.
+// - `create()` makes restic's layout only; saving the first `.site` record makes `tidemark/` as needed.
 // - All methods may be called concurrently. Blocking I/O never runs on Swift's cooperative pool.
 
 public enum FileType: String, Sendable, CaseIterable {

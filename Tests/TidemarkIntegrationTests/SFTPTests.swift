@@ -158,6 +158,13 @@ func checkBackendContract(_ b: any Backend) async throws {
   try await b.save(.config, data: Array("cfg".utf8))
   #expect(try await b.load(.config) == Array("cfg".utf8))
 
+  // tidemark's own records (`tidemark/`): not made by create, listed empty, and saved into a fresh directory.
+  #expect(try await b.list(.site).isEmpty)
+  let record = Array("site record".utf8)
+  try await b.save(Handle(.site, RawID.hash(record).hex), data: record)
+  #expect(try await b.list(.site).map(\.name) == [RawID.hash(record).hex])
+  #expect(try await b.load(Handle(.site, RawID.hash(record).hex)) == record)
+
   try await b.remove(h)
   #expect(try await b.exists(h) == false)
   #expect(try await b.list(.pack).isEmpty)
