@@ -91,10 +91,22 @@ struct EngineState: Codable {
     metric(
       "tidemark_repository_size_bytes", "Size of the DC repository's packs.", "gauge",
       [("", Double(repositorySizeBytes))])
+    if let role = siteRole, let epoch = siteEpoch {
+      metric(
+        "tidemark_site_primary", "1 when this site is the primary (runs the cycles).", "gauge",
+        [("", role == "primary" ? 1 : 0)])
+      metric(
+        "tidemark_site_epoch", "This site's fencing epoch (raised by every failover and promote).", "gauge",
+        [("", Double(epoch))])
+    }
     return out
   }
 
   var lastSuccess: Double?
+  /// This site's role and fencing epoch as the last cycle read them (see Site); a fenced site keeps its role
+  /// here until it is demoted.
+  var siteRole: String?
+  var siteEpoch: Int?
 
   static func directory() -> String {
     ProcessInfo.processInfo.environment["TIDEMARK_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/tidemark"
@@ -220,6 +232,8 @@ struct Cycle {
       _ = try? await RepositoryLock.removeDead(repo)
       // Roles (see Site): a standby runs no cycle; a site that a target outranks is fenced.
       let own = try await Site.load(repo)
+      state.siteRole = (own.role ?? .primary).rawValue
+      state.siteEpoch = own.epoch
       if own.role == .standby, let (m, h) = Site.fence(own: own, targets: []) {
         throw StandbyRefusal(error: TidemarkError(.general, m, hint: h))
       }
@@ -690,6 +704,7 @@ struct StatusCommand: AsyncParsableCommand {
       let rto = d.repositories.map(\.rtoSeconds).max() ?? 0
       w.raw(",\"last_drill\":{\"ok\":\(d.ok),\"end\":\(Int(d.end)),\"rto_seconds\":\(String(format: "%.3f", rto))}")
     }
+    if let role = state.siteRole, let epoch = state.siteEpoch { w.raw(",\"role\":\"\(role)\",\"epoch\":\(epoch)") }
     w.raw(",\"status\":\"\(["OK", "WARN", "CRIT"][level])\"}\n")
     if global.json {
       Out.raw(w.out)
@@ -703,6 +718,7 @@ struct StatusCommand: AsyncParsableCommand {
             + ", RTO \(String(format: "%.1f s", d.repositories.map(\.rtoSeconds).max() ?? 0))"
             + (d.report.map { " (report \($0))" } ?? ""))
       }
+      if let role = state.siteRole, let epoch = state.siteEpoch { Out.line("this site: \(role), epoch \(epoch)") }
       Out.line(
         "\(["OK", "WARN", "CRIT"][level]): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
           + (state.lastCycleError.map { ": \($0)" } ?? ""))

@@ -105,6 +105,8 @@ import TidemarkCore
     c = try site("dr", ["replicate", "--once"])
     #expect(c.status == 1 && c.stderr.contains("target dc"), "\(c.stderr)")
     #expect(try snapshots("dr-repo").count == 3)
+    let drStatus = try site("dr", ["status", "--json"])
+    #expect(drStatus.out.contains("\"role\":\"primary\",\"epoch\":1"), "\(drStatus.out)")
 
     // The old DC returns. Its timer fires: fenced, nothing written.
     try dcServer.start()
@@ -150,6 +152,8 @@ import TidemarkCore
     #expect(try snapshots("dr-repo") == (try snapshots("dc-repo")))
     c = try site("dr", ["replicate", "--once"])
     #expect(c.status == 1 && c.stderr.contains("standby"), "\(c.stderr)")
+    let dcStatus = try site("dc", ["status", "--json"])
+    #expect(dcStatus.out.contains("\"role\":\"primary\",\"epoch\":2"), "\(dcStatus.out)")
     try checkClean("dr-repo")
     try checkClean("dc-repo")
     let history = try site("dc", ["role"])
