@@ -145,7 +145,7 @@ import TidemarkSystem
     try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
     try Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: ws.sub("src/a")))
     try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
-    let port = Int.random(in: 20000..<60000)
+    let port = try unusedPort()
     func config(targets: [String]) -> String {
       """
       repository: \(ws.sub("dc"))

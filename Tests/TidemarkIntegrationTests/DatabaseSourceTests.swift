@@ -14,15 +14,6 @@ func requireTool(_ path: String, package: String) throws -> String {
   return path
 }
 
-/// A port nothing listens on, from the ephemeral-looking range the other servers of the tests use.
-func unusedPort() throws -> Int {
-  for _ in 0..<50 {
-    let port = Int.random(in: 20000..<60000)
-    if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status != 0 { return port }
-  }
-  throw TidemarkError(.general, "no free port found")
-}
-
 /// Waits for a child to exit, at most `seconds`; SIGKILL after that. Returns the wait status, nil when killed.
 @discardableResult
 func reap(_ pid: pid_t, seconds: Double) -> Int32? {

@@ -19,7 +19,7 @@ final class S3Server {
   init() throws {
     var started: Int? = nil
     for _ in 0..<10 where started == nil {
-      let port = Int.random(in: 20000..<60000)
+      let port = try unusedPort()
       // posix_spawn, not Foundation's Process (see SSHServer); python3 from PATH.
       let child = try spawn(["/usr/bin/env", "python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", String(port)])
       for _ in 0..<200 {

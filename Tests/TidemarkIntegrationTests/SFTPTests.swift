@@ -26,7 +26,7 @@ final class SSHServer {
     guard keys.status == 0 else { throw TidemarkError(.general, "ssh-keygen failed: \(keys.stderr)") }
     var started: Int? = nil
     for _ in 0..<20 where started == nil {
-      let port = Int.random(in: 20000..<60000)
+      let port = try unusedPort()
       let config = """
         ListenAddress 127.0.0.1
         Port \(port)

@@ -39,7 +39,7 @@ final class HTTPRecorder {
     """.write(toFile: script, atomically: true, encoding: .utf8)
     var port = 0
     for _ in 0..<5 {
-      let p = Int.random(in: 20000..<60000)
+      let p = try unusedPort()
       pid = try spawn(["/usr/bin/python3", script, String(p), log])
       for _ in 0..<100 {
         if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(p)"]).status == 0 {

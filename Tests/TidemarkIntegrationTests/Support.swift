@@ -1,5 +1,6 @@
 // Helpers for tests that run the real tidemark binary and the real restic binary side by side.
 import Foundation
+import Synchronization
 import TidemarkCore
 import TidemarkCrypto
 import TidemarkSystem
@@ -258,4 +259,22 @@ func startDaemon(_ ws: Workspace, config: String) throws -> pid_t {
 func stop(_ pid: pid_t) {
   kill(pid, SIGKILL)
   _ = waitpid(pid, nil, 0)
+}
+
+/// The next port for a server a test starts (handed out once per test process, so two tests never pick the same
+/// one), below the kernel's ephemeral range (32768 and up). Above it, a probe that connects before the server
+/// listens can connect to itself (TCP simultaneous open, when the kernel picks the destination port as the probe's
+/// source port): the server then looked up while its own bind had failed, and every request was refused.
+private let nextTestPort = Mutex(Int.random(in: 20000..<26000))
+
+/// A port for a test's server that nothing listens on yet (see `nextTestPort`).
+func unusedPort() throws -> Int {
+  for _ in 0..<50 {
+    let port = nextTestPort.withLock { p in
+      defer { p = p + 1 < 32000 ? p + 1 : 20000 }
+      return p
+    }
+    if try Tools.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status != 0 { return port }
+  }
+  throw TidemarkError(.general, "no free port found")
 }
