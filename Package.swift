@@ -55,6 +55,7 @@ let package = Package(
       name: "TidemarkCoreTests",
       dependencies: [
         "TidemarkCore", "TidemarkCrypto", "TidemarkZstd", "TidemarkBackends", "TidemarkSystem", "TidemarkOperations",
+        "TidemarkMount",
       ],
       exclude: ["Fixtures"]),
     .testTarget(

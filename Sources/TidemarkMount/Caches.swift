@@ -31,14 +31,16 @@ struct ClockCache<Key: Hashable, Value> {
 
   func contains(_ id: Key) -> Bool { entries[id] != nil }
 
-  /// Inserts `value`, then evicts until under the limit (the newest entry always stays).
-  mutating func insert(_ id: Key, _ value: Value, cost c: Int) {
+  /// Inserts `value`, then evicts until under the limit (the newest entry always stays). `wanted`: the entry
+  /// is about to be used (blobs fetched ahead of a reader), so it starts with its second chance, as if it had
+  /// been read: otherwise a sweep evicts blobs nobody has read yet before the ones a reader has finished with.
+  mutating func insert(_ id: Key, _ value: Value, cost c: Int, wanted: Bool = false) {
     if let old = entries[id] {
       cost -= old.cost
     } else {
       queue.append(id)
     }
-    entries[id] = (value, c, false)
+    entries[id] = (value, c, wanted)
     cost += c
     while cost > limit && entries.count > 1 { evictOne(keeping: id) }
   }
@@ -214,7 +216,7 @@ final class BlobStore: Sendable {
     }
     state.withLock { s in
       // The blob asked for goes in last, so that a small cache keeps it rather than its neighbours.
-      for (id, v) in decoded.reversed() { s.cache.insert(id, v, cost: v.count + 64) }
+      for (id, v) in decoded.reversed() { s.cache.insert(id, v, cost: v.count + 64, wanted: true) }
     }
   }
 
