@@ -171,7 +171,7 @@ import TidemarkSystem
       else { return 0 }
       return o["cycles"] as? Int ?? 0
     }
-    for _ in 0..<100 where cycles() < 2 { Thread.sleep(forTimeInterval: 0.1) }
+    for _ in 0..<300 where cycles() < 2 { Thread.sleep(forTimeInterval: 0.1) }
     #expect(cycles() >= 2, "the daemon ran no cycles")
     // Metrics over HTTP and in the textfile.
     let metrics = try Tools.run(
@@ -190,7 +190,7 @@ import TidemarkSystem
     // SIGHUP: the new configuration (a second target) is used from the next cycle on.
     try config(targets: ["dr1", "dr2"]).write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
     kill(pid, SIGHUP)
-    for _ in 0..<100 where !FileManager.default.fileExists(atPath: ws.sub("dr2/config")) {
+    for _ in 0..<300 where !FileManager.default.fileExists(atPath: ws.sub("dr2/config")) {
       Thread.sleep(forTimeInterval: 0.1)
     }
     #expect(FileManager.default.fileExists(atPath: ws.sub("dr2/config")), "SIGHUP did not reload")
@@ -285,7 +285,7 @@ import TidemarkSystem
     for round in 1...2 {
       try Data("round \(round)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/a")))
       kill(pid, SIGUSR1)
-      for _ in 0..<100 where snapshots("dr") < round { Thread.sleep(forTimeInterval: 0.05) }
+      for _ in 0..<400 where snapshots("dr") < round { Thread.sleep(forTimeInterval: 0.05) }
       #expect(snapshots("dc") == round && snapshots("dr") == round, "round \(round)")
     }
     // A removed key file is noticed: the cached key is dropped and the password opens another key.
@@ -298,7 +298,7 @@ import TidemarkSystem
       try FileManager.default.removeItem(atPath: ws.sub("dc/keys/" + current))
     }
     kill(pid, SIGUSR1)
-    for _ in 0..<100 where snapshots("dr") < 3 { Thread.sleep(forTimeInterval: 0.05) }
+    for _ in 0..<400 where snapshots("dr") < 3 { Thread.sleep(forTimeInterval: 0.05) }
     #expect(snapshots("dr") == 3)
     kill(pid, SIGTERM)
     var status: Int32 = 0

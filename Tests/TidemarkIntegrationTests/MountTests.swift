@@ -123,7 +123,7 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     #expect(blocked.status != 0 && blocked.stderr.contains("lock"), "\(blocked.stderr)")
     try FileManager.default.removeItem(atPath: ws.sub("repo/snapshots/\(id1)"))
     var gone = false
-    for _ in 0..<50 where !gone {
+    for _ in 0..<150 where !gone {
       gone = !FileManager.default.fileExists(atPath: "\(mnt)/ids/\(id1.prefix(8))")
       usleep(100_000)
     }
