@@ -89,12 +89,7 @@ import TidemarkCore
       .split(separator: "\n").map(String.init)
     #expect(!packs.isEmpty)
     let pack = packs[0]
-    let fh = try FileHandle(forUpdating: URL(fileURLWithPath: pack))
-    try fh.seek(toOffset: 150_000)
-    let b = try fh.read(upToCount: 1)![0]
-    try fh.seek(toOffset: 150_000)
-    try fh.write(contentsOf: Data([b ^ 0x40]))
-    try fh.close()
+    try flipByte(pack, at: 150_000)
     let bad = try tm(["drill", "--json"])
     #expect(bad.status == 1, "\(bad.out) \(bad.stderr)")
     let jb = try json(bad)

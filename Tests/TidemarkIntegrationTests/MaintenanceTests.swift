@@ -145,9 +145,7 @@ func makeChurnedRepository(_ ws: Workspace, rounds: Int, files: Int = 24) throws
     let packs = try Tools.sh("find repo/data -type f -printf '%s %p\\n' | sort -n | tail -1", cwd: ws.path).out
     let packPath = String(packs.split(separator: " ")[1]).trimmingCharacters(in: .whitespacesAndNewlines)
     let packID = String(packPath.split(separator: "/").last!)
-    _ = try Tools.sh(
-      "chmod u+w \(packPath) && printf '\\x5a' | dd of=\(packPath) bs=1 seek=1000 conv=notrunc 2>/dev/null",
-      cwd: ws.path)
+    try flipByte(ws.sub(packPath), at: 1000)
     let bad = try ws.tidemark(["-r", "repo", "check", "--read-data"])
     #expect(bad.status == 1, "\(bad.out) \(bad.stderr)")
     #expect(bad.stderr.contains(packID), "\(bad.stderr)")

@@ -215,9 +215,7 @@ func writeRandom(_ path: String, bytes: Int) throws {
     let newPacks = try storedFiles(ws, "dc").filter { $0.key.hasPrefix("data/") && first[$0.key] == nil }
     let (packPath, _) = try #require(newPacks.max { $0.value < $1.value })
     let packID = String(packPath.split(separator: "/").last!)
-    _ = try Tools.sh(
-      "chmod u+w dc/\(packPath) && printf '\\x5a' | dd of=dc/\(packPath) bs=1 seek=1000 conv=notrunc 2>/dev/null",
-      cwd: ws.path)
+    try flipByte(ws.sub("dc/" + packPath), at: 1000)
 
     let r = try ws.tidemark(["-r", "dc", "replicate", "--to", "dr"])
     #expect(r.status == 1, "\(r.out) \(r.stderr)")

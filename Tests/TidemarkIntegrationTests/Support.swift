@@ -278,3 +278,16 @@ func unusedPort() throws -> Int {
   }
   throw TidemarkError(.general, "no free port found")
 }
+
+/// Damages one byte of the file at `path`: it is XORed, so it always changes (writing a fixed byte changed nothing
+/// one time in 256, when the encrypted byte there already had that value).
+func flipByte(_ path: String, at offset: UInt64) throws {
+  let fh = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+  defer { try? fh.close() }
+  try fh.seek(toOffset: offset)
+  guard let b = try fh.read(upToCount: 1)?.first else {
+    throw TidemarkError(.general, "\(path) is shorter than \(offset + 1) bytes")
+  }
+  try fh.seek(toOffset: offset)
+  try fh.write(contentsOf: Data([b ^ 0x40]))
+}
