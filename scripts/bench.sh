@@ -148,6 +148,9 @@ run_measured() { # name tool command...
   local name=$1 tool=$2
   shift 2
   local log="time-$tool-$name.log"
+  # Every measured command starts with no dirty data left by the one before (the other tool's
+  # repository would otherwise be written back while this one runs, and bill it).
+  sync
   /usr/bin/time -o "$log" -f '%e %M' "$@" > "out-$tool-$name.log" 2>&1 || { echo "FAILED: $*"; cat "out-$tool-$name.log"; exit 1; }
   local t
   t=$(tail -1 "$log")
@@ -1001,12 +1004,20 @@ bench_remote() {
     rm -rf "$BENCH_DIR/sftp-restic" "$BENCH_DIR/sftp-tidemark"
     restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" init
     "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" init
+    # Which tool goes first alternates between runs.
+    local order=(restic tidemark)
+    [ $((run % 2)) = 0 ] && order=(tidemark restic)
     for step in first unchanged; do
-      run_measured "sftp-$step" restic restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" backup corpus
-      run_measured "sftp-$step" tidemark "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" backup corpus
+      for tool in "${order[@]}"; do
+        if [ $tool = restic ]; then
+          run_measured "sftp-$step" restic restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" backup corpus
+        else
+          run_measured "sftp-$step" tidemark "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" backup corpus
+        fi
+      done
     done
     log "run $run: S3 (moto_server, a fresh one per tool)"
-    for tool in restic tidemark; do
+    for tool in "${order[@]}"; do
       start_moto
       local repo="s3:http://127.0.0.1:$MOTO_PORT/bench-$tool"
       if [ $tool = restic ]; then restic -q -r "$repo" init; else "$TM" -q -r "$repo" init; fi
@@ -1115,7 +1126,8 @@ for line in open('remote-results.txt'):
 nruns = max(len(v) for d in runs.values() for v in d.values())
 mib = lambda b: int(b) / (1 << 20)
 print(f'Measured by `scripts/bench.sh remote` on {day}: {cores} cores, same machine, same run, servers on 127.0.0.1;')
-print(f'median of {nruns} runs per step. Corpus: the backup section\'s ({mib(corpus):.0f} MiB in {files} files).')
+print(f'median of {nruns} runs per step; which tool goes first alternates between runs, and every measured command')
+print(f'starts after a `sync`. Corpus: the backup section\'s ({mib(corpus):.0f} MiB in {files} files).')
 print(f'SFTP: a throwaway `sshd` ({sshv}); restic through `-o sftp.command=ssh …`, tidemark through libssh2 (5 connections).')
 print(f'S3: `moto_server` {motov} (Python, in memory; a fresh server per tool and run), path-style, restic\'s s3 backend.')
 print(f'Versions: `{rv}`; `{tv}`.\n')

@@ -226,3 +226,81 @@ public struct Chunker {
     return nil
   }
 }
+
+extension Chunker {
+  /// The same boundaries as `next`, for callers that keep the current chunk contiguous in memory:
+  /// `chunk` holds the chunk's bytes from its first byte on, and the first `scanned` of them were
+  /// already examined without finding a cut. Returns the chunk's length if it ends within `chunk`,
+  /// or nil (append more bytes and call again). A chunk of `maxSize` bytes ends there.
+  ///
+  /// Every position that may end a chunk lies at least `minSize - 1` bytes into it, and the digest
+  /// there depends only on the 64 bytes ending at it (the window has been refilled since the chunk
+  /// began). So positions can be examined in any order: this scans four stretches at once, which
+  /// keeps four independent digest chains in flight instead of waiting on one (~2x the throughput
+  /// of `next`).
+  public static func cut(in chunk: UnsafeRawBufferPointer, scanned: Int, tables: ChunkerTables) -> Int? {
+    let n = min(chunk.count, maxSize)
+    let from = max(scanned, minSize - 1)
+    guard let base = chunk.baseAddress, from < n else { return chunk.count >= maxSize ? maxSize : nil }
+    let p = base.assumingMemoryBound(to: UInt8.self)
+    let found = tables.out.withUnsafeBufferPointer { outT in
+      tables.modTable.withUnsafeBufferPointer { modT in
+        firstCandidate(p, from, n, outT.baseAddress!, modT.baseAddress!, tables.shift)
+      }
+    }
+    if let j = found { return j + 1 }
+    return chunk.count >= maxSize ? maxSize : nil
+  }
+
+  /// The first position `j` in `a..<b` (a >= 64) whose 64-byte window ends a chunk.
+  @inline(__always)
+  static func firstCandidate(
+    _ p: UnsafePointer<UInt8>, _ a: Int, _ b: Int, _ outT: UnsafePointer<UInt64>, _ modT: UnsafePointer<UInt64>,
+    _ shift: UInt64
+  ) -> Int? {
+    @inline(__always) func add(_ d: UInt64, _ byte: UInt8) -> UInt64 {
+      ((d &<< 8) | UInt64(byte)) ^ modT[Int(truncatingIfNeeded: d &>> shift) & 0xff]
+    }
+    @inline(__always) func roll(_ d: UInt64, _ j: Int) -> UInt64 {
+      add(d ^ outT[Int(p[j &- 64])], p[j])
+    }
+    /// The digest of the 64 bytes before `j`, as if a chunk's window had just filled with them.
+    @inline(__always) func warm(_ j: Int) -> UInt64 {
+      var d: UInt64 = 0
+      for k in (j &- 64)..<j { d = add(d, p[k]) }
+      return d
+    }
+    var s = a
+    while b - s >= 4 * 1024 {
+      let len = min(32 * 1024, (b - s) / 4)
+      let (s0, s1, s2, s3) = (s, s &+ len, s &+ 2 &* len, s &+ 3 &* len)
+      var (d0, d1, d2, d3) = (warm(s0), warm(s1), warm(s2), warm(s3))
+      // The first hit in each stretch (Int.max: none). Stretches are in order, so a hit in the
+      // first one ends the search at once and a later stretch's hit only counts if no earlier one has one.
+      var (h1, h2, h3) = (Int.max, Int.max, Int.max)
+      for t in 0..<len {
+        d0 = roll(d0, s0 &+ t)
+        d1 = roll(d1, s1 &+ t)
+        d2 = roll(d2, s2 &+ t)
+        d3 = roll(d3, s3 &+ t)
+        if d0 & splitMask == 0 || d1 & splitMask == 0 || d2 & splitMask == 0 || d3 & splitMask == 0 {
+          if d0 & splitMask == 0 { return s0 &+ t }
+          if d1 & splitMask == 0 { h1 = min(h1, s1 &+ t) }
+          if d2 & splitMask == 0 { h2 = min(h2, s2 &+ t) }
+          if d3 & splitMask == 0 { h3 = min(h3, s3 &+ t) }
+        }
+      }
+      if h1 != Int.max { return h1 }
+      if h2 != Int.max { return h2 }
+      if h3 != Int.max { return h3 }
+      s = s3 &+ len
+    }
+    guard s < b else { return nil }
+    var d = warm(s)
+    for j in s..<b {
+      d = roll(d, j)
+      if d & splitMask == 0 { return j }
+    }
+    return nil
+  }
+}

@@ -404,9 +404,9 @@ public final class Backup: Sendable {
       readBuffers.withLock { $0.append(buf) }
       largeFilePermits.release()
     }
-    var chunker = Chunker(tables: repo.chunkerTables)
+    let tables = repo.chunkerTables
     var offset: Int64 = 0
-    var scanned = 0  // bytes of the buffer already fed to the chunker
+    var scanned = 0  // bytes of the current chunk (from buf.start) already examined for a cut
     var inflight: [Task<BlobID, Error>] = []
     var ids: [BlobID] = []
     var eof = false
@@ -433,13 +433,14 @@ public final class Backup: Sendable {
       }
       while buf.start + scanned < buf.end {
         guard
-          let cut = chunker.next(
-            UnsafeRawBufferPointer(start: buf.base + buf.start + scanned, count: buf.end - buf.start - scanned))
+          let cut = Chunker.cut(
+            in: UnsafeRawBufferPointer(start: buf.base + buf.start, count: buf.end - buf.start), scanned: scanned,
+            tables: tables)
         else {
           scanned = buf.end - buf.start
           break
         }
-        let chunk = buf.take(scanned + cut)
+        let chunk = buf.take(cut)
         scanned = 0
         state.withLock { $0.bytesDone += Int64(chunk.count) }
         try await emit(chunk)

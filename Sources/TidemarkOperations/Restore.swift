@@ -448,7 +448,6 @@ public final class Restore: Sendable {
     let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
     defer { Sys.close(fd) }
     var out: [RawID: Int64] = [:]
-    var chunker = Chunker(tables: tables)
     // Room for the largest chunk twice over, or the whole file if smaller (many small files get compared).
     let size = Int(try Sys.fstat(fd).size - from)
     var buf = [UInt8](repeating: 0, count: max(4096, min(16 << 20, size + 1)))
@@ -476,13 +475,12 @@ public final class Restore: Sendable {
       }
       while start + scanned < end {
         let cut = buf.withUnsafeBytes { b in
-          chunker.next(UnsafeRawBufferPointer(rebasing: b[(start + scanned)..<end]))
+          Chunker.cut(in: UnsafeRawBufferPointer(rebasing: b[start..<end]), scanned: scanned, tables: tables)
         }
-        guard let cut else {
+        guard let len = cut else {
           scanned = end - start
           break
         }
-        let len = scanned + cut
         let id = buf.withUnsafeBytes { RawID.hash(UnsafeRawBufferPointer(rebasing: $0[start..<(start + len)])) }
         if out[id] == nil { out[id] = fileOffset }
         start += len

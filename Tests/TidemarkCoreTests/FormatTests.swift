@@ -129,6 +129,59 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
     #expect(!a.isEmpty)
     #expect(a.allSatisfy { $0 >= Chunker.minSize && $0 <= Chunker.maxSize })
   }
+
+  /// `Chunker.cut(in:scanned:tables:)` (four stretches at once, over a contiguous chunk) must cut
+  /// exactly where the streaming chunker does, however the bytes arrive.
+  @Test func contiguousCutMatchesStreamingChunker() {
+    let tables = ChunkerTables(polynomial: Polynomial(0x3DA3358B4DC173))
+    var rng = SystemRandomNumberGenerator()
+    // Random bytes (cuts by the mask), a long run of one byte value (a cut at the minimum size: the
+    // digest of 64 zero bytes is zero) and a repeating low-entropy pattern (cuts at the maximum size).
+    var data = (0..<(24 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    data += [UInt8](repeating: 0, count: 3 << 20)
+    data += (0..<(20 << 20)).map { UInt8(truncatingIfNeeded: $0 % 251 == 0 ? 7 : 1) }
+    data += (0..<(5 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    func streaming() -> [Int] {
+      var c = Chunker(tables: tables)
+      var out: [Int] = []
+      var i = 0
+      while i < data.count {
+        let r = data.withUnsafeBytes { c.next(UnsafeRawBufferPointer(rebasing: $0[i...])) }
+        guard let r else { break }
+        i += r
+        out.append(i)
+      }
+      return out
+    }
+    func contiguous(piece: Int) -> [Int] {
+      var out: [Int] = []
+      var start = 0  // the current chunk's first byte
+      var end = 0  // bytes available so far
+      var scanned = 0
+      while end < data.count {
+        end = min(end + piece, data.count)
+        while true {
+          let cut = data.withUnsafeBytes {
+            Chunker.cut(in: UnsafeRawBufferPointer(rebasing: $0[start..<end]), scanned: scanned, tables: tables)
+          }
+          guard let cut else {
+            scanned = end - start
+            break
+          }
+          start += cut
+          scanned = 0
+          out.append(start)
+        }
+      }
+      return out
+    }
+    let reference = streaming()
+    #expect(reference.count > 20)
+    #expect(contiguous(piece: 2 << 20) == reference)
+    #expect(contiguous(piece: 65_537) == reference)
+    #expect(contiguous(piece: 1_000_003) == reference)
+    #expect(contiguous(piece: 9 << 20) == reference)
+  }
 }
 
 @Suite struct JSONFormatTests {
