@@ -357,6 +357,8 @@ public final class Backup: Sendable {
   // MARK: File content
 
   static let readSize = 2 << 20
+  /// Files smaller than this need no large-file permit.
+  static let fewChunksLimit = 4 << 20
 
   /// Reads a file, cuts it into chunks and stores them. Holes of sparse files are not read.
   func saveContent(path: BytePath, expectedSize: Int64, sparse: Bool) async throws -> ([BlobID], Int64) {
@@ -392,17 +394,19 @@ public final class Backup: Sendable {
       state.withLock { $0.bytesDone += Int64(data.count) }
       return ([id], Int64(data.count))
     }
-    return try await chunked(fd: fd, sparse: maybeSparse)
+    return try await chunked(fd: fd, sparse: maybeSparse, few: expectedSize < Backup.fewChunksLimit)
   }
 
   /// `stream`: read sequentially with read(2) (standard input may be a pipe, which cannot pread).
-  func chunked(fd: Int32, sparse: Bool, stream: Bool = false) async throws -> ([BlobID], Int64) {
-    await largeFilePermits.acquire()
+  /// `few`: the file is small enough to have only a few chunks; it then runs without a large-file
+  /// permit (it holds a file permit already, and touches only a few MiB of its read buffer).
+  func chunked(fd: Int32, sparse: Bool, stream: Bool = false, few: Bool = false) async throws -> ([BlobID], Int64) {
+    if !few { await largeFilePermits.acquire() }
     let buf = readBuffers.withLock { $0.popLast() } ?? ReadBuffer(capacity: Chunker.maxSize + Backup.readSize)
     defer {
       buf.reset()
       readBuffers.withLock { $0.append(buf) }
-      largeFilePermits.release()
+      if !few { largeFilePermits.release() }
     }
     let tables = repo.chunkerTables
     var offset: Int64 = 0
