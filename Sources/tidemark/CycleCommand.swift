@@ -792,6 +792,8 @@ struct DaemonCommand: AsyncParsableCommand {
       if !signals.stop.load(ordering: .relaxed) {
         await Drill(global: g, config: config, guardSignals: false).scheduled(stateDir: dir)
       }
+      // Idle until the next tick: give the cycle's buffers back.
+      Sys.releaseFreeMemory()
       // Ticks the cycle overran are skipped, not queued.
       let end = Date().timeIntervalSince1970
       let missed = max(0, Int(((end - next) / interval).rounded(.down)))
