@@ -529,19 +529,16 @@ extension Sys {
   /// The mount passes a larger threshold: its pack windows (4 MiB and a bit) come and go all the time,
   /// and faulting in fresh pages for each cost a third of a large read's CPU.
   ///
-  /// Setting the mmap threshold also fixes the trim threshold at its 128 KiB default: an arena then
-  /// hands the free memory at its top back to the kernel whenever more than that is free, which for
-  /// a stream of MiB-sized chunks means giving back and faulting in again all the time (a first
-  /// backup of the 1 GiB bench corpus took 160,000-370,000 page faults and ~0.3 s more kernel time).
-  /// 16 MiB keeps a few chunks' worth: ~100,000 faults at the same peak RSS (32 MiB and more saved
-  /// little more and added 10-20 MiB of peak RSS). Long-running processes call `releaseFreeMemory()`
-  /// when they go idle.
-  public static func tuneMalloc(
-    arenas: Int32 = 2, mmapThreshold: Int32 = 4 << 20, trimThreshold: Int32 = 16 << 20
-  ) {
+  /// Setting the mmap threshold also pins the trim threshold at 128 KiB, so arenas hand the top of
+  /// the heap back after most freed chunks and fault it in again (~250,000 page faults for a first
+  /// backup of the 1 GiB bench corpus). A 16 MiB trim threshold cut that to ~90,000 and the backup's
+  /// kernel time by ~0.3 s, but added 10-40 MiB (and much run-to-run spread) to peak RSS, which must
+  /// stay below restic's: it is left at the default. Long-running processes call
+  /// `releaseFreeMemory()` when they go idle.
+  public static func tuneMalloc(arenas: Int32 = 2, mmapThreshold: Int32 = 4 << 20, trimThreshold: Int32? = nil) {
     _ = mallopt(M_ARENA_MAX, arenas)
     _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
-    _ = mallopt(M_TRIM_THRESHOLD, trimThreshold)
+    if let trimThreshold { _ = mallopt(M_TRIM_THRESHOLD, trimThreshold) }
   }
 
   /// Returns the allocator's free memory to the kernel (after a daemon's cycle, before it sleeps).
