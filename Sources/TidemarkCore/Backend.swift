@@ -84,6 +84,11 @@ extension Backend {
 }
 
 extension [UInt8] {
+  /// Makes `count` at least `n`, keeping the storage; bytes beyond the old count start as zero.
+  public mutating func growCount(to n: Int) {
+    if count < n { append(contentsOf: repeatElement(0, count: n - count)) }
+  }
+
   /// Sets `count` to `n`, keeping the storage when its capacity suffices (no reallocation, no page
   /// faults) and not initialising fresh storage beyond what is needed. New bytes are unspecified.
   public mutating func resizeReusing(_ n: Int) {

@@ -59,7 +59,8 @@ public final class BlobSaver: Sendable {
     if deduplicateAgainstIndex && repository.index.has(id) { return false }
     let fresh = state.withLock { $0.pending.insert(id).inserted }
     guard fresh else { return false }
-    let (sealed, ulen) = try encode(type, plaintext)
+    var sealed: [UInt8] = []
+    let (length, ulen) = try encode(type, plaintext, into: &sealed)
     let full: PackBuffer? = state.withLock { s in
       // Take the buffer out of the dictionary so the append below happens in place (no copy-on-write).
       var p = s.packers.removeValue(forKey: type) ?? PackBuffer()
@@ -73,11 +74,11 @@ public final class BlobSaver: Sendable {
       }
       p.blobs.append(
         PackedBlob(
-          id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(sealed.count), uncompressedLength: ulen))
-      p.bytes += sealed
+          id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(length), uncompressedLength: ulen))
+      p.bytes += sealed[0..<length]
       s.stats.blobsAdded[Int(type.rawValue)] += 1
       s.stats.bytesAdded += plaintext.count
-      s.stats.bytesStored += sealed.count
+      s.stats.bytesStored += length
       if p.bytes.count >= BlobSaver.targetPackSize { return p }
       s.packers[type] = p
       return nil
@@ -86,21 +87,30 @@ public final class BlobSaver: Sendable {
     return true
   }
 
-  /// Compresses (when worth it) and seals a blob in one buffer: zstd writes at offset 16, the cipher
-  /// runs in place, the MAC goes behind.
-  private func encode(_ type: BlobType, _ plaintext: [UInt8]) throws -> ([UInt8], UInt32) {
+  /// Compresses (when worth it) and seals a blob into the first bytes of `out`: zstd writes at offset
+  /// 16, the cipher runs in place, the MAC goes behind. A blob that does not compress is copied into
+  /// the same array (no second allocation). Returns the sealed length and the uncompressed length
+  /// (0: stored uncompressed).
+  private func encode(_ type: BlobType, _ plaintext: [UInt8], into out: inout [UInt8]) throws -> (Int, UInt32) {
     let comp = repository.compression
-    if comp != .off && !plaintext.isEmpty {
-      var out = try plaintext.withUnsafeBytes {
-        try compressors.compress($0, level: comp.level, headroom: 16, tailroom: 16)
+    let n = plaintext.count
+    if comp != .off && n > 0 {
+      let zlen = try plaintext.withUnsafeBytes {
+        try compressors.compress($0, level: comp.level, into: &out, at: 16, tailroom: 16)
       }
-      let zlen = out.count - 32
-      if zlen < plaintext.count || type == .tree {
-        try repository.key.sealInPlace(&out)
-        return (out, UInt32(plaintext.count))
+      if zlen < n || type == .tree {
+        try out.withUnsafeMutableBytes {
+          try repository.key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(zlen + 32)]))
+        }
+        return (zlen + 32, UInt32(n))
       }
     }
-    return (try repository.key.seal(plaintext), 0)
+    out.growCount(to: n + 32)
+    try out.withUnsafeMutableBytes { o in
+      plaintext.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)]).copyMemory(from: $0) }
+      try repository.key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: o[0..<(n + 32)]))
+    }
+    return (n + 32, 0)
   }
 
   private func writePack(_ p: consuming PackBuffer) async throws {

@@ -63,19 +63,22 @@ public struct MasterKey: Sendable, Equatable {
 
   /// Seals in place: `buf` holds 16 bytes of room, the plaintext, then 16 bytes of room.
   public func sealInPlace(_ buf: inout [UInt8]) throws {
-    precondition(buf.count >= 32)
+    try buf.withUnsafeMutableBytes { try sealInPlace(region: $0) }
+  }
+
+  /// Seals in place: `o` holds 16 bytes of room, the plaintext, then 16 bytes of room.
+  public func sealInPlace(region o: UnsafeMutableRawBufferPointer) throws {
+    precondition(o.count >= 32)
     var nonce = SecureRandom.bytes(16)
     while nonce.allSatisfy({ $0 == 0 }) { nonce = SecureRandom.bytes(16) }
-    let n = buf.count - 32
-    try buf.withUnsafeMutableBytes { o in
-      o.copyBytes(from: nonce)
-      let body = UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)])
-      try encrypt.withUnsafeBytes { k in
-        try nonce.withUnsafeBytes { iv in
-          try AES.ctr256(key: k, iv: iv, input: UnsafeRawBufferPointer(body), output: body)
-          let t = try tag(nonce: iv, ciphertext: UnsafeRawBufferPointer(body))
-          UnsafeMutableRawBufferPointer(rebasing: o[(16 + n)...]).copyBytes(from: t)
-        }
+    let n = o.count - 32
+    o.copyBytes(from: nonce)
+    let body = UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)])
+    try encrypt.withUnsafeBytes { k in
+      try nonce.withUnsafeBytes { iv in
+        try AES.ctr256(key: k, iv: iv, input: UnsafeRawBufferPointer(body), output: body)
+        let t = try tag(nonce: iv, ciphertext: UnsafeRawBufferPointer(body))
+        UnsafeMutableRawBufferPointer(rebasing: o[(16 + n)...]).copyBytes(from: t)
       }
     }
   }

@@ -108,6 +108,36 @@ public final class ZstdCompressorPool: @unchecked Sendable {
   public init() {}
   deinit { for c in free { ZSTD_freeCCtx(c) } }
 
+  /// Compresses into `out` (its storage reused when large enough) starting at `offset`, leaving at
+  /// least `tailroom` bytes after the frame; returns the frame's length. `out.count` is then at least
+  /// `offset + ZSTD_compressBound(input.count) + tailroom` (>= the input's size plus both).
+  public func compress(
+    _ input: UnsafeRawBufferPointer, level: Int32, into out: inout [UInt8], at offset: Int, tailroom: Int = 0
+  ) throws -> Int {
+    lock.lock()
+    let ctx = free.popLast() ?? ZSTD_createCCtx()
+    lock.unlock()
+    guard let ctx else { throw ZstdError(message: "cannot create context") }
+    defer {
+      lock.lock()
+      free.append(ctx)
+      lock.unlock()
+    }
+    let bound = ZSTD_compressBound(input.count)
+    let need = offset + bound + tailroom
+    if out.capacity < need {
+      // Fresh storage, not zero-filled: every byte used is written before it is read.
+      out = [UInt8](unsafeUninitializedCapacity: need) { _, n in n = need }
+    } else if out.count < need {
+      out.append(contentsOf: repeatElement(0, count: need - out.count))
+    }
+    let r = out.withUnsafeMutableBytes { o in
+      ZSTD_compressCCtx(ctx, o.baseAddress! + offset, bound, input.baseAddress, input.count, level)
+    }
+    if ZSTD_isError(r) != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(r))) }
+    return r
+  }
+
   /// Compresses into a new array with `headroom` bytes before and `tailroom` bytes after the frame.
   public func compress(_ input: UnsafeRawBufferPointer, level: Int32, headroom: Int = 0, tailroom: Int = 0)
     throws -> [UInt8]
