@@ -296,7 +296,8 @@ names = {'first': 'first backup', 'unchanged': 'unchanged re-backup', 'change1pc
 targets = {'first': 1.5, 'unchanged': 2.0, 'change1pct': None, 'restore': 1.5}
 mib = lambda b: int(b) / (1 << 20)
 print(f'Measured by `scripts/bench.sh` on {day}: {cores} cores, same machine, same run, warm page cache;')
-print(f'median of {nruns} runs per step (the 1% change step runs once), restores into a fresh ext4 file system each.')
+print(f'median of {nruns} runs per step (the 1% change step runs once), restores into a fresh ext4 file system each;')
+print('every measured command starts after a `sync`.')
 print(f'Corpus: {mib(corpus):.0f} MiB in {files} files (5 x 100 MiB and 200 x 1 MiB random, 120 x 2 MiB text, 4000 small files).')
 print(f'Versions: `{rv}`; `{tv}`. Both use their default compression (auto) and scrypt key parameters.\n')
 print('| step | restic (s) | tidemark (s) | speed-up | target | restic peak RSS (MiB) | tidemark peak RSS (MiB) |')
@@ -1141,6 +1142,11 @@ for k in ['sftp-first', 'sftp-unchanged', 's3-first', 's3-unchanged']:
     rm = max(m for _, m in runs[k]['restic']) / 1024; tm = max(m for _, m in runs[k]['tidemark']) / 1024
     mark = '>= 1.5x ' + ('met' if r / t >= 1.5 else 'NOT met') if k.endswith('first') else ''
     print(f'| {names[k]} | {r:.2f} | {t:.2f} | {r/t:.2f}x | {mark} | {rm:.0f} | {tm:.0f} |')
+print()
+for k in ['sftp-first', 's3-first']:
+    if k not in runs: continue
+    pairs = zip((s for s, _ in runs[k]['restic']), (s for s, _ in runs[k]['tidemark']))
+    print(f'- {names[k]}, speed-up within each run (restic / tidemark): ' + ', '.join(f'{r / t:.2f}x' for r, t in pairs))
 PY
 }
 
