@@ -123,6 +123,7 @@ public final class BlobSaver: Sendable {
     let packID = PackID(RawID.hash(bytes))
     await packWrites.acquire()
     do {
+      try await repository.writeGate.pass()
       try await repository.backend.save(Handle(.pack, packID.hex), data: bytes)
       packWrites.release()
     } catch {

@@ -12,6 +12,9 @@ public final class RepositoryLock: Sendable {
   let exclusive: Bool
   private let current: Mutex<String?>
   private let refresher: Mutex<Task<Void, Never>?> = Mutex(nil)
+  /// With `overlap`: the second look for conflicting locks, running while the caller works
+  /// (nil: confirmed before `acquire` returned). Its result is nil when the lock is confirmed.
+  private let confirmation: Mutex<Task<Error?, Never>?> = Mutex(nil)
 
   private init(repository: Repository, exclusive: Bool, name: String) {
     self.repository = repository
@@ -63,8 +66,14 @@ public final class RepositoryLock: Sendable {
   /// `meanwhile` runs while the lock is written but not yet confirmed (restic's pause before the second
   /// look): read-only preparation such as loading the index. If the confirmation finds a conflict, its
   /// result is discarded and it runs again on the next attempt.
+  ///
+  /// `overlap` (only without `retry`): returns as soon as the lock file is written and `meanwhile` has
+  /// run; the pause and the second look run in the background while the caller works. Until the lock is
+  /// confirmed the repository's `writeGate` holds every write (packs, index, snapshot): nothing but the
+  /// lock file reaches the repository before the confirmation, as without `overlap`. If the second look
+  /// finds a conflict, held and later writes fail with the lock error, and so does `confirmed()`.
   public static func acquire(
-    _ repo: Repository, exclusive: Bool, retry: Duration = .zero,
+    _ repo: Repository, exclusive: Bool, retry: Duration = .zero, overlap: Bool = false,
     meanwhile: @Sendable () async throws -> Void = {}
   ) async throws -> RepositoryLock {
     let deadline = ContinuousClock.now + retry
@@ -86,6 +95,11 @@ public final class RepositoryLock: Sendable {
         try? await repo.backend.remove(Handle(.lock, name))
         throw error
       }
+      if overlap && retry == .zero {
+        let lock = RepositoryLock(repository: repo, exclusive: exclusive, name: name)
+        lock.confirmInBackground(until: pause)
+        return lock
+      }
       try await Task.sleep(until: pause)
       if let c = try await conflict(repo, exclusive: exclusive, ignoring: name) {
         try? await repo.backend.remove(Handle(.lock, name))
@@ -97,6 +111,43 @@ public final class RepositoryLock: Sendable {
       lock.startRefreshing()
       return lock
     }
+  }
+
+  /// The second look of an overlapped `acquire`: holds the repository's writes until it is done.
+  private func confirmInBackground(until pause: ContinuousClock.Instant) {
+    let repo = repository
+    repo.writeGate.close()
+    let t = Task { [self] () -> Error? in
+      var failure: Error? = nil
+      do {
+        try await Task.sleep(until: pause)
+        let own = current.withLock { $0 }
+        if let c = try await RepositoryLock.conflict(repo, exclusive: exclusive, ignoring: own) {
+          failure = RepositoryLock.lockedError(c, repo)
+        }
+      } catch {
+        failure = error
+      }
+      if failure == nil {
+        startRefreshing()
+      } else if let name = current.withLock({ c -> String? in
+        defer { c = nil }
+        return c
+      }) {
+        try? await repo.backend.remove(Handle(.lock, name))
+      }
+      repo.writeGate.open(failing: failure)
+      return failure
+    }
+    confirmation.withLock { $0 = t }
+  }
+
+  /// Throws the lock error if an overlapped `acquire`'s second look found a conflicting lock (waits
+  /// for it). Call after the work and before `release`: a conflict is reported even when nothing was
+  /// written.
+  public func confirmed() async throws {
+    guard let t = confirmation.withLock({ $0 }) else { return }
+    if let e = await t.value { throw e }
   }
 
   private func startRefreshing() {
@@ -123,6 +174,11 @@ public final class RepositoryLock: Sendable {
   }
 
   public func release() async {
+    if let t = confirmation.withLock({ $0 }) {
+      t.cancel()
+      _ = await t.value
+      repository.writeGate.open(failing: nil)
+    }
     refresher.withLock { $0?.cancel() }
     let name = current.withLock { c in
       let o = c
@@ -158,5 +214,56 @@ public final class RepositoryLock: Sendable {
       }
     }
     return n
+  }
+}
+
+/// Holds a repository's writes while its lock is written but not yet confirmed (an overlapped
+/// `RepositoryLock.acquire`); they go ahead once it is confirmed, or fail with the lock error. Open
+/// (no waiting) otherwise.
+public final class WriteGate: Sendable {
+  private struct State {
+    var closed = false
+    var failure: Error? = nil
+    var waiters: [CheckedContinuation<Void, Error>] = []
+  }
+  private let state = Mutex(State())
+
+  public init() {}
+
+  func close() {
+    state.withLock {
+      $0.closed = true
+      $0.failure = nil
+    }
+  }
+
+  func open(failing failure: Error?) {
+    let waiting = state.withLock { s in
+      s.closed = false
+      s.failure = failure
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for c in waiting {
+      if let failure { c.resume(throwing: failure) } else { c.resume() }
+    }
+  }
+
+  /// Returns when writes may go ahead; throws the lock error if the lock could not be confirmed.
+  public func pass() async throws {
+    let now: Result<Void, Error>? = state.withLock { s in
+      s.closed ? nil : (s.failure.map { .failure($0) } ?? .success(()))
+    }
+    if let now { return try now.get() }
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+      let now: Result<Void, Error>? = state.withLock { s in
+        if s.closed {
+          s.waiters.append(c)
+          return nil
+        }
+        return s.failure.map { .failure($0) } ?? .success(())
+      }
+      if let now { c.resume(with: now) }
+    }
   }
 }

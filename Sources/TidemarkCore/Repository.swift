@@ -24,6 +24,8 @@ public final class Repository: Sendable {
   public let keyID: KeyID?
   public let config: Config
   public let index = MasterIndex()
+  /// Every write but a lock file's passes here first (see `RepositoryLock.acquire(overlap:)`).
+  public let writeGate = WriteGate()
   public let chunkerTables: ChunkerTables
   public let compression: Compression
 
@@ -162,6 +164,7 @@ public final class Repository: Sendable {
     }
     let sealed = try key.seal(plain)
     let id = RawID.hash(sealed)
+    if type != .lock { try await writeGate.pass() }
     try await backend.save(Handle(type, id.hex), data: sealed)
     return id
   }

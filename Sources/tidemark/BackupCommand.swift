@@ -68,7 +68,9 @@ struct Backup: AsyncParsableCommand {
     }
     if let parent { opts.parent = try await repo.findSnapshot(parent).id }
 
-    let result = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    let result = try await global.withLock(
+      repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
+    ) {
       let backup = TidemarkOperations.Backup(repository: repo, options: opts)
       let ticker = startProgress(backup)
       defer { ticker?.cancel() }

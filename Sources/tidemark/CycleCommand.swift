@@ -191,11 +191,16 @@ struct Cycle {
   /// Seconds between syncs that list every pack on both sides.
   static let fullListingEvery = 6 * 3600.0
 
-  func withLock<T>(_ repo: Repository, exclusive: Bool, _ body: () async throws -> T) async throws -> T {
-    if guardSignals { return try await global.withLock(repo, exclusive: exclusive, body) }
-    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try global.lockRetry)
+  /// `overlap`: a backup, which may start while its lock is confirmed (see `GlobalOptions.withLock`).
+  func withLock<T>(_ repo: Repository, exclusive: Bool, overlap: Bool = false, _ body: () async throws -> T)
+    async throws -> T
+  {
+    if guardSignals { return try await global.withLock(repo, exclusive: exclusive, overlap: overlap, body) }
+    let lock = try await RepositoryLock.acquire(
+      repo, exclusive: exclusive, retry: try global.lockRetry, overlap: overlap)
     do {
       let r = try await body()
+      try await lock.confirmed()
       await lock.release()
       return r
     } catch {
@@ -259,7 +264,7 @@ struct Cycle {
           return []
         }
         opts.programVersion = "tidemark \(Tidemark.version)"
-        let result = try await withLock(repo, exclusive: false) {
+        let result = try await withLock(repo, exclusive: false, overlap: true) {
           try await TidemarkOperations.Backup(repository: repo, options: opts).run()
         }
         made = result.snapshot
@@ -291,7 +296,7 @@ struct Cycle {
         opts.programVersion = "tidemark \(Tidemark.version)"
         let result: BackupResult
         do {
-          result = try await withLock(repo, exclusive: false) {
+          result = try await withLock(repo, exclusive: false, overlap: true) {
             try await TidemarkOperations.Backup(repository: repo, options: opts).run()
           }
         } catch {

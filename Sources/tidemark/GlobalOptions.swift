@@ -288,20 +288,23 @@ struct GlobalOptions: ParsableArguments {
   }
 
   /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130. `prepare` (e.g. loading the
-  /// index) runs while the lock is being confirmed.
+  /// index) runs while the lock is being confirmed; with `overlap` (a backup) so does the start of
+  /// `body`, whose repository writes wait for the confirmation (`RepositoryLock.acquire(overlap:)`).
   func withLock<T>(
-    _ repo: Repository, exclusive: Bool, prepare: @Sendable () async throws -> Void = {},
+    _ repo: Repository, exclusive: Bool, overlap: Bool = false, prepare: @Sendable () async throws -> Void = {},
     _ body: () async throws -> T
   ) async throws -> T {
     if noLock && !exclusive {
       try await prepare()
       return try await body()
     }
-    let lock = try await RepositoryLock.acquire(repo, exclusive: exclusive, retry: try lockRetry, meanwhile: prepare)
+    let lock = try await RepositoryLock.acquire(
+      repo, exclusive: exclusive, retry: try lockRetry, overlap: overlap, meanwhile: prepare)
     let signals = SignalGuard { await lock.release() }
     defer { signals.cancel() }
     do {
       let r = try await body()
+      try await lock.confirmed()
       await lock.release()
       return r
     } catch {

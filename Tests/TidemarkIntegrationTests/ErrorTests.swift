@@ -65,6 +65,45 @@ import TidemarkSystem
     #expect(try await repo.backend.list(.lock).isEmpty)
   }
 
+  /// A backup starts while its lock is being confirmed (restic's pause before the second look); its
+  /// writes wait for the confirmation, and a lock that appeared in the meantime fails them.
+  @Test func overlappedLockHoldsWritesUntilConfirmedAndFailsThemOnAConflict() async throws {
+    let ws = try Workspace("lock-overlap")
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    let emptyIndex = Array(#"{"packs":[]}"#.utf8)
+
+    // No conflict: the write waits for the confirmation, then lands.
+    let start = ContinuousClock.now
+    let lock = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
+    #expect(try await repo.backend.list(.lock).count == 1)
+    let index = try await repo.saveUnpacked(.index, json: emptyIndex)
+    #expect(ContinuousClock.now - start >= .milliseconds(90))
+    #expect(try await repo.backend.list(.index).map(\.name) == [index.hex])
+    try await lock.confirmed()
+    await lock.release()
+    #expect(try await repo.backend.list(.lock).isEmpty)
+
+    // An exclusive lock (a prune starting at the same moment) appears during the pause: the held write
+    // fails with the lock error and writes nothing; our lock file is gone, the other one stays.
+    let second = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
+    let other = try await repo.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+    await #expect {
+      _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
+    } throws: { ($0 as? TidemarkError)?.kind == .locked }
+    await #expect { try await second.confirmed() } throws: { ($0 as? TidemarkError)?.kind == .locked }
+    await second.release()
+    #expect(try await repo.backend.list(.index).map(\.name) == [index.hex])
+    #expect(try await repo.backend.list(.lock).map(\.name) == [other.hex])
+    // Writes go ahead again once that lock is gone (the gate does not stay shut).
+    try await repo.backend.remove(Handle(.lock, other.hex))
+    let third = try await RepositoryLock.acquire(repo, exclusive: false)
+    _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
+    await third.release()
+    #expect(try await repo.backend.list(.index).count == 2)
+  }
+
   @Test func flippedByteInAPackNamesPackBlobAndFileAndLeavesNoPartialFile() throws {
     let ws = try Workspace("corrupt")
     try Tools.sh("mkdir data && head -c 2000000 /dev/urandom > data/victim && echo fine > data/ok", cwd: ws.path)
