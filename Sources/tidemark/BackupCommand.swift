@@ -238,7 +238,10 @@ struct RestoreCommand: AsyncParsableCommand {
     let json = global.json
     let quiet = global.quiet
     let list = dryRun || global.verbose > 0
-    let (stats, where_) = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    // Restoring writes nothing to the repository: it may start while its lock is confirmed.
+    let (stats, where_) = try await global.withLock(
+      repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
+    ) {
       // The tree to restore, and (for a file) which of its entries.
       var tree = snap.tree
       var only: [UInt8]? = nil

@@ -288,8 +288,9 @@ struct GlobalOptions: ParsableArguments {
   }
 
   /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130. `prepare` (e.g. loading the
-  /// index) runs while the lock is being confirmed; with `overlap` (a backup) so does the start of
-  /// `body`, whose repository writes wait for the confirmation (`RepositoryLock.acquire(overlap:)`).
+  /// index) runs while the lock is being confirmed; with `overlap` (backup, restore) so does the start
+  /// of `body`: its repository writes wait for the confirmation (`RepositoryLock.acquire(overlap:)`),
+  /// and a conflict found then is reported when `body` is done, as the lock error.
   func withLock<T>(
     _ repo: Repository, exclusive: Bool, overlap: Bool = false, prepare: @Sendable () async throws -> Void = {},
     _ body: () async throws -> T
