@@ -67,7 +67,6 @@ public final class SFTPSession: @unchecked Sendable {
       session = s
       libssh2_session_set_blocking(s, 1)
       libssh2_session_set_timeout(s, 120_000)
-      SFTPSession.preferFastCiphers(s)
       if libssh2_session_handshake(s, socket) != 0 {
         throw SFTPError(
           kind: .unreachable, message: "SSH handshake with \(e.host):\(e.port) failed: \(lastError())",
@@ -102,22 +101,6 @@ public final class SFTPSession: @unchecked Sendable {
   }
 
   // MARK: Connecting
-
-  /// Offers the ciphers in OpenSSH's default order: AES-128-CTR before AES-256-CTR (libssh2 1.10 puts
-  /// AES-256 first and hands its cipher one 16-byte block per call, where fewer rounds are ~25% less
-  /// CPU). Every cipher the library supports stays on offer, so negotiation never fails because of this.
-  private static func preferFastCiphers(_ s: OpaquePointer) {
-    for method in [LIBSSH2_METHOD_CRYPT_CS, LIBSSH2_METHOD_CRYPT_SC] {
-      var algs: UnsafeMutablePointer<UnsafePointer<CChar>?>? = nil
-      let n = libssh2_session_supported_algs(s, method, &algs)
-      guard n > 0, let list = algs else { continue }
-      var names = (0..<Int(n)).compactMap { list[$0].map { String(cString: $0) } }
-      libssh2_free(s, list)
-      let first = ["aes128-ctr", "aes192-ctr", "aes256-ctr"].filter(names.contains)
-      names.removeAll(where: first.contains)
-      _ = libssh2_session_method_pref(s, method, (first + names).joined(separator: ","))
-    }
-  }
 
   private func connect() throws {
     let e = endpoint
