@@ -60,6 +60,8 @@ let package = Package(
       exclude: ["Fixtures"]),
     .testTarget(
       name: "TidemarkIntegrationTests",
-      dependencies: ["TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH"]),
+      dependencies: [
+        "TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH", "TidemarkOperations",
+      ]),
   ]
 )

@@ -53,6 +53,12 @@ public struct ReplicaLocks: Sendable {
   let source: RepositoryLock
   let target: RepositoryLock
 
+  /// Throws the lock error if either lock's second look found a conflict (see `RepositoryLock.confirmed`).
+  public func confirmed() async throws {
+    try await source.confirmed()
+    try await target.confirmed()
+  }
+
   public func release() async {
     await target.release()
     await source.release()
@@ -147,17 +153,29 @@ public enum Replica {
     return nil
   }
 
-  /// Takes shared locks on the source and then the target (both, or neither).
+  /// Takes shared locks on the source and the target (both, or neither), at the same time, so their pauses
+  /// before the second look overlap each other and the start of the copy: writes to the target wait for
+  /// its lock's confirmation (`WriteGate`); call `confirmed()` when the copy is done.
   public static func lock(source: Repository, target: Repository, retry: Duration = .zero) async throws
     -> ReplicaLocks
   {
-    let s = try await RepositoryLock.acquire(source, exclusive: false, retry: retry)
-    do {
-      let t = try await RepositoryLock.acquire(target, exclusive: false, retry: retry)
+    func attempt(_ repo: Repository) async -> Result<RepositoryLock, Error> {
+      do {
+        return .success(try await RepositoryLock.acquire(repo, exclusive: false, retry: retry, overlap: true))
+      } catch {
+        return .failure(error)
+      }
+    }
+    async let s = attempt(source)
+    async let t = attempt(target)
+    switch await (s, t) {
+    case (.success(let s), .success(let t)):
       return ReplicaLocks(source: s, target: t)
-    } catch {
-      await s.release()
-      throw error
+    case (.success(let held), .failure(let e)), (.failure(let e), .success(let held)):
+      await held.release()
+      throw e
+    case (.failure(let e), .failure):
+      throw e
     }
   }
 
@@ -190,6 +208,7 @@ public enum Replica {
       let stats = try await Copier(
         source: source, target: target, concurrency: concurrency, fullListing: fullListing, progress: progress
       ).run()
+      try await locks.confirmed()
       await locks.release()
       return stats
     } catch {
@@ -233,6 +252,8 @@ private struct Copier {
     let state = State()
     let src = source.backend
     let dst = target.backend
+    // Held until the target's lock is confirmed (the copy starts during the lock pause).
+    let gate = target.writeGate
     // Source listings in publish order reversed (snapshots, index, packs): whatever a listed snapshot needs
     // was published before it, so it is in the later listings.
     let srcSnapshots = try await src.list(.snapshot)
@@ -335,6 +356,7 @@ private struct Copier {
         indexFiles: missingIndex.count, snapshots: missingSnapshots.count))
 
     let publish: @Sendable (PendingIndex) async throws -> Void = { p in
+      try await gate.pass()
       try await dst.save(Handle(.index, p.name), data: p.data)
       state.inner.withLock { s in
         s.published.insert(p.name)
@@ -368,6 +390,7 @@ private struct Copier {
         }
         return
       }
+      try await gate.pass()
       try await dst.save(h, data: data)
       progress(.copied(h, bytes: data.count))
       let complete = state.inner.withLock { s -> [String] in
@@ -418,6 +441,7 @@ private struct Copier {
           }
           return
         }
+        try await gate.pass()
         try await dst.save(h, data: data)
         state.inner.withLock { s in
           s.stats.snapshotsCopied += 1

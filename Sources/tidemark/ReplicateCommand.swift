@@ -107,6 +107,7 @@ struct ReplicateCommand: AsyncParsableCommand {
     let stats: ReplicaStats
     do {
       stats = try await Replica.sync(source: source, target: target, locked: true, progress: progress)
+      try await locks.confirmed()
       await locks.release()
     } catch let e as ReplicaError {
       await locks.release()

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 import TidemarkBackends
 import TidemarkCore
+import TidemarkOperations
 import TidemarkSystem
 
 @Suite(.serialized) struct ErrorTests {
@@ -102,6 +103,33 @@ import TidemarkSystem
     _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
     await third.release()
     #expect(try await repo.backend.list(.index).count == 2)
+  }
+
+  /// A replication takes both locks at once and starts copying during their pause: the target receives
+  /// nothing before its lock is confirmed, and nothing at all when an exclusive lock appeared there meanwhile.
+  @Test func replicationWritesNothingToATargetWhoseLockIsNotConfirmed() async throws {
+    let ws = try Workspace("lock-replica")
+    try Tools.sh("mkdir data && head -c 300000 /dev/urandom > data/f", cwd: ws.path)
+    #expect(try ws.tidemark(["-r", "dc", "init"]).status == 0)
+    #expect(try ws.tidemark(["-r", "dc", "backup", "data"]).status == 0)
+    let pw = Array("test-pw".utf8)
+    let dc = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("dc"))), password: pw)
+    let dr = try await Replica.create(source: dc, target: LocalBackend(path: BytePath(ws.sub("dr"))), password: pw)
+
+    let locks = try await Replica.lock(source: dc, target: dr)
+    let other = try await dr.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+    await #expect(throws: (any Error).self) { _ = try await Replica.sync(source: dc, target: dr, locked: true) }
+    await #expect { try await locks.confirmed() } throws: { ($0 as? TidemarkError)?.kind == .locked }
+    await locks.release()
+    #expect(try storedFiles(ws, "dr").isEmpty)
+    #expect(try await dr.backend.list(.lock).map(\.name) == [other.hex])
+    #expect(try await dc.backend.list(.lock).isEmpty)
+
+    // Once that lock is gone the same sync goes through.
+    try await dr.backend.remove(Handle(.lock, other.hex))
+    _ = try await Replica.sync(source: dc, target: dr)
+    #expect(try storedFiles(ws, "dr") == storedFiles(ws, "dc"))
+    #expect(try await dr.backend.list(.lock).isEmpty)
   }
 
   @Test func flippedByteInAPackNamesPackBlobAndFileAndLeavesNoPartialFile() throws {
