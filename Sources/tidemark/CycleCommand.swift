@@ -135,6 +135,8 @@ struct TargetOutcome: Sendable {
   var keyID: String?
   var error: String?
   var fullListing = false
+  /// The target as the sync opened it (with the source's key, no key derivation), for its retention.
+  var repository: Repository? = nil
 }
 
 /// The daemon's master keys by repository and password, in memory only: a cycle after the first opens the
@@ -191,7 +193,16 @@ struct Cycle {
   /// Seconds between syncs that list every pack on both sides.
   static let fullListingEvery = 6 * 3600.0
 
-  /// `overlap`: a backup, which may start while its lock is confirmed (see `GlobalOptions.withLock`).
+  static func attempt<T: Sendable>(_ body: () async throws -> T) async -> Result<T, Error> {
+    do {
+      return .success(try await body())
+    } catch {
+      return .failure(error)
+    }
+  }
+
+  /// `overlap`: `body` may start while its lock is confirmed; its repository writes must pass the
+  /// repository's `writeGate` (see `GlobalOptions.withLock`).
   func withLock<T>(_ repo: Repository, exclusive: Bool, overlap: Bool = false, _ body: () async throws -> T)
     async throws -> T
   {
@@ -326,11 +337,12 @@ struct Cycle {
               // Packs are compared in full now and then (that heals packs lost on the target); in between
               // only what the new index files name is looked up.
               let full = known?.lastFullSync.map { Date().timeIntervalSince1970 - $0 > Cycle.fullListingEvery } ?? true
-              let (stats, newest, key) = try await replicate(
+              let (stats, newest, target) = try await replicate(
                 repo, t, password, verifiedKey: known?.keyID.flatMap(KeyID.init(hex:)), newest: madeSnapshot,
                 backend: probes[i].backend, fullListing: full)
               return TargetOutcome(
-                index: i, stats: stats, newest: newest, keyID: key?.hex, error: nil, fullListing: full)
+                index: i, stats: stats, newest: newest, keyID: target.keyID?.hex, error: nil, fullListing: full,
+                repository: target)
             } catch {
               return TargetOutcome(index: i, stats: nil, newest: nil, keyID: nil, error: "\(error)")
             }
@@ -372,19 +384,62 @@ struct Cycle {
         state.targets.append(ts)
       }
       state.targets.removeAll { s in !config.targets.contains { $0.name == s.name } }
-      // Retention on the DC and on every target that replicated.
-      if !config.retention.isEmpty {
-        // Retention guard: the newest snapshot each target holds stays on the DC too (a target that has been
-        // failing for a while still needs its newest snapshot as the last common one).
-        let needed = Set(state.targets.compactMap { $0.newestSnapshot })
-        do {
-          let n = try await applyRetention(repo, config.retention, keeping: needed)
-          if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
-        } catch let e as TidemarkError where e.kind == .locked {
-          // Someone holds a lock (a `tidemark mount`, a restore, a check): forgetting waits for the next cycle.
-          Out.err("tidemark: retention on \(config.repository) skipped this cycle: \(e)")
+      // Retention on the DC and on every target that replicated, all at once: each waits out its own lock's
+      // pause. Retention guard: the newest snapshot each target holds stays on the DC too (a target that has
+      // been failing for a while still needs its newest snapshot as the last common one).
+      let needed = Set(state.targets.compactMap { $0.newestSnapshot })
+      let dcPolicy = config.retention
+      async let dcForgot: Result<Int, Error>? =
+        dcPolicy.isEmpty ? nil : Cycle.attempt { try await applyRetention(repo, dcPolicy, keeping: needed) }
+      let targetPolicies = outcomes.compactMap { o -> (Int, EngineConfig.Retention, Repository?)? in
+        let r = targets[o.index].retention ?? config.retention
+        return o.stats == nil || r.isEmpty ? nil : (o.index, r, o.repository)
+      }
+      let targetForgot = await withTaskGroup(of: (Int, Result<Int, Error>).self) { g in
+        for (i, r, opened) in targetPolicies {
+          let t = targets[i]
+          g.addTask {
+            let result = await Cycle.attempt {
+              // The target as the sync opened it (no key derivation), else opened the usual way.
+              let target: Repository
+              if let opened {
+                target = opened
+              } else {
+                target = try await openTarget(t, password)
+              }
+              return try await applyRetention(target, r)
+            }
+            return (i, result)
+          }
+        }
+        var out: [(Int, Result<Int, Error>)] = []
+        for await x in g { out.append(x) }
+        return out.sorted { $0.0 < $1.0 }
+      }
+      var dcError: Error? = nil
+      switch await dcForgot {
+      case .success(let n)?:
+        if n > 0 { say("retention: forgot \(n) snapshots on \(config.repository)") }
+      case .failure(let e as TidemarkError)? where e.kind == .locked:
+        // Someone holds a lock (a `tidemark mount`, a restore, a check): forgetting waits for the next cycle.
+        Out.err("tidemark: retention on \(config.repository) skipped this cycle: \(e)")
+      case .failure(let e)?:
+        dcError = e
+      case nil:
+        break
+      }
+      for (i, result) in targetForgot {
+        let name = targets[i].name
+        switch result {
+        case .success(let n):
+          if n > 0 { say("retention: forgot \(n) snapshots on target \(name)") }
+        case .failure(let e as TidemarkError) where e.kind == .locked:
+          Out.err("tidemark: retention on target \(name) skipped this cycle: \(e)")
+        case .failure(let e):
+          failures.append("retention on target \(name): \(e)")
         }
       }
+      if let dcError { throw dcError }
       state.repositorySizeBytes = try await repo.backend.list(.pack).reduce(0) { $0 + $1.size }
       // What each failed target still lacks, against the DC as retention left it.
       let failed = outcomes.filter { $0.stats == nil }.map { targets[$0.index].name }
@@ -394,20 +449,6 @@ struct Cycle {
           Cycle.pending(
             &state.targets[i], dcSnapshots: dcSnapshots, dcPackBytes: state.repositorySizeBytes,
             addedThisCycle: addedThisCycle)
-        }
-      }
-      for outcome in outcomes where outcome.stats != nil {
-        let t = targets[outcome.index]
-        let r = t.retention ?? config.retention
-        guard !r.isEmpty else { continue }
-        do {
-          let target = try await openTarget(t, password)
-          let n = try await applyRetention(target, r)
-          if n > 0 { say("retention: forgot \(n) snapshots on target \(t.name)") }
-        } catch let e as TidemarkError where e.kind == .locked {
-          Out.err("tidemark: retention on target \(t.name) skipped this cycle: \(e)")
-        } catch {
-          failures.append("retention on target \(t.name): \(error)")
         }
       }
       try runHooks(config.hooks.after, "after")
@@ -567,13 +608,14 @@ struct Cycle {
     }
   }
 
-  /// Creates the replica if needed and syncs it; returns the stats and the newest snapshot now on the target.
+  /// Creates the replica if needed and syncs it; returns the stats, the newest snapshot now on the target and the
+  /// target as opened (with the source's master key).
   /// `newest`: the snapshot this cycle made; once the sync succeeded it is on the target (a successful sync
   /// copies every snapshot file), so the target's snapshots need not be loaded to know its newest.
   func replicate(
     _ repo: Repository, _ t: EngineConfig.Target, _ password: [UInt8], verifiedKey: KeyID?, newest made: Snapshot?,
     backend: (any Backend)? = nil, fullListing: Bool = true
-  ) async throws -> (ReplicaStats, Snapshot?, KeyID?) {
+  ) async throws -> (ReplicaStats, Snapshot?, Repository) {
     let target = try await Replica.create(
       source: repo, target: try backend ?? targetBackend(t), password: try targetPassword(t, password),
       kdf: GlobalOptions.keyDerivationParams, verifiedKey: verifiedKey)
@@ -590,7 +632,7 @@ struct Cycle {
     } else {
       newest = try await target.listSnapshots().last
     }
-    return (stats, newest, target.keyID)
+    return (stats, newest, target)
   }
 
   /// Forgets by `r` (grouped by host and paths); the newest snapshot of each group always stays, and so do
@@ -614,12 +656,14 @@ struct Cycle {
     p.withinMonthly = try d(r.keepWithinMonthly)
     p.withinYearly = try d(r.keepWithinYearly)
     p.keepTags = r.keepTag.map(TagList.parse)
-    return try await withLock(repo, exclusive: true) {
+    // The snapshots are listed and the policy applied while the lock is confirmed; the removals wait for it.
+    return try await withLock(repo, exclusive: true, overlap: true) {
       var remove: [SnapshotID] = []
       for (_, snaps) in SnapshotGrouping.default.group(try await repo.listSnapshots()) {
         let newest = snaps.max { $0.time < $1.time }?.id
         remove += p.apply(to: snaps).remove.compactMap(\.id).filter { $0 != newest && !needed.contains($0.hex) }
       }
+      try await repo.writeGate.pass()
       try await forEachConcurrently(remove, limit: 4) { id in try await repo.backend.remove(Handle(.snapshot, id.hex)) }
       return remove.count
     }
