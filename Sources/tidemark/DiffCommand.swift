@@ -29,7 +29,9 @@ struct DiffCommand: AsyncParsableCommand {
     let repo = try await global.open()
     let json = global.json
     let quiet = global.quiet
-    let stats = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    let stats = try await global.withLock(
+      repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
+    ) {
       let s1 = try await repo.findSnapshot(snapshots[0])
       let s2 = try await repo.findSnapshot(snapshots[1])
       if !json && !quiet {

@@ -136,7 +136,7 @@ struct Drill {
         repo = try await global.open()
       }
       try Sys.mkdirAll(BytePath(scratch), 0o700)
-      r.sources = try await cycle.withLock(repo, exclusive: false) {
+      r.sources = try await cycle.withLock(repo, exclusive: false, overlap: true) {
         try await repo.loadIndex()
         return try await drillSources(repo, scratch: scratch)
       }
@@ -310,7 +310,9 @@ struct Drill {
         let repo = try await cycle.openTarget(t, try global.password())
         var opts = CheckOptions()
         opts.readData = .bytes(config.drill.checkBudget)
-        let report = try await cycle.withLock(repo, exclusive: false) { try await Check.run(repo, options: opts) }
+        let report = try await cycle.withLock(repo, exclusive: false, overlap: true) {
+          try await Check.run(repo, options: opts)
+        }
         if !report.errors.isEmpty { problem = report.errors.prefix(3).joined(separator: "; ") }
         Out.line(
           "tidemark daemon: check of \(t.name): \(report.packsRead) packs (\(Out.bytes(Int64(report.bytesRead)))) read, "

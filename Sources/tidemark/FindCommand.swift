@@ -65,7 +65,7 @@ struct FindCommand: AsyncParsableCommand {
       criteria = c
     }
     let repo = try await global.open()
-    try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    try await global.withLock(repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }) {
       let snaps = try await selectSnapshots(
         repo, ids: snapshot, filter: SnapshotFilter(hosts: host, tags: tag, paths: path)
       ).sorted { $0.time < $1.time }

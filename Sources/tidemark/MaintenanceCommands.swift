@@ -35,7 +35,8 @@ struct CheckCommand: AsyncParsableCommand {
     }
     let repo = try await global.open()
     let quiet = global.quiet || global.json
-    let report = try await global.withLock(repo, exclusive: false) {
+    // Checking writes nothing: it may start while its lock is confirmed.
+    let report = try await global.withLock(repo, exclusive: false, overlap: true) {
       try await Check.run(repo, options: opts) { phase in if !quiet { Out.line(phase) } }
     }
     if global.json {

@@ -36,7 +36,9 @@ struct StatsCommand: AsyncParsableCommand {
         hint: "use restore-size, files-by-contents, blobs-per-file or raw-data")
     }
     let repo = try await global.open()
-    let stats = try await global.withLock(repo, exclusive: false, prepare: { try await repo.loadIndex() }) {
+    let stats = try await global.withLock(
+      repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
+    ) {
       if !global.json { Out.line("scanning...") }
       let snaps = try await selectSnapshots(
         repo, ids: snapshots, filter: SnapshotFilter(hosts: host, tags: tag, paths: path))
