@@ -36,21 +36,44 @@ struct CopyCommand: AsyncParsableCommand {
     let verbose = !global.quiet && !global.json
 
     // As restic: --no-lock spares only the source; the destination is written, so it is always locked.
-    let sourceLock: RepositoryLock?
-    if global.noLock {
-      try await source.loadIndex()
-      sourceLock = nil
-    } else {
-      sourceLock = try await RepositoryLock.acquire(
-        source, exclusive: false, retry: try global.lockRetry, meanwhile: { try await source.loadIndex() })
+    // Both locks are taken at once and the copy starts during their pause before the second look; writes to
+    // the destination wait for its lock's confirmation (see RepositoryLock.acquire(overlap:)).
+    let retry = try global.lockRetry
+    let noLock = global.noLock
+    func attempt(_ body: () async throws -> RepositoryLock?) async -> Result<RepositoryLock?, Error> {
+      do {
+        return .success(try await body())
+      } catch {
+        return .failure(error)
+      }
     }
+    async let sourceResult = attempt {
+      if noLock {
+        try await source.loadIndex()
+        return nil
+      }
+      return try await RepositoryLock.acquire(
+        source, exclusive: false, retry: retry, overlap: true, meanwhile: { try await source.loadIndex() })
+    }
+    async let destinationResult = attempt {
+      try await RepositoryLock.acquire(
+        destination, exclusive: false, retry: retry, overlap: true, meanwhile: { try await destination.loadIndex() })
+    }
+    let sourceLock: RepositoryLock?
     let destinationLock: RepositoryLock
-    do {
-      destinationLock = try await RepositoryLock.acquire(
-        destination, exclusive: false, retry: try global.lockRetry, meanwhile: { try await destination.loadIndex() })
-    } catch {
-      await sourceLock?.release()
-      throw error
+    switch await (sourceResult, destinationResult) {
+    case (.success(let s), .success(let d?)):
+      (sourceLock, destinationLock) = (s, d)
+    case (.success(let s), .failure(let e)):
+      await s?.release()
+      throw e
+    case (.failure(let e), .success(let d)):
+      await d?.release()
+      throw e
+    case (.failure(let e), _), (_, .failure(let e)):
+      throw e
+    case (.success, .success(nil)):
+      throw TidemarkError(.general, "no lock on the destination")
     }
     let signals = SignalGuard {
       await destinationLock.release()
@@ -84,6 +107,8 @@ struct CopyCommand: AsyncParsableCommand {
           Out.line("snapshot \(id.short) saved")
         }
       }
+      try await destinationLock.confirmed()
+      try await sourceLock?.confirmed()
     } catch {
       await release()
       throw error
