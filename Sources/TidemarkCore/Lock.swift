@@ -113,6 +113,43 @@ public final class RepositoryLock: Sendable {
     }
   }
 
+  /// Takes locks on several repositories at once, so that their pauses before the second look overlap: all
+  /// of them (in the order asked) or none. `meanwhile` runs for each as in `acquire`.
+  public static func acquireAll(
+    _ requests: [(repository: Repository, meanwhile: @Sendable () async throws -> Void)], exclusive: Bool = false,
+    retry: Duration = .zero, overlap: Bool = false
+  ) async throws -> [RepositoryLock] {
+    let results = await withTaskGroup(of: (Int, Result<RepositoryLock, Error>).self) { g in
+      for (i, r) in requests.enumerated() {
+        g.addTask {
+          do {
+            let l = try await acquire(
+              r.repository, exclusive: exclusive, retry: retry, overlap: overlap, meanwhile: r.meanwhile)
+            return (i, .success(l))
+          } catch {
+            return (i, .failure(error))
+          }
+        }
+      }
+      var out: [(Int, Result<RepositoryLock, Error>)] = []
+      for await x in g { out.append(x) }
+      return out.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+    var locks: [RepositoryLock] = []
+    var failure: Error? = nil
+    for r in results {
+      switch r {
+      case .success(let l): locks.append(l)
+      case .failure(let e): failure = failure ?? e
+      }
+    }
+    if let failure {
+      for l in locks { await l.release() }
+      throw failure
+    }
+    return locks
+  }
+
   /// The second look of an overlapped `acquire`: holds the repository's writes until it is done.
   private func confirmInBackground(until pause: ContinuousClock.Instant) {
     let repo = repository

@@ -159,24 +159,10 @@ public enum Replica {
   public static func lock(source: Repository, target: Repository, retry: Duration = .zero) async throws
     -> ReplicaLocks
   {
-    func attempt(_ repo: Repository) async -> Result<RepositoryLock, Error> {
-      do {
-        return .success(try await RepositoryLock.acquire(repo, exclusive: false, retry: retry, overlap: true))
-      } catch {
-        return .failure(error)
-      }
-    }
-    async let s = attempt(source)
-    async let t = attempt(target)
-    switch await (s, t) {
-    case (.success(let s), .success(let t)):
-      return ReplicaLocks(source: s, target: t)
-    case (.success(let held), .failure(let e)), (.failure(let e), .success(let held)):
-      await held.release()
-      throw e
-    case (.failure(let e), .failure):
-      throw e
-    }
+    let nothing: @Sendable () async throws -> Void = {}
+    let locks = try await RepositoryLock.acquireAll(
+      [(source, nothing), (target, nothing)], retry: retry, overlap: true)
+    return ReplicaLocks(source: locks[0], target: locks[1])
   }
 
   /// Copies to `target` every pack, index and snapshot file of `source` it lacks, in publish order (see the

@@ -38,43 +38,17 @@ struct CopyCommand: AsyncParsableCommand {
     // As restic: --no-lock spares only the source; the destination is written, so it is always locked.
     // Both locks are taken at once and the copy starts during their pause before the second look; writes to
     // the destination wait for its lock's confirmation (see RepositoryLock.acquire(overlap:)).
-    let retry = try global.lockRetry
-    let noLock = global.noLock
-    func attempt(_ body: () async throws -> RepositoryLock?) async -> Result<RepositoryLock?, Error> {
-      do {
-        return .success(try await body())
-      } catch {
-        return .failure(error)
-      }
+    var requests: [(repository: Repository, meanwhile: @Sendable () async throws -> Void)] = [
+      (destination, { try await destination.loadIndex() })
+    ]
+    if global.noLock {
+      try await source.loadIndex()
+    } else {
+      requests.append((source, { try await source.loadIndex() }))
     }
-    async let sourceResult = attempt {
-      if noLock {
-        try await source.loadIndex()
-        return nil
-      }
-      return try await RepositoryLock.acquire(
-        source, exclusive: false, retry: retry, overlap: true, meanwhile: { try await source.loadIndex() })
-    }
-    async let destinationResult = attempt {
-      try await RepositoryLock.acquire(
-        destination, exclusive: false, retry: retry, overlap: true, meanwhile: { try await destination.loadIndex() })
-    }
-    let sourceLock: RepositoryLock?
-    let destinationLock: RepositoryLock
-    switch await (sourceResult, destinationResult) {
-    case (.success(let s), .success(let d?)):
-      (sourceLock, destinationLock) = (s, d)
-    case (.success(let s), .failure(let e)):
-      await s?.release()
-      throw e
-    case (.failure(let e), .success(let d)):
-      await d?.release()
-      throw e
-    case (.failure(let e), _), (_, .failure(let e)):
-      throw e
-    case (.success, .success(nil)):
-      throw TidemarkError(.general, "no lock on the destination")
-    }
+    let locks = try await RepositoryLock.acquireAll(requests, retry: try global.lockRetry, overlap: true)
+    let destinationLock = locks[0]
+    let sourceLock = locks.count > 1 ? locks[1] : nil
     let signals = SignalGuard {
       await destinationLock.release()
       await sourceLock?.release()
