@@ -173,7 +173,7 @@ public final class RepositoryLock: Sendable {
       }) {
         try? await repo.backend.remove(Handle(.lock, name))
       }
-      repo.writeGate.open(failing: failure)
+      repo.writeGate.finish(failing: failure)
       return failure
     }
     confirmation.withLock { $0 = t }
@@ -213,8 +213,7 @@ public final class RepositoryLock: Sendable {
   public func release() async {
     if let t = confirmation.withLock({ $0 }) {
       t.cancel()
-      _ = await t.value
-      repository.writeGate.open(failing: nil)
+      if await t.value != nil { repository.writeGate.clearFailure() }
     }
     refresher.withLock { $0?.cancel() }
     let name = current.withLock { c in
@@ -254,12 +253,12 @@ public final class RepositoryLock: Sendable {
   }
 }
 
-/// Holds a repository's writes while its lock is written but not yet confirmed (an overlapped
-/// `RepositoryLock.acquire`); they go ahead once it is confirmed, or fail with the lock error. Open
-/// (no waiting) otherwise.
+/// Holds a repository's writes while a lock on it is written but not yet confirmed (an overlapped
+/// `RepositoryLock.acquire`); they go ahead once every pending confirmation is done, or fail with the lock
+/// error if one found a conflict. Open (no waiting) otherwise.
 public final class WriteGate: Sendable {
   private struct State {
-    var closed = false
+    var pending = 0
     var failure: Error? = nil
     var waiters: [CheckedContinuation<Void, Error>] = []
   }
@@ -267,38 +266,41 @@ public final class WriteGate: Sendable {
 
   public init() {}
 
+  /// A confirmation starts.
   func close() {
-    state.withLock {
-      $0.closed = true
-      $0.failure = nil
-    }
+    state.withLock { $0.pending += 1 }
   }
 
-  func open(failing failure: Error?) {
-    let waiting = state.withLock { s in
-      s.closed = false
-      s.failure = failure
+  /// A confirmation ended (with the error it found, if any); held writes go ahead or fail when none is left.
+  func finish(failing failure: Error?) {
+    let (waiting, result): ([CheckedContinuation<Void, Error>], Result<Void, Error>) = state.withLock { s in
+      s.pending = max(0, s.pending - 1)
+      if let failure { s.failure = failure }
+      guard s.pending == 0 || s.failure != nil else { return ([], .success(())) }
       defer { s.waiters = [] }
-      return s.waiters
+      return (s.waiters, s.failure.map { .failure($0) } ?? .success(()))
     }
-    for c in waiting {
-      if let failure { c.resume(throwing: failure) } else { c.resume() }
-    }
+    for c in waiting { c.resume(with: result) }
+  }
+
+  /// Forgets a failure once its lock is released (the repository may be locked again later).
+  func clearFailure() {
+    state.withLock { $0.failure = nil }
   }
 
   /// Returns when writes may go ahead; throws the lock error if the lock could not be confirmed.
   public func pass() async throws {
     let now: Result<Void, Error>? = state.withLock { s in
-      s.closed ? nil : (s.failure.map { .failure($0) } ?? .success(()))
+      if let f = s.failure { return .failure(f) }
+      return s.pending == 0 ? .success(()) : nil
     }
     if let now { return try now.get() }
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
       let now: Result<Void, Error>? = state.withLock { s in
-        if s.closed {
-          s.waiters.append(c)
-          return nil
-        }
-        return s.failure.map { .failure($0) } ?? .success(())
+        if let f = s.failure { return .failure(f) }
+        if s.pending == 0 { return .success(()) }
+        s.waiters.append(c)
+        return nil
       }
       if let now { c.resume(with: now) }
     }
