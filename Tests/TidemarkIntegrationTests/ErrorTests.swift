@@ -86,6 +86,22 @@ import TidemarkSystem
     await lock.release()
     #expect(try await repo.backend.list(.lock).isEmpty)
 
+    // Two overlapped locks on one repository (a cycle's syncs to two targets lock the DC twice): a write
+    // waits for both confirmations, not just the first.
+    let early = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
+    try await Task.sleep(for: .milliseconds(60))
+    let laterStart = ContinuousClock.now
+    let later = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
+    _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
+    #expect(ContinuousClock.now - laterStart >= .milliseconds(90))
+    try await early.confirmed()
+    try await later.confirmed()
+    await later.release()
+    await early.release()
+    for f in try await repo.backend.list(.index) where f.name != index.hex {
+      try await repo.backend.remove(Handle(.index, f.name))
+    }
+
     // An exclusive lock (a prune starting at the same moment) appears during the pause: the held write
     // fails with the lock error and writes nothing; our lock file is gone, the other one stays.
     let second = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
