@@ -11,3 +11,6 @@ static inline unsigned long long cposix_makedev(unsigned int ma, unsigned int mi
 #include <sys/types.h>
 // copy_file_range(2) is declared only under _GNU_SOURCE; declare it for Swift (glibc >= 2.27 has it).
 extern ssize_t copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len, unsigned int flags);
+// sync_file_range(2) likewise (_GNU_SOURCE); SYNC_FILE_RANGE_WRITE starts writeback without waiting for it.
+extern int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags);
+#define CPOSIX_SYNC_FILE_RANGE_WRITE 2

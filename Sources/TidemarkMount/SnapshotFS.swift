@@ -25,6 +25,8 @@ public struct MountOptions: Sendable {
   /// Upper bound for cached blob plaintext.
   public var cacheBytes = 64 << 20
   public var mountpoint = ""
+  /// The abstract socket that hands the master key to `tidemark restore` (root or this user), if any.
+  public var keySocket: String? = nil
   public init() {}
 }
 

@@ -69,7 +69,13 @@ struct Top: Sendable {
     w.string(Array(repo.utf8))
     w.raw(",\"mountpoint\":")
     w.string(Array(options.mountpoint.utf8))
-    w.raw(",\"pid\":\(getpid()),\"snapshots\":{")
+    w.raw(",\"pid\":\(getpid()),")
+    if let socket = options.keySocket {
+      w.raw("\"key_socket\":")
+      w.string(Array(socket.utf8))
+      w.raw(",")
+    }
+    w.raw("\"snapshots\":{")
     for (i, (path, s)) in placed.sorted(by: { $0.0 < $1.0 }).enumerated() {
       if i > 0 { w.raw(",") }
       w.string(Array(path.utf8))

@@ -90,6 +90,10 @@ public final class Restore: Sendable {
   /// flight only adds memory (measured).
   static let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
   static let tempPrefix = Array(".tidemark-restore-".utf8)
+  /// Large copies into a new file are made, and their writeback started, in pieces of this size.
+  static let writebackPiece = 8 << 20
+  /// Starts writeback of copied pieces off the restore's threads (see `FileJob.open`).
+  let writeback = DispatchQueue(label: "tidemark-restore-writeback")
   let isRoot = getuid() == 0
 
   public init(repository: Repository, options: RestoreOptions) {
@@ -125,6 +129,8 @@ public final class Restore: Sendable {
     let failed = Mutex<Bool>(false)
     /// The file being written, opened on first use; -1 until then, -2 once closed.
     let fd = Mutex<Int32>(-1)
+    /// Where writeback of large copied ranges is started (see `open`).
+    let writeback: DispatchQueue
 
     /// Blocking: opens (and prepares) the file unless that happened already.
     func create() throws {
@@ -141,7 +147,27 @@ public final class Restore: Sendable {
         if case .rebuild(let old, let copies) = mode, !copies.isEmpty {
           let src = try Sys.open(old, O_RDONLY | O_NOFOLLOW)
           defer { Sys.close(src) }
-          for c in copies { try Sys.copyRange(from: src, at: c.from, to: f, at: c.to, count: c.count) }
+          // ext4 writes a file out before a rename over another file returns (auto_da_alloc). For a
+          // large copy, have that writeback done alongside: each piece copied is handed to a thread
+          // that starts its writeback, while this one copies the next.
+          for c in copies {
+            var done = 0
+            while done < c.count {
+              let n = min(c.count - done, Restore.writebackPiece)
+              try Sys.copyRange(from: src, at: c.from + Int64(done), to: f, at: c.to + Int64(done), count: n)
+              if n == Restore.writebackPiece {
+                let d = dup(f)
+                let at = c.to + Int64(done)
+                if d >= 0 {
+                  writeback.async {
+                    Sys.startWriteback(d, at: at, count: n)
+                    Sys.close(d)
+                  }
+                }
+              }
+              done += n
+            }
+          }
         }
       } catch {
         Sys.close(f)
@@ -188,7 +214,10 @@ public final class Restore: Sendable {
       }
     }
 
-    init(item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int) {
+    init(
+      item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int, writeback: DispatchQueue
+    ) {
+      self.writeback = writeback
       self.item = item
       self.path = path
       self.temp = temp
@@ -413,13 +442,21 @@ public final class Restore: Sendable {
 
   /// Decides every file item (by index into `items`; other items get a placeholder), in batches on
   /// blocking threads: one hop per file would cost more than the lstat it does.
-  func decideFiles(_ items: [Item]) async throws -> [Result<FileDecision, Error>] {
+  /// A file whose directory is not among `real` (real directories on disk, reached through real
+  /// directories) is created: what stands at its path is not looked at (it may lie behind a symlink).
+  func decideFiles(_ items: [Item], real: Set<[[UInt8]]>) async throws -> [Result<FileDecision, Error>] {
     let files = items.indices.filter { items[$0].node.type == .file }
     let out = Mutex([Result<FileDecision, Error>](repeating: .success(.skip), count: items.count))
     let batches = stride(from: 0, to: files.count, by: 256).map { Array(files[$0..<min($0 + 256, files.count)]) }
     try await forEachConcurrently(batches, limit: Restore.packLimit) { batch in
       let results = try await Blocking.run {
-        batch.map { k in (k, Result { try self.decideFile(items[k]) }) }
+        batch.map { k in
+          (
+            k,
+            real.contains(Array(items[k].components.dropLast()))
+              ? Result { try self.decideFile(items[k]) } : .success(.create)
+          )
+        }
       }
       out.withLock { o in
         for (k, r) in results { o[k] = r }
@@ -428,11 +465,36 @@ public final class Restore: Sendable {
     return out.withLock { $0 }
   }
 
-  /// Blocking: for each (id, offset, length), whether the file holds exactly that blob there.
+  /// Blocking: for each (id, offset, length), whether the file holds exactly that blob there. A large
+  /// file is hashed on all cores, each taking a contiguous share of its blobs.
   static func blobsAtOffsets(_ p: BytePath, _ spans: [(RawID, Int64, Int)]) throws -> [Bool] {
     let fd = try Sys.open(p, O_RDONLY | O_NOFOLLOW)
     defer { Sys.close(fd) }
     let size = Int64(try Sys.fstat(fd).size)
+    let total = spans.reduce(0) { $0 + $1.2 }
+    let shares = min(ProcessInfo.processInfo.activeProcessorCount, max(1, total / Restore.hashShare), spans.count)
+    if shares <= 1 { return try blobsAtOffsets(fd, size, spans[...]) }
+    // Cut the blob list where each share has about total/shares bytes.
+    var bounds = [0]
+    var acc = 0
+    for (k, s) in spans.enumerated() {
+      acc += s.2
+      if acc >= total * bounds.count / shares && bounds.count < shares && k + 1 < spans.count { bounds.append(k + 1) }
+    }
+    bounds.append(spans.count)
+    let cuts = bounds
+    let results = Mutex([Result<[Bool], Error>](repeating: .success([]), count: bounds.count - 1))
+    DispatchQueue.concurrentPerform(iterations: cuts.count - 1) { i in
+      let r = Result { try blobsAtOffsets(fd, size, spans[cuts[i]..<cuts[i + 1]]) }
+      results.withLock { $0[i] = r }
+    }
+    return try results.withLock { $0 }.flatMap { try $0.get() }
+  }
+
+  /// Files with at least this many bytes of blobs per core are hashed on several cores.
+  static let hashShare = 16 << 20
+
+  static func blobsAtOffsets(_ fd: Int32, _ size: Int64, _ spans: ArraySlice<(RawID, Int64, Int)>) throws -> [Bool] {
     var buf: [UInt8] = []
     return try spans.map { (id, off, len) in
       guard off + Int64(len) <= size else { return false }
@@ -511,12 +573,27 @@ public final class Restore: Sendable {
 
     // 1. Deletions first (they free space), each directory of the snapshot that exists on disk:
     //    what the snapshot does not have goes, unless filters exclude it. Also our own temp files
-    //    left by an interrupted restore, with or without `delete`.
+    //    left by an interrupted restore, with or without `delete`. Only real directories reached
+    //    through real directories are listed: where a symlink stands for a directory of the snapshot,
+    //    what it points to is none of our business (step 2 replaces the link). All listings in one hop.
     var dirs: [[[UInt8]]] = options.only == nil ? [[]] : []
     for item in items where item.node.type == .dir { dirs.append(item.components) }
-    for comps in dirs {
+    let (real, listings) = try await Blocking.run { [dirs] in
+      // Parents come before their children (`plan` is depth first, pre-order).
+      var real: Set<[[UInt8]]> = [[]]
+      var listings: [([[UInt8]], [[UInt8]])] = []
+      for comps in dirs {
+        if !comps.isEmpty {
+          guard real.contains(Array(comps.dropLast())), let st = try? Sys.lstat(self.path(comps)), st.isDirectory
+          else { continue }
+          real.insert(comps)
+        }
+        listings.append((comps, (try? Sys.readDirectory(self.path(comps))) ?? []))
+      }
+      return (real, listings)
+    }
+    for (comps, local) in listings {
       let p = path(comps)
-      let local = (try? await Blocking.run { try Sys.readDirectory(p) }) ?? []
       let keep = known[comps] ?? []
       for name in local.sorted(by: { $0.lexicographicallyPrecedes($1) }) where !keep.contains(name) {
         let c = comps + [name]
@@ -545,22 +622,24 @@ public final class Restore: Sendable {
       let c = (try? await Blocking.run { self.metadataChanges(target, st, root) }) ?? []
       if !c.isEmpty { note(c.code(".", "d"), [], dir: true, action: "updated") }
     }
-    var dirChanges: [Int: Changes] = [:]
-    for (k, item) in items.enumerated() where item.node.type == .dir {
-      let p = path(item.components)
-      let n = item.node
-      let existing: FileStat? = try? await Blocking.run { try Sys.lstat(p) }
-      if let st = existing, st.isDirectory {
-        let c = (try? await Blocking.run { self.metadataChanges(p, st, n) }) ?? []
-        if !c.isEmpty {
-          dirChanges[k] = c
-          note(c.code(".", "d"), item.components, dir: true, action: "updated")
-        }
-        continue
+    // nil: the directory is to be made (nothing, or something else, stands there).
+    let looked: [(Int, Changes?)] = try await Blocking.run { [items] in
+      items.indices.filter { items[$0].node.type == .dir }.map { k in
+        let p = self.path(items[k].components)
+        guard real.contains(items[k].components), let st = try? Sys.lstat(p), st.isDirectory else { return (k, nil) }
+        return (k, self.metadataChanges(p, st, items[k].node))
       }
-      note("cd+++++++++", item.components, dir: true, action: "created")
-      if !dry { try await Blocking.run { try Restore.ensureDirectory(p) } }
     }
+    var made: [BytePath] = []
+    for (k, c) in looked {
+      if let c {
+        if !c.isEmpty { note(c.code(".", "d"), items[k].components, dir: true, action: "updated") }
+      } else {
+        note("cd+++++++++", items[k].components, dir: true, action: "created")
+        made.append(path(items[k].components))
+      }
+    }
+    if !dry && !made.isEmpty { try await Blocking.run { [made] in for p in made { try Restore.ensureDirectory(p) } } }
 
     // 3. Files: decide each against the disk, then write what differs. New files are written to a
     //    temp file sized on creation and renamed into place when complete.
@@ -570,7 +649,7 @@ public final class Restore: Sendable {
     var firstLink: [String: BytePath] = [:]
     var others: [Item] = []
     var keeps: [(Item, Changes)] = []
-    let decided = try await decideFiles(items)
+    let decided = try await decideFiles(items, real: real)
     for (k, item) in items.enumerated() {
       switch item.node.type {
       case .dir: continue
@@ -644,7 +723,8 @@ public final class Restore: Sendable {
           Restore.tempPrefix + Array("\(UInt32.random(in: 0...UInt32.max))-".utf8) + item.components.last!.prefix(100)
         let fetches = mask.map { $0.filter { $0 }.count } ?? (n.content ?? []).count
         let job = FileJob(
-          item: item, path: p, temp: BytePath(bytes: tmp), mode: mode, sparse: options.sparse, blobs: fetches)
+          item: item, path: p, temp: BytePath(bytes: tmp), mode: mode, sparse: options.sparse, blobs: fetches,
+          writeback: writeback)
         if let mask { fetchMask[ObjectIdentifier(job)] = mask }
         jobs.append(job)
       default:
@@ -657,7 +737,8 @@ public final class Restore: Sendable {
     for item in others {
       let p = path(item.components)
       let n = item.node
-      let st: FileStat? = try? await Blocking.run { try Sys.lstat(p) }
+      let st: FileStat? =
+        real.contains(Array(item.components.dropLast())) ? try? await Blocking.run { try Sys.lstat(p) } : nil
       if let st {
         if st.isDirectory && !options.delete {
           fail("\(p): a directory stands where the snapshot has a \(n.type.rawValue); add --delete to replace it")
@@ -696,7 +777,7 @@ public final class Restore: Sendable {
     for (item, first) in hardlinks {
       let p = path(item.components)
       let same: Bool =
-        renewed.contains(first.bytes)
+        renewed.contains(first.bytes) || !real.contains(Array(item.components.dropLast()))
         ? false
         : (try? await Blocking.run {
           guard let a = try? Sys.lstat(p), let b = try? Sys.lstat(first) else { return false }
@@ -759,9 +840,19 @@ public final class Restore: Sendable {
       }
     }
     let packs = Array(byPack)
+    // Files rebuilt from large unchanged ranges of the old one: start those copies now, beside the
+    // fetching, rather than when their first fetched blob arrives (a write waits for its file's copy).
+    let large = writing.filter { job in
+      guard case .rebuild(_, let copies) = job.mode else { return false }
+      return copies.reduce(0) { $0 + $1.count } >= Restore.writebackPiece
+    }
+    async let copied: Void = forEachConcurrently(large, limit: 1) { job in
+      _ = try? await Blocking.run { try job.create() }  // on failure, the first write tries again and reports
+    }
     try await forEachConcurrently(packs, limit: Restore.packLimit) { (pack, blobs) in
       await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
     }
+    try await copied
 
     // 5. Links and special files, then hard links to completed files, then metadata of what stayed.
     for item in specials { await makeSpecial(item) }
@@ -798,7 +889,6 @@ public final class Restore: Sendable {
       try? await Blocking.run { self.applyMetadata(p, n) }
     }
     if let root = options.rootNode { try? await Blocking.run { self.applyMetadata(target, root) } }
-    _ = dirChanges
 
     // 7. Verification: re-read what was written and hash it blob by blob.
     if options.verify {

@@ -601,6 +601,12 @@ extension Sys {
 }
 
 extension Sys {
+  /// Starts writeback of a file range without waiting for it (sync_file_range(2) with
+  /// SYNC_FILE_RANGE_WRITE; `count` 0 means to the end); a hint, so errors are ignored.
+  public static func startWriteback(_ fd: Int32, at offset: Int64 = 0, count: Int = 0) {
+    _ = sync_file_range(fd, off_t(offset), off_t(count), UInt32(CPOSIX_SYNC_FILE_RANGE_WRITE))
+  }
+
   /// realpath(3): the absolute path with every symlink resolved, or nil if it does not exist.
   public static func realpath(_ p: BytePath) -> BytePath? {
     p.withCString { c in

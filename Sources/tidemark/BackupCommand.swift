@@ -231,7 +231,13 @@ struct RestoreCommand: AsyncParsableCommand {
     for c in sub where c == [46] || c == [46, 46] {
       throw TidemarkError(.usage, "the path \(snapshot) contains . or ..")
     }
-    let repo = try await global.open()
+    // From a mount: its key, if it shares it (no second key derivation); otherwise the password.
+    var shared: Repository? = nil
+    if let m = fromMount, let socket = m.keySocket {
+      shared = try? await global.open(keyFrom: socket, pid: m.pid)
+    }
+    let repo: Repository
+    if let shared { repo = shared } else { repo = try await global.open() }
     let snap = try await repo.findSnapshot(snapRef, host: host, paths: path)
 
     let start = ContinuousClock.now
@@ -367,6 +373,9 @@ enum MountPath {
     var snapshot: String
     /// Components below the snapshot's root.
     var path: [[UInt8]]
+    /// Where the mount hands out the repository's master key (abstract socket), and the mount's process.
+    var keySocket: String? = nil
+    var pid: Int32? = nil
   }
 
   /// nil when `arg` is not an existing path inside a tidemark mount (then it names a snapshot).
@@ -406,7 +415,9 @@ enum MountPath {
           hint: "give a path below a snapshot directory, e.g. \(BytePath(bytes: root).description)/snapshots/latest/..."
         )
       }
-      return Resolved(repository: repo, snapshot: id, path: Array(rel[n...]))
+      return Resolved(
+        repository: repo, snapshot: id, path: Array(rel[n...]), keySocket: json["key_socket"]?.string,
+        pid: json["pid"]?.int.map { Int32(truncatingIfNeeded: $0) })
     }
     return nil
   }

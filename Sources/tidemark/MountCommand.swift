@@ -19,6 +19,11 @@ struct MountCommand: AsyncParsableCommand {
       forgotten ones disappear. `.tidemark/status.json` maps each snapshot directory back to the
       repository and snapshot ID (used by `tidemark restore PATH-IN-MOUNT`). Holds a shared lock
       (refreshed) unless --no-lock.
+
+      `tidemark restore PATH-IN-THE-MOUNT`, run by root or by the user running the mount, takes
+      the repository key from the mount (an abstract Unix socket named in status.json, credentials
+      checked on both ends) instead of deriving it from the password again; --no-share-key turns
+      that off, and restore then asks for the password as usual.
       """)
   @OptionGroup var global: GlobalOptions
   @Option(name: [.customShort("H"), .long], help: "Only snapshots of this host (repeatable).") var host: [String] = []
@@ -35,6 +40,10 @@ struct MountCommand: AsyncParsableCommand {
   @Option(name: .customLong("cache-size"), help: "Blob cache size in MiB (the kernel caches file pages as well).")
   var cacheSize = 64
   @Flag(name: .customLong("allow-other"), help: "Let other users access the mount.") var allowOther = false
+  @Flag(
+    name: .customLong("no-share-key"),
+    help: "Do not hand the repository key to `tidemark restore PATH-IN-THE-MOUNT` (root or this user only).")
+  var noShareKey = false
   @Argument(help: "Where to mount (an existing empty directory).") var mountpoint: String
 
   func run() async throws {
@@ -56,6 +65,16 @@ struct MountCommand: AsyncParsableCommand {
     o.refresh = refresh
     o.cacheBytes = max(1, cacheSize) << 20
     o.mountpoint = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
+    var keyServer: SecretServer? = nil
+    if !noShareKey {
+      do {
+        keyServer = try SecretServer(prefix: "tidemark-mount", secret: repo.key.json)
+        o.keySocket = keyServer?.name
+      } catch {
+        if !global.quiet { Out.err("tidemark mount: not sharing the key with restore: \(error)") }
+      }
+    }
+    defer { keyServer?.stop() }
     let fs = SnapshotFS(repository: repo, options: o)
 
     let lock: RepositoryLock? =

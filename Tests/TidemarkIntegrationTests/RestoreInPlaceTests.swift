@@ -155,6 +155,76 @@ func itemized(_ r: RunResult) -> [String] {
     #expect(try String(contentsOfFile: ws.sub("single/o"), encoding: .utf8) == "o\n")
   }
 
+  /// `tidemark mount` hands its master key to a restore from a path inside it (no password, no second key
+  /// derivation), through an abstract socket that answers root and the mount's own user only.
+  @Test func mountSharesItsKeyWithRestoreOnlyForRootAndItsUser() throws {
+    let ws = try Workspace("restore-key")
+    _ = try Tools.sh("mkdir -p data/d && echo a > data/d/a && echo b > data/d/b", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "data"]).status == 0)
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount"], mountpoint: mnt)
+    #expect(m.wait(for: mnt + "/snapshots/latest/data/d/a"))
+    let status = try JSON.parse(Sys.readFile(BytePath(mnt + "/.tidemark/status.json")))
+    let socket = try #require(status["key_socket"]?.string, "status.json names no key socket")
+
+    // No password anywhere (Tools.run passes no TIDEMARK_*/RESTIC_* variables): the key comes from the mount.
+    let r = try Tools.run(
+      Tools.tidemark, ["restore", mnt + "/snapshots/latest/data/d", "--target", ws.sub("out")], cwd: "/")
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try String(contentsOfFile: ws.sub("out/b"), encoding: .utf8) == "b\n")
+
+    // The socket itself: root (this test) gets the master key; another user gets nothing.
+    let probe =
+      "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('\\0'+sys.argv[1]); print(s.makefile('rb').read().decode())"
+    let asRoot = try Tools.run("/usr/bin/python3", ["-c", probe, socket])
+    #expect(asRoot.status == 0, "\(asRoot.stderr)")
+    #expect(MasterKey(json: Array(asRoot.out.utf8)) != nil, "root did not get a master key: \(asRoot.out)")
+    let asNobody = try Tools.run(
+      "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", probe, socket])
+    #expect(asNobody.status == 0, "\(asNobody.stderr)")
+    #expect(asNobody.out.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "another user got: \(asNobody.out)")
+
+    // --no-share-key: no socket, and a restore without a password fails and writes nothing.
+    let mnt2 = ws.sub("mnt2")
+    let m2 = try MountProcess(ws, ["-r", "repo", "mount", "--no-share-key"], mountpoint: mnt2)
+    #expect(m2.wait(for: mnt2 + "/snapshots/latest/data/d/a"))
+    let status2 = try JSON.parse(Sys.readFile(BytePath(mnt2 + "/.tidemark/status.json")))
+    #expect(status2["key_socket"] == nil)
+    let denied = try Tools.run(
+      Tools.tidemark, ["restore", mnt2 + "/snapshots/latest/data/d", "--target", ws.sub("out2")], cwd: "/")
+    #expect(denied.status != 0)
+    #expect(denied.stderr.contains("password"), "\(denied.stderr)")
+    #expect(!FileManager.default.fileExists(atPath: ws.sub("out2")))
+    withExtendedLifetime((m, m2)) {}
+  }
+
+  /// A symlink on disk where the snapshot has a directory is replaced, never followed: `--delete` neither
+  /// lists nor removes what it points to, and the dry run does not look through it either.
+  @Test func aSymlinkStandingForADirectoryIsReplacedNotFollowed() throws {
+    let ws = try Workspace("restore-symlink-dir")
+    _ = try Tools.sh("mkdir -p src/a/deep && echo x > src/a/x && echo y > src/a/deep/y", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "src"]).status == 0)
+    let snapshot = try describeTree(ws.sub("src"))
+    let outside = """
+      rm -rf src/a && mkdir -p victim/deep && echo keep > victim/precious && echo x > victim/x
+      echo old > victim/deep/y && ln -s \(ws.sub("victim")) src/a
+      """
+    _ = try Tools.sh(outside, cwd: ws.path)
+    let victim = try describeTree(ws.sub("victim"))
+
+    let dry = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "-n"])
+    #expect(dry.status == 0, "\(dry.stderr)")
+    #expect(!dry.out.contains("deleting"), "the dry run looked through the link: \(dry.out)")
+    let real = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place", "--delete", "-v"])
+    #expect(real.status == 0, "\(real.stderr)")
+    #expect(itemized(dry) == itemized(real))
+    #expect(differences(victim, try describeTree(ws.sub("victim")), ignoreRootMtime: false).isEmpty)
+    #expect(try Sys.lstat(BytePath(ws.sub("src/a"))).isDirectory)
+    #expect(differences(snapshot, try describeTree(ws.sub("src")), ignoreRootMtime: true).isEmpty)
+  }
+
   @Test func hostileSnapshotsCannotWriteOutsideTheTarget() async throws {
     let ws = try Workspace("hostile")
     #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
