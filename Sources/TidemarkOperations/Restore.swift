@@ -242,9 +242,11 @@ public final class Restore: Sendable {
   /// Walks the tree, collecting items in depth-first order, and for every directory visited the
   /// names the snapshot has in it (what `delete` must leave alone).
   func plan(
-    tree id: BlobID, prefix: [[UInt8]], into items: inout [Item], names known: inout [[[UInt8]]: Set<[UInt8]>]
+    tree id: BlobID, prefix: [[UInt8]], into items: inout [Item], names known: inout [[[UInt8]]: Set<[UInt8]>],
+    loaded: [BlobID: Tree] = [:]
   ) async throws {
-    let tree = try await repo.loadTree(id)
+    let tree: Tree
+    if let t = loaded[id] { tree = t } else { tree = try await repo.loadTree(id) }
     var seen = Set<[UInt8]>()
     for n in tree.nodes {
       guard Restore.validName(n.name) else {
@@ -269,7 +271,9 @@ public final class Restore: Sendable {
           let at = items.count
           items.append(Item(components: comps, node: n))
           let before = items.count
-          if let sub = n.subtree { try await plan(tree: sub, prefix: comps, into: &items, names: &known) }
+          if let sub = n.subtree {
+            try await plan(tree: sub, prefix: comps, into: &items, names: &known, loaded: loaded)
+          }
           if !take && items.count == before { items.remove(at: at) }
         }
       } else if take {
@@ -566,7 +570,15 @@ public final class Restore: Sendable {
   public func run(tree: BlobID) async throws -> RestoreStats {
     var items: [Item] = []
     var known: [[[UInt8]]: Set<[UInt8]>] = [:]
-    try await plan(tree: tree, prefix: [], into: &items, names: &known)
+    // Every tree below, loaded several at a time first (the walk below goes one by one), unless
+    // filters or a single entry mean only part of it is needed.
+    var loaded: [BlobID: Tree] = [:]
+    if options.only == nil && options.includes.isEmpty {
+      let trees = Mutex<[BlobID: Tree]>([:])
+      try await walkTrees(repo, roots: [tree]) { id, t in trees.withLock { $0[id] = t } }
+      loaded = trees.withLock { $0 }
+    }
+    try await plan(tree: tree, prefix: [], into: &items, names: &known, loaded: loaded)
     let target = options.target
     let dry = options.dryRun
     if !dry { try await Blocking.run { try Sys.mkdirAll(target, 0o700) } }
