@@ -319,6 +319,22 @@ MOUNT_LARGE_MIB=${BENCH_MOUNT_LARGE_MIB:-256}
 MOUNT_SMALL_DIRS=${BENCH_MOUNT_SMALL_DIRS:-200}
 MOUNT_OTHER_DIRS=40
 now() { date +%s.%N; }
+
+# warm_memory MIB: touches MIB MiB of fresh memory and frees it. On this VM (virtio-balloon with free page
+# reporting) memory the guest left free for a few seconds goes back to the host, and the first touch of such a
+# page then costs ~3-10 us instead of ~0.3 (2 GiB took 2.4-5.9 s to touch once, then ~0.3 s). Page-cache
+# allocations of the measured commands varied 2x with it, so the timed commands of the inplace and mount
+# sections start right after the same warm-up, and they all draw on memory the host still backs.
+warm_memory() {
+  python3 - "$1" <<'PY'
+import sys
+n = int(sys.argv[1]) << 20
+b = bytearray(n)
+b[::4096] = b'\x01' * len(range(0, n, 4096))
+PY
+}
+WARM_MIB=${BENCH_WARM_MIB:-2048}
+
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; } # START END: seconds between
 
 # stop_mount TOOL: stops the mount process $MOUNT_PID the way a user would (restic quits on Ctrl-C, SIGINT;
@@ -379,6 +395,7 @@ mount_session() {
   ready=$(elapsed "$t0" "$(now)")
   [ "$(cat "/proc/$MOUNT_PID/comm")" = "$tool" ] || die "PID $MOUNT_PID is $(cat "/proc/$MOUNT_PID/comm"), not $tool"
 
+  warm_memory "$WARM_MIB"   # anonymous memory only: the page cache stays cold
   case $op in
     read)
       t0=$(now)
@@ -560,20 +577,6 @@ verify_work() {
   fi
 }
 
-# warm_memory MIB: touches MIB MiB of fresh memory and frees it. On this VM (virtio-balloon with free page
-# reporting) memory the guest left free for a few seconds goes back to the host, and the first touch of such a
-# page then costs ~3-10 us instead of ~0.3 (2 GiB took 2.4-5.9 s to touch once, then ~0.3 s). Page-cache
-# allocations of the measured commands varied 2x with it, so every in-place route starts right after the same
-# warm-up, and they all draw on memory the host still backs.
-warm_memory() {
-  python3 - "$1" <<'PY'
-import sys
-n = int(sys.argv[1]) << 20
-b = bytearray(n)
-b[::4096] = b'\x01' * len(range(0, n, 4096))
-PY
-}
-WARM_MIB=${BENCH_WARM_MIB:-2048}
 
 # inplace_timed ROUTE RUN COMMAND...: runs COMMAND under /usr/bin/time, stdout to inplace-ROUTE-RUN.out and
 # stderr to .err; sets T_SECS (wall) and T_KIB (peak RSS). The memory warm-up comes first (warm_memory).
