@@ -167,12 +167,15 @@ struct RestoreCommand: AsyncParsableCommand {
 
       Where to: --target DIR restores under DIR; --in-place (and a mount path \
       without --target) restores to the original absolute location. A mount path \
-      is read from the repository directly, not through the mount.
+      is read from the repository directly, not through the mount, with the \
+      mount's key when it shares it (run as root or as the mount's user): no \
+      password needed.
 
       Existing files are compared first (--overwrite). With the default if-changed \
-      an equal size and mtime means unchanged; otherwise the file is chunked and \
-      hashed, the blobs it still holds are reused from it, and only the others are \
-      fetched from the repository (each pack once). A changed file is built beside \
+      an equal size and mtime means unchanged; otherwise the file is hashed at the \
+      snapshot's blob offsets (and, if its size changed, the rest chunked and \
+      hashed), the blobs it still holds are reused from it, and only the others \
+      are fetched from the repository (each pack once). A changed file is built beside \
       the old one and renamed over it (atomic), or with --inplace patched where it \
       differs. Owner (as root), mode, times and xattrs follow; directories last.
 
