@@ -150,20 +150,17 @@ public final class Restore: Sendable {
           // ext4 writes a file out before a rename over another file returns (auto_da_alloc). For a
           // large copy, have that writeback done alongside: each piece copied is handed to a thread
           // that starts its writeback, while this one copies the next.
+          // One descriptor for the writeback thread per file (not per piece: it may lag far behind).
+          let d = copies.contains { $0.count >= Restore.writebackPiece } ? dup(f) : -1
+          defer { if d >= 0 { writeback.async { Sys.close(d) } } }
           for c in copies {
             var done = 0
             while done < c.count {
               let n = min(c.count - done, Restore.writebackPiece)
               try Sys.copyRange(from: src, at: c.from + Int64(done), to: f, at: c.to + Int64(done), count: n)
-              if n == Restore.writebackPiece {
-                let d = dup(f)
+              if d >= 0 && n == Restore.writebackPiece {
                 let at = c.to + Int64(done)
-                if d >= 0 {
-                  writeback.async {
-                    Sys.startWriteback(d, at: at, count: n)
-                    Sys.close(d)
-                  }
-                }
+                writeback.async { Sys.startWriteback(d, at: at, count: n) }
               }
               done += n
             }
