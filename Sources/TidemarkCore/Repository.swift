@@ -28,6 +28,8 @@ public final class Repository: Sendable {
   public let writeGate = WriteGate()
   public let chunkerTables: ChunkerTables
   public let compression: Compression
+  /// zstd contexts reused across blobs (a fresh one per blob costs a `cpuid` trap in a VM).
+  let decompressors = ZstdDecompressorPool()
 
   init(backend: any Backend, key: MasterKey, keyID: KeyID?, config: Config, compression: Compression) {
     self.backend = backend
@@ -196,7 +198,7 @@ public final class Repository: Sendable {
     var data = plain
     if b.isCompressed {
       do {
-        data = try plain.withUnsafeBytes { try Zstd.decompress($0, expectedSize: Int(b.uncompressedLength)) }
+        data = try plain.withUnsafeBytes { try decompressors.decompress($0, size: Int(b.uncompressedLength)) }
       } catch {
         throw TidemarkError.corrupt(
           "\(b.type.name) blob \(b.id.short) in pack \(pack.short) does not decompress: \(error)")
@@ -228,7 +230,9 @@ public final class Repository: Sendable {
     let size = Int(b.uncompressedLength)
     scratch.resizeReusing(size)
     do {
-      let got = try scratch.withUnsafeMutableBytes { o in try Zstd.decompress(UnsafeRawBufferPointer(plain), into: o) }
+      let got = try scratch.withUnsafeMutableBytes { o in
+        try decompressors.decompress(UnsafeRawBufferPointer(plain), into: o)
+      }
       guard got == size else { throw TidemarkError.corrupt("decompressed \(got) bytes, expected \(size)") }
     } catch {
       throw TidemarkError.corrupt("\(damaged) does not decompress: \(error)")
@@ -251,7 +255,7 @@ public final class Repository: Sendable {
     let data: [UInt8]
     if b.isCompressed {
       do {
-        data = try Zstd.decompress(UnsafeRawBufferPointer(plain), expectedSize: Int(b.uncompressedLength))
+        data = try decompressors.decompress(UnsafeRawBufferPointer(plain), size: Int(b.uncompressedLength))
       } catch {
         throw TidemarkError.corrupt("\(damaged) does not decompress: \(error)")
       }

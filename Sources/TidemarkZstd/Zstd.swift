@@ -98,24 +98,25 @@ public enum Zstd {
   }
 }
 
-/// Reusable compression contexts: creating a ZSTD_CCtx per blob costs an allocation of its whole
-/// workspace. A context is used by one thread at a time: taken from the pool, returned after use.
-public final class ZstdCompressorPool: @unchecked Sendable {
+/// A free list of zstd contexts, each used by one thread at a time: taken, used, put back. Creating one
+/// per call costs an allocation of its workspace and (for decompression) a `cpuid` probe, which in a
+/// virtual machine traps to the hypervisor: that was 8% of the mount's CPU per blob read.
+private final class ContextPool: @unchecked Sendable {
   // Guarded by `lock`; contexts are owned by the pool and freed in deinit.
   private var free: [OpaquePointer] = []
   private let lock = NSLock()
+  private let make: () -> OpaquePointer?
+  private let release: (OpaquePointer) -> Void
 
-  public init() {}
-  deinit { for c in free { ZSTD_freeCCtx(c) } }
+  init(make: @escaping () -> OpaquePointer?, release: @escaping (OpaquePointer) -> Void) {
+    self.make = make
+    self.release = release
+  }
+  deinit { for c in free { release(c) } }
 
-  /// Compresses into `out` (its storage reused when large enough) starting at `offset`, leaving at
-  /// least `tailroom` bytes after the frame; returns the frame's length. `out.count` is then at least
-  /// `offset + ZSTD_compressBound(input.count) + tailroom` (>= the input's size plus both).
-  public func compress(
-    _ input: UnsafeRawBufferPointer, level: Int32, into out: inout [UInt8], at offset: Int, tailroom: Int = 0
-  ) throws -> Int {
+  func with<R>(_ body: (OpaquePointer) throws -> R) throws -> R {
     lock.lock()
-    let ctx = free.popLast() ?? ZSTD_createCCtx()
+    let ctx = free.popLast() ?? make()
     lock.unlock()
     guard let ctx else { throw ZstdError(message: "cannot create context") }
     defer {
@@ -123,6 +124,51 @@ public final class ZstdCompressorPool: @unchecked Sendable {
       free.append(ctx)
       lock.unlock()
     }
+    return try body(ctx)
+  }
+}
+
+/// Reusable decompression contexts (see `ContextPool` for why). Thread-safe.
+public final class ZstdDecompressorPool: Sendable {
+  private let pool = ContextPool(make: { ZSTD_createDCtx() }, release: { ZSTD_freeDCtx($0) })
+
+  public init() {}
+
+  /// Decompresses into `output` (sized by the caller from the index); returns the bytes written.
+  public func decompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
+    let r = try pool.with { ZSTD_decompressDCtx($0, output.baseAddress, output.count, input.baseAddress, input.count) }
+    if ZSTD_isError(r) != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(r))) }
+    return r
+  }
+
+  /// Decompresses a frame whose plaintext is `size` bytes (from the index) into a new array.
+  public func decompress(_ input: UnsafeRawBufferPointer, size: Int) throws -> [UInt8] {
+    var err = 0
+    var got = 0
+    let out = try pool.with { ctx in
+      [UInt8](unsafeUninitializedCapacity: max(size, 1)) { buf, n in
+        let r = ZSTD_decompressDCtx(ctx, buf.baseAddress, size, input.baseAddress, input.count)
+        if ZSTD_isError(r) != 0 { err = r; n = 0 } else { got = r; n = r }
+      }
+    }
+    if err != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(err))) }
+    if got != size { throw ZstdError(message: "decompressed \(got) bytes, expected \(size)") }
+    return out
+  }
+}
+
+/// Reusable compression contexts (see `ContextPool`). Thread-safe.
+public final class ZstdCompressorPool: Sendable {
+  private let pool = ContextPool(make: { ZSTD_createCCtx() }, release: { ZSTD_freeCCtx($0) })
+
+  public init() {}
+
+  /// Compresses into `out` (its storage reused when large enough) starting at `offset`, leaving at
+  /// least `tailroom` bytes after the frame; returns the frame's length. `out.count` is then at least
+  /// `offset + ZSTD_compressBound(input.count) + tailroom` (>= the input's size plus both).
+  public func compress(
+    _ input: UnsafeRawBufferPointer, level: Int32, into out: inout [UInt8], at offset: Int, tailroom: Int = 0
+  ) throws -> Int {
     let bound = ZSTD_compressBound(input.count)
     let need = offset + bound + tailroom
     if out.capacity < need {
@@ -131,8 +177,10 @@ public final class ZstdCompressorPool: @unchecked Sendable {
     } else if out.count < need {
       out.append(contentsOf: repeatElement(0, count: need - out.count))
     }
-    let r = out.withUnsafeMutableBytes { o in
-      ZSTD_compressCCtx(ctx, o.baseAddress! + offset, bound, input.baseAddress, input.count, level)
+    let r = try pool.with { ctx in
+      out.withUnsafeMutableBytes { o in
+        ZSTD_compressCCtx(ctx, o.baseAddress! + offset, bound, input.baseAddress, input.count, level)
+      }
     }
     if ZSTD_isError(r) != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(r))) }
     return r
@@ -142,24 +190,17 @@ public final class ZstdCompressorPool: @unchecked Sendable {
   public func compress(_ input: UnsafeRawBufferPointer, level: Int32, headroom: Int = 0, tailroom: Int = 0)
     throws -> [UInt8]
   {
-    lock.lock()
-    let ctx = free.popLast() ?? ZSTD_createCCtx()
-    lock.unlock()
-    guard let ctx else { throw ZstdError(message: "cannot create context") }
-    defer {
-      lock.lock()
-      free.append(ctx)
-      lock.unlock()
-    }
     let bound = ZSTD_compressBound(input.count)
     var err = 0
-    let out = [UInt8](unsafeUninitializedCapacity: headroom + bound + tailroom) { buf, n in
-      let r = ZSTD_compressCCtx(ctx, buf.baseAddress! + headroom, bound, input.baseAddress, input.count, level)
-      if ZSTD_isError(r) != 0 {
-        err = r
-        n = 0
-      } else {
-        n = headroom + r + tailroom
+    let out = try pool.with { ctx in
+      [UInt8](unsafeUninitializedCapacity: headroom + bound + tailroom) { buf, n in
+        let r = ZSTD_compressCCtx(ctx, buf.baseAddress! + headroom, bound, input.baseAddress, input.count, level)
+        if ZSTD_isError(r) != 0 {
+          err = r
+          n = 0
+        } else {
+          n = headroom + r + tailroom
+        }
       }
     }
     if err != 0 { throw ZstdError(message: String(cString: ZSTD_getErrorName(err))) }
