@@ -14,3 +14,15 @@ extern ssize_t copy_file_range(int fd_in, off_t *off_in, int fd_out, off_t *off_
 // sync_file_range(2) likewise (_GNU_SOURCE); SYNC_FILE_RANGE_WRITE starts writeback without waiting for it.
 extern int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags);
 #define CPOSIX_SYNC_FILE_RANGE_WRITE 2
+// O_DIRECT is _GNU_SOURCE too; glibc's bits define its per-architecture value as __O_DIRECT.
+#define CPOSIX_O_DIRECT __O_DIRECT
+#include <stdint.h>
+#include <sys/syscall.h>
+// cachestat(2) (Linux 6.5, syscall 451 on every architecture): how many pages of a file range are in
+// the page cache, without touching them. Returns -1 (errno ENOSYS on older kernels) on failure.
+static inline long long cposix_cached_pages(int fd, uint64_t off, uint64_t len) {
+  struct { uint64_t off, len; } range = { off, len };
+  struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } cs;
+  if (syscall(451, fd, &range, &cs, 0) != 0) return -1;
+  return (long long)cs.nr_cache;
+}

@@ -7,6 +7,8 @@ import TidemarkSystem
 public struct LocalBackend: Backend {
   public let root: BytePath
   public var location: String { root.description }
+  /// Large loads of uncached pack ranges bypass the page cache (see `DirectReader`).
+  private let direct = DirectReader()
 
   public init(path: BytePath) { root = path }
 
@@ -55,6 +57,7 @@ public struct LocalBackend: Backend {
     -> [UInt8]
   {
     let p = path(h)
+    let direct = self.direct
     return try await Blocking.run(moving: consume buffer) { (out: inout [UInt8]) in
       let fd: Int32
       do {
@@ -69,7 +72,9 @@ public struct LocalBackend: Backend {
         throw TidemarkError.corrupt("\(h) is shorter than expected (\(size) bytes, wanted \(offset)+\(n))")
       }
       out.resizeReusing(n)
-      let got = try out.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(offset)) }
+      let got = try out.withUnsafeMutableBytes { b in
+        try direct.read(fd, into: b, offset: Int64(offset)) ?? Sys.pread(fd, b, offset: Int64(offset))
+      }
       guard got == n else { throw TidemarkError.corrupt("\(h): short read") }
     }.0
   }
