@@ -63,8 +63,12 @@ public final class SnapshotFS: FUSEFilesystem {
     let now = try await repo.loadIndex(skipping: known)
     indexFiles.withLock { $0 = now }
     let snaps = try await repo.listSnapshots().filter(matches)
-    let t = Top.build(snapshots: snaps, options: options, repository: repo.backend.location, time: mountTime)
-    top.withLock { $0 = t }
+    var t = Top.build(snapshots: snaps, options: options, repository: repo.backend.location, time: mountTime)
+    let built = Timestamp.now()
+    top.withLock { old in
+      t.carryTimes(from: old, now: built)
+      old = t
+    }
   }
 
   /// Refreshes every `options.refresh` seconds until cancelled; errors are reported and retried.
@@ -172,6 +176,9 @@ public final class SnapshotFS: FUSEFilesystem {
   /// Reads identify files by inode; the kernel keeps their pages across opens.
   public var statelessOpen: Bool { true }
 
+  /// Listings are made by inode; top directories get a new mtime when their listing changes (`Top.build`).
+  public var statelessDirectories: Bool { true }
+
   /// Used only when the kernel cannot do stateless opens.
   public func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool) {
     let file = try openFile(ino)
@@ -259,6 +266,9 @@ public final class SnapshotFS: FUSEFilesystem {
       out.append(blob[from..<to])
       pos = start + Int64(to)
     }
+    // Blobs this answer reads up to their last byte are done with (see `BlobStore.release`); a blob the
+    // answer starts in but does not finish stays for the next request.
+    blobs.release((first..<first + data.count).lazy.filter { f.ends[$0] <= end }.map { f.content[$0] })
     // Read-ahead: the blobs after this answer, up to `readAhead` bytes, while the caller consumes it.
     let next = first + data.count
     if next < f.content.count {
@@ -329,7 +339,8 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   private func listTree(parent: UInt64, root: UInt64, tree: Tree) -> [FUSEDirEntry] {
-    tree.nodes.map {
+    trees.prefetch(tree.nodes.lazy.compactMap(\.subtree))
+    return tree.nodes.map {
       FUSEDirEntry(
         name: $0.name, ino: SnapshotFS.inode(parent: parent, root: root, node: $0), mode: SnapshotFS.stMode($0))
     }

@@ -63,6 +63,24 @@ struct Top: Sendable {
     return b.top
   }
 
+  /// Directories keep the times they had in `old` while their listing stays the same; one whose listing
+  /// changed (or that is new) gets `now`. The kernel keeps directory listings until the mtime changes
+  /// (`FUSEFilesystem.statelessDirectories`), and `ls -l` shows when snapshots last came or went.
+  mutating func carryTimes(from old: Top, now: Timestamp) {
+    guard !old.entries.isEmpty else { return }  // the first build: the mount's start time
+    let t = (now.seconds, Int64(now.nanoseconds))
+    for (ino, e) in entries {
+      guard case .dir(let children) = e.kind else { continue }
+      if let o = old.entries[ino], case .dir(let before) = o.kind, before == children {
+        entries[ino]!.attributes.mtime = o.attributes.mtime
+      } else {
+        entries[ino]!.attributes.mtime = t
+      }
+      entries[ino]!.attributes.atime = entries[ino]!.attributes.mtime
+      entries[ino]!.attributes.ctime = entries[ino]!.attributes.mtime
+    }
+  }
+
   static func statusJSON(_ repo: String, _ options: MountOptions, _ placed: [(String, Snapshot)]) -> [UInt8] {
     var w = JSONWriter()
     w.raw("{\"tidemark_mount\":1,\"repository\":")
@@ -172,7 +190,9 @@ struct Top: Sendable {
 
     mutating func link(_ path: [[UInt8]], target: [UInt8]) {
       let parent = parents(path)
-      let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last!)
+      // The target is part of the number: the kernel keeps symlink targets (FUSE_CAP_CACHE_SYMLINKS),
+      // so when `latest` moves to a newer snapshot it must become another inode, not the same one.
+      let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last! + [0] + target)
       var a = attributes(ino, mode: 0o120777)
       a.size = Int64(target.count)
       top.entries[ino] = VirtualEntry(kind: .link(target), attributes: a)

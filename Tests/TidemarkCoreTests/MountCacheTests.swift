@@ -28,4 +28,17 @@ import Testing
     c.insert(2, [2], cost: 20)
     #expect(!c.contains(1) && c.contains(2) && c.count == 1 && c.cost == 20)
   }
+
+  /// A removed entry gives its cost back; its old place in the queue is skipped, and it can come back.
+  @Test func removedEntriesFreeTheirCostAndMayReturn() {
+    var c = ClockCache<String, Int>(limit: 3)
+    for k in ["A", "B", "C"] { c.insert(k, 0, cost: 1) }
+    c.remove("A")
+    c.remove("nothing")
+    #expect(!c.contains("A") && c.cost == 2 && c.count == 2)
+    c.insert("D", 4, cost: 1)
+    #expect(c.contains("B") && c.contains("C") && c.contains("D") && c.cost == 3)
+    c.insert("A", 1, cost: 1)
+    #expect(c.get("A") == 1 && c.count == 3 && c.cost == 3 && !c.contains("B"))
+  }
 }

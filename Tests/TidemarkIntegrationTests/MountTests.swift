@@ -112,11 +112,32 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     #expect(status["repository"]?.string == ws.sub("repo"))
     #expect(status["snapshots"]?["ids/\(id1.prefix(8))"]?.string == id1)
 
-    // A new snapshot appears without remounting; a forgotten one disappears.
+    // A new snapshot appears without remounting; a forgotten one disappears. The kernel keeps the
+    // directory listings it has read (no opendir), so the listings and `latest` are checked as well as
+    // lookups: they must change too.
+    let listing = { (dir: String) in Set((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []) }
+    let eventually = { (what: () -> Bool) -> Bool in
+      for _ in 0..<150 {
+        if what() { return true }
+        usleep(100_000)
+      }
+      return false
+    }
+    #expect(listing(mnt + "/ids") == [String(id1.prefix(8))])
+    let latestBefore = try Sys.readlink(BytePath("\(mnt)/snapshots/latest"))
+    usleep(1_100_000)  // the second snapshot's time directory gets a different name
     let b2 = try ws.tidemark(["-r", "repo", "backup", "src", "--host", "dc1"])
     #expect(b2.status == 0)
     let id2 = try #require(snapshotIDs(try ws.tidemark(["-r", "repo", "snapshots", "--json"]).out).last)
     #expect(m.wait(for: "\(mnt)/ids/\(id2.prefix(8))/src/file.txt"), "a new snapshot did not appear")
+    #expect(
+      eventually { listing(mnt + "/ids") == [String(id1.prefix(8)), String(id2.prefix(8))] },
+      "ids/ still lists \(listing(mnt + "/ids"))")
+    #expect(eventually { listing(mnt + "/snapshots").count == 3 }, "snapshots/ lists \(listing(mnt + "/snapshots"))")
+    let latestAfter = try Sys.readlink(BytePath("\(mnt)/snapshots/latest"))
+    #expect(latestAfter != latestBefore, "snapshots/latest still points to \(BytePath.display(latestBefore))")
+    let newest = try JSON.parse(Array(try Data(contentsOf: URL(fileURLWithPath: mnt + "/.tidemark/status.json"))))
+    #expect(newest["snapshots"]?["snapshots/\(BytePath.display(latestAfter))"]?.string == id2)
     // restic's forget wants an exclusive lock, which the mount's shared lock blocks (as with restic's
     // mount); a forget from elsewhere (e.g. a replicated repository) removes the snapshot file.
     let blocked = try ws.restic(["-r", "repo", "forget", id1])
@@ -128,6 +149,7 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
       usleep(100_000)
     }
     #expect(gone, "a forgotten snapshot stayed")
+    #expect(eventually { listing(mnt + "/ids") == [String(id2.prefix(8))] }, "ids/ lists \(listing(mnt + "/ids"))")
 
     // While mounted, a shared lock is held (restic's stale rules apply to it).
     #expect(try FileManager.default.contentsOfDirectory(atPath: ws.sub("repo/locks")).count == 1)
