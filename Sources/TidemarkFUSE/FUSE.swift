@@ -85,16 +85,10 @@ public protocol FUSEFilesystem: Sendable {
   /// contents may stay cached across opens. The kernel is then told not to send opens and releases
   /// at all (two round trips fewer per file).
   var statelessOpen: Bool { get }
-  /// True when directories need no opendir or releasedir either: `readdir` lists by inode. The kernel
-  /// then keeps every listing it has read (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) until the directory's
-  /// mtime changes, so a filesystem that says true gives a directory a new mtime whenever its listing
-  /// changes (the kernel sees it once the attributes time out). Two round trips fewer per directory.
-  var statelessDirectories: Bool { get }
 }
 
 extension FUSEFilesystem {
   public var statelessOpen: Bool { false }
-  public var statelessDirectories: Bool { false }
   public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? { nil }
   public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]? {
     nil
@@ -196,9 +190,6 @@ public final class FUSESession: @unchecked Sendable {
       if context.fs.statelessOpen && conn.pointee.capable & UInt32(FUSE_CAP_NO_OPEN_SUPPORT) != 0 {
         context.noOpen.store(true, ordering: .relaxed)
       }
-      if context.fs.statelessDirectories && conn.pointee.capable & UInt32(FUSE_CAP_NO_OPENDIR_SUPPORT) != 0 {
-        context.noOpendir.store(true, ordering: .relaxed)
-      }
     }
     ops.lookup = { req, parent, name in
       let r = Request(req), n = bytes(name)
@@ -253,14 +244,14 @@ public final class FUSESession: @unchecked Sendable {
     ops.opendir = { req, ino, fi in
       let r = Request(req)
       guard let fi else { return r.fail(EIO) }
-      // ENOSYS: "opendir always succeeds, stop sending it" (FUSE_CAP_NO_OPENDIR_SUPPORT); readdir then
-      // comes with handle 0 and lists by inode.
-      if r.context.noOpendir.load(ordering: .relaxed) { return r.fail(ENOSYS) }
       if r.answered(
         { try $0.readdirNow(ino: ino) },
         { (entries, cacheable) in
           fi.pointee.fh = r.context.openListing(entries)
+          // An unchanging listing stays in the kernel across opens too (keep_cache), so a second `ls`
+          // or walk of the same directory sends no readdir at all.
           fi.pointee.cache_readdir = cacheable ? 1 : 0
+          fi.pointee.keep_cache = cacheable ? 1 : 0
           _ = fuse_reply_open(r.req, fi)
         })
       {
@@ -272,20 +263,19 @@ public final class FUSESession: @unchecked Sendable {
         var i = info.value
         i.fh = r.context.openListing(entries)
         i.cache_readdir = cacheable ? 1 : 0
+        i.keep_cache = cacheable ? 1 : 0
         _ = fuse_reply_open(r.req, &i)
       }
     }
     ops.readdir = { req, ino, size, off, fi in
       let r = Request(req)
-      r.withListing(ino: ino, handle: fi?.pointee.fh ?? 0) {
-        r.replyDir(ino: ino, entries: $0, size: size, offset: Int(off))
-      }
+      let entries = r.context.listing(fi?.pointee.fh ?? 0) ?? []
+      r.replyDir(ino: ino, entries: entries, size: size, offset: Int(off))
     }
     ops.readdirplus = { req, ino, size, off, fi in
       let r = Request(req)
-      r.withListing(ino: ino, handle: fi?.pointee.fh ?? 0) {
-        r.replyDirPlus(ino: ino, entries: $0, size: size, offset: Int(off))
-      }
+      let entries = r.context.listing(fi?.pointee.fh ?? 0) ?? []
+      r.replyDirPlus(ino: ino, entries: entries, size: size, offset: Int(off))
     }
     ops.releasedir = { req, _, fi in
       Request(req).context.closeListing(fi?.pointee.fh ?? 0)
@@ -330,8 +320,6 @@ private final class Context: Sendable {
   let fs: any FUSEFilesystem
   /// The kernel agreed not to send opens (set once, in `init`).
   let noOpen = Atomic<Bool>(false)
-  /// Nor opendirs (set once, in `init`).
-  let noOpendir = Atomic<Bool>(false)
   private let listings = Mutex<(next: UInt64, open: [UInt64: [FUSEDirEntry]])>((1, [:]))
 
   init(fs: any FUSEFilesystem) { self.fs = fs }
@@ -396,16 +384,6 @@ private struct Request: @unchecked Sendable {
   }
 
   /// Runs `body` in a Task; a thrown FUSEError becomes its errno, anything else EIO.
-  /// Passes the entries of directory `ino` to `reply`: those opendir took (`handle`), or, without
-  /// opendir, the filesystem's listing now (at once when it has it, else from a Task).
-  func withListing(ino: UInt64, handle: UInt64, _ reply: @escaping @Sendable ([FUSEDirEntry]) -> Void) {
-    if handle != 0 || !context.noOpendir.load(ordering: .relaxed) {
-      return reply(context.listing(handle) ?? [])
-    }
-    if answered({ try $0.readdirNow(ino: ino) }, { reply($0.entries) }) { return }
-    serve { fs in reply(try await fs.readdir(ino: ino).entries) }
-  }
-
   func serve(_ body: @escaping @Sendable (any FUSEFilesystem) async throws -> Void) {
     let fs = context.fs
     Task {

@@ -44,6 +44,8 @@ public final class SnapshotFS: FUSEFilesystem {
   /// Files being read, by inode: opens are stateless (the kernel sends none), so reads find their
   /// blob list here, made on first use.
   let files = Mutex(ClockCache<UInt64, OpenFile>(limit: 4096))
+  /// Listings of snapshot directories by inode (immutable), bounded by their entry count.
+  let listings = Mutex(ClockCache<UInt64, [FUSEDirEntry]>(limit: 200_000))
   let mountTime = Timestamp.now()
 
   static let rootIno: UInt64 = 1
@@ -175,9 +177,6 @@ public final class SnapshotFS: FUSEFilesystem {
 
   /// Reads identify files by inode; the kernel keeps their pages across opens.
   public var statelessOpen: Bool { true }
-
-  /// Listings are made by inode; top directories get a new mtime when their listing changes (`Top.build`).
-  public var statelessDirectories: Bool { true }
 
   /// Used only when the kernel cannot do stateless opens.
   public func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool) {
@@ -317,6 +316,7 @@ public final class SnapshotFS: FUSEFilesystem {
     switch try directory(ino, child: nil) {
     case .top: return (topListing(ino), false)
     case .tree(let root, let id):
+      if let l = listings.withLock({ $0.get(ino) }) { return (l, true) }
       guard let t = try cachedTree(id) else { return nil }
       return (listTree(parent: ino, root: root, tree: t), true)
     }
@@ -325,7 +325,9 @@ public final class SnapshotFS: FUSEFilesystem {
   public func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool) {
     switch try directory(ino, child: nil) {
     case .top: return (topListing(ino), false)
-    case .tree(let root, let id): return (listTree(parent: ino, root: root, tree: try await loadTree(id)), true)
+    case .tree(let root, let id):
+      if let l = listings.withLock({ $0.get(ino) }) { return (l, true) }
+      return (listTree(parent: ino, root: root, tree: try await loadTree(id)), true)
     }
   }
 
@@ -338,12 +340,16 @@ public final class SnapshotFS: FUSEFilesystem {
     }
   }
 
+  /// Lists a snapshot directory, and keeps the listing (directories are opened again and again: each
+  /// `ls`, each pass of a walker), bounded by entry count.
   private func listTree(parent: UInt64, root: UInt64, tree: Tree) -> [FUSEDirEntry] {
     trees.prefetch(tree.nodes.lazy.compactMap(\.subtree))
-    return tree.nodes.map {
+    let l = tree.nodes.map {
       FUSEDirEntry(
         name: $0.name, ino: SnapshotFS.inode(parent: parent, root: root, node: $0), mode: SnapshotFS.stMode($0))
     }
+    listings.withLock { $0.insert(parent, l, cost: max(1, l.count)) }
+    return l
   }
 
   public func listxattr(ino: UInt64) throws -> [[UInt8]] {

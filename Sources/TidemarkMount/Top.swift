@@ -64,8 +64,8 @@ struct Top: Sendable {
   }
 
   /// Directories keep the times they had in `old` while their listing stays the same; one whose listing
-  /// changed (or that is new) gets `now`. The kernel keeps directory listings until the mtime changes
-  /// (`FUSEFilesystem.statelessDirectories`), and `ls -l` shows when snapshots last came or went.
+  /// changed (or that is new) gets `now`, so `ls -l` shows when snapshots last came or went (and a cache
+  /// that goes by mtime sees the change).
   mutating func carryTimes(from old: Top, now: Timestamp) {
     guard !old.entries.isEmpty else { return }  // the first build: the mount's start time
     let t = (now.seconds, Int64(now.nanoseconds))

@@ -36,7 +36,7 @@ public final class DirectReader: Sendable {
     let flags = fcntl(fd, F_GETFL)
     guard flags >= 0, fcntl(fd, F_SETFL, flags | CPOSIX_O_DIRECT) == 0 else { return nil }
     let buffer = pool.withLock { $0.popLast() } ?? AlignedBuffer(size: Self.piece, alignment: Self.alignment)
-    defer { pool.withLock { if $0.count < 8 { $0.append(buffer) } } }
+    defer { pool.withLock { if $0.count < 4 { $0.append(buffer) } } }
     let a = Int64(Self.alignment)
     let end = offset + Int64(out.count)
     var pos = offset  // next byte to deliver

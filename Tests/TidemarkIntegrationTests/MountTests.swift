@@ -68,6 +68,8 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: true)
     // A file large enough for several blobs, read through mmap below.
     _ = try Tools.sh("head -c 12000000 /dev/urandom > src/big.bin", cwd: ws.path)
+    // A directory listed in many readdir calls (the kernel asks by inode and offset, with no opendir).
+    _ = try Tools.sh("mkdir src/many && cd src/many && seq -w 1 3000 | xargs touch", cwd: ws.path)
     #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
     let b1 = try ws.tidemark(["-r", "repo", "backup", "src", "--tag", "first", "--host", "dc1", "--json"])
     #expect(b1.status == 0, "\(b1.stderr)")
@@ -80,6 +82,8 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     let source = try describeTree(ws.sub("src"))
     let d = differences(source, try describeTree(mnt + "/snapshots/latest/src"), ignoreLinkTargetOf: [])
     #expect(d.isEmpty, "mount differs: \(d.prefix(10))")
+    let many = try FileManager.default.contentsOfDirectory(atPath: mnt + "/snapshots/latest/src/many")
+    #expect(many.count == 3000 && Set(many).count == 3000, "src/many lists \(many.count) names")
 
     // rsync, comparing content by checksum and every attribute it knows, finds nothing to do.
     let rs = try rsyncItemize(from: mnt + "/snapshots/latest/src/", to: ws.sub("src/"))
@@ -112,8 +116,8 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     #expect(status["repository"]?.string == ws.sub("repo"))
     #expect(status["snapshots"]?["ids/\(id1.prefix(8))"]?.string == id1)
 
-    // A new snapshot appears without remounting; a forgotten one disappears. The kernel keeps the
-    // directory listings it has read (no opendir), so the listings and `latest` are checked as well as
+    // A new snapshot appears without remounting; a forgotten one disappears. The kernel caches
+    // listings, attributes and symlink targets, so the listings and `latest` are checked as well as
     // lookups: they must change too.
     let listing = { (dir: String) in Set((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []) }
     let eventually = { (what: () -> Bool) -> Bool in
