@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // tidemark: disaster recovery on restic's repository format (v2).
 // Layers, top to bottom (dependencies point down only):
-//   tidemark (CLI) -> TidemarkOperations, TidemarkMount -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
+//   tidemark (CLI: arguments and output) -> TidemarkDaemon (lifecycle, /metrics) -> TidemarkEngine (cycle, state,
+//   drills, failover) -> TidemarkOperations, TidemarkMount -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
 import PackageDescription
 
 let package = Package(
@@ -9,12 +10,18 @@ let package = Package(
   products: [
     .executable(name: "tidemark", targets: ["tidemark"]),
     .library(name: "TidemarkCore", targets: ["TidemarkCore"]),
+    .library(name: "TidemarkEngine", targets: ["TidemarkEngine"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+    .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
   ],
   targets: [
     // C shims: a module map and a header each, nothing else.
@@ -42,13 +49,34 @@ let package = Package(
       ]),
     .target(
       name: "TidemarkOperations",
-      dependencies: ["TidemarkCore", "TidemarkSystem", .product(name: "Yams", package: "Yams")]),
+      dependencies: ["TidemarkCore", "TidemarkSystem"]),
     .target(name: "TidemarkMount", dependencies: ["TidemarkCore", "TidemarkFUSE", "TidemarkSystem"]),
+    // The replication engine: configuration, state per configuration, the cycle as named steps, hooks, alerts,
+    // database sources, drills, failover rules, schedules. Child processes through swift-subprocess.
+    .target(
+      name: "TidemarkEngine",
+      dependencies: [
+        "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
+        .product(name: "Yams", package: "Yams"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "Subprocess", package: "swift-subprocess"),
+      ]),
+    // The long-running side: the daemon's lifecycle (signals, reload, graceful stop) and its HTTP endpoint.
+    .target(
+      name: "TidemarkDaemon",
+      dependencies: [
+        "TidemarkEngine", "TidemarkCore",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+        .product(name: "Hummingbird", package: "hummingbird"),
+      ]),
     .executableTarget(
       name: "tidemark",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
-        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto",
+        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto", "TidemarkEngine", "TidemarkDaemon",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(
@@ -58,6 +86,11 @@ let package = Package(
         "TidemarkMount",
       ],
       exclude: ["Fixtures"]),
+    .testTarget(
+      name: "TidemarkEngineTests",
+      dependencies: [
+        "TidemarkEngine", "TidemarkDaemon", "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
+      ]),
     .testTarget(
       name: "TidemarkIntegrationTests",
       dependencies: [

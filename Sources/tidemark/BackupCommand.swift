@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSystem
 
 struct Backup: AsyncParsableCommand {

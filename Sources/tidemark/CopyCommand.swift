@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSystem
 
 struct CopyCommand: AsyncParsableCommand {

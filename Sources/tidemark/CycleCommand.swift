@@ -6,6 +6,7 @@ import Synchronization
 import TidemarkBackends
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSystem
 
 #if canImport(FoundationNetworking)

@@ -8,6 +8,7 @@ import Foundation
 import TidemarkBackends
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSystem
 
 /// One drilled source.

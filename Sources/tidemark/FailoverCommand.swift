@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 
 /// This site's repository and configuration, and what its targets (the other sites) say about themselves.
 struct SiteContext {

@@ -2,6 +2,7 @@
 import ArgumentParser
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 
 struct FindCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

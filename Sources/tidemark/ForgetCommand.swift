@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 
 struct Forget: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

@@ -5,6 +5,7 @@ import Foundation
 import TidemarkBackends
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSSH
 import TidemarkSystem
 

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 
 struct ReplicateCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

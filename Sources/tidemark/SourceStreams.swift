@@ -3,6 +3,7 @@
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 import TidemarkSystem
 
 /// A source that could not even start (a tool missing, a copy that failed): the cycle reports it and goes on.

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkOperations
+import TidemarkEngine
 
 extension StatusCommand {
   /// The repository `status` reads directly: -r/--repo, or TIDEMARK_REPOSITORY/RESTIC_REPOSITORY when no engine

@@ -3,7 +3,7 @@
 import Foundation
 import Testing
 import TidemarkCore
-import TidemarkOperations
+import TidemarkEngine
 
 @Suite struct EngineConfigTests {
   static let example = """

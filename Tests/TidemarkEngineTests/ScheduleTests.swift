@@ -1,7 +1,7 @@
 // Drill schedules: names, durations and cron expressions (local time), and when a drill is due.
 import Foundation
 import Testing
-import TidemarkOperations
+import TidemarkEngine
 
 @Suite struct DrillScheduleTests {
   @Test func namesAndDurations() {

@@ -2,6 +2,7 @@
 // and every bad value is an error that names the file, the line and the key, with what would be accepted.
 import Foundation
 import TidemarkCore
+import TidemarkOperations
 internal import Yams
 
 typealias YAMLNode = Yams.Node
