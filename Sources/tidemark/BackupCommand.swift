@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSystem
 
 struct Backup: AsyncParsableCommand {

@@ -2,8 +2,8 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSystem
 
 struct Init: AsyncParsableCommand {

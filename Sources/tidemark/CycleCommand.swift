@@ -5,8 +5,8 @@ import Foundation
 import Synchronization
 import TidemarkBackends
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSystem
 
 #if canImport(FoundationNetworking)

@@ -1,8 +1,8 @@
 // `tidemark diff`: what changed from one snapshot to another, in restic's format.
 import ArgumentParser
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 struct DiffCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

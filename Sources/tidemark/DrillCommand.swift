@@ -7,8 +7,8 @@ import ArgumentParser
 import Foundation
 import TidemarkBackends
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSystem
 
 /// One drilled source.

@@ -3,8 +3,8 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 /// This site's repository and configuration, and what its targets (the other sites) say about themselves.
 struct SiteContext {

@@ -1,8 +1,8 @@
 // `tidemark find`: files and directories by name pattern, or the places that use given blobs, trees or packs.
 import ArgumentParser
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 struct FindCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

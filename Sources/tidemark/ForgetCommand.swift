@@ -4,8 +4,8 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 struct Forget: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

@@ -4,8 +4,8 @@ import Dispatch
 import Foundation
 import TidemarkBackends
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSSH
 import TidemarkSystem
 

@@ -2,8 +2,8 @@
 // file in a snapshot of its own, read from a file descriptor as `backup --stdin` reads standard input.
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 import TidemarkSystem
 
 /// A source that could not even start (a tool missing, a copy that failed): the cycle reports it and goes on.

@@ -1,8 +1,8 @@
 // `tidemark stats`: restic's counting modes over the chosen snapshots.
 import ArgumentParser
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 struct StatsCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(

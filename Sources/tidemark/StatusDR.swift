@@ -2,8 +2,8 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
-import TidemarkOperations
 import TidemarkEngine
+import TidemarkOperations
 
 extension StatusCommand {
   /// The repository `status` reads directly: -r/--repo, or TIDEMARK_REPOSITORY/RESTIC_REPOSITORY when no engine
