@@ -2,21 +2,20 @@
 // file in a snapshot of its own, read from a file descriptor as `backup --stdin` reads standard input.
 import Foundation
 import TidemarkCore
-import TidemarkEngine
 import TidemarkOperations
 import TidemarkSystem
 
 /// A source that could not even start (a tool missing, a copy that failed): the cycle reports it and goes on.
-struct SourceFailure: Error {
-  var message: String
+public struct SourceFailure: Error {
+  public var message: String
 }
 
 /// One stream-like source being read. `fd` is what the backup reads; after the backup, `finish()` says whether the
 /// source produced all of its data (a dump that failed half-way must not be kept).
-final class SourceStream {
-  let fd: Int32
+public final class SourceStream {
+  public let fd: Int32
   /// How the source is named in messages: `postgres app`, `source command \`…\``.
-  let what: String
+  public let what: String
   private let process: Process?
   private let pipe: Pipe?
   private let errFile: String?
@@ -46,13 +45,13 @@ final class SourceStream {
 
   /// Removes what an earlier cycle that died left in `tmp` (copies, stderr files). Only under the cycle lock: the
   /// directory is the cycles' own.
-  static func clean(tmp: String) {
+  public static func clean(tmp: String) {
     guard let names = try? FileManager.default.contentsOfDirectory(atPath: tmp) else { return }
     for n in names { unlink(tmp + "/" + n) }
   }
 
   /// Starts the source. `tmp` is a private directory (0700) in the state directory, for copies and stderr.
-  static func start(_ kind: EngineConfig.SourceKind, tmp: String) throws -> SourceStream {
+  public static func start(_ kind: EngineConfig.SourceKind, tmp: String) throws -> SourceStream {
     try Sys.mkdirAll(BytePath(tmp), 0o700)
     _ = chmod(tmp, 0o700)
     switch kind {
@@ -82,7 +81,7 @@ final class SourceStream {
   }
 
   /// After the backup has read `fd` to its end: nil when the source is complete, else what went wrong.
-  func finish() -> String? {
+  public func finish() -> String? {
     defer { closeFD() }
     guard let process else { return nil }
     process.waitUntilExit()
@@ -98,7 +97,7 @@ final class SourceStream {
   }
 
   /// The backup failed: stop the producer.
-  func cancel() {
+  public func cancel() {
     if let process, process.isRunning {
       process.terminate()
       process.waitUntilExit()
