@@ -15,11 +15,21 @@ public final class RepositoryLock: Sendable {
   /// With `overlap`: the second look for conflicting locks, running while the caller works
   /// (nil: confirmed before `acquire` returned). Its result is nil when the lock is confirmed.
   private let confirmation: Mutex<Task<Error?, Never>?> = Mutex(nil)
+  /// The command's set of held locks this lock belongs to (see `HeldLocks`).
+  private let held: HeldLocks?
 
   private init(repository: Repository, exclusive: Bool, name: String) {
     self.repository = repository
     self.exclusive = exclusive
     self.current = Mutex(name)
+    self.held = HeldLocks.current
+    held?.add(self)
+  }
+
+  /// Removes a lock file even when the calling task is cancelled (an interrupt must still clean up): the removal
+  /// runs in a task of its own, which does not inherit the cancellation.
+  static func removeFile(_ repo: Repository, _ name: String) async {
+    await Task { try? await repo.backend.remove(Handle(.lock, name)) }.value
   }
 
   public static func info(exclusive: Bool) -> LockInfo {
@@ -91,8 +101,9 @@ public final class RepositoryLock: Sendable {
       let pause = ContinuousClock.now + .milliseconds(100)
       do {
         try await meanwhile()
+        try Task.checkCancellation()
       } catch {
-        try? await repo.backend.remove(Handle(.lock, name))
+        await removeFile(repo, name)
         throw error
       }
       if overlap && retry == .zero {
@@ -100,9 +111,16 @@ public final class RepositoryLock: Sendable {
         lock.confirmInBackground(until: pause)
         return lock
       }
-      try await Task.sleep(until: pause)
-      if let c = try await conflict(repo, exclusive: exclusive, ignoring: name) {
-        try? await repo.backend.remove(Handle(.lock, name))
+      let found: LockInfo?
+      do {
+        try await Task.sleep(until: pause)
+        found = try await conflict(repo, exclusive: exclusive, ignoring: name)
+      } catch {
+        await removeFile(repo, name)
+        throw error
+      }
+      if let c = found {
+        await removeFile(repo, name)
         if ContinuousClock.now + delay > deadline { throw lockedError(c, repo) }
         try await Task.sleep(for: delay)
         continue
@@ -171,7 +189,7 @@ public final class RepositoryLock: Sendable {
         defer { c = nil }
         return c
       }) {
-        try? await repo.backend.remove(Handle(.lock, name))
+        await RepositoryLock.removeFile(repo, name)
       }
       repo.writeGate.finish(failing: failure)
       return failure
@@ -221,7 +239,8 @@ public final class RepositoryLock: Sendable {
       c = nil
       return o
     }
-    if let name { try? await repository.backend.remove(Handle(.lock, name)) }
+    if let name { await RepositoryLock.removeFile(repository, name) }
+    held?.remove(self)
   }
 
   /// Removes the locks of processes on this host that are gone (stale by restic's second rule, with no doubt
@@ -250,6 +269,29 @@ public final class RepositoryLock: Sendable {
       }
     }
     return n
+  }
+}
+
+/// The locks a command holds, whichever step took them (backup, the replica sync, retention, prune), so that an
+/// interrupt can release every one of them: a command's lifecycle sets `HeldLocks.current` for its task tree
+/// (a task local, inherited by child and unstructured tasks) and, when the work does not end soon enough after
+/// cancellation, calls `releaseAll()` before exiting.
+public final class HeldLocks: Sendable {
+  @TaskLocal public static var current: HeldLocks?
+  private let locks = Mutex<[ObjectIdentifier: RepositoryLock]>([:])
+
+  public init() {}
+
+  func add(_ l: RepositoryLock) { locks.withLock { $0[ObjectIdentifier(l)] = l } }
+  func remove(_ l: RepositoryLock) { _ = locks.withLock { $0.removeValue(forKey: ObjectIdentifier(l)) } }
+
+  /// How many locks are held now.
+  public var count: Int { locks.withLock { $0.count } }
+
+  /// Releases every lock still held (their files are removed).
+  public func releaseAll() async {
+    let all = locks.withLock { Array($0.values) }
+    for l in all { await l.release() }
   }
 }
 

@@ -162,7 +162,21 @@ public struct EngineConfig: Sendable {
     public var checkBudget = 0
   }
 
+  /// `prune:`: how often the cycle prunes the DC and every target (after retention), and how much it may leave
+  /// unused or repack. Index files are consolidated at every cycle once more than `maxIndexFiles` accumulate.
+  public struct Prune: Sendable, Equatable {
+    public var schedule: DrillSchedule? = .every(seconds: 86400)
+    /// restic's --max-unused: `5%`, a size, or `unlimited`; as written.
+    public var maxUnused = "5%"
+    /// restic's --max-repack-size; nil: no limit.
+    public var maxRepackSize: Int? = nil
+    public var maxIndexFiles = 32
+  }
+
   public var file: String
+  /// `state-dir:` (see StateDirectory); nil: derived from the file's name.
+  public var stateDir: String?
+  public var prune = Prune()
   public var host: String?
   public var repository: String
   public var passwordFile: String?
@@ -203,7 +217,7 @@ public struct EngineConfig: Sendable {
     var c = EngineConfig(file: file, repository: "")
     let keys = [
       "host", "repository", "password-file", "interval", "sources", "hooks", "targets", "retention", "metrics",
-      "alerts", "drill",
+      "alerts", "drill", "state-dir", "prune",
     ]
     var sawRepository = false
     for (k, v) in top {
@@ -224,6 +238,13 @@ public struct EngineConfig: Sendable {
       case "metrics": c.metrics = try p.metrics(v, key)
       case "alerts": c.alerts = try p.alerts(v, key)
       case "drill": c.drill = try p.drill(v, key)
+      case "state-dir":
+        let d = try p.string(v, key)
+        guard d.hasPrefix("/") else {
+          throw p.fail(v, key, "expected an absolute path, got \(d)", hint: "e.g. /var/lib/tidemark/dr")
+        }
+        c.stateDir = d
+      case "prune": c.prune = try p.prune(v, key)
       default: break
       }
     }
@@ -522,6 +543,48 @@ public struct EngineConfig: Sendable {
         }
       }
       return m
+    }
+
+    func prune(_ n: YAMLNode, _ key: String) throws -> Prune {
+      var r = Prune()
+      if case .scalar = n, n.string == "off" || n.string == "false" {
+        r.schedule = nil
+        return r
+      }
+      for (k, v) in try mapping(n, key) {
+        switch try self.key(k, in: key, allowed: ["schedule", "max-unused", "max-repack-size", "max-index-files"]) {
+        case "schedule":
+          let s = try string(v, key + ".schedule")
+          if s == "off" || s == "never" {
+            r.schedule = nil
+          } else {
+            guard let sched = DrillSchedule(s) else {
+              throw fail(
+                v, key + ".schedule", "invalid schedule \(s)",
+                hint: "hourly, daily, weekly, a duration (12h), a cron expression (\"30 3 * * 0\") or off")
+            }
+            r.schedule = sched
+          }
+        case "max-unused":
+          let s = try string(v, key + ".max-unused")
+          guard (try? PruneOptions.parseMaxUnused(s)) != nil else {
+            throw fail(v, key + ".max-unused", "invalid value \(s)", hint: "e.g. 5%, 1G or unlimited")
+          }
+          r.maxUnused = s
+        case "max-repack-size":
+          let s = try string(v, key + ".max-repack-size")
+          guard let b = try? PruneOptions.parseSize(s, what: key + ".max-repack-size"), b > 0 else {
+            throw fail(v, key + ".max-repack-size", "invalid size \(s)", hint: "e.g. 2G or 500M")
+          }
+          r.maxRepackSize = b
+        case "max-index-files":
+          let m = try int(v, key + ".max-index-files")
+          guard m >= 2 else { throw fail(v, key + ".max-index-files", "expected 2 or more, got \(m)") }
+          r.maxIndexFiles = m
+        default: break
+        }
+      }
+      return r
     }
 
     func drill(_ n: YAMLNode, _ key: String) throws -> Drill {

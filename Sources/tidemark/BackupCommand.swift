@@ -252,44 +252,11 @@ struct RestoreCommand: AsyncParsableCommand {
     let (stats, where_) = try await global.withLock(
       repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
     ) {
-      // The tree to restore, and (for a file) which of its entries.
-      var tree = snap.tree
-      var only: [UInt8]? = nil
-      var rootNode: Node? = nil
-      // A relative backup (`backup data`) stores `data` at the top: accept its absolute path too.
-      if fromMount == nil, let first = sub.first, try await repo.loadTree(tree).node(named: first) == nil {
-        let top = try await repo.loadTree(tree)
-        if let j = sub.indices.first(where: { top.node(named: sub[$0]) != nil }),
-          snap.paths.contains(where: { BytePath($0).components == Array(sub[...j]) })
-        {
-          sub = Array(sub[j...])
-        }
-      }
-      for (k, comp) in sub.enumerated() {
-        let t = try await repo.loadTree(tree)
-        guard let n = t.node(named: comp) else {
-          throw TidemarkError(
-            .notFound, "no \(BytePath.display(RestoreCommand.joined(sub))) in snapshot \(snap.id!.short)")
-        }
-        if let s = n.subtree, n.type == .dir {
-          tree = s
-          rootNode = n
-        } else if k == sub.count - 1 {
-          only = comp
-        } else {
-          throw TidemarkError(
-            .notFound, "\(BytePath.display(RestoreCommand.joined(Array(sub[...k])))) is not a directory in the snapshot"
-          )
-        }
-      }
-      let dirComps = only == nil ? sub : Array(sub.dropLast())
-      let dest: BytePath
-      if let target {
-        dest = BytePath(target).absolute()
-      } else {
-        dest = RestoreCommand.originalLocation(dirComps, snap.paths)
-      }
-      if delete && dest.bytes == [47] && only == nil {
+      let sel = try await RestoreSelection.resolve(
+        repo, snap, path: sub, acceptAbsoluteForRelative: fromMount == nil,
+        target: target.map { BytePath($0).absolute() })
+      let dest = sel.destination
+      if delete && dest.bytes == [47] && sel.only == nil {
         throw TidemarkError(
           .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
           hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead")
@@ -303,8 +270,8 @@ struct RestoreCommand: AsyncParsableCommand {
       opts.verify = verify
       opts.sparse = sparse
       opts.inplace = inplace
-      opts.only = only
-      opts.rootNode = only == nil ? rootNode : nil
+      opts.only = sel.only
+      opts.rootNode = sel.rootNode
       if list && !quiet {
         opts.itemize = { c in
           let path = BytePath.display(c.path)
@@ -320,10 +287,10 @@ struct RestoreCommand: AsyncParsableCommand {
       }
       if !quiet && !json {
         Out.err(
-          "\(dryRun ? "would restore" : "restoring") <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)>\(sub.isEmpty ? "" : ":" + BytePath.display(RestoreCommand.joined(sub))) to \(dest)"
+          "\(dryRun ? "would restore" : "restoring") <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)>\(sel.path.isEmpty ? "" : ":" + BytePath.display(RestoreSelection.joined(sel.path))) to \(dest)"
         )
       }
-      return (try await Restore(repository: repo, options: opts).run(tree: tree), dest)
+      return (try await Restore(repository: repo, options: opts).run(tree: sel.tree), dest)
     }
     let d = ContinuousClock.now - start
     let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
@@ -345,32 +312,8 @@ struct RestoreCommand: AsyncParsableCommand {
         hint: "run `tidemark check --read-data` if the repository may be damaged")
     }
   }
-
-  static func joined(_ comps: [[UInt8]]) -> [UInt8] {
-    var out: [UInt8] = []
-    for c in comps { out += [47] + c }
-    return out
-  }
-
-  /// Where the tree path `comps` of a snapshot came from. Absolute backup paths are stored with all
-  /// their components; relative ones (`backup data`) with the components given, so the stored path is
-  /// a suffix of the recorded absolute path: find the snapshot path that explains `comps`.
-  static func originalLocation(_ comps: [[UInt8]], _ paths: [String]) -> BytePath {
-    for p in paths {
-      let c = BytePath(p).components
-      for j in 0..<max(1, c.count) where j < c.count {
-        let stored = Array(c[j...])
-        let n = min(stored.count, comps.count)
-        if n > 0 && Array(stored[0..<n]) == Array(comps[0..<n]) {
-          return BytePath(bytes: joined(Array(c[0..<j]) + comps).isEmpty ? [47] : joined(Array(c[0..<j]) + comps))
-        }
-      }
-    }
-    return BytePath(bytes: comps.isEmpty ? [47] : joined(comps))
-  }
 }
 
-/// A path inside a `tidemark mount`, mapped back through the mount's `.tidemark/status.json`.
 enum MountPath {
   struct Resolved {
     var repository: String
@@ -473,7 +416,7 @@ struct KeyCommand: AsyncParsableCommand {
   static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
     let kf = try KeyFile.create(
       master: repo.key, password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname,
-      params: GlobalOptions.keyDerivationParams)
+      params: KeyDerivation.params)
     let json = kf.json
     let id = RawID.hash(json).hex
     try await repo.backend.save(Handle(.key, id), data: json)

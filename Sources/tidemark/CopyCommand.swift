@@ -50,11 +50,6 @@ struct CopyCommand: AsyncParsableCommand {
     let locks = try await RepositoryLock.acquireAll(requests, retry: try global.lockRetry, overlap: true)
     let destinationLock = locks[0]
     let sourceLock = locks.count > 1 ? locks[1] : nil
-    let signals = SignalGuard {
-      await destinationLock.release()
-      await sourceLock?.release()
-    }
-    defer { signals.cancel() }
     func release() async {
       await destinationLock.release()
       await sourceLock?.release()

@@ -3,11 +3,13 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkCrypto
+import TidemarkDaemon
+import TidemarkEngine
 import TidemarkSystem
 
 @main
 struct Tidemark: AsyncParsableCommand {
-  static let version = "0.1.0"
+  static let version = TidemarkVersion.string
 
   static let configuration = CommandConfiguration(
     commandName: "tidemark",
@@ -41,8 +43,18 @@ struct Tidemark: AsyncParsableCommand {
     if ProcessInfo.processInfo.environment["TIDEMARK_NO_MALLOC_TUNING"] == nil { Sys.tuneMalloc() }
     do {
       var command = try parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
-      if var c = command as? AsyncParsableCommand {
-        try await c.run()
+      if let c = command as? AsyncParsableCommand {
+        // The daemon and the mount handle their own signals; every other command is cancelled by one and
+        // releases its locks (exit code 130).
+        if c is DaemonCommand || c is MountCommand {
+          var c = c
+          try await c.run()
+        } else {
+          let box = CommandBox(c)
+          try await Interruptible.run(notice: { Out.errRaw("\nsignal received, cleaning up\n") }) {
+            try await box.run()
+          }
+        }
       } else {
         try command.run()
       }
@@ -108,6 +120,13 @@ struct Tidemark: AsyncParsableCommand {
       return 1
     }
   }
+}
+
+/// Hands a parsed command to the interruptible task that runs it (commands are parsed values, run once).
+final class CommandBox: @unchecked Sendable {
+  private var command: AsyncParsableCommand
+  init(_ c: AsyncParsableCommand) { command = c }
+  func run() async throws { try await command.run() }
 }
 
 enum ExitCodes {

@@ -2,97 +2,19 @@
 // live in each site's repository (see TidemarkOperations/Site.swift); the replication cycle checks them.
 import ArgumentParser
 import Foundation
+import Logging
 import TidemarkCore
 import TidemarkEngine
 import TidemarkOperations
 
-/// This site's repository and configuration, and what its targets (the other sites) say about themselves.
-struct SiteContext {
-  let global: GlobalOptions
-  let config: EngineConfig
-  let repo: Repository
-  let own: SiteState
-
-  struct Peer: Sendable {
-    var name: String
-    var location: String
-    var state: SiteState?
-    var error: String?
-    var snapshots: Set<String>?
-  }
-
-  static func open(_ global: GlobalOptions, for what: String) async throws -> SiteContext {
-    guard let config = try global.engineConfig() else {
+extension GlobalOptions {
+  /// This site's repository, configuration and role, for failover, promote and demote.
+  func site(for what: String) async throws -> SiteContext {
+    guard let config = try engineConfig() else {
       throw TidemarkError(
         .usage, "\(what) needs this site's configuration", hint: "pass --config FILE (or set TIDEMARK_CONFIG)")
     }
-    let repo = try await global.open()
-    return SiteContext(global: global, config: config, repo: repo, own: try await Site.load(repo))
-  }
-
-  /// Every target's role (in parallel); an unreachable target has an error instead. `snapshots`: also list the
-  /// snapshot files each target holds.
-  func peers(snapshots: Bool = false) async -> [Peer] {
-    let cycle = Cycle(global: global, config: config)
-    let key = repo.key
-    return await withTaskGroup(of: (Int, Peer).self) { g in
-      for (i, t) in config.targets.enumerated() {
-        g.addTask {
-          var p = Peer(name: t.name, location: t.repository)
-          do {
-            let b = try cycle.targetBackend(t)
-            p.state = try await Site.load(b, key: key)
-            if snapshots { p.snapshots = Set(try await b.list(.snapshot).map(\.name)) }
-          } catch {
-            p.error = "\(error)"
-          }
-          return (i, p)
-        }
-      }
-      var out: [(Int, Peer)] = []
-      for await r in g { out.append(r) }
-      return out.sorted { $0.0 < $1.0 }.map(\.1)
-    }
-  }
-
-  /// The newest snapshot of this configuration's path sources (optionally of one host), or `ref`.
-  func snapshotToRestore(_ ref: String?, host: String?) async throws -> Snapshot? {
-    if let ref { return try await repo.findSnapshot(ref, host: host) }
-    let paths = config.sourcePaths
-    guard !paths.isEmpty else { return nil }
-    let want = Set(paths)
-    let all = try await repo.listSnapshots().filter { s in
-      Set(s.paths) == want && (host == nil || s.hostname == host)
-    }
-    guard let newest = all.max(by: { $0.time < $1.time }) else {
-      throw TidemarkError(
-        .notFound,
-        "no snapshot of \(paths.joined(separator: " "))\(host.map { " from host \($0)" } ?? "") in \(repo.backend.location)",
-        hint: "name one with --snapshot ID (`tidemark snapshots` lists them)")
-    }
-    return newest
-  }
-
-  /// Restores each source path of `snap` to where it was (in place), like `tidemark restore ID:PATH --in-place`.
-  func restoreInPlace(_ snap: Snapshot, delete: Bool, dryRun: Bool) async throws {
-    let paths = config.sourcePaths.isEmpty ? snap.paths : config.sourcePaths
-    for p in paths {
-      var r = try RestoreCommand.parse(["\(snap.id!.hex):\(p)", "--in-place"])
-      r.global = global
-      r.delete = delete
-      r.dryRun = dryRun
-      try await r.run()
-    }
-  }
-}
-
-extension EngineConfig {
-  /// The `path` sources, in order.
-  var sourcePaths: [String] {
-    sources.compactMap { s in
-      if case .path(let p, _) = s.kind { return p }
-      return nil
-    }
+    return try await SiteContext.open(try cycle(config, logger: EngineLog.console(quiet: quiet)))
   }
 }
 
@@ -124,25 +46,13 @@ struct FailoverCommand: AsyncParsableCommand {
   @Flag(help: "Fail over even when a target is reachable and not a standby.") var force = false
 
   func run() async throws {
-    let site = try await SiteContext.open(global, for: "failover")
+    let site = try await global.site(for: "failover")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
     let peers = await site.peers()
-    for p in peers {
-      if let e = p.error {
-        say("target \(p.name): unreachable (\(e))")
-      } else if let s = p.state, s.role != .standby, !force {
-        throw TidemarkError(
-          .general,
-          "target \(p.name) (\(p.location)) is reachable and \(s.role == nil ? "has no standby role" : s.summary): the primary may still be running",
-          hint:
-            "for a planned switch run `tidemark demote` there and `tidemark promote` here; if that site is lost for good, pass --force"
-        )
-      }
-    }
+    for p in peers { if let e = p.error { say("target \(p.name): unreachable (\(e))") } }
+    if !force, let refusal = site.failoverRefusal(peers: peers) { throw refusal }
     let snap = noRestore ? nil : try await site.snapshotToRestore(snapshot, host: host)
-    let maxEpoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()!
-    let already = site.own.role == .primary && site.own.current?.reason == "failover" && site.own.epoch >= maxEpoch
-    let epoch = already ? site.own.epoch : maxEpoch + 1
+    let (epoch, already) = site.failoverEpoch(peers: peers)
     if dryRun {
       say(already ? "already primary at epoch \(epoch)" : "would record: primary at epoch \(epoch)")
     } else if already {
@@ -152,7 +62,7 @@ struct FailoverCommand: AsyncParsableCommand {
       say("this site is now the primary at epoch \(epoch)")
     }
     if let snap {
-      try await site.restoreInPlace(snap, delete: delete, dryRun: dryRun)
+      _ = try await site.restoreInPlace(snap, delete: delete, dryRun: dryRun)
     }
     if global.json {
       Out.line(
@@ -185,36 +95,19 @@ struct PromoteCommand: AsyncParsableCommand {
   @Flag(help: "Promote even when a target is unreachable, still primary, or ahead.") var force = false
 
   func run() async throws {
-    let site = try await SiteContext.open(global, for: "promote")
+    let site = try await global.site(for: "promote")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
     if site.own.role == .primary {
       say("this site is already the \(site.own.summary)")
     } else {
       let peers = await site.peers(snapshots: true)
-      let mine = Set(try await site.repo.backend.list(.snapshot).map(\.name))
-      for p in peers where !force {
-        if let e = p.error {
-          throw TidemarkError(
-            .general, "cannot read the role of target \(p.name): \(e)",
-            hint: "if that site is lost, use `tidemark failover`; otherwise pass --force")
-        }
-        if let s = p.state, s.role != .standby {
-          throw TidemarkError(
-            .general, "target \(p.name) is \(s.role == nil ? "not a standby (no role recorded)" : s.summary)",
-            hint: "run a last cycle and `tidemark demote` there first")
-        }
-        if let theirs = p.snapshots, case let missing = theirs.subtracting(mine), !missing.isEmpty {
-          throw TidemarkError(
-            .general, "target \(p.name) holds \(missing.count) snapshots this repository lacks",
-            hint: "run a last cycle there (`tidemark replicate --once`) before promoting this site, or pass --force")
-        }
-      }
-      let epoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()! + 1
+      if !force, let refusal = try await site.promoteRefusal(peers: peers) { throw refusal }
+      let epoch = site.promoteEpoch(peers: peers)
       try await Site.record(site.repo, role: .primary, epoch: epoch, reason: "promote")
       say("this site is now the primary at epoch \(epoch)")
     }
     if restore, let snap = try await site.snapshotToRestore(nil, host: nil) {
-      try await site.restoreInPlace(snap, delete: delete, dryRun: false)
+      _ = try await site.restoreInPlace(snap, delete: delete, dryRun: false)
     }
   }
 }
@@ -232,14 +125,14 @@ struct DemoteCommand: AsyncParsableCommand {
   @OptionGroup var global: GlobalOptions
 
   func run() async throws {
-    let site = try await SiteContext.open(global, for: "demote")
+    let site = try await global.site(for: "demote")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
     if site.own.role == .standby {
       say("this site is already a \(site.own.summary)")
       return
     }
     let peers = await site.peers()
-    let epoch = ([site.own.epoch] + peers.compactMap { $0.state?.epoch }).max()!
+    let epoch = site.demoteEpoch(peers: peers)
     try await Site.record(site.repo, role: .standby, epoch: epoch, reason: "demote")
     say(
       "this site is now a standby at epoch \(epoch): the primary's cycles replicate into \(site.repo.backend.location)")
@@ -261,7 +154,9 @@ struct RoleCommand: AsyncParsableCommand {
     let own = try await Site.load(repo)
     var peers: [SiteContext.Peer] = []
     if let config = try global.engineConfig(), global.repo == nil {
-      peers = await SiteContext(global: global, config: config, repo: repo, own: own).peers()
+      peers = await SiteContext(
+        cycle: try global.cycle(config, logger: EngineLog.console(quiet: global.quiet)), repo: repo, own: own
+      ).peers()
     }
     func json(_ s: SiteState?) -> String {
       guard let s else { return "null" }

@@ -58,12 +58,7 @@ struct GlobalOptions: ParsableArguments {
       valueName: "key=value"))
   var option: [String] = []
 
-  static func env(_ name: String) -> String? {
-    let e = ProcessInfo.processInfo.environment
-    if let v = e["TIDEMARK_" + name], !v.isEmpty { return v }
-    if let v = e["RESTIC_" + name], !v.isEmpty { return v }
-    return nil
-  }
+  static func env(_ name: String) -> String? { PasswordSource.env(name) }
 
   /// The engine configuration named by --config or TIDEMARK_CONFIG, if any.
   func engineConfig() throws -> EngineConfig? {
@@ -81,49 +76,20 @@ struct GlobalOptions: ParsableArguments {
     return r
   }
 
-  static func backend(for location: String, options: [String] = []) throws -> any Backend {
-    var loc = location
-    if loc.hasPrefix("local:") { loc.removeFirst(6) }
-    var opts: [String: String] = [:]
-    for o in options {
-      guard let eq = o.firstIndex(of: "=") else {
-        throw TidemarkError(.usage, "option \(o) needs a value", hint: "write -o key=value, e.g. -o sftp.port=2222")
-      }
-      opts[String(o[..<eq])] = String(o[o.index(after: eq)...])
-    }
-    if loc.hasPrefix("sftp:") { return try sftpBackend(loc, opts) }
-    if loc.hasPrefix("s3:") { return try s3Backend(loc, opts) }
-    for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") {
-      throw TidemarkError(.usage, "option \(key) does not apply to \(loc)")
-    }
-    for scheme in ["rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
-      throw TidemarkError(
-        .usage, "repository type \(scheme.dropLast()) is not supported by this tidemark build",
-        hint: "use a local directory (path or local:/path), sftp:user@host:/path or s3:https://host/bucket")
-    }
-    guard !loc.isEmpty else { throw TidemarkError(.usage, "empty repository path") }
-    return LocalBackend(path: BytePath(loc).absolute())
-  }
-
   func backend() throws -> any Backend { try backend(at: repositoryLocation(), options: option) }
 
   /// The backend for `location` with `options`, behind the bandwidth limits (--limit-upload/--limit-download).
   func backend(at location: String, options: [String]) throws -> any Backend {
-    let b = try GlobalOptions.backend(for: location, options: options)
-    let up = try limitUpload ?? GlobalOptions.env("LIMIT_UPLOAD").map(GlobalOptions.kibPerSecond)
-    let down = try limitDownload ?? GlobalOptions.env("LIMIT_DOWNLOAD").map(GlobalOptions.kibPerSecond)
-    if (up ?? 0) < 0 || (down ?? 0) < 0 { throw TidemarkError(.usage, "bandwidth limits are KiB/s, 0 or more") }
-    guard (up ?? 0) > 0 || (down ?? 0) > 0 else { return b }
-    return RateLimitedBackend(b, uploadKiB: up, downloadKiB: down)
+    try BackendLocation.open(
+      location, options: options, uploadKiB: try uploadLimit, downloadKiB: try downloadLimit,
+      warn: { Out.err("tidemark: \($0)") })
   }
 
-  /// scrypt parameters for new key files: restic's, or cheaper ones for tests (TIDEMARK_TEST_KDF="N,r,p").
-  static var keyDerivationParams: (n: UInt64, r: UInt64, p: UInt64) {
-    if let k = ProcessInfo.processInfo.environment["TIDEMARK_TEST_KDF"] {
-      let p = k.split(separator: ",").compactMap { UInt64($0) }
-      if p.count == 3 { return (p[0], p[1], p[2]) }
-    }
-    return KeyFile.defaultParams
+  var uploadLimit: Int? {
+    get throws { try limitUpload ?? GlobalOptions.env("LIMIT_UPLOAD").map(GlobalOptions.kibPerSecond) }
+  }
+  var downloadLimit: Int? {
+    get throws { try limitDownload ?? GlobalOptions.env("LIMIT_DOWNLOAD").map(GlobalOptions.kibPerSecond) }
   }
 
   static func kibPerSecond(_ v: String) throws -> Int {
@@ -133,70 +99,17 @@ struct GlobalOptions: ParsableArguments {
     return n
   }
 
-  /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from
-  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region.
-  static func s3Backend(_ loc: String, _ opts: [String: String]) throws -> any Backend {
-    guard let (endpoint, bucket, prefix) = S3Backend.parse(loc) else {
-      throw TidemarkError(
-        .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
-    }
-    let known = ["s3.region", "s3.connections", "s3.bucket-lookup"]
-    for key in opts.keys where !known.contains(key) {
-      throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
-    }
-    if let lookup = opts["s3.bucket-lookup"], lookup != "path", lookup != "auto" {
-      throw TidemarkError(
-        .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
-    }
-    let env = ProcessInfo.processInfo.environment
-    guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
-      throw TidemarkError(
-        .usage, "no S3 credentials", hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)")
-    }
-    let region = opts["s3.region"] ?? env["AWS_DEFAULT_REGION"] ?? env["AWS_REGION"] ?? "us-east-1"
-    var connections = 5
-    if let c = opts["s3.connections"] {
-      guard let n = Int(c), n > 0 else { throw TidemarkError(.usage, "s3.connections=\(c) is not a positive number") }
-      connections = n
-    }
-    let s3 = S3Backend(
-      endpoint: endpoint, bucket: bucket, prefix: prefix,
-      credentials: S3Credentials(
-        accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
-      connections: connections, location: loc)
-    return RetryBackend(s3) { Out.err("tidemark: \($0)") }
-  }
-
-  /// `sftp:user@host:/path` or `sftp://user@host:port//path`, with -o sftp.* options.
-  static func sftpBackend(_ loc: String, _ opts: [String: String]) throws -> any Backend {
-    guard let (user, host, port, path) = SFTPBackend.parse(loc) else {
-      throw TidemarkError(
-        .usage, "cannot read the SFTP location \(loc)",
-        hint: "write sftp:user@host:/path or sftp://user@host:port//path")
-    }
-    let known = ["sftp.identity", "sftp.known-hosts", "sftp.port", "sftp.connections", "sftp.agent"]
-    for key in opts.keys where !known.contains(key) {
-      throw TidemarkError(.usage, "unknown option \(key)", hint: "sftp options: \(known.joined(separator: ", "))")
-    }
-    let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
-    func number(_ key: String) throws -> Int? {
-      guard let v = opts[key] else { return nil }
-      guard let n = Int(v), n > 0 else { throw TidemarkError(.usage, "option \(key)=\(v) needs a positive number") }
-      return n
-    }
-    let identities =
-      opts["sftp.identity"].map { [$0] }
-      ?? ["id_ed25519", "id_ecdsa"].map { "\(home)/.ssh/\($0)" }
-    let knownHosts =
-      opts["sftp.known-hosts"].map { [$0] } ?? ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"]
-    let endpoint = SSHEndpoint(
-      host: host, port: try number("sftp.port") ?? port ?? 22,
-      user: user ?? ProcessInfo.processInfo.environment["USER"] ?? "root", identities: identities,
-      knownHosts: knownHosts, useAgent: opts["sftp.agent"] != "no")
-    let sftp = SFTPBackend(
-      endpoint: endpoint, path: path, connections: try number("sftp.connections") ?? 5, location: loc)
-    // A dropped connection or a restarting server is waited out (up to ~35 s), not fatal.
-    return RetryBackend(sftp) { Out.err("tidemark: \($0)") }
+  /// How the engine reaches the repository these options name (the password is read when it is opened).
+  func access(location: String? = nil) throws -> RepositoryAccess {
+    let g = self
+    var a = RepositoryAccess(location: try location ?? repositoryLocation()) { try g.password() }
+    a.options = option
+    a.compression = try compressionMode
+    a.lockRetry = try lockRetry
+    a.uploadKiB = try uploadLimit
+    a.downloadKiB = try downloadLimit
+    a.warn = { Out.err("tidemark: \($0)") }
+    return a
   }
 
   var compressionMode: Compression {
@@ -237,29 +150,7 @@ struct GlobalOptions: ParsableArguments {
   }
 
   static func readPassword(file: String?, command: String?, envPrefix: String, prompt: String) throws -> [UInt8] {
-    if let f = file ?? env(envPrefix + "PASSWORD_FILE") {
-      do {
-        let b = try Sys.readFile(BytePath(f))
-        return trimmed(b)
-      } catch {
-        throw TidemarkError(.usage, "cannot read password file \(f): \(error)", hint: "check --password-file")
-      }
-    }
-    if let c = command ?? env(envPrefix + "PASSWORD_COMMAND") {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: "/bin/sh")
-      p.arguments = ["-c", c]
-      let pipe = Pipe()
-      p.standardOutput = pipe
-      try p.run()
-      let data = pipe.fileHandleForReading.readDataToEndOfFile()
-      p.waitUntilExit()
-      guard p.terminationStatus == 0 else {
-        throw TidemarkError(.usage, "password command `\(c)` failed with exit code \(p.terminationStatus)")
-      }
-      return trimmed(Array(data))
-    }
-    if let v = env(envPrefix + "PASSWORD") { return Array(v.utf8) }
+    if let p = try PasswordSource(file: file, command: command).lookup(envPrefix: envPrefix) { return p }
     if isatty(0) == 1 {
       guard let p = getpass(prompt) else { throw TidemarkError(.usage, "no password entered") }
       return Array(String(cString: p).utf8)
@@ -269,12 +160,7 @@ struct GlobalOptions: ParsableArguments {
       hint: "use --password-file, --password-command or TIDEMARK_PASSWORD (RESTIC_PASSWORD works too)")
   }
 
-  static func trimmed(_ b: [UInt8]) -> [UInt8] {
-    var b = b
-    while let l = b.last, l == 10 || l == 13 || l == 32 || l == 9 { b.removeLast() }
-    while let f = b.first, f == 32 || f == 9 { b.removeFirst() }
-    return b
-  }
+  static func trimmed(_ b: [UInt8]) -> [UInt8] { PasswordSource.trimmed(b) }
 
   func open() async throws -> Repository {
     let backend = try backend()
@@ -299,10 +185,7 @@ struct GlobalOptions: ParsableArguments {
     return r
   }
 
-  /// Runs `body` holding a lock; SIGINT/SIGTERM release the lock and exit 130. `prepare` (e.g. loading the
-  /// index) runs while the lock is being confirmed; with `overlap` (backup, restore) so does the start
-  /// of `body`: its repository writes wait for the confirmation (`RepositoryLock.acquire(overlap:)`),
-  /// and a conflict found then is reported when `body` is done, as the lock error.
+  /// Runs `body` holding a lock (see `RepositoryAccess.withLock`); with --no-lock, shared locks are skipped.
   func withLock<T>(
     _ repo: Repository, exclusive: Bool, overlap: Bool = false, prepare: @Sendable () async throws -> Void = {},
     _ body: () async throws -> T
@@ -311,19 +194,8 @@ struct GlobalOptions: ParsableArguments {
       try await prepare()
       return try await body()
     }
-    let lock = try await RepositoryLock.acquire(
-      repo, exclusive: exclusive, retry: try lockRetry, overlap: overlap, meanwhile: prepare)
-    let signals = SignalGuard { await lock.release() }
-    defer { signals.cancel() }
-    do {
-      let r = try await body()
-      try await lock.confirmed()
-      await lock.release()
-      return r
-    } catch {
-      await lock.release()
-      throw error
-    }
+    return try await RepositoryAccess.withLock(
+      repo, exclusive: exclusive, retry: try lockRetry, overlap: overlap, prepare: prepare, body)
   }
 
   var progressEnabled: Bool { !quiet && !json && isatty(2) == 1 }
@@ -381,36 +253,6 @@ struct FromRepositoryOptions: ParsableArguments {
   }
 }
 
-/// On SIGINT/SIGTERM: run cleanup, say so, exit 130. No global state: the closure holds what it needs.
-final class SignalGuard: @unchecked Sendable {
-  // Only touched in init and cancel, from the owning task.
-  private let sources: [any DispatchSourceSignal]
-
-  init(cleanup: @escaping @Sendable () async -> Void) {
-    var s: [any DispatchSourceSignal] = []
-    for sig in [SIGINT, SIGTERM] {
-      signal(sig, SIG_IGN)
-      let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-      src.setEventHandler {
-        Out.errRaw("\nsignal received, cleaning up\n")
-        Task {
-          await cleanup()
-          Foundation.exit(130)
-        }
-      }
-      src.resume()
-      s.append(src)
-    }
-    sources = s
-  }
-
-  func cancel() {
-    for s in sources { s.cancel() }
-    signal(SIGINT, SIG_DFL)
-    signal(SIGTERM, SIG_DFL)
-  }
-}
-
 // MARK: Output helpers
 
 /// Output goes straight to the file descriptors (no shared stdio buffers): one write per call.
@@ -434,28 +276,9 @@ enum Out {
     }
   }
 
-  static func bytes(_ n: Int64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n)
-    var u = 0
-    while v >= 1024 && u < units.count - 1 {
-      v /= 1024
-      u += 1
-    }
-    return u == 0 ? "\(n) B" : String(format: "%.3f %@", v, units[u])
-  }
-
-  static func duration(_ secs: Double) -> String {
-    let s = Int(secs)
-    return s >= 3600
-      ? String(format: "%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
-  }
-
-  /// "2006-01-02 15:04:05" in the snapshot's zone.
-  static func time(_ t: Timestamp) -> String {
-    let c = t.civil
-    return String(format: "%04d-%02d-%02d %02d:%02d:%02d", c.year, c.month, c.day, c.hour, c.minute, c.second)
-  }
+  static func bytes(_ n: Int64) -> String { Human.bytes(n) }
+  static func duration(_ secs: Double) -> String { Human.duration(secs) }
+  static func time(_ t: Timestamp) -> String { Human.time(t) }
 
   static func jsonString(_ s: String) -> String {
     var w = JSONWriter()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TidemarkCore
+import TidemarkDaemon
 import TidemarkFUSE
 import TidemarkMount
 import TidemarkSystem
@@ -103,23 +104,7 @@ struct MountCommand: AsyncParsableCommand {
     }
     let refresher = Task { await fs.refreshLoop { Out.err("tidemark mount: \($0)") } }
     // SIGINT/SIGTERM/SIGHUP: stop serving; the loop then unmounts and the lock is released below.
-    let signals = [SIGINT, SIGTERM, SIGHUP].map { sig in
-      signal(sig, SIG_IGN)
-      let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-      src.setEventHandler { session.exit() }
-      src.resume()
-      return src
-    }
-    defer { for s in signals { s.cancel() } }
-    // libfuse's loop blocks: run it on a thread of its own, off the cooperative pool.
-    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-      let t = Thread {
-        session.run()
-        c.resume()
-      }
-      t.name = "tidemark-fuse"
-      t.start()
-    }
+    await BlockingService.run(name: "tidemark-fuse", { session.run() }, stop: { session.exit() })
     refresher.cancel()
     await lock?.release()
   }

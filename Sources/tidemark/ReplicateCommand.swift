@@ -53,17 +53,18 @@ struct ReplicateCommand: AsyncParsableCommand {
         g.config = EngineConfig.defaultPath
       }
       guard let config = try g.engineConfig() else { return }
+      let cycle = try g.cycle(config, logger: EngineLog.console(quiet: g.quiet || g.json))
       // A failed cycle still lets a due drill run (it reports on what the targets hold); the cycle's error wins.
       var failure: Error? = nil
       do {
-        try await Cycle(global: g, config: config).run()
+        try await cycle.run()
       } catch let e as TidemarkError where e.kind == .locked {
         throw e  // another cycle runs: it does the scheduled work
       } catch {
         failure = error
       }
       // Scheduled drills and rolling checks, as the daemon runs them, so timer users get them too.
-      if !noScheduled { await Drill(global: g, config: config).scheduled(stateDir: EngineState.directory()) }
+      if !noScheduled && !Task.isCancelled { await Drill(cycle: cycle).scheduled() }
       if let failure { throw failure }
       return
     }
@@ -82,14 +83,12 @@ struct ReplicateCommand: AsyncParsableCommand {
       : password
     let created = !(try await targetBackend.exists(.config))
     let target = try await Replica.create(
-      source: source, target: targetBackend, password: targetPassword, kdf: GlobalOptions.keyDerivationParams)
+      source: source, target: targetBackend, password: targetPassword, kdf: KeyDerivation.params)
     if created && !global.quiet && !global.json {
       Out.line("created replica \(target.config.id.prefix(10)) at \(targetBackend.location)")
     }
 
     let locks = try await Replica.lock(source: source, target: target, retry: try global.lockRetry)
-    let signals = SignalGuard { await locks.release() }
-    defer { signals.cancel() }
     let verbose = global.verbose > 0 && !global.quiet && !global.json
     let notes = !global.quiet && !global.json
     let progress: @Sendable (ReplicaEvent) -> Void = { e in

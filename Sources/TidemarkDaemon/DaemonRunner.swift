@@ -1,0 +1,91 @@
+// `tidemark daemon` as a ServiceGroup: the scheduler and, with `metrics.listen`, the metrics endpoint. One daemon
+// per configuration (the daemon lock in its state directory); the repository key is derived once and kept in
+// memory (KeyCache) until a reload.
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TidemarkCore
+import TidemarkEngine
+import UnixSignals
+
+public struct Daemon: Sendable {
+  /// The configuration file, read again on SIGHUP.
+  public var configPath: String
+  /// The cycle for a configuration (the command line knows how to reach its repository).
+  public var makeCycle: @Sendable (EngineConfig) throws -> Cycle
+  public var logger: Logger
+  public var clock: any EngineClock = SystemEngineClock()
+
+  public init(configPath: String, logger: Logger, makeCycle: @escaping @Sendable (EngineConfig) throws -> Cycle) {
+    self.configPath = configPath
+    self.logger = logger
+    self.makeCycle = makeCycle
+  }
+
+  public func run() async throws {
+    let first = try makeCycle(try EngineConfig.load(configPath))
+    let stateDir = first.stateDir
+    try stateDir.prepare()
+    let lock = try stateDir.lockDaemon()
+    defer { lock.release() }
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    if let listen = first.config.metrics.listen {
+      let endpoint = try MetricsEndpoint.bind(listen: listen, logger: logger) {
+        stateDir.metricsText(now: Date().timeIntervalSince1970)
+      } health: {
+        let s = stateDir.loadState()
+        let ok = s.cycles == 0 || s.lastCycleSuccess
+        return (ok, "{\"ok\":\(ok),\"cycles\":\(s.cycles)}\n")
+      }
+      services.append(.init(service: endpoint))
+    }
+    let current = Mutex(first)
+    let keys = KeyCache()
+    let logger = self.logger
+    let configPath = self.configPath
+    let makeCycle = self.makeCycle
+    let control = DaemonControl()
+    let scheduler = Scheduler(
+      interval: { current.withLock { Self.seconds($0.config.interval) } }, clock: clock, control: control,
+      logger: logger,
+      runCycle: {
+        var cycle = current.withLock { $0 }
+        cycle.keys = keys
+        do {
+          try await cycle.run()
+        } catch {
+          logger.error("\(error)")
+        }
+        // A drill when its schedule says so, and the day's share of the rolling data check.
+        if !control.stopping { await Drill(cycle: cycle).scheduled() }
+      },
+      reload: {
+        do {
+          let c = try makeCycle(try EngineConfig.load(configPath))
+          current.withLock { $0 = c }
+          keys.clear()
+          logger.info("configuration reloaded")
+        } catch {
+          logger.error("keeping the old configuration: \(error)")
+        }
+      },
+      skipped: { n in
+        var st = stateDir.loadState()
+        st.cyclesSkipped += n
+        try? stateDir.save(st)
+      })
+    services.insert(.init(service: scheduler, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
+    let group = ServiceGroup(
+      configuration: .init(
+        services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [],
+        logger: Logger(label: "tidemark.lifecycle") { _ in SwiftLogNoOpLogHandler() }))
+    logger.info("tidemark daemon: every \(first.config.interval), state in \(stateDir.path)")
+    try await group.run()
+    logger.info("tidemark daemon: stopped")
+  }
+
+  static func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+  }
+}

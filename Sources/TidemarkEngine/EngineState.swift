@@ -1,0 +1,139 @@
+// What the last cycles did, per target: `state.json` in the configuration's state directory (see
+// StateDirectory), written atomically after every cycle and read by `status`, the metrics and the alerts.
+import Foundation
+import TidemarkCore
+import TidemarkSystem
+
+/// The engine's record of its cycles; every field is optional or defaulted so that older files still decode.
+public struct EngineState: Codable, Sendable {
+  public struct TargetState: Codable, Sendable {
+    public var name: String
+    public var repository: String
+    /// The newest snapshot known to be fully on the target, and its capture time (Unix seconds).
+    public var newestSnapshot: String?
+    public var newestSnapshotTime: Double?
+    public var lastSuccess: Double?
+    public var lastError: String?
+    public var consecutiveFailures = 0
+    public var bytesCopiedLast = 0
+    public var bytesCopiedTotal = 0
+    /// The target's key file that opened with the target password (checked again when it disappears).
+    public var keyID: String?
+    /// When a sync last compared every pack on both sides (see `Cycle.fullListingEvery`).
+    public var lastFullSync: Double?
+    /// What the target still lacks (0 after a successful sync; see `Cycle.pending` for a failed one).
+    public var pendingSnapshots: Int?
+    public var pendingBytes: Int?
+    /// Prune on this target: last run, bytes it freed.
+    public var lastPrune: Double?
+    public var lastPruneFreedBytes: Int?
+
+    public init(name: String, repository: String) {
+      self.name = name
+      self.repository = repository
+    }
+  }
+  public var lastCycleStart: Double?
+  public var lastCycleEnd: Double?
+  public var lastCycleSuccess = false
+  public var lastCycleError: String?
+  public var lastSnapshot: String?
+  public var lastSnapshotTime: Double?
+  public var backupBytesAdded = 0
+  public var repositorySizeBytes = 0
+  public var cycles = 0
+  public var cyclesSkipped = 0
+  public var targets: [TargetState] = []
+
+  /// The Prometheus text exposition of this state (for `metrics.textfile` and the daemon's /metrics).
+  public func prometheus(now: Double) -> String {
+    var out = ""
+    func metric(_ name: String, _ help: String, _ type: String, _ samples: [(String, Double)]) {
+      out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+      for (labels, v) in samples {
+        out += name + (labels.isEmpty ? "" : "{\(labels)}") + " " + String(format: "%.3f", v) + "\n"
+      }
+    }
+    func label(_ t: TargetState) -> String {
+      "target=\"" + t.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        + "\""
+    }
+    metric(
+      "tidemark_replication_lag_seconds", "Now minus the capture time of the newest snapshot on the target.", "gauge",
+      targets.compactMap { t in t.newestSnapshotTime.map { (label(t), max(0, now - $0)) } })
+    metric(
+      "tidemark_replicated_bytes_total", "Bytes copied to the target by replication.", "counter",
+      targets.map { (label($0), Double($0.bytesCopiedTotal)) })
+    metric(
+      "tidemark_target_consecutive_failures", "Failed replications to the target since its last success.", "gauge",
+      targets.map { (label($0), Double($0.consecutiveFailures)) })
+    metric(
+      "tidemark_target_pending_snapshots", "Snapshots on the DC not yet on the target (as of the last cycle).",
+      "gauge", targets.compactMap { t in t.pendingSnapshots.map { (label(t), Double($0)) } })
+    metric(
+      "tidemark_target_pending_bytes", "Pack bytes on the DC not yet on the target (an upper bound).", "gauge",
+      targets.compactMap { t in t.pendingBytes.map { (label(t), Double($0)) } })
+    if let a = lastCycleStart, let b = lastCycleEnd {
+      metric("tidemark_cycle_duration_seconds", "Duration of the last cycle.", "gauge", [("", b - a)])
+    }
+    metric("tidemark_cycle_success", "1 when the last cycle succeeded.", "gauge", [("", lastCycleSuccess ? 1 : 0)])
+    metric("tidemark_cycles_total", "Cycles run.", "counter", [("", Double(cycles))])
+    metric(
+      "tidemark_cycles_skipped_total", "Cycles skipped because the previous one overran.", "counter",
+      [("", Double(cyclesSkipped))])
+    metric(
+      "tidemark_backup_bytes_added", "Bytes the last backup added to the repository.", "gauge",
+      [("", Double(backupBytesAdded))])
+    if let t = lastSuccess {
+      metric("tidemark_last_success_timestamp_seconds", "When the last successful cycle ended.", "gauge", [("", t)])
+    }
+    metric(
+      "tidemark_repository_size_bytes", "Size of the DC repository's packs.", "gauge",
+      [("", Double(repositorySizeBytes))])
+    if let t = lastPrune {
+      metric("tidemark_prune_last_timestamp_seconds", "When prune last started on the DC.", "gauge", [("", t)])
+    }
+    if let d = lastPruneDuration {
+      metric("tidemark_prune_duration_seconds", "Duration of the last prune on the DC.", "gauge", [("", d)])
+    }
+    if let b = lastPruneFreedBytes {
+      metric("tidemark_prune_freed_bytes", "Bytes the last prune freed on the DC.", "gauge", [("", Double(b))])
+    }
+    metric(
+      "tidemark_pruned_bytes_total", "Bytes freed by prune, on the DC and every target.", "counter",
+      [("", Double(prunedBytesTotal))])
+    metric(
+      "tidemark_target_prune_freed_bytes", "Bytes the last prune freed on the target.", "gauge",
+      targets.compactMap { t in t.lastPruneFreedBytes.map { (label(t), Double($0)) } })
+    if let n = indexFiles {
+      metric("tidemark_index_files", "Index files in the DC repository.", "gauge", [("", Double(n))])
+    }
+    if let role = siteRole, let epoch = siteEpoch {
+      metric(
+        "tidemark_site_primary", "1 when this site is the primary (runs the cycles).", "gauge",
+        [("", role == "primary" ? 1 : 0)])
+      metric(
+        "tidemark_site_epoch", "This site's fencing epoch (raised by every failover and promote).", "gauge",
+        [("", Double(epoch))])
+    }
+    return out
+  }
+
+  public var lastSuccess: Double?
+  /// This site's role and fencing epoch as the last cycle read them (see Site); a fenced site keeps its role
+  /// here until it is demoted.
+  public var siteRole: String?
+  public var siteEpoch: Int?
+
+  /// Prune on the DC: when it last ran (its start), how long it took, what it freed; `prunedBytesTotal` counts
+  /// every side (the DC and the targets).
+  public var lastPrune: Double?
+  public var lastPruneDuration: Double?
+  public var lastPruneFreedBytes: Int?
+  public var prunedBytesTotal = 0
+  public var lastPruneError: String?
+  /// Index files on the DC after the last cycle.
+  public var indexFiles: Int?
+
+  public init() {}
+}

@@ -1,0 +1,22 @@
+// hooks.before, hooks.after and hooks.on-failure: shell commands around a cycle. A before or after hook that
+// fails fails the cycle; on-failure hooks run after a failed cycle and their own failure is only reported.
+import Foundation
+import TidemarkCore
+
+public enum Hooks {
+  /// How long one hook may run before it is stopped (and counts as failed).
+  public static let timeout: Duration = .seconds(3600)
+
+  public static func run(_ commands: [String], phase: String) async throws {
+    for c in commands {
+      let r = try await Shell.run(c, timeout: timeout, tailLines: 3)
+      guard r.ok else {
+        let how =
+          r.timedOut
+          ? "was stopped after \(timeout.components.seconds) s"
+          : r.signalled ? "was killed by signal \(r.status)" : "failed with exit code \(r.status)"
+        throw TidemarkError(.general, "\(phase) hook `\(c)` \(how)" + (r.tail.isEmpty ? "" : ": \(r.tail)"))
+      }
+    }
+  }
+}

@@ -1,0 +1,84 @@
+// What `restore SNAPSHOT[:PATH]` restores and where: the tree (or the one file) at PATH inside the snapshot, and
+// the destination, either under a target directory or at the original absolute location (in place).
+import Foundation
+import TidemarkCore
+import TidemarkSystem
+
+public struct RestoreSelection: Sendable {
+  /// The tree to restore.
+  public var tree: BlobID
+  /// When PATH names a file: its name in `tree`.
+  public var only: [UInt8]?
+  /// The directory node PATH names (its metadata is restored onto the destination).
+  public var rootNode: Node?
+  /// PATH's components as found in the snapshot.
+  public var path: [[UInt8]]
+  public var destination: BytePath
+
+  /// Resolves `path` (components) in `snapshot`. `relative`: a path given by a user may name a relative
+  /// backup's tree by its absolute path (`backup data` stores `data` at the top). `target`: restore under this
+  /// directory; nil: in place.
+  public static func resolve(
+    _ repo: Repository, _ snapshot: Snapshot, path: [[UInt8]], acceptAbsoluteForRelative: Bool = true,
+    target: BytePath?
+  ) async throws -> RestoreSelection {
+    for c in path where c == [46] || c == [46, 46] {
+      throw TidemarkError(.usage, "the path \(BytePath.display(joined(path))) contains . or ..")
+    }
+    var sub = path
+    var tree = snapshot.tree
+    var only: [UInt8]? = nil
+    var rootNode: Node? = nil
+    if acceptAbsoluteForRelative, let first = sub.first, try await repo.loadTree(tree).node(named: first) == nil {
+      let top = try await repo.loadTree(tree)
+      if let j = sub.indices.first(where: { top.node(named: sub[$0]) != nil }),
+        snapshot.paths.contains(where: { BytePath($0).components == Array(sub[...j]) })
+      {
+        sub = Array(sub[j...])
+      }
+    }
+    for (k, comp) in sub.enumerated() {
+      let t = try await repo.loadTree(tree)
+      guard let n = t.node(named: comp) else {
+        throw TidemarkError(.notFound, "no \(BytePath.display(joined(sub))) in snapshot \(snapshot.id!.short)")
+      }
+      if let s = n.subtree, n.type == .dir {
+        tree = s
+        rootNode = n
+      } else if k == sub.count - 1 {
+        only = comp
+      } else {
+        throw TidemarkError(
+          .notFound, "\(BytePath.display(joined(Array(sub[...k])))) is not a directory in the snapshot")
+      }
+    }
+    let dirComps = only == nil ? sub : Array(sub.dropLast())
+    let dest = target ?? originalLocation(dirComps, snapshot.paths)
+    return RestoreSelection(
+      tree: tree, only: only, rootNode: only == nil ? rootNode : nil, path: sub, destination: dest)
+  }
+
+  /// `/a/b` for ["a", "b"].
+  public static func joined(_ comps: [[UInt8]]) -> [UInt8] {
+    var out: [UInt8] = []
+    for c in comps { out += [47] + c }
+    return out
+  }
+
+  /// Where the tree path `comps` of a snapshot came from. Absolute backup paths are stored with all
+  /// their components; relative ones (`backup data`) with the components given, so the stored path is
+  /// a suffix of the recorded absolute path: find the snapshot path that explains `comps`.
+  public static func originalLocation(_ comps: [[UInt8]], _ paths: [String]) -> BytePath {
+    for p in paths {
+      let c = BytePath(p).components
+      for j in 0..<max(1, c.count) where j < c.count {
+        let stored = Array(c[j...])
+        let n = min(stored.count, comps.count)
+        if n > 0 && Array(stored[0..<n]) == Array(comps[0..<n]) {
+          return BytePath(bytes: joined(Array(c[0..<j]) + comps).isEmpty ? [47] : joined(Array(c[0..<j]) + comps))
+        }
+      }
+    }
+    return BytePath(bytes: comps.isEmpty ? [47] : joined(comps))
+  }
+}
