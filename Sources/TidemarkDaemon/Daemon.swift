@@ -90,6 +90,7 @@ public final class DaemonControl: Sendable {
   }
 
   var stopping: Bool { state.withLock { $0.events.contains(.stop) } }
+  var hasEvents: Bool { state.withLock { !$0.events.isEmpty } }
 }
 
 /// The scheduler: one cycle per tick, one at a time.
@@ -143,11 +144,13 @@ public struct Scheduler: Service {
       let interval = self.interval()
       let next = Ticks.next(after: clock.now(), interval: interval)
       var early = false
-      await withTaskGroup(of: Void.self) { g in
-        g.addTask { [clock] in try? await clock.sleep(until: next) }
-        g.addTask { [control] in await control.wait() }
-        await g.next()
-        g.cancelAll()
+      if !control.hasEvents {
+        await withTaskGroup(of: Void.self) { g in
+          g.addTask { [clock] in try? await clock.sleep(until: next) }
+          g.addTask { [control] in await control.wait() }
+          await g.next()
+          g.cancelAll()
+        }
       }
       let events = control.take()
       if events.contains(.stop) { break }

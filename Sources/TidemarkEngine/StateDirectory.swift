@@ -108,7 +108,7 @@ public struct StateDirectory: Sendable {
   public func lockDaemon() throws -> StateLock {
     try StateLock.take(path + "/daemon.lock", writePID: true) { pid in
       TidemarkError(
-        .locked,
+        .general,
         "another tidemark daemon\(pid.map { " (pid \($0))" } ?? "") holds the state directory \(path)",
         hint: "stop it first (systemctl stop tidemark), or give this configuration its own `state-dir:`")
     }

@@ -59,7 +59,7 @@ struct Top: Sendable {
       b.snapshot(path, s)
       status.append((String(decoding: Array(path.joined(separator: [47])), as: UTF8.self), s))
     }
-    b.file([Array(".tidemark".utf8), Array("status.json".utf8)], statusJSON(repository, options, status))
+    b.file([Array(".tidemark".utf8), Array("status.json".utf8)], MountStatus.json(repository, options, status))
     return b.top
   }
 
@@ -79,29 +79,6 @@ struct Top: Sendable {
       entries[ino]!.attributes.atime = entries[ino]!.attributes.mtime
       entries[ino]!.attributes.ctime = entries[ino]!.attributes.mtime
     }
-  }
-
-  static func statusJSON(_ repo: String, _ options: MountOptions, _ placed: [(String, Snapshot)]) -> [UInt8] {
-    var w = JSONWriter()
-    w.raw("{\"tidemark_mount\":1,\"repository\":")
-    w.string(Array(repo.utf8))
-    w.raw(",\"mountpoint\":")
-    w.string(Array(options.mountpoint.utf8))
-    w.raw(",\"pid\":\(getpid()),")
-    if let socket = options.keySocket {
-      w.raw("\"key_socket\":")
-      w.string(Array(socket.utf8))
-      w.raw(",")
-    }
-    w.raw("\"snapshots\":{")
-    for (i, (path, s)) in placed.sorted(by: { $0.0 < $1.0 }).enumerated() {
-      if i > 0 { w.raw(",") }
-      w.string(Array(path.utf8))
-      w.raw(":")
-      w.string(Array(s.id!.hex.utf8))
-    }
-    w.raw("}}\n")
-    return w.out
   }
 
   /// The paths a template gives one snapshot (several for `%t`, none for `%t` without tags).

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TidemarkCore
 import TidemarkEngine
+import TidemarkMount
 import TidemarkOperations
 import TidemarkSystem
 
@@ -219,7 +220,7 @@ struct RestoreCommand: AsyncParsableCommand {
     var global = self.global
     var snapRef: String
     var sub: [[UInt8]] = []
-    let fromMount = try MountPath.resolve(snapshot)
+    let fromMount = try MountStatus.resolve(snapshot)
     if let m = fromMount {
       if global.repo == nil { global.repo = m.repository }
       snapRef = m.snapshot
@@ -311,62 +312,6 @@ struct RestoreCommand: AsyncParsableCommand {
         "\(stats.errors.count) error\(stats.errors.count == 1 ? "" : "s") during restore; the paths named above were not restored",
         hint: "run `tidemark check --read-data` if the repository may be damaged")
     }
-  }
-}
-
-enum MountPath {
-  struct Resolved {
-    var repository: String
-    var snapshot: String
-    /// Components below the snapshot's root.
-    var path: [[UInt8]]
-    /// Where the mount hands out the repository's master key (abstract socket), and the mount's process.
-    var keySocket: String? = nil
-    var pid: Int32? = nil
-  }
-
-  /// nil when `arg` is not an existing path inside a tidemark mount (then it names a snapshot).
-  static func resolve(_ arg: String) throws -> Resolved? {
-    guard arg.contains("/") else { return nil }
-    let given = BytePath(arg).absolute()
-    guard Sys.exists(given) else { return nil }
-    // Resolve symlinks on the way (`latest`), but not the last component (it may be a link inside the snapshot).
-    let comps = given.components
-    guard let last = comps.last else { return nil }
-    var parentBytes: [UInt8] = [47]
-    for c in comps.dropLast() { parentBytes += (parentBytes == [47] ? [] : [47]) + c }
-    guard let parent = Sys.realpath(BytePath(bytes: parentBytes)) else { return nil }
-    let full = parent.appending(last).components
-    for k in stride(from: full.count, through: 0, by: -1) {
-      var root: [UInt8] = [47]
-      for c in full[0..<k] { root += (root == [47] ? [] : [47]) + c }
-      let status = BytePath(bytes: root).appending(Array(".tidemark".utf8)).appending(Array("status.json".utf8))
-      guard Sys.exists(status) else { continue }
-      let json = try JSON.parse(try Sys.readFile(status))
-      guard json["tidemark_mount"] != nil, let repo = json["repository"]?.string,
-        case .object(let snaps)? = json["snapshots"]
-      else {
-        throw TidemarkError(.general, "\(status.description) is not a tidemark mount status file")
-      }
-      let rel = Array(full[k...])
-      // The longest snapshot directory that holds the path.
-      var best: (Int, String)? = nil
-      for (key, value) in snaps {
-        let kc = Array(key.utf8).split(separator: 47).map(Array.init)
-        guard kc.count <= rel.count, Array(rel[0..<kc.count]) == kc, let id = value.string else { continue }
-        if best == nil || kc.count > best!.0 { best = (kc.count, id) }
-      }
-      guard let (n, id) = best else {
-        throw TidemarkError(
-          .usage, "\(arg) is in a tidemark mount but not inside a snapshot",
-          hint: "give a path below a snapshot directory, e.g. \(BytePath(bytes: root).description)/snapshots/latest/..."
-        )
-      }
-      return Resolved(
-        repository: repo, snapshot: id, path: Array(rel[n...]), keySocket: json["key_socket"]?.string,
-        pid: json["pid"]?.int.map { Int32(truncatingIfNeeded: $0) })
-    }
-    return nil
   }
 }
 

@@ -101,18 +101,6 @@ struct Snapshots: AsyncParsableCommand {
   }
 }
 
-/// restic's snapshot filter: any of the hosts, any of the tag lists (each `a,b` meaning all of a and b; `''` an
-/// untagged snapshot), and all of the paths.
-struct SnapshotFilter {
-  var hosts: [String]
-  var tags: [String]
-  var paths: [String]
-  func apply(_ s: [Snapshot]) -> [Snapshot] {
-    let tagLists = tags.map(TagList.parse)
-    return s.filter { $0.hasHostname(hosts) && $0.hasTagList(tagLists) && $0.hasPaths(paths) }
-  }
-}
-
 /// A restic-style table: columns padded to width, a rule under the header and at the end.
 func printTable(header: [String], rows: [[String]], leading: String = "") {
   var widths = header.map(\.count)

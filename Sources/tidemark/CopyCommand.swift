@@ -113,33 +113,17 @@ struct CopyCommand: AsyncParsableCommand {
   /// The source snapshots to copy and how many given IDs matched none. As restic: with IDs the filters apply
   /// only to `latest`; without, every snapshot that passes them, oldest first.
   func select(_ source: Repository, _ filter: SnapshotFilter) async throws -> ([Snapshot], Int) {
-    let all = try await source.listSnapshots()
-    if ids.isEmpty { return (filter.apply(all), 0) }
-    if (!host.isEmpty || !tag.isEmpty || !path.isEmpty) && !ids.contains("latest") {
-      Out.err("Ignoring filters as there are explicit snapshot ids given")
-    }
-    var out: [Snapshot] = []
-    var taken = Set<SnapshotID>()
+    let (out, problems) = SnapshotSelection.select(try await source.listSnapshots(), names: ids, filter: filter)
     var missing = 0
-    for ref in ids {
-      let found: Snapshot?
-      if ref == "latest" {
-        found = filter.apply(all).last
-        if found == nil {
-          Out.err("Ignoring \"latest\", no snapshot matched given filter (Paths:\(path) Tags:\(tag) Hosts:\(host))")
-        }
-      } else {
-        let matches = all.filter { $0.id!.hex.hasPrefix(ref.lowercased()) }
-        found = matches.count == 1 && !ref.isEmpty ? matches[0] : nil
-        if found == nil {
-          Out.err("Ignoring \"\(ref)\": \(matches.count > 1 ? "prefix is ambiguous" : "no matching ID found")")
-        }
+    for p in problems {
+      switch p {
+      case .filtersIgnored: Out.err("Ignoring filters as there are explicit snapshot ids given")
+      case .noLatest:
+        Out.err("Ignoring \"latest\", no snapshot matched given filter (Paths:\(path) Tags:\(tag) Hosts:\(host))")
+      case .notFound(let ref): Out.err("Ignoring \"\(ref)\": no matching ID found")
+      case .ambiguous(let ref): Out.err("Ignoring \"\(ref)\": prefix is ambiguous")
       }
-      guard let s = found else {
-        missing += 1
-        continue
-      }
-      if taken.insert(s.id!).inserted { out.append(s) }
+      if p != .filtersIgnored { missing += 1 }
     }
     return (out, missing)
   }

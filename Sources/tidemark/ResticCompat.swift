@@ -2,43 +2,24 @@
 // and times the way restic 0.14 (Go) prints them.
 import Foundation
 import TidemarkCore
+import TidemarkOperations
 
-/// restic's snapshot selection: the snapshots named (IDs, unique prefixes, `latest` of those matching the
-/// filters), in that order without repeats; or, when none is named, every snapshot matching the filters, oldest
-/// first. Like restic, a name that matches nothing is reported on stderr and skipped.
+/// restic's snapshot selection (SnapshotSelection) with restic's reports on stderr, as `find` and `stats` word
+/// them.
 func selectSnapshots(_ repo: Repository, ids: [String], filter: SnapshotFilter) async throws -> [Snapshot] {
-  let all = try await repo.listSnapshots()
-  if ids.isEmpty { return filter.apply(all) }
-  var out: [Snapshot] = []
-  var usedFilter = false
-  for ref in ids {
-    let found: Snapshot
-    if ref == "latest" {
-      usedFilter = true
-      guard let s = filter.apply(all).last else {
-        func list(_ a: [String]) -> String { "[" + a.joined(separator: " ") + "]" }
-        let tags = list(filter.tags.map { "[" + $0.split(separator: ",").joined(separator: ", ") + "]" })
-        Out.err(
-          "Ignoring \"latest\", no snapshot matched given filter (Paths:\(list(filter.paths)) Tags:\(tags) Hosts:\(list(filter.hosts)))"
-        )
-        continue
-      }
-      found = s
-    } else {
-      let matches = all.filter { $0.id!.hex.hasPrefix(ref.lowercased()) }
-      guard !ref.isEmpty, matches.count == 1 else {
-        Out.err(
-          matches.count > 1
-            ? "Ignoring \"\(ref)\": multiple IDs with prefix \"\(ref)\" found"
-            : "Ignoring \"\(ref)\": no matching ID found for prefix \"\(ref)\"")
-        continue
-      }
-      found = matches[0]
+  let (out, problems) = SnapshotSelection.select(try await repo.listSnapshots(), names: ids, filter: filter)
+  for p in problems {
+    switch p {
+    case .noLatest:
+      func list(_ a: [String]) -> String { "[" + a.joined(separator: " ") + "]" }
+      let tags = list(filter.tags.map { "[" + $0.split(separator: ",").joined(separator: ", ") + "]" })
+      Out.err(
+        "Ignoring \"latest\", no snapshot matched given filter (Paths:\(list(filter.paths)) Tags:\(tags) Hosts:\(list(filter.hosts)))"
+      )
+    case .ambiguous(let ref): Out.err("Ignoring \"\(ref)\": multiple IDs with prefix \"\(ref)\" found")
+    case .notFound(let ref): Out.err("Ignoring \"\(ref)\": no matching ID found for prefix \"\(ref)\"")
+    case .filtersIgnored: Out.err("Ignoring filters as there are explicit snapshot ids given")
     }
-    if !out.contains(where: { $0.id == found.id }) { out.append(found) }
-  }
-  if !usedFilter && !(filter.hosts.isEmpty && filter.tags.isEmpty && filter.paths.isEmpty) {
-    Out.err("Ignoring filters as there are explicit snapshot ids given")
   }
   return out
 }
