@@ -55,11 +55,28 @@ public enum BackendLocation {
     return opts
   }
 
-  /// The backend kind of a location (`sftp`, `s3`, `local`), for deciding which options apply to it.
-  public static func kind(_ location: String) -> String {
-    if location.hasPrefix("sftp:") { return "sftp" }
-    if location.hasPrefix("s3:") { return "s3" }
-    return "local"
+  /// Backend options for two repositories at once (`replicate`): each goes to the repository whose kind it names
+  /// (sftp.* to sftp:, s3.* to s3:); an option that fits neither is an error.
+  public static func splitOptions(_ options: [String], source: String, target: String) throws -> ([String], [String]) {
+    func kind(_ location: String) -> String? {
+      if location.hasPrefix("sftp:") { return "sftp." }
+      if location.hasPrefix("s3:") { return "s3." }
+      return nil
+    }
+    var s: [String] = []
+    var t: [String] = []
+    for o in options {
+      let toSource = kind(source).map(o.hasPrefix) ?? false
+      let toTarget = kind(target).map(o.hasPrefix) ?? false
+      guard toSource || toTarget else {
+        throw TidemarkError(
+          .usage, "option \(o) applies to neither \(source) nor \(target)",
+          hint: "sftp.* options need an sftp: repository, s3.* options an s3: one")
+      }
+      if toSource { s.append(o) }
+      if toTarget { t.append(o) }
+    }
+    return (s, t)
   }
 
   /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from

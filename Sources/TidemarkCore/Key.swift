@@ -245,3 +245,25 @@ public struct KeyFile: Sendable {
       data: data)
   }
 }
+
+extension Repository {
+  /// Every readable key file with its name, oldest first.
+  public func keyFiles() async throws -> [(String, KeyFile)] {
+    var rows: [(String, KeyFile)] = []
+    for f in try await backend.list(.key) {
+      if let k = try? KeyFile(json: try await backend.load(Handle(.key, f.name))) { rows.append((f.name, k)) }
+    }
+    return rows.sorted { $0.1.created < $1.1.created }
+  }
+
+  /// Saves a new key file wrapping this repository's master key with `password`; returns its name.
+  public func addKey(password: [UInt8], username: String, hostname: String, kdf: (n: UInt64, r: UInt64, p: UInt64))
+    async throws -> String
+  {
+    let kf = try KeyFile.create(master: key, password: password, username: username, hostname: hostname, params: kdf)
+    let json = kf.json
+    let id = RawID.hash(json).hex
+    try await backend.save(Handle(.key, id), data: json)
+    return id
+  }
+}

@@ -233,3 +233,43 @@ private final class UseFinder: Sendable {
     return r
   }
 }
+
+extension Find {
+  /// The blobs of the packs named (full IDs or 8-digit short IDs), from their headers, or from the index for
+  /// packs that are missing (`fromIndex`) or whose header cannot be read (`damaged`, with the reason).
+  public static func packBlobs(_ repo: Repository, _ refs: [String]) async throws -> (
+    blobs: [PackedBlob], fromIndex: [PackID], damaged: [String]
+  ) {
+    let stored = try await repo.backend.list(.pack).compactMap { PackID(hex: $0.name) }
+    var wanted = Set(refs)
+    var fromBackend: [PackID] = []
+    for id in stored.sorted() where wanted.contains(id.hex) || wanted.contains(id.short) {
+      fromBackend.append(id)
+    }
+    for id in fromBackend {
+      wanted.remove(id.hex)
+      wanted.remove(id.short)
+    }
+    var fromIndex: [PackID] = []
+    if !wanted.isEmpty {
+      for id in repo.index.packIDs.sorted() where wanted.contains(id.hex) || wanted.contains(id.short) {
+        fromIndex.append(id)
+      }
+      for id in fromIndex {
+        wanted.remove(id.hex)
+        wanted.remove(id.short)
+      }
+    }
+    guard wanted.isEmpty else {
+      throw TidemarkError(.notFound, "unable to find pack(s): [\(wanted.sorted().joined(separator: " "))]")
+    }
+    var blobs: [PackedBlob] = []
+    var damaged: [String] = []
+    for id in fromBackend + fromIndex {
+      let c = await contents(of: id, repo: repo)
+      if let e = c.headerError, fromBackend.contains(id) { damaged.append("\(id.short) (\(e))") }
+      blobs += c.blobs
+    }
+    return (blobs, fromIndex, damaged)
+  }
+}

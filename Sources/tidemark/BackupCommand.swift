@@ -325,11 +325,7 @@ struct KeyCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     func run() async throws {
       let repo = try await global.open()
-      var rows: [(String, KeyFile)] = []
-      for f in try await repo.backend.list(.key) {
-        if let k = try? KeyFile(json: try await repo.backend.load(Handle(.key, f.name))) { rows.append((f.name, k)) }
-      }
-      rows.sort { $0.1.created < $1.1.created }
+      let rows = try await repo.keyFiles()
       if global.json {
         let items = rows.map { name, k in
           "{\"current\":\(name == repo.keyID?.hex),\"id\":\"\(name)\",\"userName\":\(Out.jsonString(k.username)),\"hostName\":\(Out.jsonString(k.hostname)),\"created\":\"\(Out.time(k.created))\"}"
@@ -359,13 +355,9 @@ struct KeyCommand: AsyncParsableCommand {
   }
 
   static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
-    let kf = try KeyFile.create(
-      master: repo.key, password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname,
-      params: KeyDerivation.params)
-    let json = kf.json
-    let id = RawID.hash(json).hex
-    try await repo.backend.save(Handle(.key, id), data: json)
-    return id
+    try await repo.addKey(
+      password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname,
+      kdf: KeyDerivation.params)
   }
 
   struct Add: AsyncParsableCommand {

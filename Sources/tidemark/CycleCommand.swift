@@ -47,8 +47,9 @@ struct StatusCommand: AsyncParsableCommand {
     }
     let state = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadState()
     let now = Date().timeIntervalSince1970
-    var level = state.lastCycleSuccess || state.cycles == 0 ? 0 : 2
-    if state.targets.isEmpty && state.cycles == 0 { level = 2 }
+    let drill = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadDrill()
+    let (targets, health) = StatusReport.targets(state, drill: drill, now: now, rpo: rpo)
+    let level = health.rawValue
     var rows: [[String]] = []
     var w = JSONWriter()
     w.raw("{\"cycles\":\(state.cycles),\"last_cycle_success\":\(state.lastCycleSuccess),\"rpo_seconds\":\(Int(rpo))")
@@ -57,18 +58,18 @@ struct StatusCommand: AsyncParsableCommand {
       w.string(e)
     }
     if let t = state.lastCycleEnd { w.raw(",\"last_cycle_end\":\(Int(t))") }
+    if let t = state.lastPrune { w.raw(",\"last_prune\":\(Int(t))") }
+    w.raw(",\"pruned_bytes_total\":\(state.prunedBytesTotal)")
     w.raw(",\"targets\":[")
-    for (i, t) in state.targets.enumerated() {
-      let lag = t.newestSnapshotTime.map { max(0, now - $0) }
-      let l = lag.map { $0 > 2 * rpo ? 2 : ($0 > rpo ? 1 : 0) } ?? 2
-      level = max(level, l)
+    for (i, r) in targets.enumerated() {
+      let t = r.state
       if i > 0 { w.comma() }
       w.raw("{\"name\":")
       w.string(t.name)
       w.raw(",\"repository\":")
       w.string(t.repository)
       if let s = t.newestSnapshot { w.raw(",\"newest_snapshot\":\"\(s)\"") }
-      if let lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
+      if let lag = r.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
       if let s = t.lastSuccess { w.raw(",\"last_success\":\(Int(s))") }
       if let e = t.lastError {
         w.raw(",\"last_error\":")
@@ -77,20 +78,18 @@ struct StatusCommand: AsyncParsableCommand {
       w.raw(",\"consecutive_failures\":\(t.consecutiveFailures),\"bytes_copied_total\":\(t.bytesCopiedTotal)")
       if let n = t.pendingSnapshots { w.raw(",\"pending_snapshots\":\(n)") }
       if let n = t.pendingBytes { w.raw(",\"pending_bytes\":\(n)") }
-      w.raw(",\"status\":\"\(["OK", "WARN", "CRIT"][l])\"}")
+      w.raw(",\"status\":\"\(r.health.label)\"}")
       rows.append([
-        t.name, t.newestSnapshot.map { String($0.prefix(8)) } ?? "-", lag.map { Out.duration($0) } ?? "never",
+        t.name, t.newestSnapshot.map { String($0.prefix(8)) } ?? "-", r.lag.map { Out.duration($0) } ?? "never",
         t.pendingSnapshots.map { n in
           n == 0 && (t.pendingBytes ?? 0) == 0 ? "0" : "\(n) (\(Out.bytes(Int64(t.pendingBytes ?? 0))))"
         } ?? "-",
-        ["OK", "WARN", "CRIT"][l], t.lastError ?? "",
+        r.health.label, t.lastError ?? "",
       ])
     }
     w.raw("]")
     // The last drill: a failed one is a warning (the data may not be recoverable as it is).
-    let drill = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadDrill()
     if let d = drill {
-      if !d.ok { level = max(level, 1) }
       let rto = d.repositories.map(\.rtoSeconds).max() ?? 0
       w.raw(",\"last_drill\":{\"ok\":\(d.ok),\"end\":\(Int(d.end)),\"rto_seconds\":\(String(format: "%.3f", rto))}")
     }

@@ -221,50 +221,20 @@ struct FindCommand: AsyncParsableCommand {
     if showPackId && (blob || tree) { showPacks(repo, blob ? data : trees, blob ? .data : .tree, report) }
   }
 
-  /// The blobs of the packs named (full IDs or 8-digit short IDs), from their headers, or from the index for
-  /// packs that are missing or whose header cannot be read.
+  /// The blobs of the packs named (Find.packBlobs), with restic's notes on stderr.
   func packBlobs(_ repo: Repository, _ refs: [String]) async throws -> [PackedBlob] {
-    let stored = try await repo.backend.list(.pack).compactMap { PackID(hex: $0.name) }
-    var wanted = Set(refs)
-    var fromBackend: [PackID] = []
-    for id in stored.sorted() where wanted.contains(id.hex) || wanted.contains(id.short) {
-      fromBackend.append(id)
-    }
-    for id in fromBackend {
-      wanted.remove(id.hex)
-      wanted.remove(id.short)
-    }
-    var fromIndex: [PackID] = []
-    if !wanted.isEmpty {
-      for id in repo.index.packIDs.sorted() where wanted.contains(id.hex) || wanted.contains(id.short) {
-        fromIndex.append(id)
-      }
-      for id in fromIndex {
-        wanted.remove(id.hex)
-        wanted.remove(id.short)
-      }
-    }
-    guard wanted.isEmpty else {
-      throw TidemarkError(.notFound, "unable to find pack(s): [\(wanted.sorted().joined(separator: " "))]")
-    }
-    var blobs: [PackedBlob] = []
-    var damaged: [String] = []
-    for id in fromBackend + fromIndex {
-      let c = await Find.contents(of: id, repo: repo)
-      if let e = c.headerError, fromBackend.contains(id) { damaged.append("\(id.short) (\(e))") }
-      blobs += c.blobs
-    }
-    if !fromIndex.isEmpty {
+    let r = try await Find.packBlobs(repo, refs)
+    if !r.fromIndex.isEmpty {
       Out.err(
-        "some pack files are missing from the repository, getting their blobs from the repository index: [\(fromIndex.map(\.hex).joined(separator: " "))]\n"
+        "some pack files are missing from the repository, getting their blobs from the repository index: [\(r.fromIndex.map(\.hex).joined(separator: " "))]\n"
       )
     }
-    if !damaged.isEmpty {
+    if !r.damaged.isEmpty {
       Out.err(
-        "the header of some pack files cannot be read, getting their blobs from the repository index: \(damaged.joined(separator: ", "))\n"
+        "the header of some pack files cannot be read, getting their blobs from the repository index: \(r.damaged.joined(separator: ", "))\n"
       )
     }
-    return blobs
+    return r.blobs
   }
 
   /// `--show-pack-id`: for each ID searched (short ones resolved through what was found), its pack.

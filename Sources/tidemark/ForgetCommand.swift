@@ -175,9 +175,8 @@ struct Forget: AsyncParsableCommand {
     } else {
       if text { Out.line("Applying Policy: \(policy)") }
       let filter = SnapshotFilter(hosts: host, tags: tag, paths: path)
-      for (key, snapshots) in grouping.group(filter.apply(all)) {
+      for (key, result) in TidemarkOperations.Forget.plan(filter.apply(all), policy: policy, grouping: grouping) {
         if text && global.verbose >= 1 { printGroupHeader(key) }
-        let result = policy.apply(to: snapshots)
         if text && !result.keep.isEmpty {
           Out.line("keep \(result.keep.count) snapshots:")
           printSnapshotTable(result.keep, reasons: result.reasons, compact: compact)
@@ -208,39 +207,26 @@ struct Forget: AsyncParsableCommand {
     return Set(remove)
   }
 
-  /// Snapshot arguments, resolved as restic does: unknown or ambiguous ones are reported and skipped; `latest`
-  /// is the newest snapshot passing --host/--tag/--path.
+  /// Snapshot arguments, resolved as restic does (SnapshotSelection): unknown or ambiguous ones are reported
+  /// and skipped; `latest` is the newest snapshot passing --host/--tag/--path.
   private func explicitSnapshots(_ repo: Repository, _ all: [Snapshot]) async throws -> [SnapshotID] {
-    var ids: [SnapshotID] = []
-    var usedFilter = false
-    for arg in snapshotIDs {
-      if arg == "latest" {
-        usedFilter = true
-        let wanted = path.map(Self.absoluteClean)
-        let tagLists = tag.map(TagList.parse)
-        let candidates = all.filter { $0.hasPaths(wanted) && $0.hasTagList(tagLists) && $0.hasHostname(host) }
-        guard let newest = candidates.max(by: { $0.time < $1.time }), let id = newest.id else {
-          Out.err(
-            "Ignoring \"latest\", no snapshot matched given filter (Paths:[\(path.joined(separator: " "))] "
-              + "Tags:[\(tagLists.map(TagList.describe).joined(separator: " "))] Hosts:[\(host.joined(separator: " "))])"
-          )
-          continue
-        }
-        ids.append(id)
-        continue
-      }
-      let matching = all.compactMap(\.id).filter { !arg.isEmpty && $0.hex.hasPrefix(arg) }
-      switch matching.count {
-      case 1: ids.append(matching[0])
-      case 0: Out.err("Ignoring \(Out.jsonString(arg)): no matching ID found for prefix \(Out.jsonString(arg))")
-      default: Out.err("Ignoring \(Out.jsonString(arg)): multiple IDs with prefix \(Out.jsonString(arg)) found")
+    let filter = SnapshotFilter(hosts: host, tags: tag, paths: path.map(Self.absoluteClean))
+    let (found, problems) = SnapshotSelection.select(all, names: snapshotIDs, filter: filter)
+    for p in problems {
+      switch p {
+      case .noLatest:
+        Out.err(
+          "Ignoring \"latest\", no snapshot matched given filter (Paths:[\(path.joined(separator: " "))] "
+            + "Tags:[\(tag.map(TagList.parse).map(TagList.describe).joined(separator: " "))] Hosts:[\(host.joined(separator: " "))])"
+        )
+      case .notFound(let arg):
+        Out.err("Ignoring \(Out.jsonString(arg)): no matching ID found for prefix \(Out.jsonString(arg))")
+      case .ambiguous(let arg):
+        Out.err("Ignoring \(Out.jsonString(arg)): multiple IDs with prefix \(Out.jsonString(arg)) found")
+      case .filtersIgnored: Out.err("Ignoring filters as there are explicit snapshot ids given")
       }
     }
-    if !usedFilter && !(host.isEmpty && tag.isEmpty && path.isEmpty) {
-      Out.err("Ignoring filters as there are explicit snapshot ids given")
-    }
-    var seen = Set<SnapshotID>()
-    return ids.filter { seen.insert($0).inserted }
+    return found.compactMap(\.id)
   }
 
   /// Go's `filepath.Abs` (relative to the working directory, then cleaned).
@@ -257,19 +243,11 @@ struct Forget: AsyncParsableCommand {
     return "/" + parts.joined(separator: "/")
   }
 
-  /// Deletes the snapshot files (a few at a time; the first failure stops the rest).
+  /// Deletes the snapshot files (Forget.remove), with restic's lines.
   private func removeSnapshots(_ repo: Repository, _ ids: [SnapshotID]) async throws {
     let start = ContinuousClock.now
     let verbose = global.verbose >= 2 && text
-    try await forEachConcurrently(ids, limit: 4) { id in
-      let h = Handle(.snapshot, id.hex)
-      do {
-        try await repo.backend.remove(h)
-      } catch {
-        throw TidemarkError(.general, "unable to remove \(h) from the repository: \(error)")
-      }
-      if verbose { Out.line("removed \(h)") }
-    }
+    try await TidemarkOperations.Forget.remove(repo, ids) { h in if verbose { Out.line("removed \(h)") } }
     if text {
       let secs = Double((ContinuousClock.now - start).components.seconds)
       Out.line("[\(Out.duration(secs))] 100.00%  \(ids.count) / \(ids.count) files deleted")

@@ -1,6 +1,7 @@
 // `replicate`: wiring and output; the work is in TidemarkOperations (Replica.swift).
 import ArgumentParser
 import Foundation
+import TidemarkBackends
 import TidemarkCore
 import TidemarkEngine
 import TidemarkOperations
@@ -69,7 +70,8 @@ struct ReplicateCommand: AsyncParsableCommand {
       return
     }
     let sourceLocation = try global.repositoryLocation()
-    let (sourceOptions, targetOptions) = try Self.splitOptions(global.option, source: sourceLocation, target: to)
+    let (sourceOptions, targetOptions) = try BackendLocation.splitOptions(
+      global.option, source: sourceLocation, target: to)
     let password = try global.password()
     let source = try await Repository.open(
       backend: try global.backend(at: sourceLocation, options: sourceOptions), password: password,
@@ -158,29 +160,5 @@ struct ReplicateCommand: AsyncParsableCommand {
       Out.line(
         "not copied: \(s.packsSkipped) packs, \(s.indexFilesSkipped) index files, \(s.snapshotsSkipped) snapshots")
     }
-  }
-
-  /// Backend options go to the repository whose kind they name (sftp.* to sftp:, s3.* to s3:); an option that
-  /// fits neither is an error.
-  static func splitOptions(_ options: [String], source: String, target: String) throws -> ([String], [String]) {
-    func kind(_ location: String) -> String? {
-      if location.hasPrefix("sftp:") { return "sftp." }
-      if location.hasPrefix("s3:") { return "s3." }
-      return nil
-    }
-    var s: [String] = []
-    var t: [String] = []
-    for o in options {
-      let toSource = kind(source).map(o.hasPrefix) ?? false
-      let toTarget = kind(target).map(o.hasPrefix) ?? false
-      guard toSource || toTarget else {
-        throw TidemarkError(
-          .usage, "option \(o) applies to neither \(source) nor \(target)",
-          hint: "sftp.* options need an sftp: repository, s3.* options an s3: one")
-      }
-      if toSource { s.append(o) }
-      if toTarget { t.append(o) }
-    }
-    return (s, t)
   }
 }

@@ -29,35 +29,27 @@ extension StatusCommand {
   /// (snapshot files are written atomically, so a concurrent replication or backup cannot be seen half-done).
   func runOnRepository(_ location: String, rpo: Double) async throws {
     let repo = try await global.open()
-    let snapshots = try await repo.listSnapshots()  // oldest first
-    var byHost: [String: [Snapshot]] = [:]
-    for s in snapshots { byHost[s.hostname, default: []].append(s) }
-    var names: [String] = []
-    for h in hosts.isEmpty ? byHost.keys.sorted() : hosts where !names.contains(h) { names.append(h) }
-    let now = Date().timeIntervalSince1970
+    let (list, health) = StatusReport.hosts(
+      try await repo.listSnapshots(), only: hosts, now: Date().timeIntervalSince1970, rpo: rpo)
+    let names = list.map(\.name)
     let labels = ["OK", "WARN", "CRIT"]
-    var level = names.isEmpty ? 2 : 0
+    let level = health.rawValue
     var rows: [[String]] = []
     var w = JSONWriter()
     w.raw("{\"repository\":")
     w.string(repo.backend.location)
     w.raw(",\"rpo_seconds\":\(Int(rpo)),\"hosts\":[")
-    for (i, host) in names.enumerated() {
-      let newest = byHost[host]?.last
-      let time = newest.map { Double($0.time.seconds) + Double($0.time.nanoseconds) / 1e9 }
-      let lag = time.map { max(0, now - $0) }
-      let l = lag.map { $0 > 2 * rpo ? 2 : ($0 > rpo ? 1 : 0) } ?? 2
-      level = max(level, l)
+    for (i, h) in list.enumerated() {
       if i > 0 { w.comma() }
       w.raw("{\"host\":")
-      w.string(host)
-      if let id = newest?.id { w.raw(",\"newest_snapshot\":\"\(id.hex)\"") }
-      if let time { w.raw(",\"snapshot_time\":\(Int(time))") }
-      if let lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
-      w.raw(",\"snapshots\":\(byHost[host]?.count ?? 0),\"status\":\"\(labels[l])\"}")
+      w.string(h.name)
+      if let id = h.newest?.id { w.raw(",\"newest_snapshot\":\"\(id.hex)\"") }
+      if let time = h.time { w.raw(",\"snapshot_time\":\(Int(time))") }
+      if let lag = h.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
+      w.raw(",\"snapshots\":\(h.snapshots),\"status\":\"\(h.health.label)\"}")
       rows.append([
-        host, newest?.id.map { String($0.hex.prefix(8)) } ?? "-", newest.map { Out.time($0.time) } ?? "-",
-        lag.map { Out.duration($0) } ?? "never", labels[l],
+        h.name, h.newest?.id.map { String($0.hex.prefix(8)) } ?? "-", h.newest.map { Out.time($0.time) } ?? "-",
+        h.lag.map { Out.duration($0) } ?? "never", h.health.label,
       ])
     }
     w.raw("],\"status\":\"\(labels[level])\"}\n")

@@ -1,0 +1,73 @@
+// What `tidemark status` reports and its exit code for monitoring checks: per target (from the state) or per
+// host (from a repository), the lag of the newest snapshot against the RPO: OK within it, WARN above it, CRIT
+// above twice it, never replicated, or after a failed cycle. A failed last drill is a warning.
+import Foundation
+import TidemarkCore
+
+public enum Health: Int, Sendable, Comparable {
+  case ok = 0
+  case warn, crit
+
+  public var label: String { ["OK", "WARN", "CRIT"][rawValue] }
+
+  public static func < (a: Health, b: Health) -> Bool { a.rawValue < b.rawValue }
+
+  /// The level of a lag (nil: nothing replicated yet) against the RPO.
+  public static func of(lag: Double?, rpo: Double) -> Health {
+    guard let lag else { return .crit }
+    return lag > 2 * rpo ? .crit : (lag > rpo ? .warn : .ok)
+  }
+}
+
+public enum StatusReport {
+  public struct Target: Sendable {
+    public var state: EngineState.TargetState
+    public var lag: Double?
+    public var health: Health
+  }
+
+  /// The configuration's targets as its state records them, and the overall level.
+  public static func targets(_ state: EngineState, drill: DrillState?, now: Double, rpo: Double) -> (
+    targets: [Target], health: Health
+  ) {
+    var level: Health = state.lastCycleSuccess || state.cycles == 0 ? .ok : .crit
+    if state.targets.isEmpty && state.cycles == 0 { level = .crit }
+    let out = state.targets.map { t -> Target in
+      let lag = t.newestSnapshotTime.map { max(0, now - $0) }
+      return Target(state: t, lag: lag, health: Health.of(lag: lag, rpo: rpo))
+    }
+    level = max(level, out.map(\.health).max() ?? .ok)
+    if let d = drill, !d.ok { level = max(level, .warn) }
+    return (out, level)
+  }
+
+  public struct Host: Sendable {
+    public var name: String
+    public var newest: Snapshot?
+    public var snapshots: Int
+    public var time: Double?
+    public var lag: Double?
+    public var health: Health
+  }
+
+  /// Per host (`only`, else every host of `snapshots`, oldest first), the newest snapshot and its lag; no host at
+  /// all is CRIT.
+  public static func hosts(_ snapshots: [Snapshot], only: [String], now: Double, rpo: Double) -> (
+    hosts: [Host], health: Health
+  ) {
+    var byHost: [String: [Snapshot]] = [:]
+    for s in snapshots { byHost[s.hostname, default: []].append(s) }
+    var names: [String] = []
+    for h in only.isEmpty ? byHost.keys.sorted() : only where !names.contains(h) { names.append(h) }
+    var level: Health = names.isEmpty ? .crit : .ok
+    let out = names.map { name -> Host in
+      let newest = byHost[name]?.last
+      let time = newest.map { Double($0.time.seconds) + Double($0.time.nanoseconds) / 1e9 }
+      let lag = time.map { max(0, now - $0) }
+      let h = Health.of(lag: lag, rpo: rpo)
+      level = max(level, h)
+      return Host(name: name, newest: newest, snapshots: byHost[name]?.count ?? 0, time: time, lag: lag, health: h)
+    }
+    return (out, level)
+  }
+}
