@@ -296,7 +296,7 @@ struct Cycle {
         guard let filename = source.kind.filename else { continue }
         let stream: SourceStream
         do {
-          stream = try SourceStream.start(source.kind, tmp: dir + "/tmp")
+          stream = try await SourceStream.start(source.kind, tmp: dir + "/tmp")
         } catch let e as SourceFailure {
           failures.append(e.message)
           continue
@@ -312,10 +312,10 @@ struct Cycle {
             try await TidemarkOperations.Backup(repository: repo, options: opts).run()
           }
         } catch {
-          stream.cancel()
+          await stream.cancel()
           throw error
         }
-        if let problem = stream.finish() {
+        if let problem = await stream.finish() {
           if let id = result.snapshotID { try? await repo.backend.remove(Handle(.snapshot, id.hex)) }
           failures.append("\(problem); its snapshot was discarded")
           continue
