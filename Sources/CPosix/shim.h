@@ -26,3 +26,7 @@ static inline long long cposix_cached_pages(int fd, uint64_t off, uint64_t len) 
   if (syscall(451, fd, &range, &cs, 0) != 0) return -1;
   return (long long)cs.nr_cache;
 }
+// pipe2(2) and memfd_create(2) are declared only under _GNU_SOURCE too (glibc >= 2.27 has both).
+extern int pipe2(int pipefd[2], int flags);
+extern int memfd_create(const char *name, unsigned int flags);
+#define CPOSIX_MFD_CLOEXEC 1U

@@ -132,7 +132,7 @@ public struct Cycle: Sendable {
       guard let filename = source.kind.filename else { continue }
       let stream: SourceStream
       do {
-        stream = try SourceStream.start(source.kind, tmp: stateDir.tmp)
+        stream = try await SourceStream.start(source.kind, tmp: stateDir.tmp)
       } catch let e as SourceFailure {
         run.failures.append(e.message)
         continue
@@ -148,10 +148,10 @@ public struct Cycle: Sendable {
           try await TidemarkOperations.Backup(repository: repo, options: opts).run()
         }
       } catch {
-        stream.cancel()
+        await stream.cancel()
         throw error
       }
-      if let problem = stream.finish() {
+      if let problem = await stream.finish() {
         if let id = result.snapshotID { try? await repo.backend.remove(Handle(.snapshot, id.hex)) }
         run.failures.append("\(problem); its snapshot was discarded")
         continue

@@ -1,6 +1,7 @@
 // Shell commands the engine runs (hooks, alert commands, drill verify commands, password commands): `/bin/sh -c`,
 // with extra environment, optional standard input, an optional timeout, and the last lines of their output.
-// Waiting never blocks a thread of the cooperative pool.
+// Runs through ChildProcess (swift-subprocess): waiting never blocks a thread of the cooperative pool, and a
+// timeout or a cancelled task stops the command and what it started.
 import Foundation
 
 enum Shell {
@@ -20,72 +21,23 @@ enum Shell {
     _ command: String, environment: [String: String] = [:], input: [UInt8]? = nil, timeout: Duration? = nil,
     captureStdout: Bool = false, tailLines: Int = 3
   ) async throws -> Result {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", command]
-    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let outFile = NSTemporaryDirectory() + "tidemark-sh-\(UUID().uuidString)"
-    FileManager.default.createFile(atPath: outFile, contents: nil)
-    defer { unlink(outFile) }
-    let errFile = outFile + ".err"
-    FileManager.default.createFile(atPath: errFile, contents: nil)
-    defer { unlink(errFile) }
-    let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outFile))
-    let err = captureStdout ? try FileHandle(forWritingTo: URL(fileURLWithPath: errFile)) : out
-    defer {
-      try? out.close()
-      if captureStdout { try? err.close() }
+    let c: ChildResult
+    if captureStdout {
+      c = try await ChildProcess.shell(
+        command, environment: environment, input: input, timeout: timeout, captureStdout: 1 << 20,
+        errorTail: tailLines)
+    } else {
+      c = try await ChildProcess.shell(
+        command, environment: environment, input: input, timeout: timeout, outputTail: tailLines)
     }
-    p.standardOutput = out
-    p.standardError = err
-    let pipe = input.map { _ in Pipe() }
-    p.standardInput = pipe ?? FileHandle.nullDevice
-    let exited = AsyncStream<Void>.makeStream()
-    p.terminationHandler = { _ in
-      exited.continuation.yield()
-      exited.continuation.finish()
+    var r: Result
+    switch c.termination {
+    case .exited(let code): r = Result(status: code)
+    case .signaled(let sig): r = Result(status: sig, signalled: true)
     }
-    try p.run()
-    if let pipe, let input {
-      // The child may not read it all (it may exit first): a broken pipe is not an error here.
-      let w = pipe.fileHandleForWriting
-      signal(SIGPIPE, SIG_IGN)
-      try? w.write(contentsOf: Data(input))
-      try? w.close()
-    }
-    var timedOut = false
-    await withTaskCancellationHandler {
-      await withTaskGroup(of: Bool.self) { g in
-        g.addTask {
-          for await _ in exited.stream {}
-          return false
-        }
-        if let timeout {
-          g.addTask {
-            try? await Task.sleep(for: timeout)
-            return !Task.isCancelled
-          }
-        }
-        if let first = await g.next(), first {
-          // The timeout won: stop the child, then wait for its exit (the other task still reads the stream).
-          timedOut = true
-          p.terminate()
-          _ = await g.next()
-        } else {
-          g.cancelAll()
-        }
-      }
-    } onCancel: {
-      p.terminate()
-    }
-    var r = Result(status: p.terminationStatus)
-    r.signalled = p.terminationReason == .uncaughtSignal
-    r.timedOut = timedOut
-    let outBytes = Array((FileManager.default.contents(atPath: outFile) ?? Data()).prefix(1 << 20))
-    let tailSource = captureStdout ? Array(FileManager.default.contents(atPath: errFile) ?? Data()) : outBytes
-    if captureStdout { r.stdout = outBytes }
-    r.tail = String(decoding: tailSource, as: UTF8.self).split(separator: "\n").suffix(tailLines).joined(
-      separator: " / ")
+    r.timedOut = c.timedOut
+    r.stdout = c.stdout
+    r.tail = c.tailSummary
     return r
   }
 }

@@ -1,6 +1,12 @@
 // The bytes of a stream-like source (command, postgres, sqlite, redis) for a cycle's backup: each is stored as one
 // file in a snapshot of its own, read from a file descriptor as `backup --stdin` reads standard input.
+// Concurrency contract: every child runs through ChildProcess/ChildStream (swift-subprocess), so starting, waiting
+// and stopping are awaits that never block a cooperative thread; the backup reads `fd` on its own blocking path.
+// SourceStream is Sendable: finish() or cancel() may come from any task, once.
+// Never: a producer left running after cancel(); a dump that ended badly reported as complete; a password on a
+// command line.
 import Foundation
+import Synchronization
 import TidemarkCore
 import TidemarkOperations
 import TidemarkSystem
@@ -12,35 +18,30 @@ public struct SourceFailure: Error {
 
 /// One stream-like source being read. `fd` is what the backup reads; after the backup, `finish()` says whether the
 /// source produced all of its data (a dump that failed half-way must not be kept).
-public final class SourceStream {
+public final class SourceStream: Sendable {
   public let fd: Int32
   /// How the source is named in messages: `postgres app`, `source command \`…\``.
   public let what: String
-  private let process: Process?
-  private let pipe: Pipe?
-  private let errFile: String?
-  private let errHandle: FileHandle?
-  private var closed = false
+  /// The producer, for a source that streams from a child (command, postgres); nil for a finished copy.
+  private let child: ChildStream?
+  /// The copy's descriptor is ours to close; a child's read end is its ChildStream's.
+  private let copyOpen = Mutex(true)
 
-  private init(
-    fd: Int32, what: String, process: Process? = nil, pipe: Pipe? = nil, errFile: String? = nil,
-    errHandle: FileHandle? = nil
-  ) {
+  private init(fd: Int32, what: String, child: ChildStream? = nil) {
     self.fd = fd
     self.what = what
-    self.process = process
-    self.pipe = pipe
-    self.errFile = errFile
-    self.errHandle = errHandle
+    self.child = child
   }
 
-  deinit { closeFD() }
+  deinit { closeCopy() }
 
-  private func closeFD() {
-    guard !closed else { return }
-    closed = true
-    if pipe == nil { close(fd) }  // a Pipe closes its own descriptors
-    try? errHandle?.close()
+  private func closeCopy() {
+    guard child == nil,
+      copyOpen.withLock({ was in
+        defer { was = false }; return was
+      })
+    else { return }
+    close(fd)
   }
 
   /// Removes what an earlier cycle that died left in `tmp` (copies, stderr files). Only under the cycle lock: the
@@ -51,7 +52,7 @@ public final class SourceStream {
   }
 
   /// Starts the source. `tmp` is a private directory (0700) in the state directory, for copies and stderr.
-  public static func start(_ kind: EngineConfig.SourceKind, tmp: String) throws -> SourceStream {
+  public static func start(_ kind: EngineConfig.SourceKind, tmp: String) async throws -> SourceStream {
     try Sys.mkdirAll(BytePath(tmp), 0o700)
     _ = chmod(tmp, 0o700)
     switch kind {
@@ -59,7 +60,7 @@ public final class SourceStream {
       preconditionFailure("path sources are backed up together, not streamed")
     case .command(let command, _):
       // Its standard error stays the cycle's (as it always was for commands).
-      return try streaming("/bin/sh", ["-c", command], what: "source command `\(command)`", errFile: nil)
+      return try await streaming("/bin/sh", ["-c", command], what: "source command `\(command)`", errFile: nil)
     case .postgres(let p):
       // pg_dump reads the whole database in one repeatable-read transaction: consistent while the service runs.
       // Custom format (-Fc) goes to standard output and straight into the snapshot: no temporary file.
@@ -70,103 +71,72 @@ public final class SourceStream {
       args += p.options + ["--dbname=" + p.database]
       // A connection string may hold a password: messages name the stored file instead.
       let what = "postgres \(p.database.contains("=") ? p.filename : p.database)"
-      return try streaming(
+      return try await streaming(
         try tool("pg_dump", "postgresql-client", what: what), args, what: what,
         errFile: tmp + "/pg_dump-\(getpid()).err")
     case .sqlite(let s):
-      return try sqlite(s, tmp: tmp)
+      return try await sqlite(s, tmp: tmp)
     case .redis(let r):
-      return try redis(r, tmp: tmp)
+      return try await redis(r, tmp: tmp)
     }
   }
 
   /// After the backup has read `fd` to its end: nil when the source is complete, else what went wrong.
-  public func finish() -> String? {
-    defer { closeFD() }
-    guard let process else { return nil }
-    process.waitUntilExit()
-    let err = Self.lastLines(errFile)
-    if let errFile { unlink(errFile) }
-    if process.terminationReason == .uncaughtSignal {
-      return "\(what) was killed by signal \(process.terminationStatus)" + (err.isEmpty ? "" : ": \(err)")
+  public func finish() async -> String? {
+    defer { closeCopy() }
+    guard let child else { return nil }
+    let r: ChildResult
+    do {
+      r = try await child.finish()
+    } catch {
+      await child.cancel()
+      return "\(what): \(error)"
     }
-    guard process.terminationStatus == 0 else {
-      return "\(what) exited with \(process.terminationStatus)" + (err.isEmpty ? "" : ": \(err)")
+    let err = r.tailSummary
+    switch r.termination {
+    case .signaled(let signal):
+      return "\(what) was killed by signal \(signal)" + (err.isEmpty ? "" : ": \(err)")
+    case .exited(let code) where code != 0:
+      return "\(what) exited with \(code)" + (err.isEmpty ? "" : ": \(err)")
+    case .exited:
+      return nil
     }
-    return nil
   }
 
-  /// The backup failed: stop the producer.
-  public func cancel() {
-    if let process, process.isRunning {
-      process.terminate()
-      process.waitUntilExit()
-    }
-    if let errFile { unlink(errFile) }
-    closeFD()
+  /// The backup failed: stop the producer (SIGTERM, SIGKILL after a grace period) and wait until it is gone.
+  public func cancel() async {
+    closeCopy()
+    await child?.cancel()
   }
 
   // MARK: Producers
 
-  /// A process whose standard output is the stream.
+  /// A process whose standard output is the stream; its standard error goes to `errFile` (or stays the cycle's).
   private static func streaming(
     _ exe: String, _ args: [String], what: String, errFile: String?, env: [String: String] = [:]
-  )
-    throws -> SourceStream
-  {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardInput = FileHandle.nullDevice
-    var errHandle: FileHandle? = nil
-    if let errFile {
-      unlink(errFile)
-      guard FileManager.default.createFile(atPath: errFile, contents: nil, attributes: [.posixPermissions: 0o600]),
-        let h = FileHandle(forWritingAtPath: errFile)
-      else { throw SourceFailure(message: "\(what): cannot create \(errFile)") }
-      p.standardError = h
-      errHandle = h
-    }
+  ) async throws -> SourceStream {
+    let child: ChildStream
     do {
-      try p.run()
-    } catch {
-      try? errHandle?.close()
-      if let errFile { unlink(errFile) }
-      throw SourceFailure(message: "\(what): cannot run \(exe): \(error)")
+      child = try await ChildStream.start(
+        exe, arguments: args, environment: env, standardError: errFile.map { .file($0) } ?? .inherit)
+    } catch let e as ChildProcessError {
+      throw SourceFailure(message: "\(what): \(e.message)")
     }
-    return SourceStream(
-      fd: pipe.fileHandleForReading.fileDescriptor, what: what, process: p, pipe: pipe, errFile: errFile,
-      errHandle: errHandle)
+    return SourceStream(fd: child.fd, what: what, child: child)
   }
 
-  /// Runs a tool to its end; throws its exit code and the end of its standard error when it fails.
-  private static func run(_ exe: String, _ args: [String], what: String, errFile: String, env: [String: String] = [:])
-    throws
-  {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
-    p.standardInput = FileHandle.nullDevice
-    p.standardOutput = FileHandle.nullDevice
-    unlink(errFile)
-    guard FileManager.default.createFile(atPath: errFile, contents: nil, attributes: [.posixPermissions: 0o600]),
-      let h = FileHandle(forWritingAtPath: errFile)
-    else { throw SourceFailure(message: "\(what): cannot create \(errFile)") }
-    p.standardError = h
-    defer {
-      try? h.close()
-      unlink(errFile)
+  /// Runs a tool to its end; throws its exit code and the end of its output when it fails.
+  private static func run(_ exe: String, _ args: [String], what: String, env: [String: String] = [:]) async throws {
+    let r: ChildResult
+    do {
+      r = try await ChildProcess.run(exe, arguments: args, environment: env)
+    } catch let e as ChildProcessError {
+      throw SourceFailure(message: "\(what): \(e.message)")
     }
-    do { try p.run() } catch { throw SourceFailure(message: "\(what): cannot run \(exe): \(error)") }
-    p.waitUntilExit()
-    guard p.terminationReason == .exit, p.terminationStatus == 0 else {
-      let err = lastLines(errFile)
+    guard r.succeeded else {
+      let err = r.tailSummary
       throw SourceFailure(
-        message: "\(what): \(URL(fileURLWithPath: exe).lastPathComponent) failed (exit \(p.terminationStatus))"
+        message: "\(what): \(URL(fileURLWithPath: exe).lastPathComponent) failed (\(r.termination))"
           + (err.isEmpty ? "" : ": \(err)"))
     }
   }
@@ -185,7 +155,7 @@ public final class SourceStream {
   /// writes a consistent copy from one read transaction: with the default rollback journal, writers wait (their busy
   /// timeout) until it is done; in WAL mode they are not held up at all. The online backup API (`.backup`) would
   /// restart its copy after every write from another connection, and so might never finish under steady writes.
-  private static func sqlite(_ s: EngineConfig.SQLiteSource, tmp: String) throws -> SourceStream {
+  private static func sqlite(_ s: EngineConfig.SQLiteSource, tmp: String) async throws -> SourceStream {
     let what = "sqlite \(s.path)"
     // sqlite3 would create an empty database where none is, and that would be backed up as if all were well.
     var st = stat()
@@ -197,13 +167,13 @@ public final class SourceStream {
     let copy = tmp + "/sqlite-\(getpid())-\(s.filename)"
     unlink(copy)  // VACUUM INTO needs a new (or empty) file
     defer { unlink(copy) }
-    try run(
+    try await run(
       exe,
       [
         "-bail", "-batch", "-cmd", ".timeout 30000", s.path,
         "VACUUM INTO '\(copy.replacingOccurrences(of: "'", with: "''"))'",
       ],
-      what: what, errFile: tmp + "/sqlite-\(getpid()).err")
+      what: what)
     return try openAndUnlink(copy, what: what)
   }
 
@@ -214,7 +184,7 @@ public final class SourceStream {
   /// `CONFIG SET dir`) is replacing at the same moment. The RDB goes to a private file first, not to standard
   /// output: with diskless replication, `--rdb -` leaves the 40-byte end marker at the end of the stream, which only
   /// a file can be truncated to drop. It needs the SYNC command (ACL users: +sync or +@admin).
-  private static func redis(_ r: EngineConfig.RedisSource, tmp: String) throws -> SourceStream {
+  private static func redis(_ r: EngineConfig.RedisSource, tmp: String) async throws -> SourceStream {
     let what = "redis \(r.address)"
     let exe = try tool("redis-cli", "redis-tools", what: what)
     var env: [String: String] = [:]
@@ -233,7 +203,7 @@ public final class SourceStream {
     unlink(copy)
     defer { unlink(copy) }
     args += ["--rdb", copy]
-    try run(exe, args, what: what, errFile: tmp + "/redis-cli-\(getpid()).err", env: env)
+    try await run(exe, args, what: what, env: env)
     return try openAndUnlink(copy, what: what)
   }
 
@@ -247,12 +217,4 @@ public final class SourceStream {
     throw SourceFailure(message: "\(what): \(name) is not installed (not on PATH); install \(package)")
   }
 
-  /// The last lines of a tool's standard error, on one line (for the cycle's error message).
-  private static func lastLines(_ file: String?) -> String {
-    guard let file, let data = FileManager.default.contents(atPath: file) else { return "" }
-    let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map {
-      $0.trimmingCharacters(in: .whitespaces)
-    }.filter { !$0.isEmpty }
-    return String(lines.suffix(3).joined(separator: " / ").suffix(400))
-  }
 }

@@ -302,6 +302,27 @@ public enum Sys {
 
   public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
+  /// pipe2(2) with O_CLOEXEC: both ends are close-on-exec from the start, so no child spawned meanwhile by another
+  /// thread inherits them (a write end held by a stranger would keep the reader from ever seeing end of file).
+  public static func pipe() throws -> (read: Int32, write: Int32) {
+    var ends: [Int32] = [-1, -1]
+    _ = try check("pipe2", "") { ends.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) } }
+    return (ends[0], ends[1])
+  }
+
+  /// memfd_create(2) (close-on-exec) holding `bytes`, positioned at its start: an anonymous in-memory file, e.g. a
+  /// child's standard input that never blocks the writer and raises no SIGPIPE when the child does not read it.
+  public static func memoryFile(_ name: String, _ bytes: [UInt8]) throws -> Int32 {
+    let fd = try check("memfd_create", name) { memfd_create(name, CPOSIX_MFD_CLOEXEC) }
+    do {
+      try bytes.withUnsafeBytes { try pwrite(fd, $0, offset: 0) }
+    } catch {
+      _ = Glibc.close(fd)
+      throw error
+    }
+    return fd
+  }
+
   /// pread(2) until `count` bytes or end of file; returns bytes read.
   public static func pread(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, offset: Int64) throws -> Int {
     var done = 0
