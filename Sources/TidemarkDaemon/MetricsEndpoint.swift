@@ -115,8 +115,8 @@ public final class MetricsEndpoint: Service, Sendable {
   /// - Parameters:
   ///   - setting: the configuration key named in error messages.
   ///   - idleTimeout: how long a connection may stay without a complete request part before it is closed.
-  ///   - logger: the endpoint logs one line when it listens; Hummingbird's own lines are kept at debug and
-  ///     below unless `logger` already logs at debug or trace.
+  ///   - logger: the endpoint logs one line (info) when it listens. Hummingbird's own lines (its start banner,
+  ///     its inner ServiceGroup, per-connection errors) reach `logger` only when it logs at debug or trace.
   ///   - render: the body of `GET /metrics` (Prometheus text, e.g. `MetricsText.render`).
   ///   - health: the status and JSON body of `GET /health`: 200 when ok, 503 when not.
   public init(
@@ -186,7 +186,7 @@ public final class MetricsEndpoint: Service, Sendable {
     let hosts = address.host.isEmpty ? ["::", "0.0.0.0"] : [address.host]
     for (i, host) in hosts.enumerated() {
       do {
-        try await makeApplication(host: host).run()
+        try await serve(makeApplication(host: host))
         settle(.failure(CancellationError()))
         return
       } catch {
@@ -199,6 +199,33 @@ public final class MetricsEndpoint: Service, Sendable {
         throw reported
       }
     }
+  }
+
+  /// Runs `application` until graceful shutdown, turning cancellation into graceful shutdown too. Cancelling
+  /// NIO's accept loop directly drops connections it has accepted but not yet handed over, and their
+  /// NIOAsyncWriter traps on deinit (swift-nio #2637, #3481); a graceful shutdown closes the listening socket and
+  /// drains those first. So the application runs in an unstructured task that our cancellation cannot reach.
+  private func serve(_ application: some ApplicationProtocol) async throws {
+    let group = ServiceGroup(
+      configuration: .init(services: [application], gracefulShutdownSignals: [], logger: quietLogger))
+    let serving = Task { try await group.run() }
+    try await withTaskCancellationHandler {
+      try await withGracefulShutdownHandler {
+        try await serving.value
+      } onGracefulShutdown: {
+        Task { await group.triggerGracefulShutdown() }
+      }
+    } onCancel: {
+      Task { await group.triggerGracefulShutdown() }
+    }
+  }
+
+  /// Bind failures are thrown and the start is logged by the endpoint; at info Hummingbird would add a banner
+  /// and its inner ServiceGroup an error line for the same failure, so its lines are for debugging only.
+  private var quietLogger: Logger {
+    var quiet = logger
+    if quiet.logLevel > .debug { quiet.logLevel = .critical }
+    return quiet
   }
 
   private func makeApplication(host: String) -> some ApplicationProtocol {
@@ -217,8 +244,6 @@ public final class MetricsEndpoint: Service, Sendable {
         status: ok ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
         body: .init(byteBuffer: ByteBuffer(string: body)))
     }
-    var quiet = logger
-    if quiet.logLevel > .debug { quiet.logLevel = .critical }
     let logger = self.logger
     let setting = self.setting
     return Application(
@@ -231,7 +256,7 @@ public final class MetricsEndpoint: Service, Sendable {
         logger.info("metrics endpoint listening", metadata: ["\(setting)": "\(bound)"])
         self?.settle(.success(bound))
       },
-      logger: quiet)
+      logger: quietLogger)
   }
 
   /// Moves out of `.starting` once and wakes every waiter; later outcomes (shutdown after listening) are ignored.
