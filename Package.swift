@@ -71,6 +71,7 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "NIOCore", package: "swift-nio"),
       ]),
     .executableTarget(
       name: "tidemark",
@@ -90,6 +91,8 @@ let package = Package(
       name: "TidemarkEngineTests",
       dependencies: [
         "TidemarkEngine", "TidemarkDaemon", "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
     .testTarget(
       name: "TidemarkIntegrationTests",
