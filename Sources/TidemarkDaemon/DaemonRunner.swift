@@ -31,7 +31,7 @@ public struct Daemon: Sendable {
     defer { lock.release() }
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
     if let listen = first.config.metrics.listen {
-      let endpoint = try MetricsEndpoint.bind(listen: listen, logger: logger) {
+      let endpoint = try MetricsEndpoint(listen: listen, logger: logger) {
         stateDir.metricsText(now: Date().timeIntervalSince1970)
       } health: {
         let s = stateDir.loadState()

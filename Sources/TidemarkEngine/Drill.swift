@@ -45,28 +45,21 @@ public struct DrillState: Codable, Sendable {
   public var repositories: [DrillRepositoryResult]
   public var report: String?
 
-  /// tidemark_drill_* in Prometheus' text format.
-  public func prometheus() -> String {
-    var out = ""
-    func label(_ n: String) -> String {
-      "target=\"" + n.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
-    }
-    func metric(_ name: String, _ help: String, _ samples: [(String, Double)]) {
-      out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
-      for (l, v) in samples { out += "\(name){\(l)} " + String(format: "%.3f", v) + "\n" }
-    }
-    metric(
-      "tidemark_drill_success", "1 when the last drill of the target passed.",
-      repositories.map { (label($0.name), $0.ok ? 1 : 0) })
-    metric(
-      "tidemark_drill_rto_seconds", "Restore and verify time of the last drill.",
-      repositories.map { (label($0.name), $0.rtoSeconds) })
-    metric(
-      "tidemark_drill_rpo_seconds", "Age of the newest snapshot at the last drill.",
-      repositories.compactMap { r in r.rpoSeconds.map { (label(r.name), $0) } })
-    out += "# HELP tidemark_drill_last_timestamp_seconds When the last drill ended.\n"
-    out += "# TYPE tidemark_drill_last_timestamp_seconds gauge\ntidemark_drill_last_timestamp_seconds \(Int(end))\n"
-    return out
+  /// tidemark_drill_* for Prometheus.
+  public func metricFamilies() -> [MetricFamily] {
+    func target(_ n: String, _ v: Double) -> MetricSample { MetricSample(labels: [("target", n)], value: v) }
+    return [
+      .gauge(
+        "tidemark_drill_success", "1 when the last drill of the target passed.",
+        repositories.map { target($0.name, $0.ok ? 1 : 0) }),
+      .gauge(
+        "tidemark_drill_rto_seconds", "Restore and verify time of the last drill.",
+        repositories.map { target($0.name, $0.rtoSeconds) }),
+      .gauge(
+        "tidemark_drill_rpo_seconds", "Age of the newest snapshot at the last drill.",
+        repositories.compactMap { r in r.rpoSeconds.map { target(r.name, $0) } }),
+      .gauge("tidemark_drill_last_timestamp_seconds", "When the last drill ended.", [MetricSample(end.rounded(.down))]),
+    ]
   }
 }
 

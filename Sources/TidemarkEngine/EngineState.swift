@@ -45,78 +45,78 @@ public struct EngineState: Codable, Sendable {
   public var cyclesSkipped = 0
   public var targets: [TargetState] = []
 
-  /// The Prometheus text exposition of this state (for `metrics.textfile` and the daemon's /metrics).
-  public func prometheus(now: Double) -> String {
-    var out = ""
-    func metric(_ name: String, _ help: String, _ type: String, _ samples: [(String, Double)]) {
-      out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-      for (labels, v) in samples {
-        out += name + (labels.isEmpty ? "" : "{\(labels)}") + " " + String(format: "%.3f", v) + "\n"
-      }
-    }
-    func label(_ t: TargetState) -> String {
-      "target=\"" + t.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        + "\""
-    }
-    metric(
-      "tidemark_replication_lag_seconds", "Now minus the capture time of the newest snapshot on the target.", "gauge",
-      targets.compactMap { t in t.newestSnapshotTime.map { (label(t), max(0, now - $0)) } })
-    metric(
-      "tidemark_replicated_bytes_total", "Bytes copied to the target by replication.", "counter",
-      targets.map { (label($0), Double($0.bytesCopiedTotal)) })
-    metric(
-      "tidemark_target_consecutive_failures", "Failed replications to the target since its last success.", "gauge",
-      targets.map { (label($0), Double($0.consecutiveFailures)) })
-    metric(
-      "tidemark_target_pending_snapshots", "Snapshots on the DC not yet on the target (as of the last cycle).",
-      "gauge", targets.compactMap { t in t.pendingSnapshots.map { (label(t), Double($0)) } })
-    metric(
-      "tidemark_target_pending_bytes", "Pack bytes on the DC not yet on the target (an upper bound).", "gauge",
-      targets.compactMap { t in t.pendingBytes.map { (label(t), Double($0)) } })
+  /// The Prometheus metrics of this state (for `metrics.textfile`, the pushgateway and the daemon's /metrics).
+  public func metricFamilies(now: Double) -> [MetricFamily] {
+    func target(_ t: TargetState, _ v: Double) -> MetricSample { MetricSample(labels: [("target", t.name)], value: v) }
+    var f: [MetricFamily] = [
+      .gauge(
+        "tidemark_replication_lag_seconds", "Now minus the capture time of the newest snapshot on the target.",
+        targets.compactMap { t in t.newestSnapshotTime.map { target(t, max(0, now - $0)) } }),
+      .counter(
+        "tidemark_replicated_bytes_total", "Bytes copied to the target by replication.",
+        targets.map { target($0, Double($0.bytesCopiedTotal)) }),
+      .gauge(
+        "tidemark_target_consecutive_failures", "Failed replications to the target since its last success.",
+        targets.map { target($0, Double($0.consecutiveFailures)) }),
+      .gauge(
+        "tidemark_target_pending_snapshots", "Snapshots on the DC not yet on the target (as of the last cycle).",
+        targets.compactMap { t in t.pendingSnapshots.map { target(t, Double($0)) } }),
+      .gauge(
+        "tidemark_target_pending_bytes", "Pack bytes on the DC not yet on the target (an upper bound).",
+        targets.compactMap { t in t.pendingBytes.map { target(t, Double($0)) } }),
+    ]
     if let a = lastCycleStart, let b = lastCycleEnd {
-      metric("tidemark_cycle_duration_seconds", "Duration of the last cycle.", "gauge", [("", b - a)])
+      f.append(.gauge("tidemark_cycle_duration_seconds", "Duration of the last cycle.", [MetricSample(b - a)]))
     }
-    metric("tidemark_cycle_success", "1 when the last cycle succeeded.", "gauge", [("", lastCycleSuccess ? 1 : 0)])
-    metric("tidemark_cycles_total", "Cycles run.", "counter", [("", Double(cycles))])
-    metric(
-      "tidemark_cycles_skipped_total", "Cycles skipped because the previous one overran.", "counter",
-      [("", Double(cyclesSkipped))])
-    metric(
-      "tidemark_backup_bytes_added", "Bytes the last backup added to the repository.", "gauge",
-      [("", Double(backupBytesAdded))])
+    f += [
+      .gauge("tidemark_cycle_success", "1 when the last cycle succeeded.", [MetricSample(lastCycleSuccess ? 1 : 0)]),
+      .counter("tidemark_cycles_total", "Cycles run.", [MetricSample(Double(cycles))]),
+      .counter(
+        "tidemark_cycles_skipped_total", "Cycles skipped because the previous one overran.",
+        [MetricSample(Double(cyclesSkipped))]),
+      .gauge(
+        "tidemark_backup_bytes_added", "Bytes the last backup added to the repository.",
+        [MetricSample(Double(backupBytesAdded))]),
+    ]
     if let t = lastSuccess {
-      metric("tidemark_last_success_timestamp_seconds", "When the last successful cycle ended.", "gauge", [("", t)])
+      f.append(
+        .gauge("tidemark_last_success_timestamp_seconds", "When the last successful cycle ended.", [MetricSample(t)]))
     }
-    metric(
-      "tidemark_repository_size_bytes", "Size of the DC repository's packs.", "gauge",
-      [("", Double(repositorySizeBytes))])
+    f.append(
+      .gauge(
+        "tidemark_repository_size_bytes", "Size of the DC repository's packs.",
+        [MetricSample(Double(repositorySizeBytes))]))
     if let t = lastPrune {
-      metric("tidemark_prune_last_timestamp_seconds", "When prune last started on the DC.", "gauge", [("", t)])
+      f.append(.gauge("tidemark_prune_last_timestamp_seconds", "When prune last started on the DC.", [MetricSample(t)]))
     }
     if let d = lastPruneDuration {
-      metric("tidemark_prune_duration_seconds", "Duration of the last prune on the DC.", "gauge", [("", d)])
+      f.append(.gauge("tidemark_prune_duration_seconds", "Duration of the last prune.", [MetricSample(d)]))
     }
     if let b = lastPruneFreedBytes {
-      metric("tidemark_prune_freed_bytes", "Bytes the last prune freed on the DC.", "gauge", [("", Double(b))])
+      f.append(.gauge("tidemark_prune_freed_bytes", "Bytes the last prune freed on the DC.", [MetricSample(Double(b))]))
     }
-    metric(
-      "tidemark_pruned_bytes_total", "Bytes freed by prune, on the DC and every target.", "counter",
-      [("", Double(prunedBytesTotal))])
-    metric(
-      "tidemark_target_prune_freed_bytes", "Bytes the last prune freed on the target.", "gauge",
-      targets.compactMap { t in t.lastPruneFreedBytes.map { (label(t), Double($0)) } })
+    f.append(
+      .counter(
+        "tidemark_pruned_bytes_total", "Bytes freed by prune, on the DC and every target.",
+        [MetricSample(Double(prunedBytesTotal))]))
+    f.append(
+      .gauge(
+        "tidemark_target_prune_freed_bytes", "Bytes the last prune freed on the target.",
+        targets.compactMap { t in t.lastPruneFreedBytes.map { target(t, Double($0)) } }))
     if let n = indexFiles {
-      metric("tidemark_index_files", "Index files in the DC repository.", "gauge", [("", Double(n))])
+      f.append(.gauge("tidemark_index_files", "Index files in the DC repository.", [MetricSample(Double(n))]))
     }
     if let role = siteRole, let epoch = siteEpoch {
-      metric(
-        "tidemark_site_primary", "1 when this site is the primary (runs the cycles).", "gauge",
-        [("", role == "primary" ? 1 : 0)])
-      metric(
-        "tidemark_site_epoch", "This site's fencing epoch (raised by every failover and promote).", "gauge",
-        [("", Double(epoch))])
+      f.append(
+        .gauge(
+          "tidemark_site_primary", "1 when this site is the primary (runs the cycles).",
+          [MetricSample(role == "primary" ? 1 : 0)]))
+      f.append(
+        .gauge(
+          "tidemark_site_epoch", "This site's fencing epoch (raised by every failover and promote).",
+          [MetricSample(Double(epoch))]))
     }
-    return out
+    return f
   }
 
   public var lastSuccess: Double?

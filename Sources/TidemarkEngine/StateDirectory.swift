@@ -91,7 +91,7 @@ public struct StateDirectory: Sendable {
 
   /// The metrics of this directory: the cycles' and the last drill's, in Prometheus' text format.
   public func metricsText(now: Double) -> String {
-    loadState().prometheus(now: now) + (loadDrill()?.prometheus() ?? "")
+    MetricsText.render(loadState().metricFamilies(now: now) + (loadDrill()?.metricFamilies() ?? []))
   }
 
   /// Never two cycles of one configuration at once: an flock held for the whole cycle (released by the kernel if
