@@ -8,6 +8,10 @@ public struct IndexEntry: Sendable, Hashable {
 
 /// One index file's worth of packs.
 public struct IndexFile: Sendable {
+  /// A rewritten index (prune, consolidation) starts a new file once one holds this many blob entries: restic's
+  /// own limit (`indexMaxBlobs`), so a file stays a few MiB and loads in one piece.
+  public static let maxBlobs = 50_000
+
   public var supersedes: [IndexID] = []
   public var packs: [(id: PackID, blobs: [PackedBlob])] = []
   public init() {}

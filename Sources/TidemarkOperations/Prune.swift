@@ -360,24 +360,7 @@ public enum Prune {
       for f in index.files {
         for p in f.file.packs where !drop.contains(p.id) && seen.insert(p.id).inserted { kept.append((p.id, p.blobs)) }
       }
-      var file = IndexFile()
-      file.supersedes = index.files.map(\.id)
-      var count = 0
-      var written = 0
-      for (id, blobs) in kept {
-        file.packs.append((id, blobs))
-        count += blobs.count
-        if count >= 50_000 {
-          _ = try await repo.saveUnpacked(.index, json: file.encode())
-          written += 1
-          file = IndexFile()
-          count = 0
-        }
-      }
-      if !file.packs.isEmpty || written == 0 {
-        _ = try await repo.saveUnpacked(.index, json: file.encode())
-        written += 1
-      }
+      let written = try await saveIndexFiles(repo, packs: kept, supersedes: index.files.map(\.id)).count
       st.indexFilesWritten = written + newIndexFiles.count
       progress("deleting obsolete index files")
       try await removeAll(repo, .index, index.files.map(\.id.hex))

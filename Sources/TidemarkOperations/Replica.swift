@@ -12,9 +12,14 @@
 //      not copied and is reported;
 //   2. an index file the target lacks as soon as every pack it names is on the target (index files that
 //      name a damaged pack, or a pack the source itself lacks, are not published);
-//   3. snapshot files the target lacks, only when every index file of the source is on the target: the
-//      source's snapshots are complete in the source's index (listed in that order: snapshots, then index,
-//      then packs, under a shared lock, so prune cannot interfere), hence in the target's.
+//   3. snapshot files the target lacks, only when every index file of the source is on the target or covered
+//      (below): the source's snapshots are complete in the source's index (listed in that order: snapshots,
+//      then index, then packs, under a shared lock, so prune cannot interfere), hence in the target's.
+// Covered: a source index file the target lacks by name, but whose every (pack, blob) entry the target's own
+// index already holds, is not copied. Index consolidation and prune rewrite index files under new names on
+// either side; copying the old names again would grow the target's index without bound, and the target's
+// index would gain nothing. The target's index is read only when some source index file names no pack the
+// target lacks (a fresh backup's index names new packs, so the usual sync does not pay for it).
 // A rerun copies only what is still missing (resumable by construction).
 //
 // Concurrency: `sync` runs `concurrency` transfers at once; its callbacks may come from several tasks.
@@ -30,6 +35,8 @@ public struct ReplicaStats: Sendable {
   public var snapshotsCopied = 0, snapshotBytes = 0
   /// Files of the source the target already had.
   public var packsPresent = 0, indexFilesPresent = 0, snapshotsPresent = 0
+  /// Source index files the target lacks by name but whose every entry its own index holds (not copied).
+  public var indexFilesCovered = 0
   /// Files not copied: damaged packs, index files naming a pack that is damaged or missing, and
   /// snapshots waiting for index files.
   public var packsSkipped = 0, indexFilesSkipped = 0, snapshotsSkipped = 0
@@ -212,11 +219,18 @@ private struct Copier {
   let fullListing: Bool
   let progress: @Sendable (ReplicaEvent) -> Void
 
-  /// A source index file the target lacks: its stored bytes and the packs it names.
+  /// A source index file the target lacks: its stored bytes, the packs it names and its content.
   struct PendingIndex: Sendable {
     var name: String
     var data: [UInt8]
     var packs: Set<String>
+    var file: IndexFile
+  }
+
+  /// One index entry, compared whole: a source entry is covered only by the very same entry on the target.
+  struct Entry: Hashable {
+    var pack: PackID
+    var blob: PackedBlob
   }
 
   final class State: Sendable {
@@ -273,7 +287,7 @@ private struct Copier {
         }
         return
       }
-      let pending = PendingIndex(name: f.name, data: data, packs: Set(file.packs.map(\.id.hex)))
+      let pending = PendingIndex(name: f.name, data: data, packs: Set(file.packs.map(\.id.hex)), file: file)
       loaded.withLock { $0.append(pending) }
     }
     let pending = loaded.withLock { $0 }.sorted { $0.name < $1.name }
@@ -299,7 +313,8 @@ private struct Copier {
     var order: [String] = []
     var scheduled = Set<String>()
     var indexesOfPack: [String: [String]] = [:]
-    var ready: [PendingIndex] = []
+    /// Index files whose packs are all on the target: published unless the target's index covers them.
+    var candidates: [PendingIndex] = []
     var byName: [String: PendingIndex] = [:]
     for p in pending {
       byName[p.name] = p
@@ -317,7 +332,7 @@ private struct Copier {
       }
       let toCopy = p.packs.filter { !dstPacks.contains($0) }.sorted()
       if toCopy.isEmpty {
-        ready.append(p)
+        candidates.append(p)
         continue
       }
       state.inner.withLock { $0.waiting[p.name] = toCopy.count }
@@ -329,17 +344,20 @@ private struct Copier {
     for f in srcPacks.sorted(by: { $0.name < $1.name }) where !dstPacks.contains(f.name) {
       if scheduled.insert(f.name).inserted { order.append(f.name) }
     }
+    let covered = try await coveredByTarget(candidates)
+    let ready = candidates.filter { !covered.contains($0.name) }
     let skippedForAbsence = state.inner.withLock { $0.blocked }
     let missingSnapshots = srcSnapshots.filter { !dstSnapshots.contains($0.name) }
     state.inner.withLock { s in
       s.stats.packsPresent = fullListing ? srcPacks.count - order.count : dstPacks.count
       s.stats.indexFilesPresent = srcIndex.count - missingIndex.count
+      s.stats.indexFilesCovered = covered.count
       s.stats.snapshotsPresent = srcSnapshots.count - missingSnapshots.count
     }
     progress(
       .planned(
         packs: order.count, packBytes: order.reduce(0) { $0 + (srcPackSize[$1] ?? 0) },
-        indexFiles: missingIndex.count, snapshots: missingSnapshots.count))
+        indexFiles: missingIndex.count - covered.count, snapshots: missingSnapshots.count))
 
     let publish: @Sendable (PendingIndex) async throws -> Void = { p in
       try await gate.pass()
@@ -394,11 +412,12 @@ private struct Copier {
       }
     }
 
-    // Snapshots: only when every index file of the source is on the target (those naming packs the source
-    // itself lacks excepted: the source is damaged there, and the target can be no better).
+    // Snapshots: only when every index file of the source is on the target or covered there (those naming packs
+    // the source itself lacks excepted: the source is damaged there, and the target can be no better).
     let published = state.inner.withLock { $0.published }
     let unindexed = srcIndex.filter {
       !dstIndex.contains($0.name) && !published.contains($0.name) && !skippedForAbsence.contains($0.name)
+        && !covered.contains($0.name)
     }
     if !unindexed.isEmpty {
       if !missingSnapshots.isEmpty {
@@ -450,6 +469,29 @@ private struct Copier {
           hint: "run `tidemark check --read-data` on the source; restore the damaged files from the replica"))
     }
     return stats
+  }
+}
+
+extension Copier {
+  /// The names of the `candidates` (source index files whose packs are all on the target) whose every entry the
+  /// target's index holds. Reads the target's index files only if a candidate names any pack; a target index
+  /// file that does not load covers nothing (the source file is then copied, which is always safe).
+  func coveredByTarget(_ candidates: [PendingIndex]) async throws -> Set<String> {
+    var covered = Set(candidates.filter { $0.file.packs.isEmpty }.map(\.name))
+    let named = Set(candidates.flatMap { $0.file.packs.map(\.id) })
+    guard !named.isEmpty else { return covered }
+    let stored = try await StoredIndex.load(target, tolerant: true)
+    var known = Set<Entry>()
+    for f in stored.files {
+      for p in f.file.packs where named.contains(p.id) {
+        for b in p.blobs { known.insert(Entry(pack: p.id, blob: b)) }
+      }
+    }
+    for c in candidates where !c.file.packs.isEmpty {
+      let all = c.file.packs.allSatisfy { p in p.blobs.allSatisfy { known.contains(Entry(pack: p.id, blob: $0)) } }
+      if all { covered.insert(c.name) }
+    }
+    return covered
   }
 }
 

@@ -133,7 +133,7 @@ struct ReplicateCommand: AsyncParsableCommand {
       w.raw(",\"snapshots_copied\":\(s.snapshotsCopied),\"snapshot_bytes\":\(s.snapshotBytes)")
       w.raw(",\"bytes_copied\":\(s.bytesCopied)")
       w.raw(
-        ",\"packs_present\":\(s.packsPresent),\"index_files_present\":\(s.indexFilesPresent),\"snapshots_present\":\(s.snapshotsPresent)"
+        ",\"packs_present\":\(s.packsPresent),\"index_files_present\":\(s.indexFilesPresent),\"index_files_covered\":\(s.indexFilesCovered),\"snapshots_present\":\(s.snapshotsPresent)"
       )
       w.raw(
         ",\"packs_skipped\":\(s.packsSkipped),\"index_files_skipped\":\(s.indexFilesSkipped),\"snapshots_skipped\":\(s.snapshotsSkipped)"
@@ -155,7 +155,9 @@ struct ReplicateCommand: AsyncParsableCommand {
       "copied \(s.packsCopied) packs (\(Out.bytes(Int64(s.packBytes)))), \(s.indexFilesCopied) index files, "
         + "\(s.snapshotsCopied) snapshots to \(target) in \(Out.duration(s.seconds))")
     Out.line(
-      "already there: \(s.packsPresent) packs, \(s.indexFilesPresent) index files, \(s.snapshotsPresent) snapshots")
+      "already there: \(s.packsPresent) packs, \(s.indexFilesPresent) index files"
+        + (s.indexFilesCovered > 0 ? " (\(s.indexFilesCovered) more covered by its index)" : "")
+        + ", \(s.snapshotsPresent) snapshots")
     if s.packsSkipped + s.indexFilesSkipped + s.snapshotsSkipped > 0 {
       Out.line(
         "not copied: \(s.packsSkipped) packs, \(s.indexFilesSkipped) index files, \(s.snapshotsSkipped) snapshots")
