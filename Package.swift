@@ -66,7 +66,7 @@ let package = Package(
     .target(
       name: "TidemarkDaemon",
       dependencies: [
-        "TidemarkEngine", "TidemarkCore",
+        "TidemarkEngine", "TidemarkCore", "TidemarkMount", "TidemarkFUSE", "TidemarkSystem",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "UnixSignals", package: "swift-service-lifecycle"),

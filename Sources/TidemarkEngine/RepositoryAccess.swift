@@ -5,6 +5,7 @@ import Foundation
 import TidemarkBackends
 import TidemarkCore
 import TidemarkOperations
+import TidemarkSystem
 
 public struct RepositoryAccess: Sendable {
   public var location: String
@@ -32,6 +33,17 @@ public struct RepositoryAccess: Sendable {
 
   public func open() async throws -> Repository {
     try await Repository.open(backend: try backend(), password: try password(), compression: compression)
+  }
+
+  /// Opens the repository with the master key a `tidemark mount` shares on `socket` (process `pid`); throws
+  /// when it cannot be had or does not open this repository's config.
+  public func open(keyFrom socket: String, pid: Int32?) async throws -> Repository {
+    let backend = try backend()
+    let json = try await Blocking.run { try SecretSocket.fetch(socket, serverPID: pid) }
+    guard let key = MasterKey(json: json) else {
+      throw TidemarkError(.general, "the mount's key socket \(socket) sent no master key")
+    }
+    return try await Repository.open(backend: backend, key: key, keyID: nil, compression: compression)
   }
 
   /// Runs `body` holding a lock on `repo`, released when `body` ends, fails or is cancelled. `prepare` (e.g.

@@ -27,6 +27,8 @@ public struct MountOptions: Sendable {
   public var mountpoint = ""
   /// The abstract socket that hands the master key to `tidemark restore` (root or this user), if any.
   public var keySocket: String? = nil
+  /// Let other users access the mount (FUSE's allow_other).
+  public var allowOther = false
   public init() {}
 }
 

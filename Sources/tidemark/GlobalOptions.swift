@@ -168,15 +168,9 @@ struct GlobalOptions: ParsableArguments {
     return try await Repository.open(backend: backend, password: pw, compression: try compressionMode)
   }
 
-  /// Opens the repository with the master key a `tidemark mount` shares on `socket` (process `pid`);
-  /// throws when it cannot be had or does not open this repository's config.
+  /// Opens the repository with the master key a `tidemark mount` shares (see RepositoryAccess.open(keyFrom:)).
   func open(keyFrom socket: String, pid: Int32?) async throws -> Repository {
-    let backend = try backend()
-    let json = try await Blocking.run { try SecretSocket.fetch(socket, serverPID: pid) }
-    guard let key = MasterKey(json: json) else {
-      throw TidemarkError(.general, "the mount's key socket \(socket) sent no master key")
-    }
-    return try await Repository.open(backend: backend, key: key, keyID: nil, compression: try compressionMode)
+    try await access().open(keyFrom: socket, pid: pid)
   }
 
   func openIndexed() async throws -> Repository {

@@ -66,46 +66,9 @@ struct MountCommand: AsyncParsableCommand {
     o.refresh = refresh
     o.cacheBytes = max(1, cacheSize) << 20
     o.mountpoint = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
-    var keyServer: SecretServer? = nil
-    if !noShareKey {
-      do {
-        keyServer = try SecretServer(prefix: "tidemark-mount", secret: repo.key.json)
-        o.keySocket = keyServer?.name
-      } catch {
-        if !global.quiet { Out.err("tidemark mount: not sharing the key with restore: \(error)") }
-      }
-    }
-    defer { keyServer?.stop() }
-    let fs = SnapshotFS(repository: repo, options: o)
-
-    let lock: RepositoryLock? =
-      global.noLock
-      ? nil
-      : try await RepositoryLock.acquire(repo, exclusive: false, retry: try global.lockRetry) {
-        try await fs.refresh()
-      }
-    if lock == nil { try await fs.refresh() }
-
-    var opts = ["ro", "fsname=tidemark", "subtype=tidemark", "default_permissions", "auto_unmount"]
-    if allowOther { opts.append("allow_other") }
-    let session: FUSESession
-    do {
-      session = try FUSESession(filesystem: fs, mountpoint: o.mountpoint, options: opts)
-    } catch let e as FUSEError {
-      await lock?.release()
-      throw TidemarkError(
-        .general,
-        "cannot mount at \(o.mountpoint): \(String(cString: strerror(e.errno)))",
-        hint: "is /dev/fuse available and the fuse3 package (fusermount3) installed?")
-    }
-    if !global.quiet {
-      Out.err(
-        "serving \(repo.backend.location) at \(o.mountpoint); Ctrl-C or `fusermount3 -u \(o.mountpoint)` unmounts")
-    }
-    let refresher = Task { await fs.refreshLoop { Out.err("tidemark mount: \($0)") } }
-    // SIGINT/SIGTERM/SIGHUP: stop serving; the loop then unmounts and the lock is released below.
-    await BlockingService.run(name: "tidemark-fuse", { session.run() }, stop: { session.exit() })
-    refresher.cancel()
-    await lock?.release()
+    o.allowOther = allowOther
+    try await MountService.serve(
+      repo, options: o, shareKey: !noShareKey, lock: !global.noLock, lockRetry: try global.lockRetry,
+      say: { [quiet = global.quiet] in if !quiet { Out.err($0) } })
   }
 }

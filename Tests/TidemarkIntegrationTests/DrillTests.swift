@@ -74,7 +74,7 @@ import TidemarkCore
     let md = (try? String(contentsOfFile: report, encoding: .utf8)) ?? ""
     #expect(md.contains("Result: **passed**") && md.contains("db.dump"), "\(report): \(md)")
     let prom = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)
-    #expect(prom.contains("tidemark_drill_success{target=\"dr\"} 1.000"), "\(prom)")
+    #expect(prom.contains("tidemark_drill_success{target=\"dr\"} 1.0"), "\(prom)")
     #expect(prom.contains("tidemark_drill_rto_seconds{target=\"dr\"}"))
     let okStatus = try tm(["status"])
     #expect(okStatus.status == 0 && okStatus.out.contains("passed, RTO"), "\(okStatus.out)")
@@ -102,7 +102,7 @@ import TidemarkCore
     let status = try tm(["status", "--json"])
     #expect(status.status == 1 && status.out.contains("\"last_drill\":{\"ok\":false"), "\(status.out)")
     let prom2 = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)
-    #expect(prom2.contains("tidemark_drill_success{target=\"dr\"} 0.000"), "\(prom2)")
+    #expect(prom2.contains("tidemark_drill_success{target=\"dr\"} 0.0"), "\(prom2)")
   }
 
   @Test func aFailingVerifyCommandFailsTheDrill() throws {
@@ -166,6 +166,6 @@ import TidemarkCore
     #expect(reports.count >= 1)
     #expect(FileManager.default.fileExists(atPath: ws.sub("state/check.json")), "no rolling check")
     let prom = (try? String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8)) ?? ""
-    #expect(prom.contains("tidemark_drill_success{target=\"dr\"} 1.000"), "\(prom)")
+    #expect(prom.contains("tidemark_drill_success{target=\"dr\"} 1.0"), "\(prom)")
   }
 }
