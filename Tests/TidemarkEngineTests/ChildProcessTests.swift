@@ -59,7 +59,8 @@ import TidemarkEngine
     // The shell waits for a background sleep: the timeout must reach that grandchild too.
     let r = try await ChildProcess.shell(
       "sleep 30 & echo $! > \(dir)/pid; wait", timeout: .milliseconds(500))
-    #expect(clock.now - started < .seconds(2))
+    // Generous: only "stopped near the timeout, not after the 30 s sleep" matters on a loaded machine.
+    #expect(clock.now - started < .seconds(10))
     #expect(r.timedOut && !r.succeeded)
     #expect(r.termination == .signaled(SIGTERM))
     let grandchild = try #require(Int32(try String(contentsOfFile: dir + "/pid", encoding: .utf8).trimmed))
@@ -114,7 +115,7 @@ import TidemarkEngine
     let started = clock.now
     // SIGTERM is ignored (by the shell and the sleeps it starts); SIGKILL follows after the grace period.
     await stream.cancel()
-    #expect(clock.now - started < .seconds(4))
+    #expect(clock.now - started < .seconds(10))
     #expect(kill(stream.pid, 0) != 0)
   }
 
@@ -133,7 +134,7 @@ import TidemarkEngine
       for i in 0..<8 { group.addTask { try await ChildProcess.shell("sleep 1; echo \(i)") } }
       return try await group.reduce(into: []) { $0.append($1) }
     }
-    #expect(clock.now - started < .seconds(3))
+    #expect(clock.now - started < .seconds(6))  // one after another: 8 s
     #expect(results.count == 8 && results.allSatisfy(\.succeeded))
     let tails: Set<String> = Set(results.flatMap { $0.tail })
     let expected: Set<String> = Set((0..<8).map { String($0) })

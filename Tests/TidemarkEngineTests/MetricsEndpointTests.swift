@@ -68,11 +68,11 @@ import TidemarkDaemon
         defer { _ = close(fd) }
         _ = Client.send(fd, "GET /metr")  // half a request line, then nothing
         let start = ContinuousClock.now
-        let (_, eof) = Client.receive(fd, deadline: start + .seconds(3))
+        let (_, eof) = Client.receive(fd, deadline: start + .seconds(10))
         return (eof, ContinuousClock.now - start)
       }
       #expect(outcome.eof)
-      #expect(outcome.after < .seconds(2))
+      #expect(outcome.after < .seconds(8))
     }
   }
 

@@ -185,3 +185,123 @@ import TidemarkSystem
     try attempt("state-dir: \(ws.sub("ro/file/state"))", "state directory \(ws.sub("ro/file/state")) cannot be created")
   }
 }
+
+/// Plain TCP clients for the daemon's metrics endpoint (IPv4 or IPv6), blocking, with deadlines.
+enum RawHTTP {
+  /// A connected socket to `host` (`127.0.0.1` or `::1`) and `port`, or -1.
+  static func connect(_ host: String, _ port: Int) -> Int32 {
+    let v6 = host.contains(":")
+    let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var tv = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var ok: Int32 = -1
+    if v6 {
+      var a = sockaddr_in6()
+      a.sin6_family = sa_family_t(AF_INET6)
+      a.sin6_port = UInt16(port).bigEndian
+      inet_pton(AF_INET6, host, &a.sin6_addr)
+      ok = withUnsafePointer(to: &a) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        }
+      }
+    } else {
+      var a = sockaddr_in()
+      a.sin_family = sa_family_t(AF_INET)
+      a.sin_port = UInt16(port).bigEndian
+      inet_pton(AF_INET, host, &a.sin_addr)
+      ok = withUnsafePointer(to: &a) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+      }
+    }
+    if ok != 0 {
+      close(fd)
+      return -1
+    }
+    return fd
+  }
+
+  static func send(_ fd: Int32, _ text: String) {
+    let b = Array(text.utf8)
+    _ = b.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+  }
+
+  /// GET `path`; the whole answer (until the server closes), or nil.
+  static func get(_ host: String, _ port: Int, _ path: String) -> String? {
+    let fd = connect(host, port)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    send(fd, "GET \(path) HTTP/1.1\r\nHost: tidemark\r\nConnection: close\r\n\r\n")
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let n = recv(fd, &buf, buf.count, 0)
+      if n <= 0 { break }
+      out += buf[0..<n]
+    }
+    return out.isEmpty ? nil : String(decoding: out, as: UTF8.self)
+  }
+
+  /// Connects, sends half a request line and resets the connection (SO_LINGER 0).
+  static func resetMidRequest(_ host: String, _ port: Int) {
+    let fd = connect(host, port)
+    guard fd >= 0 else { return }
+    send(fd, "GET /metr")
+    var l = linger(l_onoff: 1, l_linger: 0)
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+    close(fd)
+  }
+}
+
+extension EngineTests {
+  @Test func metricsAnswerOverIPv6WhileClientsStallOrReset() throws {
+    let ws = try Workspace("metrics-clients")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try Self.random(10_000).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    let port = try unusedPort()
+    try """
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    state-dir: \(ws.sub("state"))
+    interval: 1s
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    metrics:
+      listen: "[::1]:\(port)"
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    #expect(try ws.tidemark(["init", "--config", ws.sub("c.yaml")], password: "").status == 0)
+    let pid = try startDaemon(ws, config: ws.sub("c.yaml"))
+    defer { stop(pid) }
+    var first: String? = nil
+    for _ in 0..<200 {
+      first = RawHTTP.get("::1", port, "/metrics")
+      if first?.contains("tidemark_cycles_total") == true { break }
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    #expect(first?.hasPrefix("HTTP/1.1 200") == true && first?.contains("tidemark_cycles_total") == true)
+    // Three clients connect and say nothing; a scrape still answers within a second.
+    let silent = (0..<3).map { _ in RawHTTP.connect("::1", port) }
+    defer { for fd in silent where fd >= 0 { close(fd) } }
+    #expect(silent.allSatisfy { $0 >= 0 })
+    let start = ContinuousClock.now
+    let scrape = RawHTTP.get("::1", port, "/metrics")
+    let took = ContinuousClock.now - start
+    #expect(scrape?.contains("tidemark_replication_lag_seconds{target=\"dr\"}") == true, "\(scrape ?? "nothing")")
+    #expect(took < .seconds(1), "a scrape took \(took) with three silent clients connected")
+    // Fifty clients that reset mid-request leave the daemon running and serving.
+    for _ in 0..<50 { RawHTTP.resetMidRequest("::1", port) }
+    #expect(kill(pid, 0) == 0, "the daemon died")
+    #expect(RawHTTP.get("::1", port, "/metrics")?.hasPrefix("HTTP/1.1 200") == true)
+    let health = RawHTTP.get("::1", port, "/health")
+    #expect(health?.hasPrefix("HTTP/1.1 200") == true && health?.contains("\"ok\":true") == true, "\(health ?? "")")
+    kill(pid, SIGTERM)
+    #expect(Self.exitCode(pid, seconds: 20) == 0)
+  }
+}
