@@ -5,9 +5,9 @@ import TidemarkCore
 import TidemarkOperations
 
 extension Cycle {
-  func targetPassword(_ t: EngineConfig.Target, _ password: [UInt8]) throws -> [UInt8] {
+  func targetPassword(_ t: EngineConfig.Target, _ password: [UInt8]) async throws -> [UInt8] {
     guard let f = t.passwordFile else { return password }
-    return try PasswordSource(file: f).read(envPrefix: "TARGET_")
+    return try await PasswordSource(file: f).read(envPrefix: "TARGET_")
   }
 
   func targetBackend(_ t: EngineConfig.Target) throws -> any Backend {
@@ -17,7 +17,8 @@ extension Cycle {
   }
 
   public func openTarget(_ t: EngineConfig.Target) async throws -> Repository {
-    try await Repository.open(backend: try targetBackend(t), password: try targetPassword(t, try access.password()))
+    try await Repository.open(
+      backend: try targetBackend(t), password: try await targetPassword(t, try await access.password()))
   }
 
   /// Each target's backend and site role, read in parallel before the cycle; an unreachable target has neither
@@ -53,7 +54,7 @@ extension Cycle {
     backend: (any Backend)? = nil, fullListing: Bool = true
   ) async throws -> (ReplicaStats, Snapshot?, Repository) {
     let target = try await Replica.create(
-      source: repo, target: try backend ?? targetBackend(t), password: try targetPassword(t, password),
+      source: repo, target: try backend ?? targetBackend(t), password: try await targetPassword(t, password),
       kdf: KeyDerivation.params, verifiedKey: verifiedKey)
     _ = try? await RepositoryLock.removeDead(target)  // as on the DC: a killed cycle's locks
     let stats: ReplicaStats

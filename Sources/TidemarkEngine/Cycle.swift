@@ -172,7 +172,7 @@ public struct Cycle: Sendable {
     let now = clock.now()
     let password: [UInt8]
     do {
-      password = try access.password()
+      password = try await access.password()
     } catch {
       run.failures.append("\(error)")
       return []

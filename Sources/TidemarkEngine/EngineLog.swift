@@ -4,6 +4,7 @@
 // Lines are written with one write(2) each, so concurrent events never interleave within a line.
 import Foundation
 import Logging
+import TidemarkSystem
 
 public enum EngineLog {
   /// A logger for a command run by hand; `quiet` keeps only warnings and errors.
@@ -23,20 +24,7 @@ public enum EngineLog {
   /// A logger that drops everything (tests, and engine parts called without one).
   public static let silent = Logger(label: "tidemark") { _ in SwiftLogNoOpLogHandler() }
 
-  static func write(_ fd: Int32, _ s: String) {
-    let b = Array(s.utf8)
-    b.withUnsafeBytes { buf in
-      var done = 0
-      while done < buf.count {
-        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-        if n < 0 {
-          if errno == EINTR { continue }
-          return
-        }
-        done += n
-      }
-    }
-  }
+  static func write(_ fd: Int32, _ s: String) { Sys.writeAll(fd: fd, Array(s.utf8)) }
 }
 
 struct ConsoleHandler: LogHandler {

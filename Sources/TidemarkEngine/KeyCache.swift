@@ -17,7 +17,7 @@ public final class KeyCache: Sendable {
   public func clear() { entries.withLock { $0 = [:] } }
 
   public func open(_ access: RepositoryAccess) async throws -> Repository {
-    let tag = access.location + "\u{0}" + RawID.hash(try access.password()).hex
+    let tag = access.location + "\u{0}" + RawID.hash(try await access.password()).hex
     if let e = entries.withLock({ $0[tag] }), let id = e.keyID {
       do {
         let backend = try access.backend()

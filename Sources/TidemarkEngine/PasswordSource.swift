@@ -1,5 +1,6 @@
 // Where a repository password comes from, in restic's order: a file, a command's output, the environment
-// (TIDEMARK_<prefix>PASSWORD, then RESTIC_<prefix>PASSWORD). Prompting is the command line's business.
+// (TIDEMARK_<prefix>PASSWORD, then RESTIC_<prefix>PASSWORD). Prompting is the command line's business. A password
+// command runs through Shell (swift-subprocess), with its standard output captured and its standard input closed.
 import Foundation
 import TidemarkCore
 import TidemarkSystem
@@ -24,7 +25,7 @@ public struct PasswordSource: Sendable {
 
   /// The password from the file, the command or the environment (`envPrefix` e.g. `FROM_`, `TARGET_`); nil when
   /// none of them gives one.
-  public func lookup(envPrefix: String = "") throws -> [UInt8]? {
+  public func lookup(envPrefix: String = "") async throws -> [UInt8]? {
     if let f = file ?? Self.env(envPrefix + "PASSWORD_FILE") {
       do {
         return Self.trimmed(try Sys.readFile(BytePath(f)))
@@ -33,37 +34,25 @@ public struct PasswordSource: Sendable {
       }
     }
     if let c = command ?? Self.env(envPrefix + "PASSWORD_COMMAND") {
-      let r = try Self.runBlocking(c)
-      guard r.status == 0 else {
-        throw TidemarkError(.usage, "password command `\(c)` failed with exit code \(r.status)")
+      let r = try await Shell.run(c, timeout: .seconds(300), captureStdout: true)
+      guard r.ok else {
+        throw TidemarkError(
+          .usage, "password command `\(c)` failed with \(r.timedOut ? "a timeout" : "exit code \(r.status)")")
       }
-      return Self.trimmed(r.output)
+      return Self.trimmed(r.stdout)
     }
     if let v = Self.env(envPrefix + "PASSWORD") { return Array(v.utf8) }
     return nil
   }
 
   /// Like `lookup`, but no password is an error.
-  public func read(envPrefix: String = "") throws -> [UInt8] {
-    guard let p = try lookup(envPrefix: envPrefix) else {
+  public func read(envPrefix: String = "") async throws -> [UInt8] {
+    guard let p = try await lookup(envPrefix: envPrefix) else {
       throw TidemarkError(
         .usage, "no password given",
         hint: "use --password-file, --password-command or TIDEMARK_PASSWORD (RESTIC_PASSWORD works too)")
     }
     return p
-  }
-
-  /// A password command runs before anything else, from synchronous option parsing: on the calling thread.
-  static func runBlocking(_ command: String) throws -> (status: Int32, output: [UInt8]) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", command]
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    try p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, Array(data))
   }
 
   public static func trimmed(_ b: [UInt8]) -> [UInt8] {

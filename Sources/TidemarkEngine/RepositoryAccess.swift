@@ -12,7 +12,7 @@ public struct RepositoryAccess: Sendable {
   /// `-o key=value` backend options.
   public var options: [String] = []
   /// The password, read when a repository is opened (a file, a command, the environment or a prompt).
-  public var password: @Sendable () throws -> [UInt8]
+  public var password: @Sendable () async throws -> [UInt8]
   public var compression: Compression = .auto
   /// How long to keep retrying while the repository is locked (zero: fail at once).
   public var lockRetry: Duration = .zero
@@ -21,7 +21,7 @@ public struct RepositoryAccess: Sendable {
   /// Hears each retry of a remote backend.
   public var warn: @Sendable (String) -> Void = { _ in }
 
-  public init(location: String, password: @escaping @Sendable () throws -> [UInt8]) {
+  public init(location: String, password: @escaping @Sendable () async throws -> [UInt8]) {
     self.location = location
     self.password = password
   }
@@ -32,7 +32,7 @@ public struct RepositoryAccess: Sendable {
   }
 
   public func open() async throws -> Repository {
-    try await Repository.open(backend: try backend(), password: try password(), compression: compression)
+    try await Repository.open(backend: try backend(), password: try await password(), compression: compression)
   }
 
   /// Opens the repository with the master key a `tidemark mount` shares on `socket` (process `pid`); throws

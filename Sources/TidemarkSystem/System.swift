@@ -637,3 +637,21 @@ extension Sys {
     }
   }
 }
+
+extension Sys {
+  /// Writes all of `bytes` to `fd` in as few write(2) calls as it takes (retrying EINTR); a write error ends it
+  /// silently (for standard output and error, where there is nowhere left to report it).
+  public static func writeAll(fd: Int32, _ bytes: [UInt8]) {
+    bytes.withUnsafeBytes { buf in
+      var done = 0
+      while done < buf.count {
+        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+        if n < 0 {
+          if errno == EINTR { continue }
+          return
+        }
+        done += n
+      }
+    }
+  }
+}

@@ -18,7 +18,7 @@ struct Init: AsyncParsableCommand {
 
   func run() async throws {
     let backend = try global.backend()
-    let pw = try global.password(prompt: "enter password for new repository: ")
+    let pw = try await global.password(prompt: "enter password for new repository: ")
     var poly: Polynomial? = nil
     if copyChunkerParams {
       poly = try await from.open(global, needFor: "--copy-chunker-params").config.chunkerPolynomial

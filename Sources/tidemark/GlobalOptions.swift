@@ -102,7 +102,7 @@ struct GlobalOptions: ParsableArguments {
   /// How the engine reaches the repository these options name (the password is read when it is opened).
   func access(location: String? = nil) throws -> RepositoryAccess {
     let g = self
-    var a = RepositoryAccess(location: try location ?? repositoryLocation()) { try g.password() }
+    var a = RepositoryAccess(location: try location ?? repositoryLocation()) { try await g.password() }
     a.options = option
     a.compression = try compressionMode
     a.lockRetry = try lockRetry
@@ -136,7 +136,7 @@ struct GlobalOptions: ParsableArguments {
     prefix: String = "", fileOption: String? = nil, commandOption: String? = nil,
     prompt: String = "enter password for repository: "
   )
-    throws -> [UInt8]
+    async throws -> [UInt8]
   {
     // With --config (and no -r, or -r naming the configuration's repository, as a path in a mount does), the
     // configuration's password file comes before the environment.
@@ -144,13 +144,15 @@ struct GlobalOptions: ParsableArguments {
     if prefix.isEmpty && passwordCommand == nil, let c = try engineConfig(), repo == nil || repo == c.repository {
       configured = c.passwordFile
     }
-    return try GlobalOptions.readPassword(
+    return try await GlobalOptions.readPassword(
       file: fileOption ?? (prefix.isEmpty ? passwordFile ?? configured : nil),
       command: commandOption ?? (prefix.isEmpty ? passwordCommand : nil), envPrefix: prefix, prompt: prompt)
   }
 
-  static func readPassword(file: String?, command: String?, envPrefix: String, prompt: String) throws -> [UInt8] {
-    if let p = try PasswordSource(file: file, command: command).lookup(envPrefix: envPrefix) { return p }
+  static func readPassword(file: String?, command: String?, envPrefix: String, prompt: String) async throws
+    -> [UInt8]
+  {
+    if let p = try await PasswordSource(file: file, command: command).lookup(envPrefix: envPrefix) { return p }
     if isatty(0) == 1 {
       guard let p = getpass(prompt) else { throw TidemarkError(.usage, "no password entered") }
       return Array(String(cString: p).utf8)
@@ -164,7 +166,7 @@ struct GlobalOptions: ParsableArguments {
 
   func open() async throws -> Repository {
     let backend = try backend()
-    let pw = try password()
+    let pw = try await password()
     return try await Repository.open(backend: backend, password: pw, compression: try compressionMode)
   }
 
@@ -234,7 +236,7 @@ struct FromRepositoryOptions: ParsableArguments {
       throw TidemarkError(
         .usage, "\(what) needs a source repository", hint: "pass --from-repo or set TIDEMARK_FROM_REPOSITORY")
     }
-    let pw = try GlobalOptions.readPassword(
+    let pw = try await GlobalOptions.readPassword(
       file: fromPasswordFile, command: fromPasswordCommand, envPrefix: "FROM_",
       prompt: "enter password for source repository: ")
     do {
@@ -256,19 +258,7 @@ enum Out {
   static func err(_ s: String) { errRaw(s + "\n") }
   static func errRaw(_ s: String) { write(fd: 2, Array(s.utf8)) }
 
-  static func write(fd: Int32, _ b: [UInt8]) {
-    b.withUnsafeBytes { buf in
-      var done = 0
-      while done < buf.count {
-        let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-        if n < 0 {
-          if errno == EINTR { continue }
-          return
-        }
-        done += n
-      }
-    }
-  }
+  static func write(fd: Int32, _ b: [UInt8]) { Sys.writeAll(fd: fd, b) }
 
   static func bytes(_ n: Int64) -> String { Human.bytes(n) }
   static func duration(_ secs: Double) -> String { Human.duration(secs) }

@@ -72,7 +72,7 @@ struct ReplicateCommand: AsyncParsableCommand {
     let sourceLocation = try global.repositoryLocation()
     let (sourceOptions, targetOptions) = try BackendLocation.splitOptions(
       global.option, source: sourceLocation, target: to)
-    let password = try global.password()
+    let password = try await global.password()
     let source = try await Repository.open(
       backend: try global.backend(at: sourceLocation, options: sourceOptions), password: password,
       compression: try global.compressionMode)
@@ -80,7 +80,7 @@ struct ReplicateCommand: AsyncParsableCommand {
     let targetPassword =
       toPasswordFile != nil || toPasswordCommand != nil || GlobalOptions.env("TO_PASSWORD_FILE") != nil
         || GlobalOptions.env("TO_PASSWORD_COMMAND") != nil || GlobalOptions.env("TO_PASSWORD") != nil
-      ? try GlobalOptions.readPassword(
+      ? try await GlobalOptions.readPassword(
         file: toPasswordFile, command: toPasswordCommand, envPrefix: "TO_", prompt: "enter password for replica: ")
       : password
     let created = !(try await targetBackend.exists(.config))
