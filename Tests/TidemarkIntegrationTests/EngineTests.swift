@@ -282,10 +282,11 @@ extension EngineTests {
     var first: String? = nil
     for _ in 0..<200 {
       first = RawHTTP.get("::1", port, "/metrics")
-      if first?.contains("tidemark_cycles_total") == true { break }
+      if first?.contains("tidemark_replication_lag_seconds{target=\"dr\"}") == true { break }  // a cycle ran
       Thread.sleep(forTimeInterval: 0.1)
     }
-    #expect(first?.hasPrefix("HTTP/1.1 200") == true && first?.contains("tidemark_cycles_total") == true)
+    #expect(
+      first?.hasPrefix("HTTP/1.1 200") == true && first?.contains("tidemark_cycles_total") == true, "\(first ?? "")")
     // Three clients connect and say nothing; a scrape still answers within a second.
     let silent = (0..<3).map { _ in RawHTTP.connect("::1", port) }
     defer { for fd in silent where fd >= 0 { close(fd) } }
