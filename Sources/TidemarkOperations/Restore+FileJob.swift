@@ -1,0 +1,121 @@
+// One file being written: where its content goes (a temp file beside the path, or the file itself when
+// patched in place), how many blobs it still waits for, and its descriptor. Concurrency contract: every
+// method blocks and may be called from any pack writer's thread; the descriptor's lock makes a
+// failure elsewhere unable to close it under a write.
+import Foundation
+import Synchronization
+import TidemarkSystem
+
+extension Restore {
+  final class FileJob: Sendable {
+    let item: Item
+    let path: BytePath
+    let temp: BytePath
+    let mode: FileMode
+    let sparse: Bool
+    let remaining: Mutex<Int>
+    let failed = Mutex<Bool>(false)
+    /// The file being written, opened on first use; -1 until then, -2 once closed.
+    let fd = Mutex<Int32>(-1)
+    /// Where writeback of large copied ranges is started (see `open`).
+    let writeback: DispatchQueue
+
+    /// Blocking: opens (and prepares) the file unless that happened already.
+    func create() throws {
+      try fd.withLock { fd in
+        if fd == -1 { fd = try open() }
+      }
+    }
+
+    private func open() throws -> Int32 {
+      if case .inplace = mode { return try Sys.open(path, O_WRONLY | O_NOFOLLOW) }
+      let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
+      do {
+        if ftruncate(f, off_t(item.node.size)) != 0 { throw SystemError(errno, "ftruncate", temp.description) }
+        if case .rebuild(let old, let copies) = mode, !copies.isEmpty {
+          let src = try Sys.open(old, O_RDONLY | O_NOFOLLOW)
+          defer { Sys.close(src) }
+          // ext4 writes a file out before a rename over another file returns (auto_da_alloc). For a
+          // large copy, have that writeback done alongside: each piece copied is handed to a thread
+          // that starts its writeback, while this one copies the next.
+          // One descriptor for the writeback thread per file (not per piece: it may lag far behind).
+          let d = copies.contains { $0.count >= Restore.writebackPiece } ? dup(f) : -1
+          defer { if d >= 0 { writeback.async { Sys.close(d) } } }
+          for c in copies {
+            var done = 0
+            while done < c.count {
+              let n = min(c.count - done, Restore.writebackPiece)
+              try Sys.copyRange(from: src, at: c.from + Int64(done), to: f, at: c.to + Int64(done), count: n)
+              if d >= 0 && n == Restore.writebackPiece {
+                let at = c.to + Int64(done)
+                writeback.async { Sys.startWriteback(d, at: at, count: n) }
+              }
+              done += n
+            }
+          }
+        }
+      } catch {
+        Sys.close(f)
+        try? Sys.unlink(temp)
+        throw error
+      }
+      return f
+    }
+
+    /// Blocking: writes `data` at `offset`, opening the file on first use. Holding the lock while
+    /// writing means a concurrent failure cannot close (and the kernel reuse) the descriptor under
+    /// the write. Does nothing and returns false once the job is closed (it failed elsewhere).
+    func write(_ data: UnsafeRawBufferPointer, at offset: Int64, zero: Bool) throws -> Bool {
+      try fd.withLock { fd in
+        if fd == -2 { return false }
+        if fd == -1 { fd = try open() }
+        // A new file was sized up front: an all-zero blob left unwritten reads as zeros (a hole).
+        let hole: Bool
+        if case .inplace = mode { hole = false } else { hole = zero && sparse }
+        if !hole { try Sys.pwrite(fd, data, offset: offset) }
+        return true
+      }
+    }
+
+    /// Cuts an in-place file to its size (before `close`).
+    func truncateInPlace() throws {
+      guard case .inplace = mode else { return }
+      try fd.withLock { fd in
+        if fd >= 0 && ftruncate(fd, off_t(item.node.size)) != 0 {
+          throw SystemError(errno, "ftruncate", path.description)
+        }
+      }
+    }
+
+    /// Closes the descriptor; returns whether a temp file had been created.
+    @discardableResult
+    func close() -> Bool {
+      fd.withLock { fd in
+        var created = fd >= 0
+        if case .inplace = mode { created = false }
+        if fd >= 0 { Sys.close(fd) }
+        fd = -2
+        return created
+      }
+    }
+
+    init(
+      item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int, writeback: DispatchQueue
+    ) {
+      self.writeback = writeback
+      self.item = item
+      self.path = path
+      self.temp = temp
+      self.mode = mode
+      self.sparse = sparse
+      remaining = Mutex(blobs)
+    }
+  }
+
+  static func tempPath(_ p: BytePath, _ name: [UInt8]) -> BytePath {
+    var tmp = p.bytes
+    tmp.removeLast(name.count)
+    tmp += tempPrefix + Array("\(UInt32.random(in: 0...UInt32.max))-".utf8) + name.prefix(100)
+    return BytePath(bytes: tmp)
+  }
+}

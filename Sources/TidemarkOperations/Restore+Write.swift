@@ -1,0 +1,201 @@
+// Writing content: each needed pack is fetched once, in ranged reads, and its blobs decrypted and
+// written to every file that needs them in one blocking hop; a file complete is renamed into place.
+import Foundation
+import Synchronization
+import TidemarkCore
+import TidemarkSystem
+
+extension Restore {
+  /// Writes the queued files: those that fetch nothing are completed at once; every blob to fetch is
+  /// grouped by pack, so each pack is read once and its blobs fanned out to every file that needs them.
+  func writeContent(_ run: RunContext) async throws {
+    var writing: [FileJob] = []
+    for job in run.jobs {
+      if job.remaining.withLock({ $0 }) == 0 {
+        do {
+          try await Blocking.run { try job.create() }
+        } catch {
+          fail("\(job.path): \(error)")
+          job.close()
+          continue
+        }
+        await finishFile(job)
+      } else {
+        writing.append(job)  // opened on its first write
+      }
+    }
+    struct Target: Sendable {
+      let job: FileJob
+      let offset: Int64
+    }
+    var byPack: [PackID: [BlobID: (PackedBlob, [Target])]] = [:]
+    for job in writing {
+      var off: Int64 = 0
+      let mask = run.fetchMask[ObjectIdentifier(job)]
+      for (k, id) in (job.item.node.content ?? []).enumerated() {
+        guard let e = repo.index.lookup(id) else {
+          fail("\(job.path): data blob \(id.short) is not in the index; file not restored")
+          job.failed.withLock { $0 = true }
+          break
+        }
+        if mask?[k] ?? true {
+          byPack[e.pack, default: [:]][id, default: (e.blob, [])].1.append(Target(job: job, offset: off))
+        }
+        off += Int64(e.blob.plainLength)
+      }
+    }
+    let packs = Array(byPack)
+    // Files rebuilt from large unchanged ranges of the old one: start those copies now, beside the
+    // fetching, rather than when their first fetched blob arrives (a write waits for its file's copy).
+    let large = writing.filter { job in
+      guard case .rebuild(_, let copies) = job.mode else { return false }
+      return copies.reduce(0) { $0 + $1.count } >= Restore.writebackPiece
+    }
+    async let copied: Void = forEachConcurrently(large, limit: 1) { job in
+      _ = try? await Blocking.run { try job.create() }  // on failure, the first write tries again and reports
+    }
+    try await forEachConcurrently(packs, limit: Restore.packLimit) { (pack, blobs) in
+      await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
+    }
+    try await copied
+  }
+
+  /// Word-at-a-time zero test (blobs of holes are skipped: the file was sized, so they stay holes).
+  static func isAllZero(_ b: [UInt8]) -> Bool { b.withUnsafeBytes { isAllZero($0) } }
+
+  static func isAllZero(_ raw: UnsafeRawBufferPointer) -> Bool {
+    guard let base = raw.baseAddress else { return true }
+    let words = raw.count / 8
+    var i = 0
+    while i < words {
+      if base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
+      i += 1
+    }
+    for k in (words * 8)..<raw.count where raw[k] != 0 { return false }
+    return true
+  }
+
+  func restorePack(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
+    // Read the pack in runs of blobs spanning at most 4 MiB (a larger blob is a run of its own): the
+    // buffers in flight stay small, and the page cache serves the reads either way.
+    var run: [(PackedBlob, [(FileJob, Int64)])] = []
+    for blob in blobs.sorted(by: { $0.0.offset < $1.0.offset }) {
+      if let first = run.first, blob.0.offset + blob.0.length - first.0.offset > 4 << 20 {
+        await restoreRun(pack, run)
+        run.removeAll(keepingCapacity: true)
+      }
+      run.append(blob)
+    }
+    if !run.isEmpty { await restoreRun(pack, run) }
+  }
+
+  /// Restores blobs that lie close together in one pack (sorted by offset): one read, one blocking hop.
+  func restoreRun(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
+    let live = blobs.filter { !$0.1.allSatisfy { $0.0.failed.withLock { $0 } } }
+    guard let lo = live.first?.0.offset, let hi = live.map({ $0.0.offset + $0.0.length }).max() else {
+      return
+    }
+    let data: [UInt8]
+    do {
+      data = try await repo.backend.load(
+        Handle(.pack, pack.hex), offset: Int(lo), length: Int(hi - lo), reusing: packBuffers.take())
+    } catch {
+      for (b, targets) in live {
+        await failTargets(targets, "cannot read pack \(pack.short) (blob \(b.id.short)): \(error)")
+      }
+      return
+    }
+    // One blocking hop decrypts every blob in place and writes it everywhere it belongs, with pooled
+    // buffers (no allocation or page faults per blob), and finishes the files it completes.
+    struct Outcome: Sendable {
+      var failed: [([(FileJob, Int64)], String)] = []
+      var bytes: Int64 = 0
+    }
+    let repo = self.repo
+    let scratchPool = self.blobBuffers
+    guard
+      let (buffer, outcome) = try? await Blocking.run(
+        moving: consume data,
+        { (data: inout [UInt8]) -> Outcome in
+          var out = Outcome()
+          var scratch = scratchPool.take()
+          defer { scratchPool.give(scratch) }
+          data.withUnsafeMutableBytes { d in
+            for (b, targets) in live {
+              let sealed = UnsafeMutableRawBufferPointer(
+                rebasing: d[Int(b.offset - lo)..<Int(b.offset - lo + b.length)])
+              do {
+                try repo.decodeBlob(inPlace: sealed, b, pack: pack, scratch: &scratch) { plain in
+                  let zero = Restore.isAllZero(plain)
+                  for (job, off) in targets where !job.failed.withLock({ $0 }) {
+                    do {
+                      guard try job.write(plain, at: off, zero: zero) else { continue }
+                    } catch {
+                      out.failed.append(([(job, off)], "\(job.path): \(error)"))
+                      continue
+                    }
+                    out.bytes += Int64(plain.count)
+                    if job.remaining.withLock({ r in
+                      r -= 1
+                      return r == 0
+                    }) {
+                      self.finishFileNow(job)
+                    }
+                  }
+                }
+              } catch {
+                out.failed.append((targets, "\(error)"))
+              }
+            }
+          }
+          return out
+        })
+    else { return }
+    packBuffers.give(buffer)
+    state.withLock { $0.bytesRestored += outcome.bytes }
+    for (targets, why) in outcome.failed { await failTargets(targets, why) }
+  }
+
+  func failTargets(_ targets: [(FileJob, Int64)], _ why: String) async {
+    for (job, _) in targets {
+      let first = job.failed.withLock { f in
+        let was = f
+        f = true
+        return !was
+      }
+      if first {
+        fail("\(job.path): not restored: \(why)")
+        try? await Blocking.run {
+          if job.close() { try Sys.unlink(job.temp) }
+        }
+      }
+    }
+  }
+
+  /// Moves a complete file into place and applies its metadata.
+  func finishFile(_ job: FileJob) async {
+    try? await Blocking.run { self.finishFileNow(job) }
+  }
+
+  /// Blocking: `finishFile` on this thread (the pack writer finishes its files in the same hop).
+  func finishFileNow(_ job: FileJob) {
+    do {
+      if case .inplace = job.mode {
+        try job.truncateInPlace()
+        job.close()
+      } else {
+        job.close()
+        if let st = try? Sys.lstat(job.path), st.isDirectory {
+          throw SystemError(EISDIR, "replace", job.path.description)
+        }
+        // Atomic: whoever looks at the path sees the old file or the new one, never a mix.
+        try Sys.rename(job.temp, job.path)
+      }
+      applyMetadata(job.path, job.item.node)
+      state.withLock { $0.filesRestored += 1 }
+    } catch {
+      if job.close() { try? Sys.unlink(job.temp) }
+      fail("\(job.path): \(error)")
+    }
+  }
+}
