@@ -247,25 +247,74 @@ private struct Copier {
     let inner = Mutex(Inner())
   }
 
+  /// What both sides hold, as listed when the sync starts.
+  struct Listing {
+    var srcSnapshots: [FileInfo]
+    var srcIndex: [FileInfo]
+    /// Empty unless `fullListing`.
+    var srcPacks: [FileInfo]
+    var dstSnapshots: Set<String>
+    var dstIndex: Set<String>
+    /// Every pack of the target with `fullListing`; otherwise, once looked up, those the new index files name.
+    var dstPacks: Set<String>
+    /// Sizes of the source's packs, known like `dstPacks`.
+    var srcPackSize: [String: Int]
+    /// Source index files the target lacks by name, sorted.
+    var missingIndex: [FileInfo]
+  }
+
+  /// What is to be copied, decided before anything is.
+  struct Plan {
+    /// Packs to copy, those an index file waits for first.
+    var order: [String]
+    /// For each pack to copy, the index files waiting for it.
+    var indexesOfPack: [String: [String]]
+    var pendingByName: [String: PendingIndex]
+    /// Index files the target's own index already covers (not copied).
+    var covered: Set<String>
+    /// Index files whose packs are all on the target already: published first.
+    var ready: [PendingIndex]
+    /// Index files naming packs the source itself lacks (never published).
+    var skippedForAbsence: Set<String>
+    var missingSnapshots: [FileInfo]
+  }
+
   func run() async throws -> ReplicaStats {
     let start = ContinuousClock.now
     let state = State()
+    var listing = try await listBothSides()
+    let pending = try await loadMissingIndexFiles(listing.missingIndex, state)
+    if !fullListing { try await lookUpNamedPacks(pending, &listing) }
+    let plan = try await planCopies(pending, listing, state)
+    // Index files whose packs are all on the target already.
+    try await forEachConcurrently(plan.ready, limit: concurrency) { p in try await publishIndex(p, state) }
+    try await copyPacks(plan, state)
+    try await publishSnapshots(plan, listing, state)
+    return try finish(state, since: start)
+  }
+
+  /// Lists the source in publish order reversed (snapshots, index, packs), then the target: whatever a
+  /// listed snapshot needs was published before it, so it is in the later listings.
+  func listBothSides() async throws -> Listing {
     let src = source.backend
     let dst = target.backend
-    // Held until the target's lock is confirmed (the copy starts during the lock pause).
-    let gate = target.writeGate
-    // Source listings in publish order reversed (snapshots, index, packs): whatever a listed snapshot needs
-    // was published before it, so it is in the later listings.
     let srcSnapshots = try await src.list(.snapshot)
     let srcIndex = try await src.list(.index)
     let srcPacks = fullListing ? try await src.list(.pack) : []
     let dstSnapshots = Set(try await dst.list(.snapshot).map(\.name))
     let dstIndex = Set(try await dst.list(.index).map(\.name))
-    var dstPacks = fullListing ? Set(try await dst.list(.pack).map(\.name)) : []
-    var srcPackSize = Dictionary(srcPacks.map { ($0.name, $0.size) }) { a, _ in a }
-
-    // The index files to publish, decrypted only to learn their packs.
+    let dstPacks = fullListing ? Set(try await dst.list(.pack).map(\.name)) : []
+    let srcPackSize = Dictionary(srcPacks.map { ($0.name, $0.size) }) { a, _ in a }
     let missingIndex = srcIndex.filter { !dstIndex.contains($0.name) }.sorted { $0.name < $1.name }
+    return Listing(
+      srcSnapshots: srcSnapshots, srcIndex: srcIndex, srcPacks: srcPacks, dstSnapshots: dstSnapshots,
+      dstIndex: dstIndex, dstPacks: dstPacks, srcPackSize: srcPackSize, missingIndex: missingIndex)
+  }
+
+  /// Loads the index files to publish, decrypted only to learn their packs; a damaged one is recorded and
+  /// left out. Sorted by name.
+  func loadMissingIndexFiles(_ missingIndex: [FileInfo], _ state: State) async throws -> [PendingIndex] {
+    let src = source.backend
     let loaded = Mutex<[PendingIndex]>([])
     try await forEachConcurrently(missingIndex, limit: concurrency) { f in
       let h = Handle(.index, f.name)
@@ -290,26 +339,35 @@ private struct Copier {
       let pending = PendingIndex(name: f.name, data: data, packs: Set(file.packs.map(\.id.hex)), file: file)
       loaded.withLock { $0.append(pending) }
     }
-    let pending = loaded.withLock { $0 }.sorted { $0.name < $1.name }
-    if !fullListing {
-      // Only the packs the new index files name: which the source has (and their sizes), which the target has.
-      let wanted = Array(Set(pending.flatMap(\.packs))).sorted()
-      let found = Mutex<(src: [String: Int], dst: Set<String>)>(([:], []))
-      try await forEachConcurrently(wanted, limit: 2 * concurrency) { name in
-        let h = Handle(.pack, name)
-        let size: Int?
-        do { size = try await src.size(h) } catch is BackendNotFound { size = nil }
-        let there = try await dst.exists(h)
-        found.withLock {
-          if let size { $0.src[name] = size }
-          if there { $0.dst.insert(name) }
-        }
-      }
-      (srcPackSize, dstPacks) = found.withLock { ($0.src, $0.dst) }
-    }
+    return loaded.withLock { $0 }.sorted { $0.name < $1.name }
+  }
 
-    // Which packs to copy, grouped by the index file that waits for them so index files publish early;
-    // then the other packs the target lacks (not indexed yet on the source, or lost on the target).
+  /// Without a full listing, looks up only the packs the new index files name: which the source has (and
+  /// their sizes), which the target has.
+  func lookUpNamedPacks(_ pending: [PendingIndex], _ listing: inout Listing) async throws {
+    let src = source.backend
+    let dst = target.backend
+    let wanted = Array(Set(pending.flatMap(\.packs))).sorted()
+    let found = Mutex<(src: [String: Int], dst: Set<String>)>(([:], []))
+    try await forEachConcurrently(wanted, limit: 2 * concurrency) { name in
+      let h = Handle(.pack, name)
+      let size: Int?
+      do { size = try await src.size(h) } catch is BackendNotFound { size = nil }
+      let there = try await dst.exists(h)
+      found.withLock {
+        if let size { $0.src[name] = size }
+        if there { $0.dst.insert(name) }
+      }
+    }
+    (listing.srcPackSize, listing.dstPacks) = found.withLock { ($0.src, $0.dst) }
+  }
+
+  /// Decides which packs to copy, grouped by the index file that waits for them so index files publish
+  /// early, then the other packs the target lacks (not indexed yet on the source, or lost on the target);
+  /// which index files are ready or covered; and reports the plan.
+  func planCopies(_ pending: [PendingIndex], _ listing: Listing, _ state: State) async throws -> Plan {
+    let dstPacks = listing.dstPacks
+    let srcPackSize = listing.srcPackSize
     var order: [String] = []
     var scheduled = Set<String>()
     var indexesOfPack: [String: [String]] = [:]
@@ -341,41 +399,51 @@ private struct Copier {
         if scheduled.insert(pack).inserted { order.append(pack) }
       }
     }
-    for f in srcPacks.sorted(by: { $0.name < $1.name }) where !dstPacks.contains(f.name) {
+    for f in listing.srcPacks.sorted(by: { $0.name < $1.name }) where !dstPacks.contains(f.name) {
       if scheduled.insert(f.name).inserted { order.append(f.name) }
     }
     let covered = try await coveredByTarget(candidates)
     let ready = candidates.filter { !covered.contains($0.name) }
     let skippedForAbsence = state.inner.withLock { $0.blocked }
-    let missingSnapshots = srcSnapshots.filter { !dstSnapshots.contains($0.name) }
+    let missingSnapshots = listing.srcSnapshots.filter { !listing.dstSnapshots.contains($0.name) }
     state.inner.withLock { s in
-      s.stats.packsPresent = fullListing ? srcPacks.count - order.count : dstPacks.count
-      s.stats.indexFilesPresent = srcIndex.count - missingIndex.count
+      s.stats.packsPresent = fullListing ? listing.srcPacks.count - order.count : dstPacks.count
+      s.stats.indexFilesPresent = listing.srcIndex.count - listing.missingIndex.count
       s.stats.indexFilesCovered = covered.count
-      s.stats.snapshotsPresent = srcSnapshots.count - missingSnapshots.count
+      s.stats.snapshotsPresent = listing.srcSnapshots.count - missingSnapshots.count
     }
     progress(
       .planned(
         packs: order.count, packBytes: order.reduce(0) { $0 + (srcPackSize[$1] ?? 0) },
-        indexFiles: missingIndex.count - covered.count, snapshots: missingSnapshots.count))
+        indexFiles: listing.missingIndex.count - covered.count, snapshots: missingSnapshots.count))
+    return Plan(
+      order: order, indexesOfPack: indexesOfPack, pendingByName: byName, covered: covered, ready: ready,
+      skippedForAbsence: skippedForAbsence, missingSnapshots: missingSnapshots)
+  }
 
-    let publish: @Sendable (PendingIndex) async throws -> Void = { p in
-      try await gate.pass()
-      try await dst.save(Handle(.index, p.name), data: p.data)
-      state.inner.withLock { s in
-        s.published.insert(p.name)
-        s.stats.indexFilesCopied += 1
-        s.stats.indexBytes += p.data.count
-      }
-      progress(.copied(Handle(.index, p.name), bytes: p.data.count))
+  /// Saves one index file on the target once every pack it names is there.
+  func publishIndex(_ p: PendingIndex, _ state: State) async throws {
+    // Held until the target's lock is confirmed (the copy starts during the lock pause).
+    try await target.writeGate.pass()
+    try await target.backend.save(Handle(.index, p.name), data: p.data)
+    state.inner.withLock { s in
+      s.published.insert(p.name)
+      s.stats.indexFilesCopied += 1
+      s.stats.indexBytes += p.data.count
     }
-    // Index files whose packs are all on the target already.
-    try await forEachConcurrently(ready, limit: concurrency, publish)
+    progress(.copied(Handle(.index, p.name), bytes: p.data.count))
+  }
 
-    // Packs, each verified against its name before it is saved; index files as soon as they are complete.
-    let waiters = indexesOfPack
-    let pendingByName = byName
-    try await forEachConcurrently(order, limit: concurrency) { name in
+  /// Copies the planned packs, each verified against its name before it is saved, and publishes each
+  /// index file as soon as its last pack is on the target. A damaged pack blocks the index files naming it.
+  func copyPacks(_ plan: Plan, _ state: State) async throws {
+    let src = source.backend
+    let dst = target.backend
+    // Held until the target's lock is confirmed (the copy starts during the lock pause).
+    let gate = target.writeGate
+    let waiters = plan.indexesOfPack
+    let pendingByName = plan.pendingByName
+    try await forEachConcurrently(plan.order, limit: concurrency) { name in
       let h = Handle(.pack, name)
       let data: [UInt8]
       do {
@@ -408,16 +476,23 @@ private struct Copier {
         return done
       }
       for i in complete {
-        if let p = pendingByName[i] { try await publish(p) }
+        if let p = pendingByName[i] { try await publishIndex(p, state) }
       }
     }
+  }
 
-    // Snapshots: only when every index file of the source is on the target or covered there (those naming packs
-    // the source itself lacks excepted: the source is damaged there, and the target can be no better).
+  /// Copies the snapshots the target lacks, only when every index file of the source is on the target or
+  /// covered there (those naming packs the source itself lacks excepted: the source is damaged there, and
+  /// the target can be no better).
+  func publishSnapshots(_ plan: Plan, _ listing: Listing, _ state: State) async throws {
+    let src = source.backend
+    let dst = target.backend
+    let gate = target.writeGate
+    let missingSnapshots = plan.missingSnapshots
     let published = state.inner.withLock { $0.published }
-    let unindexed = srcIndex.filter {
-      !dstIndex.contains($0.name) && !published.contains($0.name) && !skippedForAbsence.contains($0.name)
-        && !covered.contains($0.name)
+    let unindexed = listing.srcIndex.filter {
+      !listing.dstIndex.contains($0.name) && !published.contains($0.name)
+        && !plan.skippedForAbsence.contains($0.name) && !plan.covered.contains($0.name)
     }
     if !unindexed.isEmpty {
       if !missingSnapshots.isEmpty {
@@ -455,7 +530,10 @@ private struct Copier {
         progress(.copied(h, bytes: data.count))
       }
     }
+  }
 
+  /// The stats, or, when source files were damaged, an error naming them that still carries the stats.
+  func finish(_ state: State, since start: ContinuousClock.Instant) throws -> ReplicaStats {
     var stats = state.inner.withLock { $0.stats }
     let elapsed = (ContinuousClock.now - start).components
     stats.seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
