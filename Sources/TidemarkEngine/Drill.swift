@@ -1,13 +1,12 @@
+// DR drills: prove that recovery works and measure it. From each target (or the configuration's own repository),
+// restore the newest snapshot of every source into a scratch directory, check every file against the snapshot's
+// content hashes, run the source's `verify` command, and measure RTO (restore + verify wall time) and RPO (now
+// minus the snapshot's time). Results: drill.json in the state directory (metrics, status), a Markdown report,
+// and alerts on failure; `tidemark drill` renders them as a table or JSON.
 import Foundation
-// `tidemark drill`: prove that recovery works and measure it. From each target (or the configuration's own
-// repository), restore the newest snapshot of every source into a scratch directory, check every file against
-// the snapshot's content hashes, run the source's `verify` command, and measure RTO (restore + verify wall time)
-// and RPO (now minus the snapshot's time). Results: JSON or a table, a Markdown report, drill.json in the state
-// directory (metrics), and alerts on failure.
 import Logging
 import TidemarkBackends
 import TidemarkCore
-import TidemarkEngine
 import TidemarkOperations
 import TidemarkSystem
 

@@ -75,7 +75,7 @@ struct Snapshots: AsyncParsableCommand {
 
   func run() async throws {
     let repo = try await global.open()
-    var snaps = try await SnapshotFilter(hosts: host, tags: tag, paths: path).apply(try await repo.listSnapshots())
+    var snaps = SnapshotFilter(hosts: host, tags: tag, paths: path).apply(try await repo.listSnapshots())
     if !ids.isEmpty { snaps = snaps.filter { s in ids.contains { s.id!.hex.hasPrefix($0) || ($0 == "latest") } } }
     if let n = latest {
       var groups: [String: [Snapshot]] = [:]
