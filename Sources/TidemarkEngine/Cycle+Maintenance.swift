@@ -66,10 +66,18 @@ extension Cycle {
     return sides
   }
 
-  /// Prune (when due) and index consolidation on every side.
+  /// Prune (when due) and index consolidation on every side. Each side's schedule counts from its own last
+  /// prune, so a side that was skipped (someone held a lock) is pruned at the next cycle, not a period later.
   func maintain(_ repo: Repository, targets sides: [Side], _ run: inout Run) async throws {
     let now = clock.now()
-    let pruneDue = config.prune.schedule?.isDue(last: run.state.lastPrune, now: now) ?? false
+    let state = run.state
+    let schedule = config.prune.schedule
+    func lastPrune(_ side: Side) -> Double? {
+      guard let t = side.target else { return state.lastPrune }
+      return state.targets.first { $0.name == config.targets[t].name }?.lastPrune
+    }
+    let due = sides.map { schedule?.isDue(last: lastPrune($0), now: now) ?? false }
+    let pruneDue = due.first ?? false
     let maxIndex = config.prune.maxIndexFiles
     var options = PruneOptions()
     options.maxUnused = try PruneOptions.parseMaxUnused(config.prune.maxUnused)
@@ -83,7 +91,7 @@ extension Cycle {
               k,
               .success(
                 try await Cycle.maintain(
-                  side.repository, prune: pruneDue ? opts : nil, maxIndexFiles: maxIndex, retry: access.lockRetry))
+                  side.repository, prune: due[k] ? opts : nil, maxIndexFiles: maxIndex, retry: access.lockRetry))
             )
           } catch {
             return (k, .failure(error))

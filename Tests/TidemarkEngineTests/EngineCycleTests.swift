@@ -102,6 +102,31 @@ struct EngineFixture {
     #expect(state.targets.first?.lastPruneFreedBytes != nil)
   }
 
+  @Test func aTargetSomeoneHoldsALockOnIsPrunedAtTheNextCycle() async throws {
+    let f = try EngineFixture("prune-locked", extra: "prune:\n  schedule: 1h")
+    defer { f.remove() }
+    try await f.initialize()
+    let t0 = f.clock.now()
+    try f.write("a", 1000)
+    try await f.cycle().run()  // the first cycle prunes every side
+    // An hour later prune is due, but someone (a mount, a restore) holds a lock on the DR repository.
+    let dr = try await Repository.open(backend: LocalBackend(path: BytePath(f.dir + "/dr")), password: Array("pw".utf8))
+    let held = try await RepositoryLock.acquire(dr, exclusive: false)
+    f.clock.set(t0 + 3600)
+    try f.write("b", 1000)
+    try await f.cycle().run()
+    var state = StateDirectory.of(f.config).loadState()
+    #expect(state.lastPrune == t0 + 3600)
+    #expect(state.targets.first?.lastPrune == t0, "the locked target was not pruned")
+    await held.release()
+    // Fifteen minutes later the DC's prune is not due, the skipped target's is.
+    f.clock.set(t0 + 4500)
+    try await f.cycle().run()
+    state = StateDirectory.of(f.config).loadState()
+    #expect(state.lastPrune == t0 + 3600)
+    #expect(state.targets.first?.lastPrune == t0 + 4500)
+  }
+
   @Test func indexFilesStayBoundedOverThreeHundredCycles() async throws {
     let f = try EngineFixture("index-bound", extra: "prune:\n  schedule: off\n  max-index-files: 16")
     defer { f.remove() }
