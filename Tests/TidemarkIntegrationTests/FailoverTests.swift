@@ -1,4 +1,4 @@
-// Issue 7's full DR scenario, end to end, with two "machines": each site runs in its own mount namespace
+// The full DR scenario, end to end, with two "machines": each site runs in its own mount namespace
 // (`unshare -m`) where its own data directory is bind-mounted on the same path, and reaches the other site's
 // repository over SFTP (one loopback sshd per site, so a site can "die"). DC replicates to DR; DC dies; DR fails
 // over (restores the data in place) and runs as primary; the old DC comes back, is fenced, demoted, and

@@ -1,4 +1,4 @@
-// Status and metrics (issue 7): `status -r` on the DR side (per host, no lock, no state file), pending snapshots
+// Status and metrics: `status -r` on the DR side (per host, no lock, no state file), pending snapshots
 // and bytes of a failing target, the Prometheus pushgateway and the alert webhook, against a real HTTP server.
 import Foundation
 import Testing

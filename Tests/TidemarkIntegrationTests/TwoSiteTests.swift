@@ -1,4 +1,4 @@
-// Issue 7, acceptance items 1 and 2: a DC and a DR site as two "machines" that use the same paths. Each site's
+// A DC and a DR site as two "machines" that use the same paths. Each site's
 // commands run in a mount namespace of their own (`unshare -m`) in which the site's directory is bind-mounted on
 // one shared path, so both sites see the same repository, data and state paths with different contents. The DR
 // site's sshd runs in the DR namespace, so the DC reaches the DR repository only over SFTP. restic, over its own
