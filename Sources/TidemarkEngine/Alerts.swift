@@ -75,12 +75,13 @@ public struct Alerts: Sendable {
       let body = w.out
       if let c = config.alerts.command {
         do {
-          let r = try await Shell.run(
+          let r = try await ChildProcess.shell(
             c, environment: ["TIDEMARK_ALERT": a.kind, "TIDEMARK_ALERT_MESSAGE": a.message], input: body,
             timeout: .seconds(60))
-          if !r.ok {
+          if !r.succeeded {
             logger.warning(
-              "alert command \(r.timedOut ? "timed out" : "exited \(r.status)")\(r.tail.isEmpty ? "" : ": \(r.tail)")")
+              "alert command \(r.timedOut ? "timed out" : "ended with \(r.termination)")\(r.tail.isEmpty ? "" : ": \(r.tailSummary)")"
+            )
           }
         } catch {
           logger.warning("cannot run the alert command: \(error)")

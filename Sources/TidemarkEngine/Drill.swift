@@ -204,8 +204,11 @@ public struct Drill: Sendable {
   static func runVerify(_ command: String, path: String) async -> (Bool, String) {
     let quoted = "'" + path.replacingOccurrences(of: "'", with: "'\\''") + "'"
     do {
-      let r = try await Shell.run(command.replacingOccurrences(of: "{}", with: quoted), timeout: .seconds(3600))
-      return (r.ok, r.ok ? r.tail : (r.timedOut ? "timed out: " : "exit \(r.status): ") + r.tail)
+      let r = try await ChildProcess.shell(
+        command.replacingOccurrences(of: "{}", with: quoted), timeout: .seconds(3600))
+      return (
+        r.succeeded, r.succeeded ? r.tailSummary : (r.timedOut ? "timed out: " : "\(r.termination): ") + r.tailSummary
+      )
     } catch {
       return (false, "cannot run: \(error)")
     }

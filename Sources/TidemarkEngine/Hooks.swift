@@ -9,13 +9,15 @@ public enum Hooks {
 
   public static func run(_ commands: [String], phase: String) async throws {
     for c in commands {
-      let r = try await Shell.run(c, timeout: timeout, tailLines: 3)
-      guard r.ok else {
-        let how =
-          r.timedOut
-          ? "was stopped after \(timeout.components.seconds) s"
-          : r.signalled ? "was killed by signal \(r.status)" : "failed with exit code \(r.status)"
-        throw TidemarkError(.general, "\(phase) hook `\(c)` \(how)" + (r.tail.isEmpty ? "" : ": \(r.tail)"))
+      let r = try await ChildProcess.shell(c, timeout: timeout)
+      guard r.succeeded else {
+        let how: String
+        switch r.termination {
+        case _ where r.timedOut: how = "was stopped after \(timeout.components.seconds) s"
+        case .signaled(let sig): how = "was killed by signal \(sig)"
+        case .exited(let code): how = "failed with exit code \(code)"
+        }
+        throw TidemarkError(.general, "\(phase) hook `\(c)` \(how)" + (r.tail.isEmpty ? "" : ": \(r.tailSummary)"))
       }
     }
   }

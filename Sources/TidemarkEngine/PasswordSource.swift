@@ -1,6 +1,6 @@
 // Where a repository password comes from, in restic's order: a file, a command's output, the environment
 // (TIDEMARK_<prefix>PASSWORD, then RESTIC_<prefix>PASSWORD). Prompting is the command line's business. A password
-// command runs through Shell (swift-subprocess), with its standard output captured and its standard input closed.
+// command runs through ChildProcess (swift-subprocess), with its standard output captured and its standard input closed.
 import Foundation
 import TidemarkCore
 import TidemarkSystem
@@ -34,10 +34,10 @@ public struct PasswordSource: Sendable {
       }
     }
     if let c = command ?? Self.env(envPrefix + "PASSWORD_COMMAND") {
-      let r = try await Shell.run(c, timeout: .seconds(300), captureStdout: true)
-      guard r.ok else {
+      let r = try await ChildProcess.shell(c, timeout: .seconds(300), captureStdout: 1 << 20)
+      guard r.succeeded else {
         throw TidemarkError(
-          .usage, "password command `\(c)` failed with \(r.timedOut ? "a timeout" : "exit code \(r.status)")")
+          .usage, "password command `\(c)` failed (\(r.timedOut ? "timed out" : "\(r.termination)"))")
       }
       return Self.trimmed(r.stdout)
     }

@@ -83,18 +83,18 @@ public struct SystemdUnits: Sendable {
   }
 
   public static func systemctl(_ args: [String]) async throws {
-    let r: Shell.Result
+    let r: ChildResult
     do {
-      r = try await Shell.run("/bin/systemctl " + args.joined(separator: " "), timeout: .seconds(300))
+      r = try await ChildProcess.run("/bin/systemctl", arguments: args, timeout: .seconds(300))
     } catch {
       throw TidemarkError(
         .general, "cannot run systemctl: \(error)", hint: "install the units with --no-enable and enable them by hand")
     }
-    guard r.ok else {
+    guard r.succeeded else {
       throw TidemarkError(
         .general,
-        "systemctl \(args.joined(separator: " ")) failed (exit \(r.status))"
-          + (r.tail.isEmpty ? "" : ": \(r.tail)"))
+        "systemctl \(args.joined(separator: " ")) failed (\(r.termination))"
+          + (r.tail.isEmpty ? "" : ": \(r.tailSummary)"))
     }
   }
 }

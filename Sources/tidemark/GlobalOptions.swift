@@ -164,11 +164,7 @@ struct GlobalOptions: ParsableArguments {
 
   static func trimmed(_ b: [UInt8]) -> [UInt8] { PasswordSource.trimmed(b) }
 
-  func open() async throws -> Repository {
-    let backend = try backend()
-    let pw = try await password()
-    return try await Repository.open(backend: backend, password: pw, compression: try compressionMode)
-  }
+  func open() async throws -> Repository { try await access().open() }
 
   /// Opens the repository with the master key a `tidemark mount` shares (see RepositoryAccess.open(keyFrom:)).
   func open(keyFrom socket: String, pid: Int32?) async throws -> Repository {
