@@ -97,7 +97,7 @@ let package = Package(
     .testTarget(
       name: "TidemarkIntegrationTests",
       dependencies: [
-        "TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH", "TidemarkOperations",
+        "TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH", "TidemarkOperations", "TidemarkEngine",
       ]),
   ]
 )

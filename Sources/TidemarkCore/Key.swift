@@ -256,10 +256,20 @@ extension Repository {
     return rows.sorted { $0.1.created < $1.1.created }
   }
 
+  /// The scrypt parameters of the key file this repository was opened with; restic's defaults when it was
+  /// opened without one or the file cannot be read.
+  public func keyParams() async -> (n: UInt64, r: UInt64, p: UInt64) {
+    guard let id = keyID, let json = try? await backend.load(Handle(.key, id.hex)),
+      let k = try? KeyFile(json: json)
+    else { return KeyFile.defaultParams }
+    return (k.n, k.r, k.p)
+  }
+
   /// Saves a new key file wrapping this repository's master key with `password`; returns its name.
-  public func addKey(password: [UInt8], username: String, hostname: String, kdf: (n: UInt64, r: UInt64, p: UInt64))
-    async throws -> String
-  {
+  public func addKey(
+    password: [UInt8], username: String, hostname: String,
+    kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams
+  ) async throws -> String {
     let kf = try KeyFile.create(master: key, password: password, username: username, hostname: hostname, params: kdf)
     let json = kf.json
     let id = RawID.hash(json).hex

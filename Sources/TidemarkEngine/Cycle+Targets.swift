@@ -55,7 +55,7 @@ extension Cycle {
   ) async throws -> (ReplicaStats, Snapshot?, Repository) {
     let target = try await Replica.create(
       source: repo, target: try backend ?? targetBackend(t), password: try await targetPassword(t, password),
-      kdf: KeyDerivation.params, verifiedKey: verifiedKey)
+      verifiedKey: verifiedKey)
     _ = try? await RepositoryLock.removeDead(target)  // as on the DC: a killed cycle's locks
     let stats: ReplicaStats
     do {

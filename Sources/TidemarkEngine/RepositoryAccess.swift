@@ -76,17 +76,6 @@ public struct RepositoryAccess: Sendable {
   }
 }
 
-/// scrypt parameters for new key files: restic's defaults.
-public enum KeyDerivation {
-  public static var params: (n: UInt64, r: UInt64, p: UInt64) {
-    if let k = ProcessInfo.processInfo.environment["TIDEMARK_TEST_KDF"] {
-      let p = k.split(separator: ",").compactMap { UInt64($0) }
-      if p.count == 3 { return (p[0], p[1], p[2]) }
-    }
-    return KeyFile.defaultParams
-  }
-}
-
 /// The version this build reports (snapshots' program_version, reports, `tidemark version`).
 public enum TidemarkVersion {
   public static let string = "0.1.0"

@@ -76,9 +76,13 @@ public enum Replica {
   /// Makes `target` a replica of `source`: the same config file bytes and a new key file wrapping the same
   /// master key with `password`. An existing replica of the same repository is accepted as it is (a key
   /// must open with `password`); anything else at the target is refused.
+  ///
+  /// The new key file costs what the source's key costs (the scrypt parameters of the key `source` was opened
+  /// with, unless `kdf` says otherwise): both guard the same master key, so a cheaper one on either side would
+  /// be the easy way in, and a dearer one protects nothing the other does not give away.
   public static func create(
     source: Repository, target: any Backend, password: [UInt8],
-    kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams, verifiedKey: KeyID? = nil
+    kdf: (n: UInt64, r: UInt64, p: UInt64)? = nil, verifiedKey: KeyID? = nil
   ) async throws -> Repository {
     let config = try await source.backend.load(.config)
     let existing: [UInt8]?
@@ -119,9 +123,11 @@ public enum Replica {
     }
     try await target.create()
     if keyID == nil {
+      var params = kdf
+      if params == nil { params = await source.keyParams() }
       let kf = try KeyFile.create(
         master: source.key, password: password, username: SystemInfo.username, hostname: SystemInfo.hostname,
-        params: kdf)
+        params: params ?? KeyFile.defaultParams)
       let json = kf.json
       let id = KeyID(RawID.hash(json))
       try await target.save(Handle(.key, id.hex), data: json)

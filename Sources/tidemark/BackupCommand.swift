@@ -356,8 +356,7 @@ struct KeyCommand: AsyncParsableCommand {
 
   static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
     try await repo.addKey(
-      password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname,
-      kdf: KeyDerivation.params)
+      password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname)
   }
 
   struct Add: AsyncParsableCommand {

@@ -30,7 +30,7 @@ struct Init: AsyncParsableCommand {
     default: throw TidemarkError(.usage, "unknown repository version \(repositoryVersion)", hint: "use 1 or 2")
     }
     let repo = try await Repository.initialize(
-      backend: backend, password: pw, version: version, polynomial: poly, kdf: KeyDerivation.params)
+      backend: backend, password: pw, version: version, polynomial: poly)
     if global.json {
       Out.line(
         "{\"message_type\":\"initialized\",\"id\":\"\(repo.config.id)\",\"repository\":\(Out.jsonString(backend.location))}"

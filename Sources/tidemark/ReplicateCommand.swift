@@ -85,7 +85,7 @@ struct ReplicateCommand: AsyncParsableCommand {
       : password
     let created = !(try await targetBackend.exists(.config))
     let target = try await Replica.create(
-      source: source, target: targetBackend, password: targetPassword, kdf: KeyDerivation.params)
+      source: source, target: targetBackend, password: targetPassword)
     if created && !global.quiet && !global.json {
       Out.line("created replica \(target.config.id.prefix(10)) at \(targetBackend.location)")
     }

@@ -104,7 +104,7 @@ import TidemarkSystem
     for (round, delay) in [0.1, 0.5, 1.0, 1.6, 2.4].enumerated() {
       for i in 0..<4 { try Self.random(2_000_000).write(to: URL(fileURLWithPath: ws.sub("src/r\(round)-\(i)"))) }
       let pid = try spawn([
-        "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark,
+        "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", Tools.tidemark,
         "replicate", "--once", "--config", ws.sub("c.yaml"),
       ])
       Thread.sleep(forTimeInterval: delay)

@@ -17,7 +17,6 @@ final class MountProcess {
     process.arguments = args + [mountpoint]
     var e = ProcessInfo.processInfo.environment
     e["TIDEMARK_PASSWORD"] = "test-pw"
-    e["TIDEMARK_TEST_KDF"] = "1024,8,1"
     process.environment = e
     process.currentDirectoryURL = URL(fileURLWithPath: ws.path)
     process.standardOutput = FileHandle.nullDevice

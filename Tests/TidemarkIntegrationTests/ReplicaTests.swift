@@ -234,4 +234,28 @@ func writeRandom(_ path: String, bytes: Int) throws {
     #expect(j.status == 1 && replicaSummary(j)["ok"] as? Bool == false, "\(j.out)")
     #expect(replicaSummary(j)["packs_skipped"] as? Int == 1, "\(j.out)")
   }
+
+  /// A new repository's key costs what restic's does; a replica's new key costs what the source's key costs
+  /// (both wrap the same master key), and restic opens both.
+  @Test func newKeysCostWhatResticsDoAndReplicaKeysWhatTheSourceKeyCosts() throws {
+    let ws = try Workspace("replica-kdf")
+    func params(_ repo: String) throws -> [UInt64] {
+      let keys = try FileManager.default.contentsOfDirectory(atPath: ws.sub(repo + "/keys"))
+      #expect(keys.count == 1)
+      let k = try KeyFile(json: Array(try Data(contentsOf: URL(fileURLWithPath: ws.sub("\(repo)/keys/\(keys[0])")))))
+      return [k.n, k.r, k.p]
+    }
+    // Through a shell, so the tests' cheap-key rewrap after `init` does not apply.
+    let i = try Tools.run(
+      "/bin/sh", ["-c", "exec \"$0\" init -r dc -q", Tools.tidemark], env: ["TIDEMARK_PASSWORD": "test-pw"],
+      cwd: ws.path)
+    #expect(i.status == 0, "\(i.stderr)")
+    #expect(try params("dc") == [32768, 8, 5])
+    try CheapKeys.rewrap(ws.sub("dc"), password: Array("test-pw".utf8))
+    #expect(try params("dc") == [1024, 8, 1])
+    let r = try ws.tidemark(["-r", "dc", "replicate", "--to", "dr"])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try params("dr") == [1024, 8, 1])
+    #expect(try ws.restic(["-r", "dr", "snapshots", "-q"]).status == 0)
+  }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import TidemarkCore
 import TidemarkCrypto
+import TidemarkEngine
 import TidemarkSystem
 
 struct RunResult {
@@ -43,7 +44,6 @@ enum Tools {
     where k.hasPrefix("RESTIC_") || (k.hasPrefix("TIDEMARK_") && k != "TIDEMARK_BIN") || k.hasPrefix("AWS_") {
       e[k] = nil
     }
-    e["TIDEMARK_TEST_KDF"] = "1024,8,1"
     e["RESTIC_CACHE_DIR"] = NSTemporaryDirectory() + "restic-test-cache"
     for (k, v) in env { e[k] = v }
     p.environment = e
@@ -64,6 +64,9 @@ enum Tools {
     let out = outPipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     let err = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
+    if p.terminationStatus == 0, exe == tidemark || args.contains(tidemark), args.contains("init") {
+      try CheapKeys.afterInit(args, env: e, cwd: cwd)
+    }
     return RunResult(status: p.terminationStatus, stdout: Array(out), stderr: err)
   }
 
@@ -250,8 +253,7 @@ struct EngineSite {
 /// Starts `tidemark daemon --config CONFIG` with the workspace's `state` directory (posix_spawn, not Process).
 func startDaemon(_ ws: Workspace, config: String) throws -> pid_t {
   try spawn([
-    "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", "TIDEMARK_TEST_KDF=1024,8,1", Tools.tidemark, "daemon",
-    "--config", config,
+    "/usr/bin/env", "TIDEMARK_STATE_DIR=\(ws.sub("state"))", Tools.tidemark, "daemon", "--config", config,
   ])
 }
 
@@ -290,4 +292,55 @@ func flipByte(_ path: String, at offset: UInt64) throws {
   }
   try fh.seek(toOffset: offset)
   try fh.write(contentsOf: Data([b ^ 0x40]))
+}
+
+/// Cheap key files for test repositories. tidemark writes key files with restic's scrypt cost, a quarter of a
+/// second on every open; the tests open repositories hundreds of times. After a successful `tidemark init` the
+/// new local repositories' key files are wrapped again with N=1024 (same master key, the old file removed), and
+/// replicas inherit that cost from their source. Remote repositories (SFTP, S3) keep the real cost.
+enum CheapKeys {
+  static let params: (n: UInt64, r: UInt64, p: UInt64) = (1024, 8, 1)
+
+  /// The repositories `tidemark ARGS` (an `init`) created: `-r`/`--repo`, or the configuration's DC and targets.
+  static func afterInit(_ args: [String], env: [String: String], cwd: String?) throws {
+    func value(_ names: Set<String>) -> String? {
+      for (i, a) in args.enumerated().dropLast() where names.contains(a) { return args[i + 1] }
+      return nil
+    }
+    func absolute(_ p: String) -> String {
+      p.hasPrefix("/") ? p : (cwd ?? FileManager.default.currentDirectoryPath) + "/" + p
+    }
+    func firstLine(_ file: String) throws -> [UInt8] {
+      Array((try String(contentsOfFile: absolute(file), encoding: .utf8).split(separator: "\n").first ?? "").utf8)
+    }
+    if let config = value(["--config"]) {
+      let c = try EngineConfig.load(absolute(config))
+      let dcPassword = try c.passwordFile.map(firstLine) ?? Array((env["TIDEMARK_PASSWORD"] ?? "").utf8)
+      try rewrap(c.repository, password: dcPassword)
+      for t in c.targets { try rewrap(t.repository, password: try t.passwordFile.map(firstLine) ?? dcPassword) }
+    } else if let repo = value(["-r", "--repo"]) ?? env["TIDEMARK_REPOSITORY"] ?? env["RESTIC_REPOSITORY"] {
+      let password =
+        try value(["--password-file"]).map(firstLine)
+        ?? Array((env["TIDEMARK_PASSWORD"] ?? env["RESTIC_PASSWORD"] ?? "").utf8)
+      try rewrap(absolute(repo), password: password)
+    }
+  }
+
+  /// Wraps every key file of the local repository at `location` that `password` opens and that costs more than
+  /// `params` again at `params`. Other locations are left alone.
+  static func rewrap(_ location: String, password: [UInt8]) throws {
+    let dir = location.hasPrefix("local:") ? String(location.dropFirst(6)) : location
+    guard dir.hasPrefix("/"), FileManager.default.fileExists(atPath: dir + "/config") else { return }
+    for name in try FileManager.default.contentsOfDirectory(atPath: dir + "/keys") {
+      let old = dir + "/keys/" + name
+      let key = try KeyFile(json: Array(try Data(contentsOf: URL(fileURLWithPath: old))))
+      guard key.n > params.n, let master = try key.open(password: password) else { continue }
+      let json = try KeyFile.create(
+        master: master, password: password, username: key.username, hostname: key.hostname, params: params
+      ).json
+      let new = dir + "/keys/" + RawID.hash(json).hex
+      try json.withUnsafeBytes { try Sys.writeAtomically(BytePath(new), $0, mode: 0o400) }
+      try FileManager.default.removeItem(atPath: old)
+    }
+  }
 }

@@ -74,9 +74,13 @@ final class TwoSites {
 
   /// Runs `command` (a shell line) on `site` and waits for it.
   func run(_ site: String, _ command: String) throws -> RunResult {
-    try Tools.run(
+    let r = try Tools.run(
       "/usr/bin/unshare", ["-m", "/bin/sh", "-c", line(site, command)],
       env: ["TIDEMARK_STATE_DIR": shared + "/state"])
+    if r.status == 0 && command.contains(" init ") {
+      try CheapKeys.rewrap(site + "/repo", password: Array("secret".utf8))
+    }
+    return r
   }
 
   /// argv for posix_spawn: `command` on `site`, with a clean environment (the test's RESTIC_/TIDEMARK_ variables
@@ -84,7 +88,7 @@ final class TwoSites {
   func spawnArgs(_ site: String, _ command: String) -> [String] {
     [
       "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
-      "TIDEMARK_STATE_DIR=\(shared)/state", "TIDEMARK_TEST_KDF=1024,8,1", "/usr/bin/unshare", "-m", "/bin/sh", "-c",
+      "TIDEMARK_STATE_DIR=\(shared)/state", "/usr/bin/unshare", "-m", "/bin/sh", "-c",
       line(site, command + " 2>>\(shared)/spawned.log"),
     ]
   }
