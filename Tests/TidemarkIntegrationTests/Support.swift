@@ -340,6 +340,8 @@ enum CheapKeys {
       ).json
       let new = dir + "/keys/" + RawID.hash(json).hex
       try json.withUnsafeBytes { try Sys.writeAtomically(BytePath(new), $0, mode: 0o400) }
+      let owner = try Sys.lstat(BytePath(old))  // a repository made by another user stays readable to them
+      _ = chown(new, owner.uid, owner.gid)
       try FileManager.default.removeItem(atPath: old)
     }
   }
