@@ -22,6 +22,7 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+    .package(url: "https://github.com/apple/swift-system", from: "1.8.0"),
   ],
   targets: [
     // C shims: a module map and a header each, nothing else.
@@ -36,7 +37,8 @@ let package = Package(
     .target(name: "TidemarkZstd", dependencies: ["CZstd"]),
     .target(name: "TidemarkFUSE", dependencies: ["CFuse3"]),
     .target(name: "TidemarkSSH", dependencies: ["CSSH2"]),
-    .target(name: "TidemarkSystem", dependencies: ["CPosix"]),
+    .target(
+      name: "TidemarkSystem", dependencies: ["CPosix", .product(name: "SystemPackage", package: "swift-system")]),
     // Format and repository core: never names a concrete backend.
     .target(name: "TidemarkCore", dependencies: ["TidemarkCrypto", "TidemarkZstd"]),
     .target(

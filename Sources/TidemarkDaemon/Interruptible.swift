@@ -49,25 +49,3 @@ public enum Interruptible {
     }
   }
 }
-
-/// A blocking loop (libfuse's session loop) on a thread of its own, off the cooperative pool, stopped by `stop`
-/// when one of `signals` arrives.
-public enum BlockingService {
-  public static func run(
-    name: String, stopOn signals: [UnixSignal] = [.sigint, .sigterm, .sighup], _ body: @escaping @Sendable () -> Void,
-    stop: @escaping @Sendable () -> Void
-  ) async {
-    let watcher = Task {
-      for await _ in await UnixSignalsSequence(trapping: signals) { stop() }
-    }
-    defer { watcher.cancel() }
-    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-      let t = Thread {
-        body()
-        c.resume()
-      }
-      t.name = name
-      t.start()
-    }
-  }
-}

@@ -1,8 +1,11 @@
-// `tidemark mount` as a long-running service: the repository's snapshots served through FUSE until a signal
-// (SIGINT, SIGTERM, SIGHUP) or an unmount, with a shared lock held meanwhile, the listings refreshed in the
-// background, and (unless told not to) the master key handed to `tidemark restore PATH-IN-THE-MOUNT` on an
-// abstract socket (root or this user only; see SecretServer).
+// `tidemark mount` as a ServiceGroup: the repository's snapshots served through FUSE until a signal (SIGINT,
+// SIGTERM, SIGHUP: a graceful shutdown) or an unmount (the FUSE service ends, which ends the group), with a
+// shared lock held meanwhile, the listings refreshed in the background by a second service, and (unless told
+// not to) the master key handed to `tidemark restore PATH-IN-THE-MOUNT` on an abstract socket (root or this
+// user only; see SecretServer).
 import Foundation
+import Logging
+import ServiceLifecycle
 import TidemarkCore
 import TidemarkFUSE
 import TidemarkMount
@@ -42,10 +45,53 @@ public enum MountService {
         hint: "is /dev/fuse available and the fuse3 package (fusermount3) installed?")
     }
     say("serving \(repo.backend.location) at \(o.mountpoint); Ctrl-C or `fusermount3 -u \(o.mountpoint)` unmounts")
-    let refresher = Task { await fs.refreshLoop { say("tidemark mount: \($0)") } }
-    // SIGINT/SIGTERM/SIGHUP: stop serving; the loop then unmounts and the lock is released below.
-    await BlockingService.run(name: "tidemark-fuse", { session.run() }, stop: { session.exit() })
-    refresher.cancel()
+    let group = ServiceGroup(
+      configuration: .init(
+        services: [
+          .init(service: FUSEService(session: session), successTerminationBehavior: .gracefullyShutdownGroup),
+          .init(service: RefreshService(fs: fs, say: say)),
+        ],
+        gracefulShutdownSignals: [.sigterm, .sigint, .sighup], cancellationSignals: [],
+        logger: Logger(label: "tidemark.mount") { _ in SwiftLogNoOpLogHandler() }))
+    do {
+      try await group.run()
+    } catch {
+      await lock?.release()
+      throw error
+    }
     await lock?.release()
+  }
+}
+
+/// libfuse's session loop on a thread of its own (it blocks), off the cooperative pool; a graceful shutdown
+/// makes the loop return, which unmounts. An unmount from outside ends the loop, and with it the service.
+struct FUSEService: Service {
+  let session: FUSESession
+
+  func run() async throws {
+    let session = self.session
+    await withGracefulShutdownHandler {
+      await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        let t = Thread {
+          session.run()
+          c.resume()
+        }
+        t.name = "tidemark-fuse"
+        t.start()
+      }
+    } onGracefulShutdown: {
+      session.exit()
+    }
+  }
+}
+
+/// Looks for new snapshots every `refresh` seconds until the group shuts down.
+struct RefreshService: Service {
+  let fs: SnapshotFS
+  let say: @Sendable (String) -> Void
+
+  func run() async {
+    let (fs, say) = (self.fs, self.say)
+    await cancelWhenGracefulShutdown { await fs.refreshLoop { say("tidemark mount: \($0)") } }
   }
 }

@@ -1,9 +1,12 @@
 // TidemarkSystem: typed wrappers over the POSIX calls tidemark needs, with paths as bytes.
 // Each wrapper names the C function it wraps, retries EINTR, and turns errno into a SystemError
-// that carries the operation and the path. Every call here blocks: run it through `Blocking.run`
-// from async code.
+// that carries the operation and the path. Opening, reading, writing, closing, pipes and stat go
+// through swift-system (FileDescriptor, Stat), which retries EINTR itself; the rest (xattrs,
+// readlink, rename, directories, memfd) has no swift-system counterpart here and calls libc.
+// Every call here blocks: run it through `Blocking.run` from async code.
 internal import CPosix
 import Foundation
+internal import SystemPackage
 
 #if canImport(Glibc)
   import Glibc
@@ -12,32 +15,32 @@ import Foundation
 public enum Sys {
   /// lstat(2)
   public static func lstat(_ p: BytePath) throws -> FileStat {
-    var s = Glibc.stat()
-    _ = try check("lstat", p.description) { p.withCString { Glibc.lstat($0, &s) } }
-    return FileStat(s)
+    try systemCall("lstat", p.description) {
+      FileStat(try p.withCString { try Stat($0, followTargetSymlink: false) }.rawValue)
+    }
   }
 
   /// stat(2), following symlinks.
   public static func stat(_ p: BytePath) throws -> FileStat {
-    var s = Glibc.stat()
-    _ = try check("stat", p.description) { p.withCString { fstatat(AT_FDCWD, $0, &s, 0) } }
-    return FileStat(s)
+    try systemCall("stat", p.description) { FileStat(try p.withCString { try Stat($0) }.rawValue) }
   }
 
   /// fstat(2)
   public static func fstat(_ fd: Int32) throws -> FileStat {
-    var s = Glibc.stat()
-    _ = try check("fstat", "") { Glibc.fstat(fd, &s) }
-    return FileStat(s)
+    try systemCall("fstat", "") { FileStat(try Stat(FileDescriptor(rawValue: fd)).rawValue) }
   }
 
   /// fstatat(2) with AT_SYMLINK_NOFOLLOW.
   public static func lstat(at dirfd: Int32, _ name: [UInt8]) throws -> FileStat? {
-    var s = Glibc.stat()
-    let r = BytePath(bytes: name).withCString { fstatat(dirfd, $0, &s, AT_SYMLINK_NOFOLLOW) }
-    if r == 0 { return FileStat(s) }
-    if errno == ENOENT { return nil }
-    throw SystemError(errno, "fstatat", BytePath.display(name))
+    do {
+      let s = try BytePath(bytes: name).withCString {
+        try Stat($0, relativeTo: FileDescriptor(rawValue: dirfd), flags: .symlinkNoFollow)
+      }
+      return FileStat(s.rawValue)
+    } catch let e as Errno {
+      if e == .noSuchFileOrDirectory { return nil }
+      throw SystemError(e.rawValue, "fstatat", BytePath.display(name))
+    }
   }
 
   /// opendir/readdir: entry names without `.` and `..`, unsorted.
@@ -107,8 +110,17 @@ public enum Sys {
     return out.sorted { $0.name.lexicographicallyPrecedes($1.name) }
   }
 
+  /// open(2), close-on-exec. `flags` are open's (O_RDONLY, O_CREAT, …); `mode` applies with O_CREAT.
   public static func open(_ p: BytePath, _ flags: Int32, _ mode: UInt32 = 0) throws -> Int32 {
-    try check("open", p.description) { p.withCString { Glibc.open($0, flags | O_CLOEXEC, mode_t(mode)) } }
+    try systemCall("open", p.description) {
+      try p.withCString {
+        try FileDescriptor.open(
+          $0, FileDescriptor.AccessMode(rawValue: flags & O_ACCMODE),
+          options: FileDescriptor.OpenOptions(rawValue: flags & ~O_ACCMODE).union(.closeOnExec),
+          permissions: flags & O_CREAT != 0 ? FilePermissions(rawValue: mode_t(mode)) : nil
+        ).rawValue
+      }
+    }
   }
 
   public static func openat(_ dirfd: Int32, _ name: [UInt8], _ flags: Int32, _ mode: UInt32 = 0) throws -> Int32 {
@@ -117,14 +129,15 @@ public enum Sys {
     }
   }
 
-  public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+  public static func close(_ fd: Int32) { try? FileDescriptor(rawValue: fd).close() }
 
   /// pipe2(2) with O_CLOEXEC: both ends are close-on-exec from the start, so no child spawned meanwhile by another
   /// thread inherits them (a write end held by a stranger would keep the reader from ever seeing end of file).
   public static func pipe() throws -> (read: Int32, write: Int32) {
-    var ends: [Int32] = [-1, -1]
-    _ = try check("pipe2", "") { ends.withUnsafeMutableBufferPointer { pipe2($0.baseAddress, O_CLOEXEC) } }
-    return (ends[0], ends[1])
+    try systemCall("pipe2", "") {
+      let ends = try FileDescriptor.pipe(options: .closeOnExec)
+      return (ends.readEnd.rawValue, ends.writeEnd.rawValue)
+    }
   }
 
   /// memfd_create(2) (close-on-exec) holding `bytes`, positioned at its start: an anonymous in-memory file, e.g. a
@@ -142,12 +155,11 @@ public enum Sys {
 
   /// pread(2) until `count` bytes or end of file; returns bytes read.
   public static func pread(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, offset: Int64) throws -> Int {
+    let file = FileDescriptor(rawValue: fd)
     var done = 0
     while done < buf.count {
-      let n = Glibc.pread(fd, buf.baseAddress! + done, buf.count - done, off_t(offset) + off_t(done))
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw SystemError(errno, "read", "")
+      let n = try systemCall("read", "") {
+        try file.read(fromAbsoluteOffset: offset + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buf[done...]))
       }
       if n == 0 { break }
       done += n
@@ -157,13 +169,10 @@ public enum Sys {
 
   /// read(2) until the buffer is full or end of file (for pipes, which cannot pread); returns bytes read.
   public static func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) throws -> Int {
+    let file = FileDescriptor(rawValue: fd)
     var done = 0
     while done < buf.count {
-      let n = Glibc.read(fd, buf.baseAddress! + done, buf.count - done)
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw SystemError(errno, "read", "")
-      }
+      let n = try systemCall("read", "") { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buf[done...])) }
       if n == 0 { break }
       done += n
     }
@@ -172,15 +181,7 @@ public enum Sys {
 
   /// pwrite(2) of the whole buffer.
   public static func pwrite(_ fd: Int32, _ buf: UnsafeRawBufferPointer, offset: Int64) throws {
-    var done = 0
-    while done < buf.count {
-      let n = Glibc.pwrite(fd, buf.baseAddress! + done, buf.count - done, off_t(offset) + off_t(done))
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw SystemError(errno, "write", "")
-      }
-      done += n
-    }
+    _ = try systemCall("write", "") { try FileDescriptor(rawValue: fd).writeAll(toAbsoluteOffset: offset, buf) }
   }
 
   public static func fsync(_ fd: Int32) throws { _ = try check("fsync", "") { Glibc.fsync(fd) } }
@@ -208,8 +209,7 @@ public enum Sys {
   }
 
   public static func exists(_ p: BytePath) -> Bool {
-    var s = Glibc.stat()
-    return p.withCString { Glibc.lstat($0, &s) } == 0
+    (try? p.withCString { try Stat($0, followTargetSymlink: false) }) != nil
   }
 
   /// fsync of a directory, so a rename in it is durable.
@@ -251,7 +251,7 @@ public enum Sys {
     var chunk = [UInt8](repeating: 0, count: max(4096, Int(try fstat(fd).size) + 1))
     while true {
       let n = try chunk.withUnsafeMutableBytes { b in
-        try check("read", p.description) { Glibc.read(fd, b.baseAddress, b.count) }
+        try systemCall("read", p.description) { try FileDescriptor(rawValue: fd).read(into: b) }
       }
       if n == 0 { return out }
       out += chunk[0..<n]

@@ -1,6 +1,7 @@
 // The one error type of a failed syscall (errno, operation, path) and the helpers that retry EINTR
 // and turn -1 into it, so no wrapper handles either by hand.
 import Foundation
+internal import SystemPackage
 
 #if canImport(Glibc)
   import Glibc
@@ -16,7 +17,7 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
     self.path = path
   }
   public var description: String {
-    let msg = String(cString: strerror(errno))
+    let msg = Errno(rawValue: errno).description
     return path.isEmpty ? "\(operation): \(msg)" : "\(operation) \(path): \(msg)"
   }
 }
@@ -39,5 +40,15 @@ public func check<T: BinaryInteger>(_ op: String, _ path: String, _ body: () thr
     if r != -1 { return r }
     if errno == EINTR { continue }
     throw SystemError(errno, op, path)
+  }
+}
+
+/// Runs a swift-system call (which retries EINTR itself) and turns its `Errno` into SystemError(op, path).
+@inline(__always)
+func systemCall<T>(_ op: String, _ path: @autoclosure () -> String, _ body: () throws -> T) throws -> T {
+  do {
+    return try body()
+  } catch let e as Errno {
+    throw SystemError(e.rawValue, op, path())
   }
 }
