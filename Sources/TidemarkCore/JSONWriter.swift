@@ -69,6 +69,40 @@ public struct JSONWriter {
   public mutating func number(_ v: Int) { raw(String(v)) }
   public mutating func bool(_ v: Bool) { v ? raw("true") : raw("false") }
 
+  /// A float64 as Go's `encoding/json` writes it: the shortest decimal that reads back the same, without an
+  /// exponent between 1e-6 and 1e21 (restic's JSON documents carry ratios and percentages this way).
+  public mutating func number(_ f: Double) {
+    if f == f.rounded(), abs(f) < 1e18 { return raw(String(Int64(f))) }
+    let a = abs(f)
+    var s = "\(f)"
+    if a < 1e-6 || a >= 1e21 {
+      // Go: 1e-07, trimmed to 1e-7.
+      if let e = s.firstIndex(of: "e") {
+        var exp = String(s[s.index(after: e)...])
+        let sign = exp.hasPrefix("-") ? "-" : "+"
+        exp = String(exp.drop { $0 == "-" || $0 == "+" || $0 == "0" })
+        s = String(s[..<e]) + "e" + sign + (exp.isEmpty ? "0" : exp)
+      }
+      return raw(s)
+    }
+    // Swift's description is the shortest round-trip form too; spell out any exponent it uses.
+    guard let e = s.firstIndex(of: "e"), let exp = Int(s[s.index(after: e)...]) else { return raw(s) }
+    let mantissa = s[..<e]
+    let negative = mantissa.hasPrefix("-")
+    let digits = mantissa.filter(\.isNumber)
+    let point =
+      (mantissa.firstIndex(of: ".").map { mantissa.distance(from: mantissa.startIndex, to: $0) }
+        ?? mantissa.count) - (negative ? 1 : 0) + exp
+    if point <= 0 {
+      s = "0." + String(repeating: "0", count: -point) + digits
+    } else if point >= digits.count {
+      s = digits + String(repeating: "0", count: point - digits.count)
+    } else {
+      s = String(digits.prefix(point)) + "." + String(digits.dropFirst(point))
+    }
+    raw((negative ? "-" : "") + s)
+  }
+
   public mutating func stringArray(_ a: [String]) {
     out.append(UInt8(ascii: "["))
     for (i, s) in a.enumerated() {

@@ -265,15 +265,38 @@ extension Repository {
     return (k.n, k.r, k.p)
   }
 
-  /// Saves a new key file wrapping this repository's master key with `password`; returns its name.
+  /// Saves a new key file wrapping this repository's master key with `password`; returns its name. The key
+  /// records `username` and `hostname`, this machine's when nil.
   public func addKey(
-    password: [UInt8], username: String, hostname: String,
+    password: [UInt8], username: String? = nil, hostname: String? = nil,
     kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams
   ) async throws -> String {
-    let kf = try KeyFile.create(master: key, password: password, username: username, hostname: hostname, params: kdf)
+    let kf = try KeyFile.create(
+      master: key, password: password, username: username ?? SystemInfo.username,
+      hostname: hostname ?? SystemInfo.hostname, params: kdf)
     let json = kf.json
     let id = RawID.hash(json).hex
     try await backend.save(Handle(.key, id), data: json)
+    return id
+  }
+
+  /// The key file `prefix` names, refused when it is the key this repository was opened with (removing it would
+  /// leave the caller unable to prove it still has a working password).
+  public func removableKey(_ prefix: String) async throws -> String {
+    let name = try await resolve(.key, prefix: prefix)
+    if name == keyID?.hex {
+      throw TidemarkError(
+        .usage, "refusing to remove the key in use", hint: "open the repository with another password first")
+    }
+    return name
+  }
+
+  /// Changes the password: saves a key file for `password`, then removes the one in use; returns the new name.
+  public func changePassword(
+    to password: [UInt8], kdf: (n: UInt64, r: UInt64, p: UInt64) = KeyFile.defaultParams
+  ) async throws -> String {
+    let id = try await addKey(password: password, kdf: kdf)
+    if let old = keyID { try await backend.remove(Handle(.key, old.hex)) }
     return id
   }
 }

@@ -383,6 +383,17 @@ public func forEachConcurrently<T: Sendable>(
   }
 }
 
+extension Repository {
+  /// `init --repository-version`: 1, or 2 (also `latest` and `stable`).
+  public static func formatVersion(_ text: String) throws -> Int {
+    switch text {
+    case "1": return 1
+    case "2", "latest", "stable": return 2
+    default: throw TidemarkError(.usage, "unknown repository version \(text)", hint: "use 1 or 2")
+    }
+  }
+}
+
 public enum SystemInfo {
   public static var hostname: String {
     var buf = [CChar](repeating: 0, count: 256)

@@ -23,6 +23,41 @@ public struct BackupOptions: Sendable {
   public var stdinFD: Int32 = 0
   public var programVersion = "tidemark"
   public init() {}
+
+  /// The options `backup`'s flags give: tags repeatable or comma-separated, the exclude patterns and those of the
+  /// exclude files, `--time` (parseTime). Refuses paths that do not exist: a typo would make a snapshot that
+  /// silently lacks them.
+  public init(
+    paths: [String], host: String?, tags: [String], excludes: [String], excludeFiles: [String], time: String?
+  ) throws {
+    self.paths = paths.map { BytePath($0) }
+    if let host { self.host = host }
+    self.tags = tags.flatMap { $0.split(separator: ",").map(String.init) }
+    self.excludes = try (excludes + excludeFiles.flatMap(Self.readExcludeFile)).map(PathPattern.init)
+    if let time { self.time = try Self.parseTime(time) }
+    for p in self.paths where !Sys.exists(p) {
+      throw TidemarkError(.usage, "\(p) does not exist", hint: "check the paths to back up")
+    }
+  }
+
+  /// The patterns of an exclude file: one a line, blank lines and `#` comments skipped.
+  public static func readExcludeFile(_ path: String) throws -> [String] {
+    let text: [UInt8]
+    do { text = try Sys.readFile(BytePath(path)) } catch {
+      throw TidemarkError(.usage, "cannot read exclude file \(path): \(error)")
+    }
+    return String(decoding: text, as: UTF8.self).split(separator: "\n")
+      .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+  }
+
+  /// `--time`: "2006-01-02 15:04:05" (UTC unless a zone is given) or RFC 3339.
+  public static func parseTime(_ text: String) throws -> Timestamp {
+    let zone = text.contains("Z") || text.contains("+") ? "" : "Z"
+    guard let t = Timestamp(rfc3339: text.replacingOccurrences(of: " ", with: "T") + zone) else {
+      throw TidemarkError(.usage, "invalid --time \(text)", hint: "use \"2006-01-02 15:04:05\"")
+    }
+    return t
+  }
 }
 
 public struct BackupStats: Sendable {
@@ -35,6 +70,11 @@ public struct BackupStats: Sendable {
   public var scanFinished = false
   public var errors: [String] = []
   public var currentFiles: Set<String> = []
+
+  /// restic's `backup --json` progress line after `seconds` with `percent` (0…1) done.
+  public func statusJSON(seconds: Int, percent: Double) -> String {
+    "{\"message_type\":\"status\",\"seconds_elapsed\":\(seconds),\"percent_done\":\(percent),\"total_files\":\(totalFiles),\"files_done\":\(filesDone),\"total_bytes\":\(totalBytes),\"bytes_done\":\(bytesDone),\"error_count\":\(errors.count)}"
+  }
 }
 
 public struct BackupResult: Sendable {
@@ -44,6 +84,19 @@ public struct BackupResult: Sendable {
   public var saver: BlobSaverStats
   public var duration: Double
   public var parent: SnapshotID?
+
+  /// restic's `backup --json` closing lines: one error message per unreadable file, then the summary.
+  public var summaryJSON: [String] {
+    let s = stats
+    return s.errors.map { e in
+      var w = JSONWriter()
+      w.string(e)
+      return
+        "{\"message_type\":\"error\",\"error\":{\"message\":\(String(decoding: w.out, as: UTF8.self))},\"during\":\"archival\"}"
+    } + [
+      "{\"message_type\":\"summary\",\"files_new\":\(s.filesNew),\"files_changed\":\(s.filesChanged),\"files_unmodified\":\(s.filesUnmodified),\"dirs_new\":\(s.dirsNew),\"dirs_changed\":\(s.dirsChanged),\"dirs_unmodified\":\(s.dirsUnmodified),\"data_blobs\":\(saver.blobsAdded[0]),\"tree_blobs\":\(saver.blobsAdded[1]),\"data_added\":\(saver.bytesAdded),\"data_added_packed\":\(saver.bytesStored),\"total_files_processed\":\(s.filesDone),\"total_bytes_processed\":\(s.totalBytes),\"total_duration\":\(duration),\"snapshot_id\":\"\(snapshotID?.short ?? "")\"\(snapshotID.map { ",\"id\":\"\($0.hex)\"" } ?? "")}"
+    ]
+  }
 }
 
 public final class Backup: Sendable {

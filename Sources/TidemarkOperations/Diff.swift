@@ -7,6 +7,17 @@ public struct DiffChange: Sendable {
   public var path: [UInt8]
   /// `+` added, `-` removed, `M` content modified, `T` type changed, `U` metadata changed (`TU` both).
   public var modifier: String
+
+  /// restic's `diff --json` line: `{"message_type":"change","path":…,"modifier":…}`.
+  public var json: [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"change\",\"path\":")
+    w.string(path)
+    w.raw(",\"modifier\":")
+    w.string(modifier)
+    w.raw("}\n")
+    return w.out
+  }
 }
 
 public struct DiffCounts: Sendable {
@@ -33,6 +44,23 @@ public struct DiffStatistics: Sendable {
   public var removed = DiffCounts()
   /// Problems restic only warns about (an unreadable subtree, a blob missing from the index).
   public var warnings: [String] = []
+
+  /// restic's `diff --json` closing line, naming the two snapshots as they were given.
+  public func json(source: String, target: String) -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"statistics\",\"source_snapshot\":")
+    w.string(source)
+    w.raw(",\"target_snapshot\":")
+    w.string(target)
+    w.raw(",\"changed_files\":")
+    w.number(changedFiles)
+    for (key, c) in [("added", added), ("removed", removed)] {
+      w.raw(",\"\(key)\":{\"files\":\(c.files),\"dirs\":\(c.dirs),\"others\":\(c.others)")
+      w.raw(",\"data_blobs\":\(c.dataBlobs),\"tree_blobs\":\(c.treeBlobs),\"bytes\":\(c.bytes)}")
+    }
+    w.raw("}\n")
+    return w.out
+  }
 }
 
 public struct SnapshotDiff {

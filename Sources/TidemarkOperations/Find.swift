@@ -13,6 +13,17 @@ public struct FindCriteria: Sendable {
   public var oldest: Timestamp?
   public var newest: Timestamp?
 
+  /// Refuses a malformed pattern (e.g. an unclosed `[`) before any snapshot is searched.
+  public func validate() throws {
+    for p in patterns {
+      do {
+        _ = try p.matches(Array("/x".utf8))
+      } catch {
+        throw TidemarkError(.usage, "\(error)")
+      }
+    }
+  }
+
   public init(patterns: [String], ignoreCase: Bool = false, oldest: Timestamp? = nil, newest: Timestamp? = nil) {
     self.patterns = patterns.map {
       FindPattern(ignoreCase ? String(decoding: goLowercased(Array($0.utf8)), as: UTF8.self) : $0)
@@ -31,6 +42,23 @@ public struct BlobSelector: Sendable {
     self.ids = ids
     self.shortIDs = shortIDs
   }
+  /// IDs as given on the command line: 64 hex digits are full IDs, anything else a short ID.
+  public init(refs: [String]) {
+    self.init()
+    for r in refs {
+      if let id = BlobID(hex: r) { ids.insert(id) } else { shortIDs.insert(r) }
+    }
+  }
+
+  /// The data blobs and the tree blobs of `blobs` (e.g. a pack's), as two selectors.
+  public static func split(_ blobs: [PackedBlob]) -> (data: BlobSelector, trees: BlobSelector) {
+    var (data, trees) = (BlobSelector(), BlobSelector())
+    for b in blobs {
+      if b.type == .data { data.ids.insert(b.id) } else { trees.ids.insert(b.id) }
+    }
+    return (data, trees)
+  }
+
   public var isEmpty: Bool { ids.isEmpty && shortIDs.isEmpty }
   public func contains(_ id: BlobID) -> Bool {
     ids.contains(id) || (!shortIDs.isEmpty && shortIDs.contains(id.short))
@@ -46,6 +74,16 @@ public struct BlobUse: Sendable {
   public var type: BlobType
   /// The tree holding the file's or directory's node; nil for a snapshot's root tree.
   public var parentTree: BlobID?
+
+  /// restic's `find --blob/--tree --json` object for this use, in a snapshot taken at `time`.
+  public func json(time: Timestamp) -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"object_type\":\"\(type == .data ? "blob" : "tree")\",\"id\":\"\(blob.hex)\",\"path\":")
+    w.string(path)
+    if let p = parentTree, type == .data { w.raw(",\"parent_tree\":\"\(p.hex)\"") }
+    w.raw(",\"snapshot\":\"\(snapshot.hex)\",\"time\":\"\(time.rfc3339Nano)\"}")
+    return w.out
+  }
 }
 
 /// A tree that could not be loaded: nothing below `path` could be searched.
@@ -143,6 +181,99 @@ public enum Find {
       return PackContents(blobs: blobs, headerError: "\(error)")
     }
   }
+}
+
+extension Find {
+  /// restic's `find --json` object for a matching node: path and permissions, then the node's fields but name,
+  /// inode, extended attributes, device, content and subtree.
+  public static func nodeJSON(_ w: inout JSONWriter, _ path: [UInt8], _ n: Node) {
+    w.raw("{\"path\":")
+    w.string(path)
+    w.raw(",\"permissions\":")
+    w.string(goFileMode(n.mode))
+    w.raw(",\"type\":\"\(n.type.rawValue)\"")
+    if n.mode != 0 { w.raw(",\"mode\":\(n.mode)") }
+    w.raw(",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\"")
+    w.raw(",\"ctime\":\"\(n.ctime.rfc3339Nano)\",\"uid\":\(n.uid),\"gid\":\(n.gid)")
+    if !n.user.isEmpty {
+      w.raw(",\"user\":")
+      w.string(n.user)
+    }
+    if !n.group.isEmpty {
+      w.raw(",\"group\":")
+      w.string(n.group)
+    }
+    if n.deviceID != 0 { w.raw(",\"device_id\":\(n.deviceID)") }
+    if n.size != 0 { w.raw(",\"size\":\(n.size)") }
+    if n.links != 0 { w.raw(",\"links\":\(n.links)") }
+    if !n.linkTarget.isEmpty {
+      w.raw(",\"linktarget\":")
+      w.string(n.linkTarget)
+    }
+    w.raw("}")
+  }
+
+  /// Go's `os.FileMode.String()`: type letters (`dalTLDpSugct?`), or `-`, then `rwxrwxrwx`.
+  static func goFileMode(_ m: UInt32) -> String {
+    var s = ""
+    for (i, c) in "dalTLDpSugct?".enumerated() where m & (1 << UInt32(31 - i)) != 0 { s.append(c) }
+    if s.isEmpty { s = "-" }
+    for (i, c) in "rwxrwxrwx".enumerated() { s.append(m & (1 << UInt32(8 - i)) != 0 ? c : "-") }
+    return s
+  }
+
+  /// Where `--show-pack-id` finds an object searched for.
+  public enum PackLocation: Sendable, Equatable {
+    /// Not an ID (a short ID that matched nothing found).
+    case unparsable(String)
+    /// Not in the index as a blob of the type searched.
+    case notIndexed(BlobID)
+    case found(BlobID, IndexEntry)
+  }
+
+  /// The pack of each ID in `selector` (short ones resolved through the uses found, in `report`), in the order of
+  /// the IDs' text.
+  public static func packLocations(
+    of selector: BlobSelector, type: BlobType, report: BlobUseReport, index: MasterIndex
+  ) -> [PackLocation] {
+    var refs = Set(selector.ids.map(\.hex))
+    for s in selector.shortIDs {
+      refs.insert(report.uses.first(where: { $0.type == type && $0.blob.short == s })?.blob.hex ?? s)
+    }
+    return refs.sorted().map { ref in
+      guard let id = BlobID(hex: ref) else { return .unparsable(ref) }
+      guard let e = index.lookup(id), e.blob.type == type else { return .notIndexed(id) }
+      return .found(id, e)
+    }
+  }
+}
+
+/// restic's `find --json` document, written as matches come: `[{"matches":[node,…],"hits":n,"snapshot":"…"},…]`,
+/// or `[]` when nothing matches.
+public struct FindMatchesJSON: Sendable {
+  private var opened = false
+  public init() {}
+
+  /// A match, `hit` its number within its snapshot (from 0), with what precedes it.
+  public mutating func match(_ path: [UInt8], _ node: Node, hit: Int) -> [UInt8] {
+    var w = JSONWriter()
+    if hit == 0 {
+      w.raw(opened ? ",{\"matches\":[" : "[{\"matches\":[")
+      opened = true
+    } else {
+      w.raw(",")
+    }
+    Find.nodeJSON(&w, path, node)
+    return w.out
+  }
+
+  /// Closes the object of a snapshot that had `hits` matches.
+  public func snapshotEnd(_ id: SnapshotID, hits: Int) -> [UInt8] {
+    Array("],\"hits\":\(hits),\"snapshot\":\"\(id.hex)\"}".utf8)
+  }
+
+  /// Closes the document (without the newline).
+  public var end: String { opened ? "]" : "[]" }
 }
 
 /// Per-tree search results, memoized: a tree shared by many snapshots or places is scanned once.

@@ -12,6 +12,85 @@ public enum Forget {
     grouping.group(snapshots).map { (key, snaps) in (key, policy.apply(to: snaps)) }
   }
 
+  /// What `forget` removes: the policy's groups (empty when snapshots are named or there is no policy), the
+  /// snapshots removed (sorted, each once), and why named snapshots were skipped.
+  public struct Decision: Sendable {
+    public var groups: [Group] = []
+    public var remove: [SnapshotID] = []
+    public var problems: [SnapshotSelection.Problem] = []
+  }
+
+  /// restic's forget decision over `all` (oldest first). With `names`, exactly those snapshots (SnapshotSelection,
+  /// the filter's paths taken as absolute as restic does for `latest`); otherwise the policy per group of the
+  /// snapshots passing `filter`.
+  public static func decide(
+    _ all: [Snapshot], names: [String], policy: ForgetPolicy, grouping: SnapshotGrouping, filter: SnapshotFilter
+  ) -> Decision {
+    var d = Decision()
+    var remove: [SnapshotID] = []
+    if !names.isEmpty {
+      var f = filter
+      f.paths = f.paths.map(SnapshotSelection.absolute)
+      let (found, problems) = SnapshotSelection.select(all, names: names, filter: f)
+      (remove, d.problems) = (found.compactMap(\.id), problems)
+    } else if !policy.isEmpty {
+      d.groups = plan(filter.apply(all), policy: policy, grouping: grouping)
+      remove = d.groups.flatMap { $0.result.remove.compactMap(\.id) }
+    }
+    d.remove = Set(remove).sorted()
+    return d
+  }
+
+  /// restic's `forget --json` document: `[{"tags","host","paths","keep","remove","reasons"}]`, empty lists as
+  /// `null`, then a newline.
+  public static func json(_ groups: [Group]) -> [UInt8] {
+    var w = JSONWriter()
+    func list(_ items: [Snapshot]) {
+      if items.isEmpty { return w.raw("null") }
+      w.raw("[")
+      for (i, s) in items.enumerated() {
+        if i > 0 { w.comma() }
+        s.listingJSON(into: &w)
+      }
+      w.raw("]")
+    }
+    w.raw("[")
+    for (g, (key, result)) in groups.enumerated() {
+      if g > 0 { w.comma() }
+      w.raw("{\"tags\":")
+      if let tags = key.tags { w.stringArray(tags) } else { w.raw("null") }
+      w.raw(",\"host\":")
+      w.string(key.hostname)
+      w.raw(",\"paths\":")
+      if let paths = key.paths { w.stringArray(paths) } else { w.raw("null") }
+      w.raw(",\"keep\":")
+      list(result.keep)
+      w.raw(",\"remove\":")
+      list(result.remove)
+      w.raw(",\"reasons\":")
+      if result.reasons.isEmpty { w.raw("null") }
+      for (i, r) in result.reasons.enumerated() {
+        w.raw(i == 0 ? "[" : ",")
+        w.raw("{\"snapshot\":")
+        w.out += r.snapshot.encode()
+        w.raw(",\"matches\":")
+        w.stringArray(r.matches)
+        w.raw(",\"counters\":{")
+        let c = r.counters
+        let counters = [
+          ("last", c.last), ("hourly", c.hourly), ("daily", c.daily), ("weekly", c.weekly), ("monthly", c.monthly),
+          ("yearly", c.yearly),
+        ].filter { $0.1 != 0 }
+        w.raw(counters.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ","))
+        w.raw("}}")
+        if i == result.reasons.count - 1 { w.raw("]") }
+      }
+      w.raw("}")
+    }
+    w.raw("]\n")
+    return w.out
+  }
+
   /// Deletes the snapshot files (a few at a time; the first failure stops the rest). `removed` hears each one.
   public static func remove(
     _ repo: Repository, _ ids: [SnapshotID], removed: @escaping @Sendable (Handle) -> Void = { _ in }

@@ -133,6 +133,47 @@ public struct ForgetPolicy: Sendable, CustomStringConvertible {
 
   public init() {}
 
+  /// The policy from `forget`'s flags: the counts, the `--keep-within*` durations as given (restic's `1y5m7d2h`;
+  /// "" for none) and the `--keep-tag` lists (`a,b`). Negative counts and durations are refused: restic 0.14
+  /// removes every snapshot for them, later versions read -1 as unlimited.
+  public init(
+    last: Int, hourly: Int, daily: Int, weekly: Int, monthly: Int, yearly: Int, within: String,
+    withinHourly: String, withinDaily: String, withinWeekly: String, withinMonthly: String, withinYearly: String,
+    keepTags: [String]
+  ) throws {
+    for (name, n) in [
+      ("keep-last", last), ("keep-hourly", hourly), ("keep-daily", daily), ("keep-weekly", weekly),
+      ("keep-monthly", monthly), ("keep-yearly", yearly),
+    ] where n < 0 {
+      throw TidemarkError(
+        .usage, "--\(name) \(n): counts must be 0 or more",
+        hint: "restic 0.14 removes every snapshot for a negative count and later versions read -1 as unlimited; "
+          + "give the number of snapshots to keep")
+    }
+    (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly) =
+      (last, hourly, daily, weekly, monthly, yearly)
+    func duration(_ name: String, _ text: String) throws -> RetentionDuration {
+      let d: RetentionDuration
+      do {
+        d = try RetentionDuration(parsing: text)
+      } catch let e as TidemarkError {
+        throw TidemarkError(
+          .usage, "invalid argument \"\(text)\" for \"--\(name)\" flag: \(e.message)", hint: "use e.g. 1y5m7d2h")
+      }
+      if [d.years, d.months, d.days, d.hours].contains(where: { $0 < 0 }) {
+        throw TidemarkError(.usage, "--\(name) \(text): durations must not be negative")
+      }
+      return d
+    }
+    self.within = try duration("keep-within", within)
+    self.withinHourly = try duration("keep-within-hourly", withinHourly)
+    self.withinDaily = try duration("keep-within-daily", withinDaily)
+    self.withinWeekly = try duration("keep-within-weekly", withinWeekly)
+    self.withinMonthly = try duration("keep-within-monthly", withinMonthly)
+    self.withinYearly = try duration("keep-within-yearly", withinYearly)
+    self.keepTags = keepTags.map(TagList.parse)
+  }
+
   /// No rule at all: restic then keeps every snapshot (and the CLI removes nothing).
   /// A count of -1 is a rule (that never matches), as in restic 0.14.
   public var isEmpty: Bool {
@@ -421,6 +462,15 @@ public struct SnapshotGrouping: Hashable, Sendable {
     public var hostname: String
     public var paths: [String]?
     public var tags: [String]?
+
+    /// restic's description of a group, `host [h], tags [a, b], paths [/x, /y]`; empty when not grouped.
+    public var description: String {
+      var parts: [String] = []
+      if !hostname.isEmpty { parts.append("host [\(hostname)]") }
+      if let tags { parts.append("tags [\(tags.joined(separator: ", "))]") }
+      if let paths { parts.append("paths [\(paths.joined(separator: ", "))]") }
+      return parts.joined(separator: ", ")
+    }
 
     /// restic's group key, `{"hostname":…,"paths":…,"tags":…}` (Go encoding); groups are listed in its order.
     public var json: String {

@@ -26,6 +26,14 @@ public enum OverwritePolicy: String, Sendable, CaseIterable {
   case ifNewer = "if-newer"
   /// Never touch an existing file.
   case never
+
+  /// `restore --overwrite`, refused with the policies there are when unknown.
+  public init(parsing text: String) throws {
+    guard let p = OverwritePolicy(rawValue: text) else {
+      throw TidemarkError(.usage, "--overwrite \(text): use always, if-changed, if-newer or never")
+    }
+    self = p
+  }
 }
 
 public struct RestoreOptions: Sendable {
@@ -61,6 +69,16 @@ public struct ItemizedChange: Sendable {
   public var size: Int64
   public var action: String
   public var linkTarget: [UInt8]? = nil
+
+  /// restic's `restore --json --verbose` line for this change.
+  public var json: String {
+    var w = JSONWriter()
+    let change = code.trimmingCharacters(in: .whitespaces)
+    w.raw("{\"message_type\":\"verbose_status\",\"action\":\"\(action)\",\"change\":\"\(change)\",\"item\":")
+    w.string(BytePath.display(path))
+    w.raw(",\"size\":\(size)}")
+    return String(decoding: w.out, as: UTF8.self)
+  }
 }
 
 public struct RestoreStats: Sendable {
@@ -79,6 +97,15 @@ public struct RestoreStats: Sendable {
   public var bytesReused: Int64 = 0
   public var bytesVerified: Int64 = 0
   public var errors: [String] = []
+
+  /// restic's `restore --json` summary line (with tidemark's reuse and verify counts), for a restore to `target`
+  /// that took `seconds`.
+  public func summaryJSON(dryRun: Bool, target: BytePath, seconds: Double) -> String {
+    var w = JSONWriter()
+    w.string(target.description)
+    return
+      "{\"message_type\":\"summary\",\"dry_run\":\(dryRun),\"target\":\(String(decoding: w.out, as: UTF8.self)),\"seconds_elapsed\":\(String(format: "%.3f", seconds)),\"total_files\":\(totalFiles),\"files_restored\":\(filesRestored),\"files_created\":\(filesCreated),\"files_updated\":\(filesUpdated),\"files_unchanged\":\(filesUnchanged),\"files_skipped\":\(filesUnchanged),\"files_deleted\":\(entriesDeleted),\"total_bytes\":\(totalBytes),\"bytes_restored\":\(bytesRestored),\"bytes_fetched\":\(bytesRestored),\"bytes_reused\":\(bytesReused),\"bytes_verified\":\(bytesVerified),\"error_count\":\(errors.count)}"
+  }
 }
 
 public final class Restore: Sendable {

@@ -58,6 +58,30 @@ public struct RestoreSelection: Sendable {
       tree: tree, only: only, rootNode: only == nil ? rootNode : nil, path: sub, destination: dest)
   }
 
+  /// `SNAPSHOT[:PATH]`: the snapshot reference and PATH's components. `.` and `..` are refused, in PATH and in
+  /// `path` (components from elsewhere, e.g. a mount path), naming `argument` as given.
+  public static func parse(_ argument: String, path: [[UInt8]]? = nil) throws -> (
+    snapshot: String, path: [[UInt8]]
+  ) {
+    let parts = argument.split(separator: ":", maxSplits: 1).map(String.init)
+    let sub = path ?? (parts.count > 1 ? Array(parts[1].utf8).split(separator: 47).map(Array.init) : [])
+    for c in sub where c == [46] || c == [46, 46] {
+      throw TidemarkError(.usage, "the path \(argument) contains . or ..")
+    }
+    return (parts.first ?? "", sub)
+  }
+
+  /// Points `options` at this selection (destination, the one file, the directory's node). A whole tree
+  /// restored onto `/` with `delete` is refused: it would remove everything the snapshot does not have.
+  public func configure(_ options: inout RestoreOptions) throws {
+    if options.delete && destination.bytes == [47] && only == nil {
+      throw TidemarkError(
+        .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
+        hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead")
+    }
+    (options.target, options.only, options.rootNode) = (destination, only, rootNode)
+  }
+
   /// `/a/b` for ["a", "b"].
   public static func joined(_ comps: [[UInt8]]) -> [UInt8] {
     var out: [UInt8] = []

@@ -37,6 +37,21 @@ public enum SnapshotSelection {
     case filtersIgnored
   }
 
+  /// Go's `filepath.Abs`: `p` relative to the working directory, cleaned (`.` and `..` resolved by name).
+  /// restic compares the `--path` of snapshot arguments in this form.
+  public static func absolute(_ p: String) -> String {
+    let full = p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
+    var parts: [Substring] = []
+    for c in full.split(separator: "/") where c != "." {
+      if c == ".." {
+        if !parts.isEmpty { parts.removeLast() }
+      } else {
+        parts.append(c)
+      }
+    }
+    return "/" + parts.joined(separator: "/")
+  }
+
   /// `all` oldest first (as `listSnapshots` returns them).
   public static func select(_ all: [Snapshot], names: [String], filter: SnapshotFilter) -> (
     snapshots: [Snapshot], problems: [Problem]

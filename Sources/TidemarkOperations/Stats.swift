@@ -11,6 +11,16 @@ public enum StatsMode: String, Sendable, CaseIterable {
   case rawData = "raw-data"
   /// For files unique by content: each of their blobs once per path.
   case blobsPerFile = "blobs-per-file"
+
+  /// `stats --mode`, refused with the modes there are when unknown.
+  public init(parsing text: String) throws {
+    guard let m = StatsMode(rawValue: text) else {
+      throw TidemarkError(
+        .usage, "unknown counting mode: \(text)",
+        hint: "use restore-size, files-by-contents, blobs-per-file or raw-data")
+    }
+    self = m
+  }
 }
 
 public struct RepositoryStats: Sendable {
@@ -37,6 +47,35 @@ public struct RepositoryStats: Sendable {
   /// Percentage of space compression saves.
   public var compressionSpaceSaving: Double {
     totalUncompressedSize == 0 ? 0 : (1 - Double(totalSize) / Double(totalUncompressedSize)) * 100
+  }
+
+  /// restic 0.14's `stats --json` document (`total_file_count` always present), plus restic 0.16's compression
+  /// fields when non-zero.
+  public var json: String {
+    var w = JSONWriter()
+    w.raw("{\"total_size\":")
+    w.number(totalSize)
+    if totalUncompressedSize > 0 {
+      w.raw(",\"total_uncompressed_size\":")
+      w.number(totalUncompressedSize)
+    }
+    for (key, value) in [
+      ("compression_ratio", compressionRatio), ("compression_progress", compressionProgress),
+      ("compression_space_saving", compressionSpaceSaving),
+    ] where value != 0 {
+      w.raw(",\"\(key)\":")
+      w.number(value)
+    }
+    w.raw(",\"total_file_count\":")
+    w.number(totalFileCount)
+    if totalBlobCount > 0 {
+      w.raw(",\"total_blob_count\":")
+      w.number(totalBlobCount)
+    }
+    w.raw(",\"snapshots_count\":")
+    w.number(snapshotsCount)
+    w.raw("}")
+    return String(decoding: w.out, as: UTF8.self)
   }
 
   /// Counts `snapshots` (in this order, which blobs-per-file depends on) the way restic 0.14 does.

@@ -159,7 +159,8 @@ public enum Sys {
     var done = 0
     while done < buf.count {
       let n = try systemCall("read", "") {
-        try file.read(fromAbsoluteOffset: offset + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buf[done...]))
+        try file.read(
+          fromAbsoluteOffset: offset + Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buf[done...]))
       }
       if n == 0 { break }
       done += n

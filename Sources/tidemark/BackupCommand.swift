@@ -35,39 +35,12 @@ struct Backup: AsyncParsableCommand {
 
   func run() async throws {
     let repo = try await global.open()
-    var opts = BackupOptions()
-    opts.paths = paths.map { BytePath($0) }
-    if let host { opts.host = host }
-    opts.tags = tag.flatMap { $0.split(separator: ",").map(String.init) }
-    var patterns = exclude
-    for f in excludeFile {
-      let text: [UInt8]
-      do { text = try Sys.readFile(BytePath(f)) } catch {
-        throw TidemarkError(.usage, "cannot read exclude file \(f): \(error)")
-      }
-      for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
-        let l = line.trimmingCharacters(in: .whitespaces)
-        if !l.isEmpty && !l.hasPrefix("#") { patterns.append(l) }
-      }
-    }
-    opts.excludes = patterns.map(PathPattern.init)
+    var opts = try BackupOptions(
+      paths: paths, host: host, tags: tag, excludes: exclude, excludeFiles: excludeFile, time: time)
     opts.force = force
     opts.dryRun = dryRun
     opts.programVersion = "tidemark \(Tidemark.version)"
     if stdin { opts.stdinFilename = stdinFilename }
-    if let time {
-      guard
-        let t = Timestamp(
-          rfc3339: time.replacingOccurrences(of: " ", with: "T") + (time.contains("Z") || time.contains("+") ? "" : "Z")
-        )
-      else {
-        throw TidemarkError(.usage, "invalid --time \(time)", hint: "use \"2006-01-02 15:04:05\"")
-      }
-      opts.time = t
-    }
-    for p in opts.paths where !Sys.exists(p) {
-      throw TidemarkError(.usage, "\(p) does not exist", hint: "check the paths to back up")
-    }
     if let parent { opts.parent = try await repo.findSnapshot(parent).id }
 
     let result = try await global.withLock(
@@ -102,9 +75,7 @@ struct Backup: AsyncParsableCommand {
         let secs = Double(el.components.seconds) + Double(el.components.attoseconds) / 1e18
         let pct = s.totalBytes > 0 ? min(1.0, Double(s.bytesDone) / Double(s.totalBytes)) : 0
         if json {
-          Out.line(
-            "{\"message_type\":\"status\",\"seconds_elapsed\":\(Int(secs)),\"percent_done\":\(pct),\"total_files\":\(s.totalFiles),\"files_done\":\(s.filesDone),\"total_bytes\":\(s.totalBytes),\"bytes_done\":\(s.bytesDone),\"error_count\":\(s.errors.count)}"
-          )
+          Out.line(s.statusJSON(seconds: Int(secs), percent: pct))
         } else {
           while printedErrors < s.errors.count {
             Out.errRaw("\r\u{1b}[Kerror: \(s.errors[printedErrors])\n")
@@ -125,15 +96,7 @@ struct Backup: AsyncParsableCommand {
 
   func report(_ r: BackupResult) {
     let s = r.stats
-    if global.json {
-      for e in s.errors {
-        Out.line("{\"message_type\":\"error\",\"error\":{\"message\":\(Out.jsonString(e))},\"during\":\"archival\"}")
-      }
-      Out.line(
-        "{\"message_type\":\"summary\",\"files_new\":\(s.filesNew),\"files_changed\":\(s.filesChanged),\"files_unmodified\":\(s.filesUnmodified),\"dirs_new\":\(s.dirsNew),\"dirs_changed\":\(s.dirsChanged),\"dirs_unmodified\":\(s.dirsUnmodified),\"data_blobs\":\(r.saver.blobsAdded[0]),\"tree_blobs\":\(r.saver.blobsAdded[1]),\"data_added\":\(r.saver.bytesAdded),\"data_added_packed\":\(r.saver.bytesStored),\"total_files_processed\":\(s.filesDone),\"total_bytes_processed\":\(s.totalBytes),\"total_duration\":\(r.duration),\"snapshot_id\":\"\(r.snapshotID?.short ?? "")\"\(r.snapshotID.map { ",\"id\":\"\($0.hex)\"" } ?? "")}"
-      )
-      return
-    }
+    if global.json { return r.summaryJSON.forEach(Out.line) }
     for e in s.errors { Out.err("error: \(e)") }
     if global.quiet { return }
     if let p = r.parent { Out.line("using parent snapshot \(p.short)") }
@@ -213,29 +176,15 @@ struct RestoreCommand: AsyncParsableCommand {
   @Argument(help: "SNAPSHOT[:PATH] or a path inside a tidemark mount") var snapshot: String
 
   func run() async throws {
-    guard let policy = OverwritePolicy(rawValue: overwrite) else {
-      throw TidemarkError(.usage, "--overwrite \(overwrite): use always, if-changed, if-newer or never")
-    }
+    let policy = try OverwritePolicy(parsing: overwrite)
     if target != nil && inPlace { throw TidemarkError(.usage, "--target and --in-place exclude each other") }
     var global = self.global
-    var snapRef: String
-    var sub: [[UInt8]] = []
     let fromMount = try MountStatus.resolve(snapshot)
-    if let m = fromMount {
-      if global.repo == nil { global.repo = m.repository }
-      snapRef = m.snapshot
-      sub = m.path
-    } else {
-      let parts = snapshot.split(separator: ":", maxSplits: 1).map(String.init)
-      snapRef = parts[0]
-      if parts.count > 1 { sub = Array(parts[1].utf8).split(separator: 47).map(Array.init) }
-      guard target != nil || inPlace else {
-        throw TidemarkError(.usage, "where to? give --target DIR or --in-place")
-      }
+    if let m = fromMount, global.repo == nil { global.repo = m.repository }
+    guard fromMount != nil || target != nil || inPlace else {
+      throw TidemarkError(.usage, "where to? give --target DIR or --in-place")
     }
-    for c in sub where c == [46] || c == [46, 46] {
-      throw TidemarkError(.usage, "the path \(snapshot) contains . or ..")
-    }
+    let (ref, sub) = try RestoreSelection.parse(snapshot, path: fromMount?.path)
     // From a mount: its key, if it shares it (no second key derivation); otherwise the password.
     var shared: Repository? = nil
     if let m = fromMount, let socket = m.keySocket {
@@ -243,7 +192,7 @@ struct RestoreCommand: AsyncParsableCommand {
     }
     let repo: Repository
     if let shared { repo = shared } else { repo = try await global.open() }
-    let snap = try await repo.findSnapshot(snapRef, host: host, paths: path)
+    let snap = try await repo.findSnapshot(fromMount?.snapshot ?? ref, host: host, paths: path)
 
     let start = ContinuousClock.now
     let json = global.json
@@ -257,29 +206,16 @@ struct RestoreCommand: AsyncParsableCommand {
         repo, snap, path: sub, acceptAbsoluteForRelative: fromMount == nil,
         target: target.map { BytePath($0).absolute() })
       let dest = sel.destination
-      if delete && dest.bytes == [47] && sel.only == nil {
-        throw TidemarkError(
-          .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
-          hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead")
-      }
       var opts = RestoreOptions(target: dest)
-      opts.includes = include.map(PathPattern.init)
-      opts.excludes = exclude.map(PathPattern.init)
-      opts.dryRun = dryRun
-      opts.overwrite = policy
-      opts.delete = delete
-      opts.verify = verify
-      opts.sparse = sparse
-      opts.inplace = inplace
-      opts.only = sel.only
-      opts.rootNode = sel.rootNode
+      (opts.includes, opts.excludes) = (include.map(PathPattern.init), exclude.map(PathPattern.init))
+      (opts.dryRun, opts.overwrite, opts.delete) = (dryRun, policy, delete)
+      (opts.verify, opts.sparse, opts.inplace) = (verify, sparse, inplace)
+      try sel.configure(&opts)
       if list && !quiet {
         opts.itemize = { c in
           let path = BytePath.display(c.path)
           if json {
-            Out.line(
-              "{\"message_type\":\"verbose_status\",\"action\":\"\(c.action)\",\"change\":\"\(c.code.trimmingCharacters(in: .whitespaces))\",\"item\":\(Out.jsonString(path)),\"size\":\(c.size)}"
-            )
+            Out.line(c.json)
           } else {
             let link = c.linkTarget.map { (c.code.hasPrefix("h") ? " => " : " -> ") + BytePath.display($0) } ?? ""
             Out.line("\(c.code) \(path)\(link)")
@@ -297,9 +233,7 @@ struct RestoreCommand: AsyncParsableCommand {
     let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     for e in stats.errors { Out.err("error: \(e)") }
     if json {
-      Out.line(
-        "{\"message_type\":\"summary\",\"dry_run\":\(dryRun),\"target\":\(Out.jsonString(where_.description)),\"seconds_elapsed\":\(String(format: "%.3f", secs)),\"total_files\":\(stats.totalFiles),\"files_restored\":\(stats.filesRestored),\"files_created\":\(stats.filesCreated),\"files_updated\":\(stats.filesUpdated),\"files_unchanged\":\(stats.filesUnchanged),\"files_skipped\":\(stats.filesUnchanged),\"files_deleted\":\(stats.entriesDeleted),\"total_bytes\":\(stats.totalBytes),\"bytes_restored\":\(stats.bytesRestored),\"bytes_fetched\":\(stats.bytesRestored),\"bytes_reused\":\(stats.bytesReused),\"bytes_verified\":\(stats.bytesVerified),\"error_count\":\(stats.errors.count)}"
-      )
+      Out.line(stats.summaryJSON(dryRun: dryRun, target: where_, seconds: secs))
     } else if !quiet {
       let verb = dryRun ? "would change" : "done"
       Out.err(
@@ -326,13 +260,7 @@ struct KeyCommand: AsyncParsableCommand {
     func run() async throws {
       let repo = try await global.open()
       let rows = try await repo.keyFiles()
-      if global.json {
-        let items = rows.map { name, k in
-          "{\"current\":\(name == repo.keyID?.hex),\"id\":\"\(name)\",\"userName\":\(Out.jsonString(k.username)),\"hostName\":\(Out.jsonString(k.hostname)),\"created\":\"\(Out.time(k.created))\"}"
-        }
-        Out.line("[" + items.joined(separator: ",") + "]")
-        return
-      }
+      if global.json { return Out.line(Listing.keysJSON(rows, current: repo.keyID?.hex)) }
       printTable(
         header: [" ID", "User", "Host", "Created"],
         rows: rows.map { name, k in
@@ -354,11 +282,6 @@ struct KeyCommand: AsyncParsableCommand {
     throw TidemarkError(.usage, "no new password given", hint: "use --new-password-file")
   }
 
-  static func addKey(_ repo: Repository, _ pw: [UInt8], user: String?, host: String?) async throws -> String {
-    try await repo.addKey(
-      password: pw, username: user ?? SystemInfo.username, hostname: host ?? SystemInfo.hostname)
-  }
-
   struct Add: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Add a key (a new password for the same repository).")
     @OptionGroup var global: GlobalOptions
@@ -368,7 +291,8 @@ struct KeyCommand: AsyncParsableCommand {
     func run() async throws {
       let repo = try await global.open()
       let id = try await global.withLock(repo, exclusive: false) {
-        try await KeyCommand.addKey(repo, try KeyCommand.newPassword(newPasswordFile), user: user, host: host)
+        try await repo.addKey(
+          password: try KeyCommand.newPassword(newPasswordFile), username: user, hostname: host)
       }
       if !global.quiet { Out.line("saved new key with ID \(id)") }
     }
@@ -380,11 +304,7 @@ struct KeyCommand: AsyncParsableCommand {
     @Argument(help: "Key ID (a unique prefix is enough).") var id: String
     func run() async throws {
       let repo = try await global.open()
-      let name = try await repo.resolve(.key, prefix: id)
-      if name == repo.keyID?.hex {
-        throw TidemarkError(
-          .usage, "refusing to remove the key in use", hint: "open the repository with another password first")
-      }
+      let name = try await repo.removableKey(id)
       try await global.withLock(repo, exclusive: true) { try await repo.backend.remove(Handle(.key, name)) }
       if !global.quiet { Out.line("removed key \(name)") }
     }
@@ -397,8 +317,7 @@ struct KeyCommand: AsyncParsableCommand {
     func run() async throws {
       let repo = try await global.open()
       try await global.withLock(repo, exclusive: true) {
-        let id = try await KeyCommand.addKey(repo, try KeyCommand.newPassword(newPasswordFile), user: nil, host: nil)
-        if let old = repo.keyID { try await repo.backend.remove(Handle(.key, old.hex)) }
+        let id = try await repo.changePassword(to: try KeyCommand.newPassword(newPasswordFile))
         if !global.quiet { Out.line("saved new key as \(id)") }
       }
     }

@@ -23,12 +23,7 @@ struct Init: AsyncParsableCommand {
     if copyChunkerParams {
       poly = try await from.open(global, needFor: "--copy-chunker-params").config.chunkerPolynomial
     }
-    let version: Int
-    switch repositoryVersion {
-    case "1": version = 1
-    case "2", "latest", "stable": version = 2
-    default: throw TidemarkError(.usage, "unknown repository version \(repositoryVersion)", hint: "use 1 or 2")
-    }
+    let version = try Repository.formatVersion(repositoryVersion)
     let repo = try await Repository.initialize(
       backend: backend, password: pw, version: version, polynomial: poly)
     if global.json {
@@ -77,22 +72,8 @@ struct Snapshots: AsyncParsableCommand {
     let repo = try await global.open()
     var snaps = SnapshotFilter(hosts: host, tags: tag, paths: path).apply(try await repo.listSnapshots())
     if !ids.isEmpty { snaps = snaps.filter { s in ids.contains { s.id!.hex.hasPrefix($0) || ($0 == "latest") } } }
-    if let n = latest {
-      var groups: [String: [Snapshot]] = [:]
-      for s in snaps { groups[s.hostname + "\0" + s.paths.sorted().joined(separator: "\0"), default: []].append(s) }
-      snaps = groups.values.flatMap { $0.suffix(n) }.sorted { $0.time < $1.time }
-    }
-    if global.json {
-      var w = JSONWriter()
-      w.raw("[")
-      for (i, s) in snaps.enumerated() {
-        if i > 0 { w.comma() }
-        s.listingJSON(into: &w)
-      }
-      w.raw("]\n")
-      Out.raw(w.out)
-      return
-    }
+    if let n = latest { snaps = Listing.latest(snaps, perGroup: n) }
+    if global.json { return Out.raw(Listing.snapshotsJSON(snaps)) }
     let rows = snaps.map { s in
       [s.id!.short, Out.time(s.time), s.hostname, s.tags.joined(separator: ","), s.paths.joined(separator: "\n")]
     }
@@ -144,97 +125,27 @@ struct Ls: AsyncParsableCommand {
     let repo = try await global.openIndexed()
     let snap = try await repo.findSnapshot(snapshot, host: host)
     if global.json {
-      var w = JSONWriter()
-      var body = snap.encode()
-      body.removeLast()
-      w.out = body
-      w.raw(",\"id\":\"\(snap.id!.hex)\",\"short_id\":\"\(snap.id!.short)\",\"struct_type\":\"snapshot\"}\n")
-      Out.raw(w.out)
+      Out.raw(Listing.snapshotJSON(snap))
     } else if !global.quiet {
       FileHandle.standardError.write(
         Data("snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)):\n".utf8))
     }
-    let filters = dirs.map { Array($0.utf8).split(separator: 47).map(Array.init) }
-    try await walk(repo, snap.tree, prefix: [], filters: filters)
+    try await Listing.walk(repo, snap.tree, filter: ListingFilter(dirs: dirs, recursive: recursive), visit: printNode)
   }
 
-  func wanted(_ comps: [[UInt8]], _ filters: [[[UInt8]]]) -> (show: Bool, descend: Bool) {
-    if filters.isEmpty { return (true, true) }
-    var show = false
-    var descend = false
-    for f in filters {
-      if comps.count <= f.count && Array(f.prefix(comps.count)) == comps { descend = true }  // on the way
-      if comps.count > f.count && Array(comps.prefix(f.count)) == f {
-        if recursive || comps.count == f.count + 1 { show = true }
-        if recursive { descend = true }
-      }
-    }
-    return (show, descend)
-  }
-
-  func walk(_ repo: Repository, _ tree: BlobID, prefix: [[UInt8]], filters: [[[UInt8]]]) async throws {
-    let t = try await repo.loadTree(tree)
-    for n in t.nodes {
-      let comps = prefix + [n.name]
-      let (show, descend) = wanted(comps, filters)
-      let path = [47] + Array(comps.joined(separator: [47]))
-      if show { printNode(n, path) }
-      if descend, n.type == .dir, let sub = n.subtree { try await walk(repo, sub, prefix: comps, filters: filters) }
-    }
-  }
-
-  func printNode(_ n: Node, _ path: [UInt8]) {
+  func printNode(_ path: [UInt8], _ n: Node) {
     if global.json {
-      var w = JSONWriter()
-      w.raw("{\"name\":")
-      w.string(n.name)
-      w.raw(",\"type\":\"\(n.type.rawValue)\",\"path\":")
-      w.string(path)
-      w.raw(",\"uid\":\(n.uid),\"gid\":\(n.gid)")
-      if n.type == .file { w.raw(",\"size\":\(n.size)") }
-      w.raw(",\"mode\":\(n.mode),\"permissions\":\"\(permissions(n.mode))\"")
-      w.raw(
-        ",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\",\"ctime\":\"\(n.ctime.rfc3339Nano)\""
-      )
-      w.raw(",\"struct_type\":\"node\"}\n")
-      Out.raw(w.out)
+      Out.raw(Listing.nodeJSON(n, path: path))
     } else if long {
       let owner = (n.user.isEmpty ? String(n.uid) : n.user).padding(toLength: 8, withPad: " ", startingAt: 0)
       let group = (n.group.isEmpty ? String(n.gid) : n.group).padding(toLength: 8, withPad: " ", startingAt: 0)
-      var line = "\(permissions(n.mode)) \(owner) \(group) \(String(n.size).leftPadded(10)) \(Out.time(n.mtime)) "
-      Out.raw(Array(line.utf8) + path)
-      if n.type == .symlink {
-        line = " -> "
-        Out.raw(Array(line.utf8) + n.linkTarget)
-      }
-      Out.raw([10])
+      let mode = Listing.permissions(n.mode)
+      let line = "\(mode) \(owner) \(group) \(String(n.size).leftPadded(10)) \(Out.time(n.mtime)) "
+      Out.raw(Array(line.utf8) + path + (n.type == .symlink ? Array(" -> ".utf8) + n.linkTarget : []) + [10])
     } else {
       Out.raw(path + [10])
     }
   }
-}
-
-/// `drwxr-xr-x` from a Go FileMode.
-func permissions(_ m: UInt32) -> String {
-  var s: String
-  if m & GoMode.dir != 0 {
-    s = "d"
-  } else if m & GoMode.symlink != 0 {
-    s = "L"
-  } else if m & GoMode.charDevice != 0 {
-    s = "c"
-  } else if m & GoMode.device != 0 {
-    s = "D"
-  } else if m & GoMode.namedPipe != 0 {
-    s = "p"
-  } else if m & GoMode.socket != 0 {
-    s = "S"
-  } else {
-    s = "-"
-  }
-  let rwx = Array("rwxrwxrwx")
-  for i in 0..<9 { s.append(m & (1 << (8 - i)) != 0 ? rwx[i] : "-") }
-  return s
 }
 
 extension String {
@@ -251,56 +162,12 @@ struct Cat: AsyncParsableCommand {
 
   func run() async throws {
     let repo = try await global.open()
-    func need() throws -> String {
-      guard let id else { throw TidemarkError(.usage, "cat \(type) needs an ID") }
-      return id
-    }
-    switch type {
-    case "config":
-      Out.line(prettyJSON(repo.config.encode()))
-    case "masterkey":
-      Out.line(prettyJSON(repo.key.json))
-    case "key":
-      let name = try await repo.resolve(.key, prefix: try need())
-      Out.line(prettyJSON(try await repo.backend.load(Handle(.key, name))))
-    case "lock", "index":
-      let t: FileType = type == "lock" ? .lock : .index
-      let name = try await repo.resolve(t, prefix: try need())
-      Out.raw(try await repo.loadUnpacked(Handle(t, name)) + [10])
-    case "snapshot":
-      let s = try await repo.findSnapshot(try need())
-      Out.line(prettyJSON(s.encode()))
-    case "pack":
-      let name = try await repo.resolve(.pack, prefix: try need())
-      Out.raw(try await repo.backend.load(Handle(.pack, name)))
-    case "blob", "tree":
-      try await repo.loadIndex()
-      var bid: BlobID? = BlobID(hex: try need())
-      if type == "tree", bid == nil {
-        // snapshot[:path]
-        let parts = try need().split(separator: ":", maxSplits: 1).map(String.init)
-        let s = try await repo.findSnapshot(parts[0])
-        bid = try await resolveTree(repo, s.tree, parts.count > 1 ? parts[1] : "")
-      }
-      guard let bid else { throw TidemarkError(.usage, "\(try need()) is not a blob ID (64 hex digits)") }
-      Out.raw(try await repo.loadBlob(bid))
-    default:
-      throw TidemarkError(
-        .usage, "unknown type \(type)", hint: "use config, masterkey, key, lock, snapshot, index, pack, blob or tree")
+    switch try await RepositoryObject.load(repo, type: type, id: id) {
+    case .json(let b): Out.line(prettyJSON(b))
+    case .text(let b): Out.raw(b + [10])
+    case .binary(let b): Out.raw(b)
     }
   }
-}
-
-func resolveTree(_ repo: Repository, _ root: BlobID, _ path: String) async throws -> BlobID {
-  var cur = root
-  for comp in Array(path.utf8).split(separator: 47) {
-    let t = try await repo.loadTree(cur)
-    guard let n = t.node(named: Array(comp)), let sub = n.subtree else {
-      throw TidemarkError(.notFound, "no directory \(path) in the snapshot")
-    }
-    cur = sub
-  }
-  return cur
 }
 
 /// Indents JSON the way `restic cat` does (two spaces).

@@ -43,35 +43,14 @@ struct DiffCommand: AsyncParsableCommand {
       return try await SnapshotDiff.compare(s1.tree, s2.tree, cache: cache, metadata: metadata) { c in
         guard !quiet else { return }
         if json {
-          var w = JSONWriter()
-          w.raw("{\"message_type\":\"change\",\"path\":")
-          w.string(c.path)
-          w.raw(",\"modifier\":")
-          w.string(c.modifier)
-          w.raw("}\n")
-          Out.raw(w.out)
+          Out.raw(c.json)
         } else {
           Out.raw(Array(GoFormat.padded(c.modifier, 5).utf8) + c.path + [10])
         }
       }
     }
     for w in stats.warnings { Out.err(w) }
-    if json {
-      var w = JSONWriter()
-      w.raw("{\"message_type\":\"statistics\",\"source_snapshot\":")
-      w.string(snapshots[0])
-      w.raw(",\"target_snapshot\":")
-      w.string(snapshots[1])
-      w.raw(",\"changed_files\":")
-      w.number(stats.changedFiles)
-      for (key, c) in [("added", stats.added), ("removed", stats.removed)] {
-        w.raw(",\"\(key)\":{\"files\":\(c.files),\"dirs\":\(c.dirs),\"others\":\(c.others)")
-        w.raw(",\"data_blobs\":\(c.dataBlobs),\"tree_blobs\":\(c.treeBlobs),\"bytes\":\(c.bytes)}")
-      }
-      w.raw("}\n")
-      Out.raw(w.out)
-      return
-    }
+    if json { return Out.raw(stats.json(source: snapshots[0], target: snapshots[1])) }
     let (a, r) = (stats.added, stats.removed)
     func n(_ v: Int) -> String { GoFormat.right(v, 5) }
     Out.line("")

@@ -56,13 +56,7 @@ struct FindCommand: AsyncParsableCommand {
         }
         if flag == "--oldest" { c.oldest = t } else { c.newest = t }
       }
-      for p in c.patterns {
-        do {
-          _ = try p.matches(Array("/x".utf8))
-        } catch {
-          throw TidemarkError(.usage, "\(error)")
-        }
-      }
+      try c.validate()
       criteria = c
     }
     let repo = try await global.open()
@@ -84,7 +78,7 @@ struct FindCommand: AsyncParsableCommand {
     let cache = TreeCache(repo: repo)
     let json = global.json
     let verbose = !global.quiet
-    var opened = false  // JSON: "[" written
+    var document = FindMatchesJSON()
     var first = true
     for s in snaps {
       var hits = 0
@@ -92,15 +86,7 @@ struct FindCommand: AsyncParsableCommand {
         in: s, cache: cache, criteria: criteria,
         match: { path, node in
           if json {
-            var w = JSONWriter()
-            if hits == 0 {
-              w.raw(opened ? ",{\"matches\":[" : "[{\"matches\":[")
-              opened = true
-            } else {
-              w.raw(",")
-            }
-            FindCommand.nodeJSON(&w, path, node)
-            Out.raw(w.out)
+            Out.raw(document.match(path, node, hit: hits))
           } else {
             if hits == 0 && verbose {
               if !first { Out.line("") }
@@ -116,39 +102,10 @@ struct FindCommand: AsyncParsableCommand {
         })
       if hits > 0 {
         first = false
-        if json { Out.raw(Array("],\"hits\":\(hits),\"snapshot\":\"\(s.id!.hex)\"}".utf8)) }
+        if json { Out.raw(document.snapshotEnd(s.id!, hits: hits)) }
       }
     }
-    if json { Out.line(opened ? "]" : "[]") }
-  }
-
-  /// restic's `find --json` node: path and permissions, then the node's fields but name, inode, extended
-  /// attributes, device, content and subtree.
-  static func nodeJSON(_ w: inout JSONWriter, _ path: [UInt8], _ n: Node) {
-    w.raw("{\"path\":")
-    w.string(path)
-    w.raw(",\"permissions\":")
-    w.string(GoFormat.fileMode(n.mode))
-    w.raw(",\"type\":\"\(n.type.rawValue)\"")
-    if n.mode != 0 { w.raw(",\"mode\":\(n.mode)") }
-    w.raw(",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\"")
-    w.raw(",\"ctime\":\"\(n.ctime.rfc3339Nano)\",\"uid\":\(n.uid),\"gid\":\(n.gid)")
-    if !n.user.isEmpty {
-      w.raw(",\"user\":")
-      w.string(n.user)
-    }
-    if !n.group.isEmpty {
-      w.raw(",\"group\":")
-      w.string(n.group)
-    }
-    if n.deviceID != 0 { w.raw(",\"device_id\":\(n.deviceID)") }
-    if n.size != 0 { w.raw(",\"size\":\(n.size)") }
-    if n.links != 0 { w.raw(",\"links\":\(n.links)") }
-    if !n.linkTarget.isEmpty {
-      w.raw(",\"linktarget\":")
-      w.string(n.linkTarget)
-    }
-    w.raw("}")
+    if json { Out.line(document.end) }
   }
 
   /// restic's `find --long` line: mode, uid, gid, size, mtime, path (and a symlink's target).
@@ -174,34 +131,18 @@ struct FindCommand: AsyncParsableCommand {
   // MARK: IDs
 
   func findIDs(_ repo: Repository, _ snaps: [Snapshot], _ args: [String]) async throws {
-    var data = BlobSelector()
-    var trees = BlobSelector()
-    func add(_ a: String, to s: inout BlobSelector) {
-      if let id = BlobID(hex: a) { s.ids.insert(id) } else { s.shortIDs.insert(a) }
-    }
-    if blob { for a in args { add(a, to: &data) } }
-    if tree { for a in args { add(a, to: &trees) } }
-    if pack {
-      for b in try await packBlobs(repo, args) {
-        if b.type == .data { data.ids.insert(b.id) } else { trees.ids.insert(b.id) }
-      }
-    }
+    var (data, trees) = (
+      blob ? BlobSelector(refs: args) : BlobSelector(), tree ? BlobSelector(refs: args) : BlobSelector()
+    )
+    if pack { (data, trees) = BlobSelector.split(try await packBlobs(repo, args)) }
     let report = await Find.uses(data: data, trees: trees, in: snaps, repo: repo)
     let times = Dictionary(snaps.map { ($0.id!, $0.time) }, uniquingKeysWith: { a, _ in a })
-    var count = 0
-    for u in report.uses {
+    for (i, u) in report.uses.enumerated() {
       let time = times[u.snapshot]!
-      let kind = u.type == .data ? "blob" : "tree"
       if global.json {
-        var w = JSONWriter()
-        w.raw(count == 0 ? "[" : ",")
-        w.raw("{\"object_type\":\"\(kind)\",\"id\":\"\(u.blob.hex)\",\"path\":")
-        w.string(u.path)
-        if let p = u.parentTree, u.type == .data { w.raw(",\"parent_tree\":\"\(p.hex)\"") }
-        w.raw(",\"snapshot\":\"\(u.snapshot.hex)\",\"time\":\"\(time.rfc3339Nano)\"}")
-        Out.raw(w.out)
+        Out.raw(Array((i == 0 ? "[" : ",").utf8) + u.json(time: time))
       } else {
-        var out = Array("Found \(kind) \(u.blob.hex)\n".utf8)
+        var out = Array("Found \(u.type == .data ? "blob" : "tree") \(u.blob.hex)\n".utf8)
         if u.type == .data {
           out += Array(" ... in file ".utf8) + u.path + [10]
           out += Array("     (tree \(u.parentTree?.hex ?? ""))\n".utf8)
@@ -211,14 +152,26 @@ struct FindCommand: AsyncParsableCommand {
         out += Array(" ... in snapshot \(u.snapshot.short) (\(GoFormat.localTime(time)))\n".utf8)
         Out.raw(out)
       }
-      count += 1
     }
-    if global.json { Out.line(count == 0 ? "[]" : "]") }
+    if global.json { Out.line(report.uses.isEmpty ? "[]" : "]") }
     for e in report.unreadable {
       let msg = "Unable to load tree \(e.tree.hex)\n ... which belongs to snapshot \(e.snapshot.hex)\n"
       if global.json { Out.errRaw(msg) } else { Out.raw(Array(msg.utf8)) }
     }
-    if showPackId && (blob || tree) { showPacks(repo, blob ? data : trees, blob ? .data : .tree, report) }
+    guard showPackId && (blob || tree) else { return }
+    let type: BlobType = blob ? .data : .tree
+    for location in Find.packLocations(of: blob ? data : trees, type: type, report: report, index: repo.index) {
+      switch location {
+      case .unparsable(let ref):
+        Out.line("Note: cannot find pack for object '\(ref)', unable to parse ID: invalid length for hash")
+      case .notIndexed(let id): Out.line("Object \(id.short) not found in the index")
+      case .found(let id, let e):
+        Out.line("Object belongs to pack \(e.pack.hex)")
+        Out.line(
+          " ... Pack \(e.pack.short): <Blob (\(type.name)) \(id.short), offset \(e.blob.offset), length \(e.blob.length), uncompressed length \(e.blob.uncompressedLength)>"
+        )
+      }
+    }
   }
 
   /// The blobs of the packs named (Find.packBlobs), with restic's notes on stderr.
@@ -235,32 +188,5 @@ struct FindCommand: AsyncParsableCommand {
       )
     }
     return r.blobs
-  }
-
-  /// `--show-pack-id`: for each ID searched (short ones resolved through what was found), its pack.
-  func showPacks(_ repo: Repository, _ sel: BlobSelector, _ type: BlobType, _ report: BlobUseReport) {
-    var refs = Set(sel.ids.map(\.hex))
-    for s in sel.shortIDs {
-      if let u = report.uses.first(where: { $0.type == type && $0.blob.short == s }) {
-        refs.insert(u.blob.hex)
-      } else {
-        refs.insert(s)
-      }
-    }
-    for ref in refs.sorted() {
-      guard let id = BlobID(hex: ref) else {
-        Out.line("Note: cannot find pack for object '\(ref)', unable to parse ID: invalid length for hash")
-        continue
-      }
-      guard let e = repo.index.lookup(id), e.blob.type == type else {
-        Out.line("Object \(id.short) not found in the index")
-        continue
-      }
-      let b = e.blob
-      Out.line("Object belongs to pack \(e.pack.hex)")
-      Out.line(
-        " ... Pack \(e.pack.short): <Blob (\(type.name)) \(id.short), offset \(b.offset), length \(b.length), uncompressed length \(b.uncompressedLength)>"
-      )
-    }
   }
 }

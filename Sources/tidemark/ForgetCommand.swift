@@ -99,46 +99,13 @@ struct Forget: AsyncParsableCommand {
       valueName: "snapshot-id"))
   var snapshotIDs: [String] = []
 
-  /// The policy from the flags; negative counts and durations are refused (restic 0.14 would keep nothing by them).
-  func policy() throws -> ForgetPolicy {
-    var p = ForgetPolicy()
-    for (name, n) in [
-      ("keep-last", keepLast), ("keep-hourly", keepHourly), ("keep-daily", keepDaily), ("keep-weekly", keepWeekly),
-      ("keep-monthly", keepMonthly), ("keep-yearly", keepYearly),
-    ] where n < 0 {
-      throw TidemarkError(
-        .usage, "--\(name) \(n): counts must be 0 or more",
-        hint: "restic 0.14 removes every snapshot for a negative count and later versions read -1 as unlimited; "
-          + "give the number of snapshots to keep")
-    }
-    (p.last, p.hourly, p.daily, p.weekly, p.monthly, p.yearly) =
-      (keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, keepYearly)
-    func duration(_ name: String, _ text: String) throws -> RetentionDuration {
-      let d: RetentionDuration
-      do {
-        d = try RetentionDuration(parsing: text)
-      } catch let e as TidemarkError {
-        throw TidemarkError(
-          .usage, "invalid argument \"\(text)\" for \"--\(name)\" flag: \(e.message)", hint: "use e.g. 1y5m7d2h")
-      }
-      if [d.years, d.months, d.days, d.hours].contains(where: { $0 < 0 }) {
-        throw TidemarkError(.usage, "--\(name) \(text): durations must not be negative")
-      }
-      return d
-    }
-    p.within = try duration("keep-within", keepWithin)
-    p.withinHourly = try duration("keep-within-hourly", keepWithinHourly)
-    p.withinDaily = try duration("keep-within-daily", keepWithinDaily)
-    p.withinWeekly = try duration("keep-within-weekly", keepWithinWeekly)
-    p.withinMonthly = try duration("keep-within-monthly", keepWithinMonthly)
-    p.withinYearly = try duration("keep-within-yearly", keepWithinYearly)
-    p.keepTags = keepTag.map(TagList.parse)
-    return p
-  }
-
   func run() async throws {
     let pruneOptions = prune ? try pruneFlags.options(dryRun: dryRun) : nil
-    let policy = try policy()
+    let policy = try ForgetPolicy(
+      last: keepLast, hourly: keepHourly, daily: keepDaily, weekly: keepWeekly, monthly: keepMonthly,
+      yearly: keepYearly, within: keepWithin, withinHourly: keepWithinHourly, withinDaily: keepWithinDaily,
+      withinWeekly: keepWithinWeekly, withinMonthly: keepWithinMonthly, withinYearly: keepWithinYearly,
+      keepTags: keepTag)
     let grouping = try SnapshotGrouping(parsing: groupBy)
     if global.noLock && !dryRun {
       throw TidemarkError(.usage, "--no-lock is only applicable in combination with --dry-run for forget command")
@@ -165,53 +132,39 @@ struct Forget: AsyncParsableCommand {
   private func forget(_ repo: Repository, policy: ForgetPolicy, grouping: SnapshotGrouping) async throws
     -> Set<SnapshotID>
   {
-    let all = try await repo.listSnapshots()
-    var remove: [SnapshotID] = []
-    var groups: [(key: SnapshotGrouping.Key, result: ForgetPolicy.Result)] = []
+    let d = TidemarkOperations.Forget.decide(
+      try await repo.listSnapshots(), names: snapshotIDs, policy: policy, grouping: grouping,
+      filter: SnapshotFilter(hosts: host, tags: tag, paths: path))
     if !snapshotIDs.isEmpty {
-      remove = try await explicitSnapshots(repo, all)
+      report(d.problems)
     } else if policy.isEmpty {
       if text { Out.line("no policy was specified, no snapshots will be removed") }
-    } else {
-      if text { Out.line("Applying Policy: \(policy)") }
-      let filter = SnapshotFilter(hosts: host, tags: tag, paths: path)
-      for (key, result) in TidemarkOperations.Forget.plan(filter.apply(all), policy: policy, grouping: grouping) {
-        if text && global.verbose >= 1 { printGroupHeader(key) }
-        if text && !result.keep.isEmpty {
-          Out.line("keep \(result.keep.count) snapshots:")
-          printSnapshotTable(result.keep, reasons: result.reasons, compact: compact)
-          Out.line("")
-        }
-        if text && !result.remove.isEmpty {
-          Out.line("remove \(result.remove.count) snapshots:")
-          printSnapshotTable(result.remove, reasons: nil, compact: compact)
-          Out.line("")
-        }
-        groups.append((key, result))
-        remove += result.remove.compactMap(\.id)
+    } else if text {
+      Out.line("Applying Policy: \(policy)")
+    }
+    for (key, result) in d.groups where text {
+      if global.verbose >= 1 && !key.description.isEmpty { Out.line("snapshots for (\(key.description)):") }
+      for (verb, list) in [("keep", result.keep), ("remove", result.remove)] where !list.isEmpty {
+        Out.line("\(verb) \(list.count) snapshots:")
+        printSnapshotTable(list, reasons: verb == "keep" ? result.reasons : nil, compact: compact)
+        Out.line("")
       }
     }
-
-    if !remove.isEmpty {
-      if dryRun {
-        if text {
-          Out.line("Would have removed the following snapshots:")
-          Out.line("{" + Set(remove).sorted().map(\.short).joined(separator: " ") + "}")
-          Out.line("")
-        }
-      } else {
-        try await removeSnapshots(repo, Array(Set(remove)).sorted())
+    if !d.remove.isEmpty {
+      if !dryRun {
+        try await removeSnapshots(repo, d.remove)
+      } else if text {
+        Out.line("Would have removed the following snapshots:")
+        Out.line("{" + d.remove.map(\.short).joined(separator: " ") + "}")
+        Out.line("")
       }
     }
-    if global.json && !groups.isEmpty { Out.raw(forgetJSON(groups)) }
-    return Set(remove)
+    if global.json && !d.groups.isEmpty { Out.raw(TidemarkOperations.Forget.json(d.groups)) }
+    return Set(d.remove)
   }
 
-  /// Snapshot arguments, resolved as restic does (SnapshotSelection): unknown or ambiguous ones are reported
-  /// and skipped; `latest` is the newest snapshot passing --host/--tag/--path.
-  private func explicitSnapshots(_ repo: Repository, _ all: [Snapshot]) async throws -> [SnapshotID] {
-    let filter = SnapshotFilter(hosts: host, tags: tag, paths: path.map(Self.absoluteClean))
-    let (found, problems) = SnapshotSelection.select(all, names: snapshotIDs, filter: filter)
+  /// Snapshot arguments skipped, in restic's words; `latest` is the newest snapshot passing --host/--tag/--path.
+  private func report(_ problems: [SnapshotSelection.Problem]) {
     for p in problems {
       switch p {
       case .noLatest:
@@ -226,21 +179,6 @@ struct Forget: AsyncParsableCommand {
       case .filtersIgnored: Out.err("Ignoring filters as there are explicit snapshot ids given")
       }
     }
-    return found.compactMap(\.id)
-  }
-
-  /// Go's `filepath.Abs` (relative to the working directory, then cleaned).
-  static func absoluteClean(_ p: String) -> String {
-    let full = p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
-    var parts: [Substring] = []
-    for c in full.split(separator: "/") where c != "." {
-      if c == ".." {
-        if !parts.isEmpty { parts.removeLast() }
-      } else {
-        parts.append(c)
-      }
-    }
-    return "/" + parts.joined(separator: "/")
   }
 
   /// Deletes the snapshot files (Forget.remove), with restic's lines.
@@ -252,65 +190,6 @@ struct Forget: AsyncParsableCommand {
       let secs = Double((ContinuousClock.now - start).components.seconds)
       Out.line("[\(Out.duration(secs))] 100.00%  \(ids.count) / \(ids.count) files deleted")
     }
-  }
-
-  /// restic's "snapshots for (host [h], tags [a, b], paths [/x, /y]):", nothing when not grouped.
-  private func printGroupHeader(_ key: SnapshotGrouping.Key) {
-    var parts: [String] = []
-    if !key.hostname.isEmpty { parts.append("host [\(key.hostname)]") }
-    if let tags = key.tags { parts.append("tags [\(tags.joined(separator: ", "))]") }
-    if let paths = key.paths { parts.append("paths [\(paths.joined(separator: ", "))]") }
-    if parts.isEmpty { return }
-    Out.line("snapshots for (\(parts.joined(separator: ", "))):")
-  }
-
-  /// restic's JSON: `[{"tags","host","paths","keep","remove","reasons"}]`, empty lists as `null`.
-  private func forgetJSON(_ groups: [(key: SnapshotGrouping.Key, result: ForgetPolicy.Result)]) -> [UInt8] {
-    var w = JSONWriter()
-    func list(_ items: [Snapshot]) {
-      if items.isEmpty { return w.raw("null") }
-      w.raw("[")
-      for (i, s) in items.enumerated() {
-        if i > 0 { w.comma() }
-        s.listingJSON(into: &w)
-      }
-      w.raw("]")
-    }
-    w.raw("[")
-    for (g, (key, result)) in groups.enumerated() {
-      if g > 0 { w.comma() }
-      w.raw("{\"tags\":")
-      if let tags = key.tags { w.stringArray(tags) } else { w.raw("null") }
-      w.raw(",\"host\":")
-      w.string(key.hostname)
-      w.raw(",\"paths\":")
-      if let paths = key.paths { w.stringArray(paths) } else { w.raw("null") }
-      w.raw(",\"keep\":")
-      list(result.keep)
-      w.raw(",\"remove\":")
-      list(result.remove)
-      w.raw(",\"reasons\":")
-      if result.reasons.isEmpty { w.raw("null") }
-      for (i, r) in result.reasons.enumerated() {
-        w.raw(i == 0 ? "[" : ",")
-        w.raw("{\"snapshot\":")
-        w.out += r.snapshot.encode()
-        w.raw(",\"matches\":")
-        w.stringArray(r.matches)
-        w.raw(",\"counters\":{")
-        let c = r.counters
-        let counters = [
-          ("last", c.last), ("hourly", c.hourly), ("daily", c.daily), ("weekly", c.weekly), ("monthly", c.monthly),
-          ("yearly", c.yearly),
-        ].filter { $0.1 != 0 }
-        w.raw(counters.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ","))
-        w.raw("}}")
-        if i == result.reasons.count - 1 { w.raw("]") }
-      }
-      w.raw("}")
-    }
-    w.raw("]\n")
-    return w.out
   }
 }
 

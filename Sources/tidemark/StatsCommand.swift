@@ -31,11 +31,7 @@ struct StatsCommand: AsyncParsableCommand {
   var snapshots: [String] = []
 
   func run() async throws {
-    guard let m = StatsMode(rawValue: mode) else {
-      throw TidemarkError(
-        .usage, "unknown counting mode: \(mode)",
-        hint: "use restore-size, files-by-contents, blobs-per-file or raw-data")
-    }
+    let m = try StatsMode(parsing: mode)
     let repo = try await global.open()
     let stats = try await global.withLock(
       repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
@@ -46,7 +42,7 @@ struct StatsCommand: AsyncParsableCommand {
       return try await RepositoryStats.compute(repo, snapshots: snaps, mode: m)
     }
     if global.json {
-      Out.line(StatsCommand.json(stats))
+      Out.line(stats.json)
       return
     }
     Out.line("Stats in \(m.rawValue) mode:")
@@ -74,30 +70,4 @@ struct StatsCommand: AsyncParsableCommand {
     Out.line("         Total Size:   \(GoFormat.padded(GoFormat.bytes(stats.totalSize), 5))")
   }
 
-  /// restic 0.14's JSON (`total_file_count` always present), plus restic 0.16's compression fields when non-zero.
-  static func json(_ s: RepositoryStats) -> String {
-    var w = JSONWriter()
-    w.raw("{\"total_size\":")
-    w.number(s.totalSize)
-    if s.totalUncompressedSize > 0 {
-      w.raw(",\"total_uncompressed_size\":")
-      w.number(s.totalUncompressedSize)
-    }
-    for (key, value) in [
-      ("compression_ratio", s.compressionRatio), ("compression_progress", s.compressionProgress),
-      ("compression_space_saving", s.compressionSpaceSaving),
-    ] where value != 0 {
-      w.raw(",\"\(key)\":\(GoFormat.jsonNumber(value))")
-    }
-    w.raw(",\"total_file_count\":")
-    w.number(s.totalFileCount)
-    if s.totalBlobCount > 0 {
-      w.raw(",\"total_blob_count\":")
-      w.number(s.totalBlobCount)
-    }
-    w.raw(",\"snapshots_count\":")
-    w.number(s.snapshotsCount)
-    w.raw("}")
-    return String(decoding: w.out, as: UTF8.self)
-  }
 }
