@@ -41,6 +41,18 @@ public enum StatusReport {
     return (out, level)
   }
 
+  /// The RPO in seconds: `option` (a duration such as 90s, 15m, 1h), else the configuration's alerts.rpo, else 15
+  /// minutes; the same default the alerts use, so `status` and the alerts agree on what is late.
+  public static func rpoSeconds(_ option: String?, config: EngineConfig?) throws -> Double {
+    if let r = option {
+      guard let d = EngineConfig.parseDuration(r), d > .zero else {
+        throw TidemarkError(.usage, "invalid duration \(r) for --rpo", hint: "use e.g. 90s, 15m, 1h")
+      }
+      return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+    return Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
+  }
+
   public struct Host: Sendable {
     public var name: String
     public var newest: Snapshot?

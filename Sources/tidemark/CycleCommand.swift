@@ -36,7 +36,7 @@ struct StatusCommand: AsyncParsableCommand {
 
   func run() async throws {
     let config = try global.engineConfig()
-    let rpo = try rpoSeconds(config)
+    let rpo = try StatusReport.rpoSeconds(rpo, config: config)
     if let location = repositoryMode {
       try await runOnRepository(location, rpo: rpo)
       return
@@ -45,9 +45,9 @@ struct StatusCommand: AsyncParsableCommand {
       throw TidemarkError(
         .usage, "--host needs a repository", hint: "pass -r/--repo (the DR repository) to report per host")
     }
-    let state = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadState()
+    let stateDir = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath)))
+    let (state, drill) = (stateDir.loadState(), stateDir.loadDrill())
     let now = Date().timeIntervalSince1970
-    let drill = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadDrill()
     let (targets, health) = StatusReport.targets(state, drill: drill, now: now, rpo: rpo)
     let level = health.rawValue
     let rows = targets.map { r -> [String] in

@@ -14,17 +14,6 @@ extension StatusCommand {
     return configured ? nil : GlobalOptions.env("REPOSITORY")
   }
 
-  /// --rpo, else alerts.rpo of the configuration, else 15 minutes; in seconds.
-  func rpoSeconds(_ config: EngineConfig?) throws -> Double {
-    if let r = rpo {
-      guard let d = EngineConfig.parseDuration(r), d > .zero else {
-        throw TidemarkError(.usage, "invalid duration \(r) for --rpo", hint: "use e.g. 90s, 15m, 1h")
-      }
-      return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-    }
-    return Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
-  }
-
   /// Per host, the newest snapshot in the repository and its lag against the RPO. Read-only: takes no lock
   /// (snapshot files are written atomically, so a concurrent replication or backup cannot be seen half-done).
   func runOnRepository(_ location: String, rpo: Double) async throws {
