@@ -329,23 +329,22 @@ extension DrillState {
   /// The drill as `tidemark drill --json` prints it: `ok`, `rto_seconds` (the slowest repository), `rpo_seconds`
   /// (the oldest), totals, and per repository and source the details, for monitoring scripts.
   public func json() -> [UInt8] {
-    let s = self
     var w = JSONWriter()
-    let rto = s.repositories.map(\.rtoSeconds).max() ?? 0
-    let rpo = s.repositories.compactMap(\.rpoSeconds).max()
-    w.raw("{\"ok\":\(s.ok),\"rto_seconds\":\(String(format: "%.3f", rto))")
+    let rto = repositories.map(\.rtoSeconds).max() ?? 0
+    let rpo = repositories.compactMap(\.rpoSeconds).max()
+    w.raw("{\"ok\":\(ok),\"rto_seconds\":\(String(format: "%.3f", rto))")
     w.raw(",\"rpo_seconds\":\(rpo.map { String(format: "%.0f", $0) } ?? "null")")
-    w.raw(",\"files_verified\":\(s.repositories.reduce(0) { $0 + $1.filesVerified })")
-    w.raw(",\"bytes_verified\":\(s.repositories.reduce(Int64(0)) { $0 + $1.bytesVerified })")
-    w.raw(",\"started\":\(Int(s.start)),\"report\":")
-    if let r = s.report { w.string(r) } else { w.raw("null") }
+    w.raw(",\"files_verified\":\(repositories.reduce(0) { $0 + $1.filesVerified })")
+    w.raw(",\"bytes_verified\":\(repositories.reduce(Int64(0)) { $0 + $1.bytesVerified })")
+    w.raw(",\"started\":\(Int(start)),\"report\":")
+    if let r = report { w.string(r) } else { w.raw("null") }
     w.raw(",\"failures\":[")
-    for (i, f) in s.repositories.flatMap({ r in r.failures.map { "\(r.name): \($0)" } }).enumerated() {
+    for (i, f) in repositories.flatMap({ r in r.failures.map { "\(r.name): \($0)" } }).enumerated() {
       if i > 0 { w.comma() }
       w.string(f)
     }
     w.raw("],\"repositories\":[")
-    for (i, r) in s.repositories.enumerated() {
+    for (i, r) in repositories.enumerated() {
       if i > 0 { w.comma() }
       w.raw("{\"name\":")
       w.string(r.name)
