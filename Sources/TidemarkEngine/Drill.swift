@@ -324,3 +324,80 @@ public struct Drill: Sendable {
     return m + "\n"
   }
 }
+
+extension DrillState {
+  /// The drill as `tidemark drill --json` prints it: `ok`, `rto_seconds` (the slowest repository), `rpo_seconds`
+  /// (the oldest), totals, and per repository and source the details, for monitoring scripts.
+  public func json() -> [UInt8] {
+    var w = JSONWriter()
+    let rto = repositories.map(\.rtoSeconds).max() ?? 0
+    let rpo = repositories.compactMap(\.rpoSeconds).max()
+    w.raw("{\"ok\":\(ok),\"rto_seconds\":\(String(format: "%.3f", rto))")
+    w.raw(",\"rpo_seconds\":\(rpo.map { String(format: "%.0f", $0) } ?? "null")")
+    w.raw(",\"files_verified\":\(repositories.reduce(0) { $0 + $1.filesVerified })")
+    w.raw(",\"bytes_verified\":\(repositories.reduce(Int64(0)) { $0 + $1.bytesVerified })")
+    w.raw(",\"started\":\(Int(start)),\"report\":")
+    if let r = report { w.string(r) } else { w.raw("null") }
+    w.raw(",\"failures\":[")
+    for (i, f) in repositories.flatMap({ r in r.failures.map { "\(r.name): \($0)" } }).enumerated() {
+      if i > 0 { w.comma() }
+      w.string(f)
+    }
+    w.raw("],\"repositories\":[")
+    for (i, r) in repositories.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"name\":")
+      w.string(r.name)
+      w.raw(",\"repository\":")
+      w.string(r.repository)
+      w.raw(",\"ok\":\(r.ok),\"rto_seconds\":\(String(format: "%.3f", r.rtoSeconds))")
+      w.raw(",\"rpo_seconds\":\(r.rpoSeconds.map { String(format: "%.0f", $0) } ?? "null")")
+      w.raw(",\"files_verified\":\(r.filesVerified),\"bytes_verified\":\(r.bytesVerified)")
+      w.raw(
+        ",\"throughput_bytes_per_second\":\(r.rtoSeconds > 0 ? Int(Double(r.bytesVerified) / r.rtoSeconds) : 0),\"sources\":["
+      )
+      for (j, src) in r.sources.enumerated() {
+        if j > 0 { w.comma() }
+        w.raw("{\"source\":")
+        w.string(src.source)
+        w.raw(",\"snapshot\":" + (src.snapshot.map { "\"\($0)\"" } ?? "null"))
+        w.raw(",\"snapshot_time\":" + (src.snapshotTime.map { "\"\($0)\"" } ?? "null"))
+        w.raw(",\"rpo_seconds\":" + (src.rpoSeconds.map { String(format: "%.0f", $0) } ?? "null"))
+        w.raw(",\"files_verified\":\(src.files),\"bytes_verified\":\(src.bytes)")
+        w.raw(",\"verify_ok\":" + (src.verifyOK.map { "\($0)" } ?? "null") + ",\"ok\":\(src.error == nil)")
+        if let e = src.error {
+          w.raw(",\"error\":")
+          w.string(e)
+        }
+        w.raw("}")
+      }
+      w.raw("],\"failures\":[")
+      for (j, f) in r.failures.enumerated() {
+        if j > 0 { w.comma() }
+        w.string(f)
+      }
+      w.raw("]}")
+    }
+    w.raw("]}\n")
+    return w.out
+  }
+}
+
+extension Cycle {
+  /// One cycle as a timer (`replicate --once`) runs it: the cycle, then, when `scheduled`, the drill and rolling
+  /// check that drill.schedule / drill.check-budget make due, as the daemon runs them, so timer users get them
+  /// too. A failed cycle still lets a due drill run (it reports on what the targets hold), and the cycle's error
+  /// is thrown afterwards; while another cycle holds the lock, that one does the scheduled work.
+  public func runOnce(scheduled: Bool) async throws {
+    var failure: Error? = nil
+    do {
+      try await run()
+    } catch let e as TidemarkError where e.kind == .locked {
+      throw e
+    } catch {
+      failure = error
+    }
+    if scheduled && !Task.isCancelled { await Drill(cycle: self).scheduled() }
+    if let failure { throw failure }
+  }
+}

@@ -172,3 +172,94 @@ public struct SiteContext: Sendable {
     ([own.epoch] + peers.compactMap { $0.state?.epoch }).max()!
   }
 }
+
+extension SiteContext {
+  /// Fails over to this site: refuses (unless `force`) while a target is reachable and not a standby, records
+  /// this site as primary with a new fencing epoch (once: a repeated failover keeps its epoch), then restores the
+  /// newest snapshot of the source paths (or `ref`) in place when `restore`. Returns the epoch and the snapshot.
+  public func failover(
+    snapshot ref: String?, host: String?, restore: Bool, delete: Bool, dryRun: Bool, force: Bool,
+    say: (String) -> Void
+  ) async throws -> (epoch: Int, snapshot: Snapshot?) {
+    let peers = await peers()
+    for p in peers { if let e = p.error { say("target \(p.name): unreachable (\(e))") } }
+    if !force, let refusal = failoverRefusal(peers: peers) { throw refusal }
+    let snap = restore ? try await snapshotToRestore(ref, host: host) : nil
+    let (epoch, already) = failoverEpoch(peers: peers)
+    if dryRun {
+      say(already ? "already primary at epoch \(epoch)" : "would record: primary at epoch \(epoch)")
+    } else if already {
+      say("this site is already the primary at epoch \(epoch) (failover of \(own.current!.time))")
+    } else {
+      try await Site.record(repo, role: .primary, epoch: epoch, reason: "failover", snapshot: snap?.id?.hex)
+      say("this site is now the primary at epoch \(epoch)")
+    }
+    if let snap {
+      _ = try await restoreInPlace(snap, delete: delete, dryRun: dryRun)
+    }
+    return (epoch, snap)
+  }
+
+  /// A planned switch to this site: unless it already is primary, refuses (unless `force`) per
+  /// `promoteRefusal` and records it as primary with a new epoch; `restore` then puts the newest snapshot of the
+  /// source paths back in place.
+  public func promote(restore: Bool, delete: Bool, force: Bool, say: (String) -> Void) async throws {
+    if own.role == .primary {
+      say("this site is already the \(own.summary)")
+    } else {
+      let peers = await peers(snapshots: true)
+      if !force, let refusal = try await promoteRefusal(peers: peers) { throw refusal }
+      let epoch = promoteEpoch(peers: peers)
+      try await Site.record(repo, role: .primary, epoch: epoch, reason: "promote")
+      say("this site is now the primary at epoch \(epoch)")
+    }
+    if restore, let snap = try await snapshotToRestore(nil, host: nil) {
+      _ = try await restoreInPlace(snap, delete: delete, dryRun: false)
+    }
+  }
+
+  /// Records this site as a standby, keeping the highest epoch seen, so its own cycles and prunes stop and the
+  /// primary replicates into it.
+  public func demote(say: (String) -> Void) async throws {
+    if own.role == .standby {
+      say("this site is already a \(own.summary)")
+      return
+    }
+    let epoch = demoteEpoch(peers: await peers())
+    try await Site.record(repo, role: .standby, epoch: epoch, reason: "demote")
+    say("this site is now a standby at epoch \(epoch): the primary's cycles replicate into \(repo.backend.location)")
+  }
+
+  /// `tidemark role --json`: this site's role (`site`), its history and each target's role or error.
+  public static func roleJSON(own: SiteState, peers: [Peer]) -> [UInt8] {
+    func json(_ s: SiteState?) -> String {
+      guard let s else { return "null" }
+      let role = s.role.map { "\"\($0.rawValue)\"" } ?? "null"
+      return "{\"role\":\(role),\"epoch\":\(s.epoch),\"since\":\(s.current.map { "\"\($0.time)\"" } ?? "null")}"
+    }
+    var w = JSONWriter()
+    w.raw("{\"site\":\(json(own)),\"history\":[")
+    for (i, r) in own.history.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"seq\":\(r.seq),\"epoch\":\(r.epoch),\"role\":\"\(r.role.rawValue)\",\"reason\":")
+      w.string(r.reason)
+      w.raw(",\"hostname\":")
+      w.string(r.hostname)
+      w.raw(",\"time\":\"\(r.time)\"}")
+    }
+    w.raw("],\"targets\":[")
+    for (i, p) in peers.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"name\":")
+      w.string(p.name)
+      w.raw(",\"site\":\(json(p.state))")
+      if let e = p.error {
+        w.raw(",\"error\":")
+        w.string(e)
+      }
+      w.raw("}")
+    }
+    w.raw("]}\n")
+    return w.out
+  }
+}

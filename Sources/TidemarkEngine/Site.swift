@@ -100,6 +100,16 @@ public enum Site {
     return state
   }
 
+  /// Refuses `what` (prune, forget) on a standby's own repository: the primary manages it as its target, and
+  /// removing data there behind the primary's back would break replication.
+  public static func refuseOnStandby(_ repo: Repository, _ what: String) async throws {
+    let own = try await load(repo)
+    guard own.role == .standby else { return }
+    throw TidemarkError(
+      .general, "this site is a \(own.summary): \(what) is refused on a standby",
+      hint: "the primary manages this repository as its target; `tidemark promote` makes this site primary again")
+  }
+
   /// Why a site with `own` must not run a cycle against targets with `targets` (name, state), or nil when it may.
   public static func fence(own: SiteState, targets: [(name: String, state: SiteState)]) -> (String, String)? {
     if own.role == .standby {

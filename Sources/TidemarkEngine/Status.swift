@@ -41,6 +41,18 @@ public enum StatusReport {
     return (out, level)
   }
 
+  /// The RPO in seconds: `option` (a duration such as 90s, 15m, 1h), else the configuration's alerts.rpo, else 15
+  /// minutes; the same default the alerts use, so `status` and the alerts agree on what is late.
+  public static func rpoSeconds(_ option: String?, config: EngineConfig?) throws -> Double {
+    if let r = option {
+      guard let d = EngineConfig.parseDuration(r), d > .zero else {
+        throw TidemarkError(.usage, "invalid duration \(r) for --rpo", hint: "use e.g. 90s, 15m, 1h")
+      }
+      return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+    return Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
+  }
+
   public struct Host: Sendable {
     public var name: String
     public var newest: Snapshot?
@@ -69,5 +81,69 @@ public enum StatusReport {
       return Host(name: name, newest: newest, snapshots: byHost[name]?.count ?? 0, time: time, lag: lag, health: h)
     }
     return (out, level)
+  }
+
+  /// `tidemark status --json` from the state: the last cycle, every target with its lag and level, the last drill
+  /// and this site's role; monitoring reads these keys.
+  public static func json(_ state: EngineState, targets: [Target], drill: DrillState?, rpo: Double, health: Health)
+    -> [UInt8]
+  {
+    var w = JSONWriter()
+    w.raw("{\"cycles\":\(state.cycles),\"last_cycle_success\":\(state.lastCycleSuccess),\"rpo_seconds\":\(Int(rpo))")
+    if let e = state.lastCycleError {
+      w.raw(",\"last_cycle_error\":")
+      w.string(e)
+    }
+    if let t = state.lastCycleEnd { w.raw(",\"last_cycle_end\":\(Int(t))") }
+    if let t = state.lastPrune { w.raw(",\"last_prune\":\(Int(t))") }
+    w.raw(",\"pruned_bytes_total\":\(state.prunedBytesTotal)")
+    w.raw(",\"targets\":[")
+    for (i, r) in targets.enumerated() {
+      let t = r.state
+      if i > 0 { w.comma() }
+      w.raw("{\"name\":")
+      w.string(t.name)
+      w.raw(",\"repository\":")
+      w.string(t.repository)
+      if let s = t.newestSnapshot { w.raw(",\"newest_snapshot\":\"\(s)\"") }
+      if let lag = r.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
+      if let s = t.lastSuccess { w.raw(",\"last_success\":\(Int(s))") }
+      if let e = t.lastError {
+        w.raw(",\"last_error\":")
+        w.string(e)
+      }
+      w.raw(",\"consecutive_failures\":\(t.consecutiveFailures),\"bytes_copied_total\":\(t.bytesCopiedTotal)")
+      if let n = t.pendingSnapshots { w.raw(",\"pending_snapshots\":\(n)") }
+      if let n = t.pendingBytes { w.raw(",\"pending_bytes\":\(n)") }
+      w.raw(",\"status\":\"\(r.health.label)\"}")
+    }
+    w.raw("]")
+    // The last drill: a failed one is a warning (the data may not be recoverable as it is).
+    if let d = drill {
+      let rto = d.repositories.map(\.rtoSeconds).max() ?? 0
+      w.raw(",\"last_drill\":{\"ok\":\(d.ok),\"end\":\(Int(d.end)),\"rto_seconds\":\(String(format: "%.3f", rto))}")
+    }
+    if let role = state.siteRole, let epoch = state.siteEpoch { w.raw(",\"role\":\"\(role)\",\"epoch\":\(epoch)") }
+    w.raw(",\"status\":\"\(health.label)\"}\n")
+    return w.out
+  }
+
+  /// `tidemark status -r REPO --json`: per host its newest snapshot, lag and level, and the overall level.
+  public static func json(repository: String, hosts: [Host], rpo: Double, health: Health) -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"repository\":")
+    w.string(repository)
+    w.raw(",\"rpo_seconds\":\(Int(rpo)),\"hosts\":[")
+    for (i, h) in hosts.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"host\":")
+      w.string(h.name)
+      if let id = h.newest?.id { w.raw(",\"newest_snapshot\":\"\(id.hex)\"") }
+      if let time = h.time { w.raw(",\"snapshot_time\":\(Int(time))") }
+      if let lag = h.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
+      w.raw(",\"snapshots\":\(h.snapshots),\"status\":\"\(h.health.label)\"}")
+    }
+    w.raw("],\"status\":\"\(health.label)\"}\n")
+    return w.out
   }
 }

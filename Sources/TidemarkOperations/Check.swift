@@ -271,3 +271,33 @@ public enum Check {
     return (problems.joined(separator: "; "), bad.isEmpty ? all : bad, n)
   }
 }
+
+extension CheckReport {
+  /// The JSON summary `check --json` prints: counts, errors, notes, and each damaged pack with the snapshots and
+  /// paths that need it, so a script can tell what to restore from elsewhere.
+  public func json() -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"summary\",\"ok\":\(errors.isEmpty),\"errors\":")
+    w.stringArray(errors)
+    w.raw(",\"notes\":")
+    w.stringArray(notes)
+    w.raw(",\"snapshots\":\(snapshots),\"trees\":\(trees),\"packs\":\(packs)")
+    w.raw(",\"index_files\":\(indexFiles),\"packs_read\":\(packsRead),\"bytes_read\":\(bytesRead)")
+    w.raw(",\"damaged_packs\":[")
+    for (i, d) in damaged.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"pack\":\"\(d.pack.hex)\",\"reason\":")
+      w.string(d.reason)
+      w.raw(",\"affected\":[")
+      for (j, a) in d.affected.enumerated() {
+        if j > 0 { w.comma() }
+        w.raw("{\"snapshot\":\"\(a.snapshot.id!.hex)\",\"time\":\"\(a.snapshot.time.rfc3339Nano)\",\"paths\":")
+        w.stringArray(a.paths)
+        w.raw("}")
+      }
+      w.raw("]}")
+    }
+    w.raw("]}\n")
+    return w.out
+  }
+}

@@ -5,7 +5,7 @@
 // is the snapshot saved, with `original` naming the source snapshot. Publish order packs -> index -> snapshot
 // keeps the destination consistent if the copy is interrupted at any point.
 // Concurrency: trees load 8 at a time, source packs 4 at a time; events are delivered one at a time.
-// Never prints, never takes locks (the caller holds them), never writes to the source.
+// Never prints and never writes to the source; `run` takes no locks (the caller holds them, e.g. by `withLocks`).
 import Synchronization
 import TidemarkCore
 
@@ -185,5 +185,58 @@ public enum Copy {
       }
     }
     return out
+  }
+}
+
+extension Copy {
+  /// Runs `body` holding shared locks on `destination` (always: it is written) and, when `lockSource`, on
+  /// `source`, taken at once so their pauses before the second look overlap; each index loads during that pause
+  /// and writes to the destination wait for its lock's confirmation (see `RepositoryLock.acquire(overlap:)`).
+  /// `body`'s result stands only once both locks are confirmed; the locks are released either way.
+  public static func withLocks<T>(
+    source: Repository, destination: Repository, lockSource: Bool, retry: Duration,
+    _ body: () async throws -> T
+  ) async throws -> T {
+    var requests: [(repository: Repository, meanwhile: @Sendable () async throws -> Void)] = [
+      (destination, { try await destination.loadIndex() })
+    ]
+    if lockSource {
+      requests.append((source, { try await source.loadIndex() }))
+    } else {
+      try await source.loadIndex()
+    }
+    let locks = try await RepositoryLock.acquireAll(requests, retry: retry, overlap: true)
+    do {
+      let result = try await body()
+      for l in locks { try await l.confirmed() }
+      for l in locks { await l.release() }
+      return result
+    } catch {
+      for l in locks { await l.release() }
+      throw error
+    }
+  }
+}
+
+extension Copy.Stats {
+  /// The JSON summary `copy --json` prints: counts, each copied and skipped snapshot (source and copy IDs),
+  /// blobs and bytes added, packs written.
+  public func json() -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"summary\",\"snapshots_copied\":\(copied.count)")
+    w.raw(",\"snapshots_skipped\":\(skipped.count),\"copied\":[")
+    for (i, c) in copied.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
+    }
+    w.raw("],\"skipped\":[")
+    for (i, c) in skipped.enumerated() {
+      if i > 0 { w.comma() }
+      w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
+    }
+    w.raw("],\"tree_blobs\":\(treeBlobs),\"data_blobs\":\(dataBlobs)")
+    w.raw(",\"data_added\":\(bytesAdded),\"data_added_packed\":\(bytesStored)")
+    w.raw(",\"packs_written\":\(packsWritten)}\n")
+    return w.out
   }
 }

@@ -385,3 +385,45 @@ public enum Prune {
     }
   }
 }
+
+extension Prune {
+  /// Loads the index, plans, and (unless `options.dryRun`) carries out a prune, as `prune` and `forget --prune`
+  /// run it; `planned` sees the plan before anything is deleted. Returns the statistics (the plan's for a dry
+  /// run). The caller holds an exclusive lock.
+  public static func run(
+    _ repo: Repository, options: PruneOptions, ignoring: Set<SnapshotID> = [], progress: Progress,
+    planned: (PrunePlan) -> Void = { _ in }
+  ) async throws -> PruneStats {
+    progress("loading indexes...")
+    let index = try await StoredIndex.load(repo)
+    for f in index.files { repo.index.add(f.file) }
+    let plan = try await plan(repo, index: index, options: options, ignoring: ignoring) { progress($0 + "...") }
+    planned(plan)
+    guard !options.dryRun else { return plan.stats }
+    let stats = try await execute(repo, index: index, plan: plan, progress: progress)
+    progress("done")
+    return stats
+  }
+}
+
+extension PruneStats {
+  /// The JSON summary `prune --json` prints (restic's field names, sizes in bytes), one line.
+  public func json(dryRun: Bool) -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"summary\",\"dry_run\":\(dryRun)")
+    let fields: [(String, Int)] = [
+      ("used_blobs", usedBlobs), ("used_size", usedBytes), ("duplicate_blobs", duplicateBlobs),
+      ("duplicate_size", duplicateBytes), ("unused_blobs", unusedBlobs), ("unused_size", unusedBytes),
+      ("unreferenced_size", unreferencedBytes), ("repack_blobs", repackBlobs), ("repack_size", repackBytes),
+      ("repack_removed_blobs", repackRemovedBlobs), ("repack_removed_size", repackRemovedBytes),
+      ("remove_blobs", removeBlobs), ("remove_size", removeBytes), ("pruned_size", prunedBytes),
+      ("unused_size_after", unusedAfterBytes), ("packs_keep", packsKeep), ("packs_repack", packsRepack),
+      ("packs_remove", packsRemove), ("packs_unreferenced", packsUnreferenced),
+      ("repack_written_size", repackWrittenBytes), ("index_files_written", indexFilesWritten),
+      ("index_files_removed", indexFilesRemoved),
+    ]
+    for (k, v) in fields { w.raw(",\"\(k)\":\(v)") }
+    w.raw("}\n")
+    return w.out
+  }
+}

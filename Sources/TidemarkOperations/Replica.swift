@@ -585,3 +585,34 @@ public struct ReplicaError: Error, CustomStringConvertible, Sendable {
   public var error: TidemarkError
   public var description: String { error.description }
 }
+
+extension ReplicaStats {
+  /// The JSON summary `replicate --json` prints: whether it succeeded, what was copied, already there or skipped,
+  /// and `error` (a failed sync's message), so monitoring can tell a partial sync from a complete one.
+  public func json(created: Bool, target: String, error: String?) -> [UInt8] {
+    var w = JSONWriter()
+    w.raw("{\"message_type\":\"summary\",\"ok\":\(error == nil),\"target\":")
+    w.string(target)
+    w.raw(",\"created\":\(created)")
+    w.raw(",\"packs_copied\":\(packsCopied),\"pack_bytes\":\(packBytes)")
+    w.raw(",\"index_files_copied\":\(indexFilesCopied),\"index_bytes\":\(indexBytes)")
+    w.raw(",\"snapshots_copied\":\(snapshotsCopied),\"snapshot_bytes\":\(snapshotBytes)")
+    w.raw(",\"bytes_copied\":\(bytesCopied)")
+    w.raw(
+      ",\"packs_present\":\(packsPresent),\"index_files_present\":\(indexFilesPresent),\"index_files_covered\":\(indexFilesCovered),\"snapshots_present\":\(snapshotsPresent)"
+    )
+    w.raw(
+      ",\"packs_skipped\":\(packsSkipped),\"index_files_skipped\":\(indexFilesSkipped),\"snapshots_skipped\":\(snapshotsSkipped)"
+    )
+    w.raw(",\"notes\":")
+    w.stringArray(notes)
+    if let error {
+      w.raw(",\"error\":")
+      w.string(error)
+    }
+    w.raw(",\"duration_seconds\":")
+    w.raw(String(format: "%.3f", seconds))
+    w.raw("}\n")
+    return w.out
+  }
+}

@@ -37,38 +37,21 @@ struct CopyCommand: AsyncParsableCommand {
     let verbose = !global.quiet && !global.json
 
     // As restic: --no-lock spares only the source; the destination is written, so it is always locked.
-    // Both locks are taken at once and the copy starts during their pause before the second look; writes to
-    // the destination wait for its lock's confirmation (see RepositoryLock.acquire(overlap:)).
-    var requests: [(repository: Repository, meanwhile: @Sendable () async throws -> Void)] = [
-      (destination, { try await destination.loadIndex() })
-    ]
-    if global.noLock {
-      try await source.loadIndex()
-    } else {
-      requests.append((source, { try await source.loadIndex() }))
-    }
-    let locks = try await RepositoryLock.acquireAll(requests, retry: try global.lockRetry, overlap: true)
-    let destinationLock = locks[0]
-    let sourceLock = locks.count > 1 ? locks[1] : nil
-    func release() async {
-      await destinationLock.release()
-      await sourceLock?.release()
-    }
-
-    let stats: Copy.Stats
     var unresolved = 0
-    do {
+    let stats = try await Copy.withLocks(
+      source: source, destination: destination, lockSource: !global.noLock, retry: try global.lockRetry
+    ) {
       let (selected, missing) = try await select(source, filter)
       unresolved = missing
       let existing = filter.apply(try await destination.listSnapshots())
-      stats = try await Copy.run(
+      return try await Copy.run(
         from: source, to: destination, snapshots: selected, destinationSnapshots: existing
       ) { e in
         guard verbose else { return }
         switch e {
         case .snapshot(let s):
           Out.line("")
-          Out.line("snapshot \(s.id!.short) of [\(s.paths.joined(separator: " "))] at \(Out.goTime(s.time)))")
+          Out.line("snapshot \(s.id!.short) of [\(s.paths.joined(separator: " "))] at \(GoFormat.timeString(s.time)))")
         case .skipped(let s, let copy):
           Out.line("skipping source snapshot \(s.id!.short), was already copied to snapshot \(copy.id!.short)")
         case .copying:
@@ -77,32 +60,8 @@ struct CopyCommand: AsyncParsableCommand {
           Out.line("snapshot \(id.short) saved")
         }
       }
-      try await destinationLock.confirmed()
-      try await sourceLock?.confirmed()
-    } catch {
-      await release()
-      throw error
     }
-    await release()
-
-    if global.json {
-      var w = JSONWriter()
-      w.raw("{\"message_type\":\"summary\",\"snapshots_copied\":\(stats.copied.count)")
-      w.raw(",\"snapshots_skipped\":\(stats.skipped.count),\"copied\":[")
-      for (i, c) in stats.copied.enumerated() {
-        if i > 0 { w.comma() }
-        w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
-      }
-      w.raw("],\"skipped\":[")
-      for (i, c) in stats.skipped.enumerated() {
-        if i > 0 { w.comma() }
-        w.raw("{\"source\":\"\(c.source.hex)\",\"snapshot_id\":\"\(c.copy.hex)\"}")
-      }
-      w.raw("],\"tree_blobs\":\(stats.treeBlobs),\"data_blobs\":\(stats.dataBlobs)")
-      w.raw(",\"data_added\":\(stats.bytesAdded),\"data_added_packed\":\(stats.bytesStored)")
-      w.raw(",\"packs_written\":\(stats.packsWritten)}\n")
-      Out.raw(w.out)
-    }
+    if global.json { Out.raw(stats.json()) }
     if unresolved > 0 {
       throw TidemarkError(
         .notFound, "\(unresolved) of the given snapshot IDs matched no source snapshot (the others were copied)",
@@ -126,31 +85,5 @@ struct CopyCommand: AsyncParsableCommand {
       if p != .filtersIgnored { missing += 1 }
     }
     return (out, missing)
-  }
-}
-
-extension Out {
-  /// Go's `time.Time.String()` for a time read from JSON: "2006-01-02 15:04:05.999999999 -0700 MST", the zone
-  /// named as Go names it (UTC for `Z`, the local abbreviation when the offset is the local one, else the offset).
-  static func goTime(_ t: Timestamp) -> String {
-    var s = time(t)
-    if t.nanoseconds != 0 {
-      var frac = String(format: "%09d", t.nanoseconds)
-      while frac.hasSuffix("0") { frac.removeLast() }
-      s += "." + frac
-    }
-    let o = abs(Int(t.offset)) / 60
-    let offset = (t.offset < 0 ? "-" : "+") + String(format: "%02d%02d", o / 60, o % 60)
-    var name = offset
-    if t.offset == 0 {
-      name = "UTC"
-    } else {
-      var secs = time_t(t.seconds)
-      var tm = Glibc.tm()
-      if localtime_r(&secs, &tm) != nil, tm.tm_gmtoff == Int(t.offset), let z = tm.tm_zone {
-        name = String(cString: z)
-      }
-    }
-    return "\(s) \(offset) \(name)"
   }
 }

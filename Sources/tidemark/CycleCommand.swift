@@ -36,7 +36,7 @@ struct StatusCommand: AsyncParsableCommand {
 
   func run() async throws {
     let config = try global.engineConfig()
-    let rpo = try rpoSeconds(config)
+    let rpo = try StatusReport.rpoSeconds(rpo, config: config)
     if let location = repositoryMode {
       try await runOnRepository(location, rpo: rpo)
       return
@@ -45,58 +45,23 @@ struct StatusCommand: AsyncParsableCommand {
       throw TidemarkError(
         .usage, "--host needs a repository", hint: "pass -r/--repo (the DR repository) to report per host")
     }
-    let state = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadState()
+    let stateDir = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath)))
+    let (state, drill) = (stateDir.loadState(), stateDir.loadDrill())
     let now = Date().timeIntervalSince1970
-    let drill = StateDirectory.of(config ?? (try? EngineConfig.load(EngineConfig.defaultPath))).loadDrill()
     let (targets, health) = StatusReport.targets(state, drill: drill, now: now, rpo: rpo)
     let level = health.rawValue
-    var rows: [[String]] = []
-    var w = JSONWriter()
-    w.raw("{\"cycles\":\(state.cycles),\"last_cycle_success\":\(state.lastCycleSuccess),\"rpo_seconds\":\(Int(rpo))")
-    if let e = state.lastCycleError {
-      w.raw(",\"last_cycle_error\":")
-      w.string(e)
-    }
-    if let t = state.lastCycleEnd { w.raw(",\"last_cycle_end\":\(Int(t))") }
-    if let t = state.lastPrune { w.raw(",\"last_prune\":\(Int(t))") }
-    w.raw(",\"pruned_bytes_total\":\(state.prunedBytesTotal)")
-    w.raw(",\"targets\":[")
-    for (i, r) in targets.enumerated() {
+    let rows = targets.map { r -> [String] in
       let t = r.state
-      if i > 0 { w.comma() }
-      w.raw("{\"name\":")
-      w.string(t.name)
-      w.raw(",\"repository\":")
-      w.string(t.repository)
-      if let s = t.newestSnapshot { w.raw(",\"newest_snapshot\":\"\(s)\"") }
-      if let lag = r.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
-      if let s = t.lastSuccess { w.raw(",\"last_success\":\(Int(s))") }
-      if let e = t.lastError {
-        w.raw(",\"last_error\":")
-        w.string(e)
-      }
-      w.raw(",\"consecutive_failures\":\(t.consecutiveFailures),\"bytes_copied_total\":\(t.bytesCopiedTotal)")
-      if let n = t.pendingSnapshots { w.raw(",\"pending_snapshots\":\(n)") }
-      if let n = t.pendingBytes { w.raw(",\"pending_bytes\":\(n)") }
-      w.raw(",\"status\":\"\(r.health.label)\"}")
-      rows.append([
+      return [
         t.name, t.newestSnapshot.map { String($0.prefix(8)) } ?? "-", r.lag.map { Out.duration($0) } ?? "never",
         t.pendingSnapshots.map { n in
           n == 0 && (t.pendingBytes ?? 0) == 0 ? "0" : "\(n) (\(Out.bytes(Int64(t.pendingBytes ?? 0))))"
         } ?? "-",
         r.health.label, t.lastError ?? "",
-      ])
+      ]
     }
-    w.raw("]")
-    // The last drill: a failed one is a warning (the data may not be recoverable as it is).
-    if let d = drill {
-      let rto = d.repositories.map(\.rtoSeconds).max() ?? 0
-      w.raw(",\"last_drill\":{\"ok\":\(d.ok),\"end\":\(Int(d.end)),\"rto_seconds\":\(String(format: "%.3f", rto))}")
-    }
-    if let role = state.siteRole, let epoch = state.siteEpoch { w.raw(",\"role\":\"\(role)\",\"epoch\":\(epoch)") }
-    w.raw(",\"status\":\"\(["OK", "WARN", "CRIT"][level])\"}\n")
     if global.json {
-      Out.raw(w.out)
+      Out.raw(StatusReport.json(state, targets: targets, drill: drill, rpo: rpo, health: health))
     } else {
       printTable(header: ["Target", "Newest", "Lag", "Pending", "Status", "Last error"], rows: rows)
       if let d = drill {
@@ -109,7 +74,7 @@ struct StatusCommand: AsyncParsableCommand {
       }
       if let role = state.siteRole, let epoch = state.siteEpoch { Out.line("this site: \(role), epoch \(epoch)") }
       Out.line(
-        "\(["OK", "WARN", "CRIT"][level]): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
+        "\(health.label): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
           + (state.lastCycleError.map { ": \($0)" } ?? ""))
     }
     if level > 0 { throw ExitCode(Int32(level)) }

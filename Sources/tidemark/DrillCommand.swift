@@ -38,7 +38,7 @@ struct DrillCommand: AsyncParsableCommand {
     var state = await d.run(try d.plan(targets))
     await d.record(&state)
     if global.json {
-      Out.raw(DrillCommand.json(state))
+      Out.raw(state.json())
     } else {
       printTable(
         header: ["Repository", "Result", "RTO", "RPO", "Files", "Bytes", "Failure"],
@@ -57,61 +57,5 @@ struct DrillCommand: AsyncParsableCommand {
         "drill failed: "
           + state.repositories.flatMap { r in r.failures.map { "\(r.name): \($0)" } }.joined(separator: "; "))
     }
-  }
-
-  /// `ok`, `rto_seconds` (the slowest repository), `rpo_seconds` (the oldest), totals, and per repository and
-  /// source the details.
-  static func json(_ s: DrillState) -> [UInt8] {
-    var w = JSONWriter()
-    let rto = s.repositories.map(\.rtoSeconds).max() ?? 0
-    let rpo = s.repositories.compactMap(\.rpoSeconds).max()
-    w.raw("{\"ok\":\(s.ok),\"rto_seconds\":\(String(format: "%.3f", rto))")
-    w.raw(",\"rpo_seconds\":\(rpo.map { String(format: "%.0f", $0) } ?? "null")")
-    w.raw(",\"files_verified\":\(s.repositories.reduce(0) { $0 + $1.filesVerified })")
-    w.raw(",\"bytes_verified\":\(s.repositories.reduce(Int64(0)) { $0 + $1.bytesVerified })")
-    w.raw(",\"started\":\(Int(s.start)),\"report\":")
-    if let r = s.report { w.string(r) } else { w.raw("null") }
-    w.raw(",\"failures\":[")
-    for (i, f) in s.repositories.flatMap({ r in r.failures.map { "\(r.name): \($0)" } }).enumerated() {
-      if i > 0 { w.comma() }
-      w.string(f)
-    }
-    w.raw("],\"repositories\":[")
-    for (i, r) in s.repositories.enumerated() {
-      if i > 0 { w.comma() }
-      w.raw("{\"name\":")
-      w.string(r.name)
-      w.raw(",\"repository\":")
-      w.string(r.repository)
-      w.raw(",\"ok\":\(r.ok),\"rto_seconds\":\(String(format: "%.3f", r.rtoSeconds))")
-      w.raw(",\"rpo_seconds\":\(r.rpoSeconds.map { String(format: "%.0f", $0) } ?? "null")")
-      w.raw(",\"files_verified\":\(r.filesVerified),\"bytes_verified\":\(r.bytesVerified)")
-      w.raw(
-        ",\"throughput_bytes_per_second\":\(r.rtoSeconds > 0 ? Int(Double(r.bytesVerified) / r.rtoSeconds) : 0),\"sources\":["
-      )
-      for (j, src) in r.sources.enumerated() {
-        if j > 0 { w.comma() }
-        w.raw("{\"source\":")
-        w.string(src.source)
-        w.raw(",\"snapshot\":" + (src.snapshot.map { "\"\($0)\"" } ?? "null"))
-        w.raw(",\"snapshot_time\":" + (src.snapshotTime.map { "\"\($0)\"" } ?? "null"))
-        w.raw(",\"rpo_seconds\":" + (src.rpoSeconds.map { String(format: "%.0f", $0) } ?? "null"))
-        w.raw(",\"files_verified\":\(src.files),\"bytes_verified\":\(src.bytes)")
-        w.raw(",\"verify_ok\":" + (src.verifyOK.map { "\($0)" } ?? "null") + ",\"ok\":\(src.error == nil)")
-        if let e = src.error {
-          w.raw(",\"error\":")
-          w.string(e)
-        }
-        w.raw("}")
-      }
-      w.raw("],\"failures\":[")
-      for (j, f) in r.failures.enumerated() {
-        if j > 0 { w.comma() }
-        w.string(f)
-      }
-      w.raw("]}")
-    }
-    w.raw("]}\n")
-    return w.out
   }
 }

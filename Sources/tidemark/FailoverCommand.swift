@@ -48,22 +48,8 @@ struct FailoverCommand: AsyncParsableCommand {
   func run() async throws {
     let site = try await global.site(for: "failover")
     let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
-    let peers = await site.peers()
-    for p in peers { if let e = p.error { say("target \(p.name): unreachable (\(e))") } }
-    if !force, let refusal = site.failoverRefusal(peers: peers) { throw refusal }
-    let snap = noRestore ? nil : try await site.snapshotToRestore(snapshot, host: host)
-    let (epoch, already) = site.failoverEpoch(peers: peers)
-    if dryRun {
-      say(already ? "already primary at epoch \(epoch)" : "would record: primary at epoch \(epoch)")
-    } else if already {
-      say("this site is already the primary at epoch \(epoch) (failover of \(site.own.current!.time))")
-    } else {
-      try await Site.record(site.repo, role: .primary, epoch: epoch, reason: "failover", snapshot: snap?.id?.hex)
-      say("this site is now the primary at epoch \(epoch)")
-    }
-    if let snap {
-      _ = try await site.restoreInPlace(snap, delete: delete, dryRun: dryRun)
-    }
+    let (epoch, snap) = try await site.failover(
+      snapshot: snapshot, host: host, restore: !noRestore, delete: delete, dryRun: dryRun, force: force, say: say)
     if global.json {
       Out.line(
         "{\"role\":\"primary\",\"epoch\":\(epoch),\"dry_run\":\(dryRun),\"snapshot\":\(snap.map { "\"\($0.id!.hex)\"" } ?? "null")}"
@@ -96,18 +82,8 @@ struct PromoteCommand: AsyncParsableCommand {
 
   func run() async throws {
     let site = try await global.site(for: "promote")
-    let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
-    if site.own.role == .primary {
-      say("this site is already the \(site.own.summary)")
-    } else {
-      let peers = await site.peers(snapshots: true)
-      if !force, let refusal = try await site.promoteRefusal(peers: peers) { throw refusal }
-      let epoch = site.promoteEpoch(peers: peers)
-      try await Site.record(site.repo, role: .primary, epoch: epoch, reason: "promote")
-      say("this site is now the primary at epoch \(epoch)")
-    }
-    if restore, let snap = try await site.snapshotToRestore(nil, host: nil) {
-      _ = try await site.restoreInPlace(snap, delete: delete, dryRun: false)
+    try await site.promote(restore: restore, delete: delete, force: force) { [quiet = global.quiet] s in
+      if !quiet { Out.err(s) }
     }
   }
 }
@@ -126,16 +102,7 @@ struct DemoteCommand: AsyncParsableCommand {
 
   func run() async throws {
     let site = try await global.site(for: "demote")
-    let say: (String) -> Void = { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
-    if site.own.role == .standby {
-      say("this site is already a \(site.own.summary)")
-      return
-    }
-    let peers = await site.peers()
-    let epoch = site.demoteEpoch(peers: peers)
-    try await Site.record(site.repo, role: .standby, epoch: epoch, reason: "demote")
-    say(
-      "this site is now a standby at epoch \(epoch): the primary's cycles replicate into \(site.repo.backend.location)")
+    try await site.demote { [quiet = global.quiet] s in if !quiet { Out.err(s) } }
   }
 }
 
@@ -158,36 +125,8 @@ struct RoleCommand: AsyncParsableCommand {
         cycle: try global.cycle(config, logger: EngineLog.console(quiet: global.quiet)), repo: repo, own: own
       ).peers()
     }
-    func json(_ s: SiteState?) -> String {
-      guard let s else { return "null" }
-      let role = s.role.map { "\"\($0.rawValue)\"" } ?? "null"
-      return "{\"role\":\(role),\"epoch\":\(s.epoch),\"since\":\(s.current.map { "\"\($0.time)\"" } ?? "null")}"
-    }
     if global.json {
-      var w = JSONWriter()
-      w.raw("{\"site\":\(json(own)),\"history\":[")
-      for (i, r) in own.history.enumerated() {
-        if i > 0 { w.comma() }
-        w.raw("{\"seq\":\(r.seq),\"epoch\":\(r.epoch),\"role\":\"\(r.role.rawValue)\",\"reason\":")
-        w.string(r.reason)
-        w.raw(",\"hostname\":")
-        w.string(r.hostname)
-        w.raw(",\"time\":\"\(r.time)\"}")
-      }
-      w.raw("],\"targets\":[")
-      for (i, p) in peers.enumerated() {
-        if i > 0 { w.comma() }
-        w.raw("{\"name\":")
-        w.string(p.name)
-        w.raw(",\"site\":\(json(p.state))")
-        if let e = p.error {
-          w.raw(",\"error\":")
-          w.string(e)
-        }
-        w.raw("}")
-      }
-      w.raw("]}\n")
-      Out.raw(w.out)
+      Out.raw(SiteContext.roleJSON(own: own, peers: peers))
       return
     }
     Out.line("this site (\(repo.backend.location)): \(own.summary(implicit: peers.isEmpty ? nil : .primary))")
@@ -206,10 +145,6 @@ extension GlobalOptions {
   /// primary still manages it as a target (`-r` from there).
   func refuseOnStandby(_ repo: Repository, _ what: String) async throws {
     guard self.repo == nil, try engineConfig() != nil else { return }
-    let own = try await Site.load(repo)
-    guard own.role == .standby else { return }
-    throw TidemarkError(
-      .general, "this site is a \(own.summary): \(what) is refused on a standby",
-      hint: "the primary manages this repository as its target; `tidemark promote` makes this site primary again")
+    try await Site.refuseOnStandby(repo, what)
   }
 }

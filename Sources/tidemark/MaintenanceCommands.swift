@@ -41,30 +41,7 @@ struct CheckCommand: AsyncParsableCommand {
       try await Check.run(repo, options: opts) { phase in if !quiet { Out.line(phase) } }
     }
     if global.json {
-      var w = JSONWriter()
-      w.raw("{\"message_type\":\"summary\",\"ok\":\(report.errors.isEmpty),\"errors\":")
-      w.stringArray(report.errors)
-      w.raw(",\"notes\":")
-      w.stringArray(report.notes)
-      w.raw(",\"snapshots\":\(report.snapshots),\"trees\":\(report.trees),\"packs\":\(report.packs)")
-      w.raw(
-        ",\"index_files\":\(report.indexFiles),\"packs_read\":\(report.packsRead),\"bytes_read\":\(report.bytesRead)")
-      w.raw(",\"damaged_packs\":[")
-      for (i, d) in report.damaged.enumerated() {
-        if i > 0 { w.comma() }
-        w.raw("{\"pack\":\"\(d.pack.hex)\",\"reason\":")
-        w.string(d.reason)
-        w.raw(",\"affected\":[")
-        for (j, a) in d.affected.enumerated() {
-          if j > 0 { w.comma() }
-          w.raw("{\"snapshot\":\"\(a.snapshot.id!.hex)\",\"time\":\"\(a.snapshot.time.rfc3339Nano)\",\"paths\":")
-          w.stringArray(a.paths)
-          w.raw("}")
-        }
-        w.raw("]}")
-      }
-      w.raw("]}\n")
-      Out.raw(w.out)
+      Out.raw(report.json())
     } else {
       for n in report.notes where !global.quiet { Out.line(n) }
       for e in report.errors { Out.err("error: \(e)") }
@@ -144,40 +121,15 @@ func runPrune(
   _ repo: Repository, options: PruneOptions, global: GlobalOptions, ignoring: Set<SnapshotID> = []
 ) async throws {
   let say: @Sendable (String) -> Void = { [quiet = global.quiet || global.json] s in if !quiet { Out.line(s) } }
-  say("loading indexes...")
-  let index = try await StoredIndex.load(repo)
-  for f in index.files { repo.index.add(f.file) }
-  let plan = try await Prune.plan(repo, index: index, options: options, ignoring: ignoring) { say($0 + "...") }
-  var st = plan.stats
-  if !global.json && !global.quiet { printPlan(st, verbose: global.verbose > 0) }
-  if options.dryRun {
-    if global.verbose > 1 && !global.json {
+  let st = try await Prune.run(repo, options: options, ignoring: ignoring, progress: say) { plan in
+    if !global.json && !global.quiet { printPlan(plan.stats, verbose: global.verbose > 0) }
+    if options.dryRun && global.verbose > 1 && !global.json {
       Out.line(
         "would remove \(plan.removeFirst.count) unreferenced packs, repack \(plan.repack.count), remove \(plan.remove.count)"
       )
     }
-  } else {
-    st = try await Prune.execute(repo, index: index, plan: plan) { say($0) }
-    say("done")
   }
-  if global.json {
-    var w = JSONWriter()
-    w.raw("{\"message_type\":\"summary\",\"dry_run\":\(options.dryRun)")
-    let fields: [(String, Int)] = [
-      ("used_blobs", st.usedBlobs), ("used_size", st.usedBytes), ("duplicate_blobs", st.duplicateBlobs),
-      ("duplicate_size", st.duplicateBytes), ("unused_blobs", st.unusedBlobs), ("unused_size", st.unusedBytes),
-      ("unreferenced_size", st.unreferencedBytes), ("repack_blobs", st.repackBlobs), ("repack_size", st.repackBytes),
-      ("repack_removed_blobs", st.repackRemovedBlobs), ("repack_removed_size", st.repackRemovedBytes),
-      ("remove_blobs", st.removeBlobs), ("remove_size", st.removeBytes), ("pruned_size", st.prunedBytes),
-      ("unused_size_after", st.unusedAfterBytes), ("packs_keep", st.packsKeep), ("packs_repack", st.packsRepack),
-      ("packs_remove", st.packsRemove), ("packs_unreferenced", st.packsUnreferenced),
-      ("repack_written_size", st.repackWrittenBytes), ("index_files_written", st.indexFilesWritten),
-      ("index_files_removed", st.indexFilesRemoved),
-    ]
-    for (k, v) in fields { w.raw(",\"\(k)\":\(v)") }
-    w.raw("}\n")
-    Out.raw(w.out)
-  }
+  if global.json { Out.raw(st.json(dryRun: options.dryRun)) }
 }
 
 /// restic's prune statistics block.

@@ -55,18 +55,7 @@ struct ReplicateCommand: AsyncParsableCommand {
       }
       guard let config = try g.engineConfig() else { return }
       let cycle = try g.cycle(config, logger: EngineLog.console(quiet: g.quiet || g.json))
-      // A failed cycle still lets a due drill run (it reports on what the targets hold); the cycle's error wins.
-      var failure: Error? = nil
-      do {
-        try await cycle.run()
-      } catch let e as TidemarkError where e.kind == .locked {
-        throw e  // another cycle runs: it does the scheduled work
-      } catch {
-        failure = error
-      }
-      // Scheduled drills and rolling checks, as the daemon runs them, so timer users get them too.
-      if !noScheduled && !Task.isCancelled { await Drill(cycle: cycle).scheduled() }
-      if let failure { throw failure }
+      try await cycle.runOnce(scheduled: !noScheduled)
       return
     }
     let sourceLocation = try global.repositoryLocation()
@@ -78,11 +67,7 @@ struct ReplicateCommand: AsyncParsableCommand {
       compression: try global.compressionMode)
     let targetBackend = try global.backend(at: to, options: targetOptions)
     let targetPassword =
-      toPasswordFile != nil || toPasswordCommand != nil || GlobalOptions.env("TO_PASSWORD_FILE") != nil
-        || GlobalOptions.env("TO_PASSWORD_COMMAND") != nil || GlobalOptions.env("TO_PASSWORD") != nil
-      ? try await GlobalOptions.readPassword(
-        file: toPasswordFile, command: toPasswordCommand, envPrefix: "TO_", prompt: "enter password for replica: ")
-      : password
+      try await PasswordSource(file: toPasswordFile, command: toPasswordCommand).lookup(envPrefix: "TO_") ?? password
     let created = !(try await targetBackend.exists(.config))
     let target = try await Replica.create(
       source: source, target: targetBackend, password: targetPassword)
@@ -90,7 +75,6 @@ struct ReplicateCommand: AsyncParsableCommand {
       Out.line("created replica \(target.config.id.prefix(10)) at \(targetBackend.location)")
     }
 
-    let locks = try await Replica.lock(source: source, target: target, retry: try global.lockRetry)
     let verbose = global.verbose > 0 && !global.quiet && !global.json
     let notes = !global.quiet && !global.json
     let progress: @Sendable (ReplicaEvent) -> Void = { e in
@@ -108,46 +92,18 @@ struct ReplicateCommand: AsyncParsableCommand {
     }
     let stats: ReplicaStats
     do {
-      stats = try await Replica.sync(source: source, target: target, locked: true, progress: progress)
-      try await locks.confirmed()
-      await locks.release()
+      stats = try await Replica.sync(
+        source: source, target: target, lockRetry: try global.lockRetry, progress: progress)
     } catch let e as ReplicaError {
-      await locks.release()
       summary(e.stats, created: created, target: targetBackend.location, error: e.error)
       throw e.error
-    } catch {
-      await locks.release()
-      throw error
     }
     summary(stats, created: created, target: targetBackend.location, error: nil)
   }
 
   func summary(_ s: ReplicaStats, created: Bool, target: String, error: TidemarkError?) {
     if global.json {
-      var w = JSONWriter()
-      w.raw("{\"message_type\":\"summary\",\"ok\":\(error == nil),\"target\":")
-      w.string(target)
-      w.raw(",\"created\":\(created)")
-      w.raw(",\"packs_copied\":\(s.packsCopied),\"pack_bytes\":\(s.packBytes)")
-      w.raw(",\"index_files_copied\":\(s.indexFilesCopied),\"index_bytes\":\(s.indexBytes)")
-      w.raw(",\"snapshots_copied\":\(s.snapshotsCopied),\"snapshot_bytes\":\(s.snapshotBytes)")
-      w.raw(",\"bytes_copied\":\(s.bytesCopied)")
-      w.raw(
-        ",\"packs_present\":\(s.packsPresent),\"index_files_present\":\(s.indexFilesPresent),\"index_files_covered\":\(s.indexFilesCovered),\"snapshots_present\":\(s.snapshotsPresent)"
-      )
-      w.raw(
-        ",\"packs_skipped\":\(s.packsSkipped),\"index_files_skipped\":\(s.indexFilesSkipped),\"snapshots_skipped\":\(s.snapshotsSkipped)"
-      )
-      w.raw(",\"notes\":")
-      w.stringArray(s.notes)
-      if let error {
-        w.raw(",\"error\":")
-        w.string(error.message)
-      }
-      w.raw(",\"duration_seconds\":")
-      w.raw(String(format: "%.3f", s.seconds))
-      w.raw("}\n")
-      Out.raw(w.out)
+      Out.raw(s.json(created: created, target: target, error: error?.message))
       return
     }
     guard !global.quiet else { return }

@@ -14,17 +14,6 @@ extension StatusCommand {
     return configured ? nil : GlobalOptions.env("REPOSITORY")
   }
 
-  /// --rpo, else alerts.rpo of the configuration, else 15 minutes; in seconds.
-  func rpoSeconds(_ config: EngineConfig?) throws -> Double {
-    if let r = rpo {
-      guard let d = EngineConfig.parseDuration(r), d > .zero else {
-        throw TidemarkError(.usage, "invalid duration \(r) for --rpo", hint: "use e.g. 90s, 15m, 1h")
-      }
-      return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-    }
-    return Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
-  }
-
   /// Per host, the newest snapshot in the repository and its lag against the RPO. Read-only: takes no lock
   /// (snapshot files are written atomically, so a concurrent replication or backup cannot be seen half-done).
   func runOnRepository(_ location: String, rpo: Double) async throws {
@@ -32,36 +21,22 @@ extension StatusCommand {
     let (list, health) = StatusReport.hosts(
       try await repo.listSnapshots(), only: hosts, now: Date().timeIntervalSince1970, rpo: rpo)
     let names = list.map(\.name)
-    let labels = ["OK", "WARN", "CRIT"]
     let level = health.rawValue
-    var rows: [[String]] = []
-    var w = JSONWriter()
-    w.raw("{\"repository\":")
-    w.string(repo.backend.location)
-    w.raw(",\"rpo_seconds\":\(Int(rpo)),\"hosts\":[")
-    for (i, h) in list.enumerated() {
-      if i > 0 { w.comma() }
-      w.raw("{\"host\":")
-      w.string(h.name)
-      if let id = h.newest?.id { w.raw(",\"newest_snapshot\":\"\(id.hex)\"") }
-      if let time = h.time { w.raw(",\"snapshot_time\":\(Int(time))") }
-      if let lag = h.lag { w.raw(",\"lag_seconds\":\(Int(lag))") }
-      w.raw(",\"snapshots\":\(h.snapshots),\"status\":\"\(h.health.label)\"}")
-      rows.append([
+    let rows = list.map { h in
+      [
         h.name, h.newest?.id.map { String($0.hex.prefix(8)) } ?? "-", h.newest.map { Out.time($0.time) } ?? "-",
         h.lag.map { Out.duration($0) } ?? "never", h.health.label,
-      ])
+      ]
     }
-    w.raw("],\"status\":\"\(labels[level])\"}\n")
     if global.json {
-      Out.raw(w.out)
+      Out.raw(StatusReport.json(repository: repo.backend.location, hosts: list, rpo: rpo, health: health))
     } else {
       printTable(header: ["Host", "Newest", "Time", "Lag", "Status"], rows: rows)
       let what =
         names.isEmpty
         ? "no snapshots" + (hosts.isEmpty ? "" : " of \(hosts.joined(separator: ", "))")
         : "\(names.count) host\(names.count == 1 ? "" : "s")"
-      Out.line("\(labels[level]): \(what) in \(repo.backend.location), RPO \(Out.duration(rpo))")
+      Out.line("\(health.label): \(what) in \(repo.backend.location), RPO \(Out.duration(rpo))")
     }
     if level > 0 { throw ExitCode(Int32(level)) }
   }

@@ -1,0 +1,55 @@
+// StatusReport's and SiteContext's JSON documents: the keys, their order and the whole-second numbers that
+// `tidemark status --json` and `tidemark role --json` print for monitoring.
+import Testing
+import TidemarkCore
+
+@testable import TidemarkEngine
+
+struct StatusReportTests {
+  static func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
+
+  @Test func targetsJSONReportsLagAndLevelPerTarget() {
+    var state = EngineState()
+    state.cycles = 3
+    state.lastCycleSuccess = true
+    var t = EngineState.TargetState(name: "dr", repository: "sftp:dr:/r")
+    t.newestSnapshot = "abc"
+    t.newestSnapshotTime = 1000
+    t.pendingSnapshots = 0
+    state.targets = [t]
+    let (targets, health) = StatusReport.targets(state, drill: nil, now: 1000 + 1200.7, rpo: 900)
+    #expect(health == .warn)
+    #expect(
+      Self.text(StatusReport.json(state, targets: targets, drill: nil, rpo: 900, health: health))
+        == "{\"cycles\":3,\"last_cycle_success\":true,\"rpo_seconds\":900,\"pruned_bytes_total\":0,\"targets\":["
+        + "{\"name\":\"dr\",\"repository\":\"sftp:dr:/r\",\"newest_snapshot\":\"abc\",\"lag_seconds\":1200,"
+        + "\"consecutive_failures\":0,\"bytes_copied_total\":0,\"pending_snapshots\":0,\"status\":\"WARN\"}],"
+        + "\"status\":\"WARN\"}\n")
+  }
+
+  @Test func hostsJSONMakesAnEmptyRepositoryCritical() {
+    let (hosts, health) = StatusReport.hosts([], only: ["db1"], now: 5000, rpo: 60)
+    #expect(
+      Self.text(StatusReport.json(repository: "/srv/r", hosts: hosts, rpo: 60, health: health))
+        == "{\"repository\":\"/srv/r\",\"rpo_seconds\":60,\"hosts\":[{\"host\":\"db1\",\"snapshots\":0,"
+        + "\"status\":\"CRIT\"}],\"status\":\"CRIT\"}\n")
+  }
+
+  @Test func roleJSONShowsHistoryAndUnreachableTargets() {
+    let own = SiteState(history: [SiteRecord(seq: 1, epoch: 2, role: .primary, reason: "failover")])
+    let r = own.history[0]
+    let peer = SiteContext.Peer(name: "dc", location: "/dc", state: nil, error: "timeout", snapshots: nil)
+    #expect(
+      Self.text(SiteContext.roleJSON(own: own, peers: [peer]))
+        == "{\"site\":{\"role\":\"primary\",\"epoch\":2,\"since\":\"\(r.time)\"},\"history\":[{\"seq\":1,"
+        + "\"epoch\":2,\"role\":\"primary\",\"reason\":\"failover\",\"hostname\":\"\(r.hostname)\","
+        + "\"time\":\"\(r.time)\"}],\"targets\":[{\"name\":\"dc\",\"site\":null,\"error\":\"timeout\"}]}\n")
+  }
+
+  @Test func rpoComesFromTheOptionElseFifteenMinutes() throws {
+    #expect(try StatusReport.rpoSeconds("90s", config: nil) == 90)
+    #expect(try StatusReport.rpoSeconds(nil, config: nil) == 900)
+    #expect(throws: TidemarkError.self) { try StatusReport.rpoSeconds("0s", config: nil) }
+    #expect(throws: TidemarkError.self) { try StatusReport.rpoSeconds("soon", config: nil) }
+  }
+}
