@@ -190,7 +190,7 @@ extension Find {
     w.raw("{\"path\":")
     w.string(path)
     w.raw(",\"permissions\":")
-    w.string(goFileMode(n.mode))
+    w.string(GoFormat.fileMode(n.mode))
     w.raw(",\"type\":\"\(n.type.rawValue)\"")
     if n.mode != 0 { w.raw(",\"mode\":\(n.mode)") }
     w.raw(",\"mtime\":\"\(n.mtime.rfc3339Nano)\",\"atime\":\"\(n.atime.rfc3339Nano)\"")
@@ -211,15 +211,6 @@ extension Find {
       w.string(n.linkTarget)
     }
     w.raw("}")
-  }
-
-  /// Go's `os.FileMode.String()`: type letters (`dalTLDpSugct?`), or `-`, then `rwxrwxrwx`.
-  static func goFileMode(_ m: UInt32) -> String {
-    var s = ""
-    for (i, c) in "dalTLDpSugct?".enumerated() where m & (1 << UInt32(31 - i)) != 0 { s.append(c) }
-    if s.isEmpty { s = "-" }
-    for (i, c) in "rwxrwxrwx".enumerated() { s.append(m & (1 << UInt32(8 - i)) != 0 ? c : "-") }
-    return s
   }
 
   /// Where `--show-pack-id` finds an object searched for.

@@ -27,40 +27,11 @@ public enum GoFormat {
     return s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
   }
 
-  /// A float64 as Go's `encoding/json` writes it: the shortest decimal that reads back the same, without an
-  /// exponent between 1e-6 and 1e21.
+  /// A float64 as Go's `encoding/json` writes it (see `JSONWriter.number(_: Double)`).
   public static func jsonNumber(_ f: Double) -> String {
-    if f == f.rounded(), abs(f) < 1e21 { return String(Int64(f)) }
-    let a = abs(f)
-    if a < 1e-6 || a >= 1e21 {
-      // Go: 1e-07, trimmed to 1e-7.
-      var s = "\(f)"
-      if let e = s.firstIndex(of: "e") {
-        var exp = String(s[s.index(after: e)...])
-        let sign = exp.hasPrefix("-") ? "-" : "+"
-        exp = String(exp.drop { $0 == "-" || $0 == "+" || $0 == "0" })
-        s = String(s[..<e]) + "e" + sign + (exp.isEmpty ? "0" : exp)
-      }
-      return s
-    }
-    // Swift's description is the shortest round-trip form too; spell out any exponent it uses.
-    let s = "\(f)"
-    guard let e = s.firstIndex(of: "e"), let exp = Int(s[s.index(after: e)...]) else { return s }
-    let mantissa = s[..<e]
-    let negative = mantissa.hasPrefix("-")
-    let digits = mantissa.filter(\.isNumber)
-    let point =
-      (mantissa.firstIndex(of: ".").map { mantissa.distance(from: mantissa.startIndex, to: $0) }
-        ?? mantissa.count) - (negative ? 1 : 0) + exp
-    var out: String
-    if point <= 0 {
-      out = "0." + String(repeating: "0", count: -point) + digits
-    } else if point >= digits.count {
-      out = digits + String(repeating: "0", count: point - digits.count)
-    } else {
-      out = String(digits.prefix(point)) + "." + String(digits.dropFirst(point))
-    }
-    return (negative ? "-" : "") + out
+    var w = JSONWriter()
+    w.number(f)
+    return String(decoding: w.out, as: UTF8.self)
   }
 
   /// Go's `os.FileMode.String()`: type letters (`dalTLDpSugct?`), or `-`, then `rwxrwxrwx`.

@@ -24,6 +24,7 @@ struct GoFormatTests {
     #expect(GoFormat.jsonNumber(1.5e-5) == "0.000015")
     #expect(GoFormat.jsonNumber(1e-7) == "1e-7")
     #expect(GoFormat.jsonNumber(123_456_789.5) == "123456789.5")
+    #expect(GoFormat.jsonNumber(1e20) == "100000000000000000000")
   }
 
   @Test func fileModesSpellTypeLettersThenPermissions() {
