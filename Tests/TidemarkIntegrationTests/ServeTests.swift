@@ -2,6 +2,7 @@
 import Foundation
 import HummingbirdBcrypt
 import Testing
+import TidemarkBackends
 import TidemarkCore
 import TidemarkCrypto
 
@@ -227,5 +228,60 @@ func makeServeSource(_ ws: Workspace) throws {
     // Deleting frees the room.
     #expect(try curl("DELETE", "\(server.url)/repo/data/\(name)") == 200)
     #expect(try curl("POST", "\(server.url)/repo/data/\(otherName)", body: ws.sub("other")) == 200)
+  }
+
+  @Test func restBackendKeepsTheContract() async throws {
+    let ws = try Workspace("serve-contract")
+    let server = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
+    defer { server.stop() }
+    try await checkBackendContract(
+      RESTBackend(
+        base: "\(server.url)/repo", server: "127.0.0.1:\(server.port)", user: nil, password: nil, connections: 3,
+        location: "rest-test"))
+    // What the server stored is restic's local layout.
+    #expect(FileManager.default.fileExists(atPath: ws.sub("served/repo/config")))
+    #expect(FileManager.default.fileExists(atPath: ws.sub("served/repo/tidemark")))
+  }
+
+  @Test func tidemarkBacksUpAndRestoresOverRest() throws {
+    let ws = try Workspace("serve-tidemark")
+    try makeServeSource(ws)
+    let line = "bob:" + Bcrypt.hash("pw:with@odd/chars", cost: 5) + "\n"
+    try line.write(toFile: ws.sub("htpasswd"), atomically: true, encoding: .utf8)
+    let server = try ServeProcess(ws, ["--path", ws.sub("served"), "--htpasswd-file", ws.sub("htpasswd")])
+    defer { server.stop() }
+    let repo = "rest:http://127.0.0.1:\(server.port)/site-a"
+    let creds = ["TIDEMARK_REST_USERNAME": "bob", "TIDEMARK_REST_PASSWORD": "pw:with@odd/chars"]
+
+    let i = try ws.tidemark(["-r", repo, "init"], env: creds)
+    #expect(i.status == 0, "\(i.stderr)")
+    let b = try ws.tidemark(["-r", repo, "backup", "src"], env: creds)
+    #expect(b.status == 0, "\(b.stderr)")
+    let r = try ws.tidemark(
+      ["-r", repo, "-o", "rest.connections=2", "restore", "latest", "--target", "restored"],
+      env: ["RESTIC_REST_USERNAME": "bob", "RESTIC_REST_PASSWORD": "pw:with@odd/chars"])
+    #expect(r.status == 0, "\(r.stderr)")
+    let d = try Tools.run("/usr/bin/diff", ["-r", "--no-dereference", ws.sub("src"), ws.sub("restored/src")])
+    #expect(d.status == 0, "\(d.out)")
+    // restic reads what tidemark wrote, over the same server (credentials in the URL).
+    let c = try ws.restic(
+      ["-r", "rest:http://bob:pw%3Awith%40odd%2Fchars@127.0.0.1:\(server.port)/site-a", "check", "--read-data"])
+    #expect(c.status == 0, "\(c.out) \(c.stderr)")
+
+    // Refused credentials, a missing repository, a server that is not there: one clear line each.
+    let wrong = try ws.tidemark(
+      ["-r", "rest:http://bob:nope@127.0.0.1:\(server.port)/site-a", "snapshots"])
+    #expect(wrong.status == 1)
+    #expect(wrong.stderr.contains("refused the credentials"), "\(wrong.stderr)")
+    #expect(!wrong.stderr.contains("nope"), "\(wrong.stderr)")
+    let missing = try ws.tidemark(["-r", "rest:http://127.0.0.1:\(server.port)/nothing-here", "snapshots"], env: creds)
+    #expect(missing.status == 10, "\(missing.stderr)")
+    let down = try unusedPort()
+    let refused = try ws.tidemark(["-r", "rest:http://127.0.0.1:\(down)/x", "snapshots"], env: creds)
+    #expect(refused.status == 1)
+    #expect(
+      refused.stderr.contains("127.0.0.1:\(down)") && refused.stderr.contains("connection refused"), "\(refused.stderr)"
+    )
+    #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
   }
 }
