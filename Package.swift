@@ -106,6 +106,8 @@ let package = Package(
       name: "TidemarkEngineTests",
       dependencies: [
         "TidemarkEngine", "TidemarkDaemon", "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
+        "TidemarkServe",
+        .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
