@@ -230,6 +230,55 @@ func makeServeSource(_ ws: Workspace) throws {
     #expect(try curl("POST", "\(server.url)/repo/data/\(otherName)", body: ws.sub("other")) == 200)
   }
 
+  @Test func uploadsOntoExistingNamesAndAbortedUploads() throws {
+    let ws = try Workspace("serve-overwrite")
+    let server = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
+    defer { server.stop() }
+    #expect(try curl("POST", "\(server.url)/repo/?create=true") == 200)
+    let data = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+    try Data(data).write(to: URL(fileURLWithPath: ws.sub("pack")))
+    let name = toHexString(SHA256.hash(data))
+    let stored = ws.sub("served/repo/data/\(name.prefix(2))/\(name)")
+    // The same verified content again is accepted (it can only repair a damaged copy).
+    #expect(try curl("POST", "\(server.url)/repo/data/\(name)", body: ws.sub("pack")) == 200)
+    try flipByte(stored, at: 1000)
+    #expect(try curl("POST", "\(server.url)/repo/data/\(name)", body: ws.sub("pack")) == 200)
+    #expect(try Data(contentsOf: URL(fileURLWithPath: stored)) == Data(data))
+    // config: the same bytes again are fine, other bytes are refused until it is deleted.
+    try Data("one".utf8).write(to: URL(fileURLWithPath: ws.sub("c1")))
+    try Data("two".utf8).write(to: URL(fileURLWithPath: ws.sub("c2")))
+    #expect(try curl("POST", "\(server.url)/repo/config", body: ws.sub("c1")) == 200)
+    #expect(try curl("POST", "\(server.url)/repo/config", body: ws.sub("c1")) == 200)
+    #expect(try curl("POST", "\(server.url)/repo/config", body: ws.sub("c2")) == 403)
+    #expect(try String(contentsOfFile: ws.sub("served/repo/config"), encoding: .utf8) == "one")
+    #expect(try curl("DELETE", "\(server.url)/repo/config") == 200)
+    #expect(try curl("DELETE", "\(server.url)/repo/config") == 404)
+    #expect(try curl("POST", "\(server.url)/repo/config", body: ws.sub("c2")) == 200)
+    // A client that goes away in the middle of an upload leaves nothing behind.
+    let other = String(repeating: "cd", count: 32)
+    let abort = try Tools.run(
+      "/bin/bash",
+      [
+        "-ec",
+        """
+        exec 3<>/dev/tcp/127.0.0.1/\(server.port)
+        printf 'POST /repo/data/\(other) HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 50000000\\r\\n\\r\\n' >&3
+        head -c 5000000 /dev/zero >&3
+        exec 3>&-
+        """,
+      ])
+    #expect(abort.status == 0, "\(abort.stderr)")
+    var leftovers = "?"
+    for _ in 0..<50 {
+      leftovers = try Tools.sh("find served -name '.*' -o -name '\(other)'", cwd: ws.path).out
+      if leftovers.isEmpty { break }
+      usleep(100_000)
+    }
+    #expect(leftovers.isEmpty, "\(leftovers)")
+    // The server still answers.
+    #expect(try curl("GET", "\(server.url)/repo/config") == 200)
+  }
+
   @Test func restBackendKeepsTheContract() async throws {
     let ws = try Workspace("serve-contract")
     let server = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
