@@ -92,6 +92,8 @@ public struct RESTServer: Service {
     } catch let e as SystemError {
       throw TidemarkError(.general, "cannot create the served directory: \(e)")
     }
+    let removed = try await Blocking.run { try files.removeInterruptedUploads() }
+    if removed > 0 { logger.notice("removed \(removed) temporary files of interrupted uploads") }
     var quota: Quota? = nil
     if let max = configuration.maxSize {
       let used = try await Blocking.run { try files.usage() }

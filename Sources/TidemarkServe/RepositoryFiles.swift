@@ -3,6 +3,7 @@
 // `Blocking.run`. Uploads are written to a hidden temporary file in the target's directory, hashed as they come,
 // fsynced, then put in place by rename (or link, when an existing name must not be replaced) and the directory
 // fsynced: a file never appears half-written, and a rejected upload leaves nothing behind.
+import Foundation
 internal import NIOCore
 import Synchronization
 import TidemarkCrypto
@@ -102,6 +103,34 @@ struct RepositoryFiles: Sendable {
     }
     try Sys.fsyncDirectory(Self.parent(path))
     return size
+  }
+
+  /// Removes the temporary files of uploads that a crash or a power loss interrupted (`.NAME.tmp-N`, see
+  /// `Upload`); only at start, when no upload is under way. Hidden directories are not entered. Returns how many.
+  func removeInterruptedUploads() throws -> Int {
+    func isTemporary(_ name: [UInt8]) -> Bool {
+      guard name.first == UInt8(ascii: "."), let text = String(validating: name, as: UTF8.self),
+        let r = text.range(of: ".tmp-", options: .backwards)
+      else { return false }
+      let digits = text[r.upperBound...]
+      return !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
+    }
+    func walk(_ d: BytePath) throws -> Int {
+      var removed = 0
+      for n in (try? Sys.readDirectory(d)) ?? [] {
+        let p = d.appending(n)
+        if isTemporary(n) {
+          if let st = try? Sys.lstat(p), st.isRegular {
+            try Sys.unlink(p)
+            removed += 1
+          }
+        } else if n.first != UInt8(ascii: "."), let st = try? Sys.lstat(p), st.isDirectory {
+          removed += try walk(p)
+        }
+      }
+      return removed
+    }
+    return try walk(root)
   }
 
   /// The sum of the sizes of every regular file below the served directory.
