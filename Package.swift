@@ -2,7 +2,7 @@
 // tidemark: disaster recovery on restic's repository format (v2).
 // Layers, top to bottom (dependencies point down only):
 //   tidemark (CLI: arguments and output) -> TidemarkDaemon (lifecycle, /metrics) -> TidemarkEngine (cycle, state,
-//   drills, failover) -> TidemarkOperations, TidemarkMount -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
+//   drills, failover), TidemarkServe (the REST server) -> TidemarkOperations, TidemarkMount -> TidemarkBackends -> TidemarkCore -> wrappers -> C shims
 import PackageDescription
 
 let package = Package(
@@ -22,6 +22,7 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.0.0"),
     .package(url: "https://github.com/apple/swift-system", from: "1.8.0"),
   ],
   targets: [
@@ -75,11 +76,23 @@ let package = Package(
         .product(name: "Hummingbird", package: "hummingbird"),
         .product(name: "NIOCore", package: "swift-nio"),
       ]),
+    // The REST server: restic's REST backend protocol (v1 and v2) over local repository directories.
+    .target(
+      name: "TidemarkServe",
+      dependencies: [
+        "TidemarkCore", "TidemarkSystem", "TidemarkCrypto",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+        .product(name: "NIOCore", package: "swift-nio"),
+      ]),
     .executableTarget(
       name: "tidemark",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
         "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto", "TidemarkEngine", "TidemarkDaemon",
+        "TidemarkServe",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(
@@ -93,6 +106,8 @@ let package = Package(
       name: "TidemarkEngineTests",
       dependencies: [
         "TidemarkEngine", "TidemarkDaemon", "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
+        "TidemarkServe",
+        .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
@@ -100,6 +115,7 @@ let package = Package(
       name: "TidemarkIntegrationTests",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkSystem", "TidemarkSSH", "TidemarkOperations", "TidemarkEngine",
+        .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
       ]),
   ]
 )

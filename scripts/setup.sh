@@ -26,13 +26,13 @@ if [ "${1:-}" = "--install" ]; then
   install -D -m 0755 "$bin" /usr/local/bin/tidemark
   install -D -m 0755 mount/mount.tidemark /sbin/mount.tidemark
   install -D -m 0644 mount/tidemark-mount@.service /etc/systemd/system/tidemark-mount@.service
-  for u in tidemark.service tidemark-replicate.service tidemark-replicate.timer; do
+  for u in tidemark.service tidemark-replicate.service tidemark-replicate.timer tidemark-serve.service; do
     install -D -m 0644 "scripts/systemd/$u" "/etc/systemd/system/$u"
   done
   install -D -m 0644 docs/configuration.md /usr/local/share/doc/tidemark/configuration.md
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
   echo "installed /usr/local/bin/tidemark, /sbin/mount.tidemark and the systemd units (tidemark-mount@.service,"
-  echo "tidemark.service, tidemark-replicate.service/.timer); enable one of: systemctl enable --now tidemark.service"
+  echo "tidemark.service, tidemark-replicate.service/.timer, tidemark-serve.service); enable one of: systemctl enable --now tidemark.service"
   echo "or tidemark-replicate.timer, after writing /etc/tidemark/tidemark.yaml (see docs/configuration.md)"
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 fi

@@ -31,13 +31,16 @@ public enum BackendLocation {
     let opts = try parseOptions(options)
     if loc.hasPrefix("sftp:") { return try sftp(loc, opts, env, warn) }
     if loc.hasPrefix("s3:") { return try s3(loc, opts, env, warn) }
-    for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") {
+    if loc.hasPrefix("rest:") { return try rest(loc, opts, env, warn) }
+    for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") || key.hasPrefix("rest.") {
       throw TidemarkError(.usage, "option \(key) does not apply to \(loc)")
     }
-    for scheme in ["rest:", "b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
+    for scheme in ["b2:", "azure:", "gs:", "swift:", "rclone:"] where loc.hasPrefix(scheme) {
       throw TidemarkError(
         .usage, "repository type \(scheme.dropLast()) is not supported by this tidemark build",
-        hint: "use a local directory (path or local:/path), sftp:user@host:/path or s3:https://host/bucket")
+        hint:
+          "use a local directory (path or local:/path), sftp:user@host:/path, s3:https://host/bucket or rest:http://host:port/path"
+      )
     }
     guard !loc.isEmpty else { throw TidemarkError(.usage, "empty repository path") }
     return LocalBackend(path: BytePath(loc).absolute())
@@ -61,6 +64,7 @@ public enum BackendLocation {
     func kind(_ location: String) -> String? {
       if location.hasPrefix("sftp:") { return "sftp." }
       if location.hasPrefix("s3:") { return "s3." }
+      if location.hasPrefix("rest:") { return "rest." }
       return nil
     }
     var s: [String] = []
@@ -71,7 +75,7 @@ public enum BackendLocation {
       guard toSource || toTarget else {
         throw TidemarkError(
           .usage, "option \(o) applies to neither \(source) nor \(target)",
-          hint: "sftp.* options need an sftp: repository, s3.* options an s3: one")
+          hint: "sftp.* options need an sftp: repository, s3.* options an s3: one, rest.* options a rest: one")
       }
       if toSource { s.append(o) }
       if toTarget { t.append(o) }
@@ -112,6 +116,39 @@ public enum BackendLocation {
         accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
       connections: connections, location: loc)
     return RetryBackend(s3, report: warn)
+  }
+
+  /// `rest:http[s]://[user:password@]host:port/path`; credentials from the URL, else TIDEMARK_REST_USERNAME /
+  /// TIDEMARK_REST_PASSWORD, else RESTIC_REST_USERNAME / RESTIC_REST_PASSWORD; -o rest.connections=N.
+  static func rest(
+    _ loc: String, _ opts: [String: String], _ env: [String: String], _ warn: @escaping @Sendable (String) -> Void
+  ) throws -> any Backend {
+    guard let (base, server, urlUser, urlPassword) = RESTBackend.parse(loc) else {
+      throw TidemarkError(
+        .usage, "cannot read the REST location \(loc)", hint: "write rest:http://[user:password@]host:port/path")
+    }
+    let known = ["rest.connections"]
+    for key in opts.keys where !known.contains(key) {
+      throw TidemarkError(.usage, "unknown option \(key)", hint: "rest options: \(known.joined(separator: ", "))")
+    }
+    var connections = 5
+    if let c = opts["rest.connections"] {
+      guard let n = Int(c), n > 0 else { throw TidemarkError(.usage, "rest.connections=\(c) is not a positive number") }
+      connections = n
+    }
+    let user = urlUser ?? env["TIDEMARK_REST_USERNAME"] ?? env["RESTIC_REST_USERNAME"]
+    let password = urlPassword ?? env["TIDEMARK_REST_PASSWORD"] ?? env["RESTIC_REST_PASSWORD"]
+    // Messages name the repository without its password.
+    let shown =
+      urlPassword == nil ? loc : loc.replacingOccurrences(of: ":\(urlPasswordEncoded(loc) ?? "")@", with: ":***@")
+    let rest = RESTBackend(
+      base: base, server: server, user: user, password: password, connections: connections, location: shown)
+    return RetryBackend(rest, report: warn)
+  }
+
+  /// The password as written in a `rest:` URL (still percent-encoded).
+  static func urlPasswordEncoded(_ loc: String) -> String? {
+    URLComponents(string: String(loc.dropFirst(5)))?.percentEncodedPassword
   }
 
   /// `sftp:user@host:/path` or `sftp://user@host:port//path`, with -o sftp.* options.

@@ -33,7 +33,7 @@ struct Tidemark: AsyncParsableCommand {
       Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, StatsCommand.self, DiffCommand.self,
       FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, StatusCommand.self,
       DaemonCommand.self, ScheduleCommand.self, FailoverCommand.self, PromoteCommand.self, DemoteCommand.self,
-      RoleCommand.self, DrillCommand.self,
+      RoleCommand.self, DrillCommand.self, ServeCommand.self,
       VersionCommand.self,
     ])
 
@@ -44,9 +44,9 @@ struct Tidemark: AsyncParsableCommand {
     do {
       var command = try parseAsRoot(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
       if let c = command as? AsyncParsableCommand {
-        // The daemon and the mount handle their own signals; every other command is cancelled by one and
-        // releases its locks (exit code 130).
-        if c is DaemonCommand || c is MountCommand {
+        // The daemon, the mount and the server handle their own signals; every other command is cancelled by
+        // one and releases its locks (exit code 130).
+        if c is DaemonCommand || c is MountCommand || c is ServeCommand {
           var c = c
           try await c.run()
         } else {

@@ -1,0 +1,53 @@
+// `tidemark serve`: flags only; the server is TidemarkServe's.
+import ArgumentParser
+import Foundation
+import TidemarkCore
+import TidemarkEngine
+import TidemarkServe
+
+struct ServeCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "serve",
+    abstract: "Serve repositories over restic's REST protocol (v1 and v2).",
+    discussion: """
+      Serves the repositories below --path to restic (`-r rest:http://host:port/REPO`) and tidemark. The served \
+      directory is an ordinary local repository (or a tree of them): restic and tidemark can open it directly \
+      too. Every upload but config is checked against its name (the SHA-256 of its content) and put in place \
+      only when complete and fsynced. With --append-only nothing that exists is deleted or replaced (403), except \
+      lock files: a client that is compromised cannot destroy what the server holds. Authentication: Basic, with \
+      bcrypt entries of an htpasswd file (`htpasswd -B`), --htpasswd-file or PATH/.htpasswd; --no-auth serves \
+      without. SIGTERM/SIGINT: stop after the requests under way.
+      """)
+
+  @Option(help: "Listen address: HOST:PORT, [IPV6]:PORT or :PORT (all interfaces).") var listen = ":8000"
+  @Option(help: "The directory that holds the repositories.") var path = "/tmp/restic"
+  @Flag(help: "Refuse to delete or replace anything but lock files.") var appendOnly = false
+  @Flag(help: "Users may only reach repositories below /USER/.") var privateRepos = false
+  @Flag(help: "Serve without authentication.") var noAuth = false
+  @Option(help: "The htpasswd file (bcrypt entries); default PATH/.htpasswd.") var htpasswdFile: String?
+  @Option(help: "The most bytes all repositories may hold together; uploads over it get 413.") var maxSize: Int64?
+
+  func run() async throws {
+    let (host, port) = try ServeConfiguration.parseListen(listen)
+    var users: Htpasswd? = nil
+    if noAuth {
+      if privateRepos { throw TidemarkError(.usage, "--private-repos needs authentication; drop --no-auth") }
+    } else {
+      let file = htpasswdFile ?? (path.hasSuffix("/") ? path : path + "/") + ".htpasswd"
+      if htpasswdFile == nil && !FileManager.default.fileExists(atPath: file) {
+        throw TidemarkError(
+          .usage,
+          "no htpasswd file: \(file) does not exist; give --htpasswd-file FILE, or --no-auth to serve without authentication"
+        )
+      }
+      users = try await Htpasswd.load(file)
+    }
+    if let maxSize, maxSize <= 0 { throw TidemarkError(.usage, "--max-size must be a positive number of bytes") }
+    let server = try await RESTServer(
+      configuration: ServeConfiguration(
+        host: host, port: port, root: path, appendOnly: appendOnly, privateRepos: privateRepos, users: users,
+        maxSize: maxSize),
+      logger: EngineLog.journal())
+    try await server.runUntilSignalled()
+  }
+}
