@@ -16,11 +16,36 @@ extension Cycle {
   }
 
   /// Retention on the DC and on every target that replicated, all at once: each waits out its own lock's pause.
+  /// The forged-time guard on this site's own repository (see SnapshotGuard), when retention applies there: the
+  /// implausible snapshots are recorded in the state, fail the cycle (which raises the alert) and are left out of
+  /// retention.
+  func guardSnapshots(_ repo: Repository, _ run: inout Run) async throws -> Set<String> {
+    guard !config.retention.isEmpty else {
+      (run.state.snapshotsFirstSeen, run.state.implausibleSnapshots) = (nil, nil)
+      return []
+    }
+    var seen = run.state.snapshotsFirstSeen ?? [:]
+    let skew = Double(config.clockSkew.components.seconds)
+    let forged = SnapshotGuard.check(try await repo.listSnapshots(), firstSeen: &seen, now: clock.now(), skew: skew)
+    run.state.snapshotsFirstSeen = seen
+    run.state.implausibleSnapshots = forged
+    if !forged.isEmpty {
+      let ids = forged.map { String($0.prefix(8)) }.joined(separator: ", ")
+      logger.error("\(forged.count) snapshots dated later than this site first saw them: \(ids)")
+      run.failures.append(
+        "\(forged.count) snapshots are dated more than \(Int(skew)) s after this site first saw them (forged times?): "
+          + "\(ids); they are kept and retention does not count them; look at them, then remove them with "
+          + "`tidemark forget ID`")
+    }
+    return Set(forged)
+  }
+
   /// Retention guard: the newest snapshot each target holds stays on the DC too (a target that has been failing
   /// for a while still needs its newest snapshot as the last common one). Returns the sides as opened, for
   /// prune.
   func retain(_ repo: Repository, outcomes: [TargetOutcome], _ run: inout Run) async throws -> [Side] {
     let needed = Set(run.state.targets.compactMap { $0.newestSnapshot })
+    let forged = try await guardSnapshots(repo, &run)
     var sides = [Side(name: config.repository, target: nil, repository: repo)]
     var policies: [Int: EngineConfig.Retention] = [:]
     for o in outcomes where o.stats != nil {
@@ -38,7 +63,8 @@ extension Cycle {
               k,
               .success(
                 try await Retention.apply(
-                  side.repository, policy, keeping: side.target == nil ? needed : [], retry: access.lockRetry))
+                  side.repository, policy, keeping: side.target == nil ? needed : [],
+                  ignoring: side.target == nil ? forged : [], retry: access.lockRetry))
             )
           } catch {
             return (k, .failure(error))

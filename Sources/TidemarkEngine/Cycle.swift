@@ -88,6 +88,9 @@ public struct Cycle: Sendable {
     let own = try await Site.load(repo)
     run.state.siteRole = (own.role ?? .primary).rawValue
     run.state.siteEpoch = own.epoch
+    // A keeper (no sources, no targets: the DR host looking after its own copy) takes no backup and replicates
+    // nothing, so there is nothing to fence: it runs on a standby's repository too.
+    if config.sources.isEmpty && config.targets.isEmpty { return [] }
     if own.role == .standby, let (m, h) = Site.fence(own: own, targets: []) {
       throw StandbyRefusal(error: TidemarkError(.general, m, hint: h))
     }

@@ -188,6 +188,9 @@ public struct EngineConfig: Sendable {
   public var metrics = Metrics()
   public var alerts = Alerts()
   public var drill = Drill()
+  /// How far a snapshot's time may be ahead of the moment this site first listed it before it counts as forged
+  /// (see SnapshotGuard).
+  public var clockSkew: Duration = .seconds(900)
 
   /// The default location.
   public static let defaultPath = "/etc/tidemark/tidemark.yaml"
@@ -217,7 +220,7 @@ public struct EngineConfig: Sendable {
     var c = EngineConfig(file: file, repository: "")
     let keys = [
       "host", "repository", "password-file", "interval", "sources", "hooks", "targets", "retention", "metrics",
-      "alerts", "drill", "state-dir", "prune",
+      "alerts", "drill", "state-dir", "prune", "clock-skew",
     ]
     var sawRepository = false
     for (k, v) in top {
@@ -245,6 +248,7 @@ public struct EngineConfig: Sendable {
         }
         c.stateDir = d
       case "prune": c.prune = try p.prune(v, key)
+      case "clock-skew": c.clockSkew = try p.duration(v, key)
       default: break
       }
     }

@@ -106,6 +106,13 @@ public struct EngineState: Codable, Sendable {
     if let n = indexFiles {
       f.append(.gauge("tidemark_index_files", "Index files in the DC repository.", [MetricSample(Double(n))]))
     }
+    if let forged = implausibleSnapshots {
+      f.append(
+        .gauge(
+          "tidemark_implausible_snapshots",
+          "Snapshots dated later than this site first saw them (forged times?): kept, not counted by retention.",
+          [MetricSample(Double(forged.count))]))
+    }
     if let role = siteRole, let epoch = siteEpoch {
       f.append(
         .gauge(
@@ -134,6 +141,10 @@ public struct EngineState: Codable, Sendable {
   public var lastPruneError: String?
   /// Index files on the DC after the last cycle.
   public var indexFiles: Int?
+  /// When this site first listed each snapshot of its own repository (ID → Unix time), and the snapshots dated
+  /// implausibly far after that (see SnapshotGuard).
+  public var snapshotsFirstSeen: [String: Double]?
+  public var implausibleSnapshots: [String]?
 
   public init() {}
 }

@@ -40,13 +40,16 @@ public enum Retention {
   }
 
   /// Forgets by `r` on `repo` under an exclusive lock; returns how many snapshots were removed. The snapshots are
-  /// listed and the policy applied while the lock is confirmed; the removals wait for it.
+  /// listed and the policy applied while the lock is confirmed; the removals wait for it. Snapshots in
+  /// `ignoring` (IDs, hex) are left out altogether: kept, and not counted by the policy.
   public static func apply(
-    _ repo: Repository, _ r: EngineConfig.Retention, keeping needed: Set<String> = [], retry: Duration = .zero
+    _ repo: Repository, _ r: EngineConfig.Retention, keeping needed: Set<String> = [], ignoring: Set<String> = [],
+    retry: Duration = .zero
   ) async throws -> Int {
     let policy = try policy(r)
     return try await RepositoryAccess.withLock(repo, exclusive: true, retry: retry, overlap: true) {
-      let remove = plan(try await repo.listSnapshots(), policy, keeping: needed)
+      let counted = try await repo.listSnapshots().filter { s in !ignoring.contains(s.id?.hex ?? "") }
+      let remove = plan(counted, policy, keeping: needed)
       try await Forget.remove(repo, remove)
       return remove.count
     }
