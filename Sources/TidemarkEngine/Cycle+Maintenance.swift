@@ -15,43 +15,99 @@ extension Cycle {
     var repository: Repository
   }
 
-  /// Retention on the DC and on every target that replicated, all at once: each waits out its own lock's pause.
-  /// The forged-time guard on this site's own repository (see SnapshotGuard), when retention applies there: the
-  /// implausible snapshots are recorded in the state, fail the cycle (which raises the alert) and are left out of
-  /// retention.
-  func guardSnapshots(_ repo: Repository, _ run: inout Run) async throws -> Set<String> {
-    guard !config.retention.isEmpty else {
-      (run.state.snapshotsFirstSeen, run.state.implausibleSnapshots) = (nil, nil)
-      return []
-    }
-    var seen = run.state.snapshotsFirstSeen ?? [:]
+  /// The snapshot guard and the tripwire on this site's own repository (see SnapshotGuard and Tripwire): the
+  /// implausible snapshots are recorded in the state, fail the cycle (which raises the alert) and are returned,
+  /// for retention to leave out; every new snapshot's change profile is judged against the one before it.
+  func inspect(_ repo: Repository, _ run: inout Run) async throws -> Set<String> {
+    let snapshots = try await repo.listSnapshots()
+    let now = clock.now()
     let skew = Double(config.clockSkew.components.seconds)
-    let forged = SnapshotGuard.check(try await repo.listSnapshots(), firstSeen: &seen, now: clock.now(), skew: skew)
+    let interval = Double((config.snapshotInterval ?? config.interval).components.seconds)
+    var seen = run.state.snapshotsFirstSeen ?? [:]
+    let accepted = Set(run.state.acceptedSnapshots ?? [])
+    let found = SnapshotGuard.check(
+      snapshots, firstSeen: &seen, flagged: Set(run.state.implausibleSnapshots ?? []), accepted: accepted, now: now,
+      skew: skew, previousCheck: run.state.snapshotsChecked, interval: interval)
     run.state.snapshotsFirstSeen = seen
-    run.state.implausibleSnapshots = forged
-    if !forged.isEmpty {
-      let ids = forged.map { String($0.prefix(8)) }.joined(separator: ", ")
-      logger.error("\(forged.count) snapshots dated later than this site first saw them: \(ids)")
+    run.state.snapshotsChecked = now
+    run.state.implausibleSnapshots = found.implausible
+    run.state.acceptedSnapshots = accepted.filter { seen[$0] != nil }.sorted()
+    if !found.implausible.isEmpty {
+      let ids = found.implausible.map { String($0.prefix(8)) }.joined(separator: ", ")
+      logger.error("\(found.implausible.count) snapshots with implausible times: \(ids)")
       run.failures.append(
-        "\(forged.count) snapshots are dated more than \(Int(skew)) s after this site first saw them (forged times?): "
-          + "\(ids); they are kept and retention does not count them; look at them, then remove them with "
-          + "`tidemark forget ID`")
+        "\(found.implausible.count) snapshots are dated implausibly (later than this site first saw them, or slipped "
+          + "into their host's past; forged times?): \(ids); they are kept and retention does not count them; look "
+          + "at them, then remove them with `tidemark forget ID`, or accept them with `tidemark tripwire ack`")
     }
-    return Set(forged)
+    for (host, n) in found.bursts.sorted(by: { $0.key < $1.key }) {
+      run.failures.append(
+        "\(n) new snapshots of host \(host.isEmpty ? "(none)" : host) are dated within the last cycle, far more than "
+          + "one per \(Int(interval)) s (`snapshot-interval`): who is writing them?")
+    }
+    try await trip(repo, snapshots: snapshots, new: found.new, implausible: Set(found.implausible), &run)
+    return Set(found.implausible)
+  }
+
+  /// The tripwire: each new snapshot (the newest ten at most) against its predecessor.
+  func trip(
+    _ repo: Repository, snapshots: [Snapshot], new: [String], implausible: Set<String>, _ run: inout Run
+  ) async throws {
+    guard config.tripwire.enabled else { return }
+    var byID: [String: Snapshot] = [:]
+    for s in snapshots { if let id = s.id?.hex { byID[id] = s } }
+    for id in new.suffix(10) where !implausible.contains(id) {
+      guard let s = byID[id], let before = Self.predecessor(of: s, in: snapshots, excluding: implausible) else {
+        continue
+      }
+      let profile = try await ChangeProfile.compare(repo, before: before, after: s)
+      var history = run.state.changeHistory ?? []
+      if let evidence = Tripwire.judge(profile, history: history, config: config.tripwire) {
+        let line =
+          "tripwire: snapshot \(id.prefix(8)) of \(s.hostname): \(evidence); it is stored and replicated, and "
+          + "retention and prune are frozen on every side until `tidemark tripwire ack --config \(config.file)`"
+        logger.critical("\(line)")
+        run.failures.append(line)
+        if run.state.tripwire == nil {
+          run.state.tripwire = TripwireFreeze(since: clock.now(), snapshot: id, evidence: evidence)
+        }
+      } else {
+        history.append(profile.changedShare)
+        run.state.changeHistory = history.suffix(Tripwire.historyLength)
+      }
+    }
+  }
+
+  /// The snapshot `s` follows: its parent when listed, else the newest earlier one of its host and paths.
+  static func predecessor(of s: Snapshot, in all: [Snapshot], excluding: Set<String>) -> Snapshot? {
+    let usable = all.filter { $0.id != nil && !excluding.contains($0.id!.hex) && $0.id != s.id }
+    if let p = s.parent, let parent = usable.first(where: { $0.id == p }) { return parent }
+    let paths = s.paths.sorted()
+    return
+      usable
+      .filter { $0.hostname == s.hostname && $0.paths.sorted() == paths && $0.time.seconds <= s.time.seconds }
+      .max { ($0.time.seconds, $0.time.nanoseconds) < ($1.time.seconds, $1.time.nanoseconds) }
   }
 
   /// Retention guard: the newest snapshot each target holds stays on the DC too (a target that has been failing
   /// for a while still needs its newest snapshot as the last common one). Returns the sides as opened, for
   /// prune.
-  func retain(_ repo: Repository, outcomes: [TargetOutcome], _ run: inout Run) async throws -> [Side] {
+  func retain(
+    _ repo: Repository, outcomes: [TargetOutcome], ignoring forged: Set<String>, _ run: inout Run
+  ) async throws -> [Side] {
     let needed = Set(run.state.targets.compactMap { $0.newestSnapshot })
-    let forged = try await guardSnapshots(repo, &run)
     var sides = [Side(name: config.repository, target: nil, repository: repo)]
     var policies: [Int: EngineConfig.Retention] = [:]
     for o in outcomes where o.stats != nil {
       guard let target = o.repository else { continue }
       sides.append(Side(name: "target \(config.targets[o.index].name)", target: o.index, repository: target))
       policies[o.index] = config.targets[o.index].retention ?? config.retention
+    }
+    if let freeze = run.state.tripwire {
+      logger.warning(
+        "retention is frozen by the tripwire (snapshot \(freeze.snapshot.prefix(8)): \(freeze.evidence)) until `tidemark tripwire ack`"
+      )
+      return sides
     }
     let results = await withTaskGroup(of: (Int, Result<Int, Error>?).self) { g in
       for (k, side) in sides.enumerated() {
@@ -95,6 +151,10 @@ extension Cycle {
   /// Prune (when due) and index consolidation on every side. Each side's schedule counts from its own last
   /// prune, so a side that was skipped (someone held a lock) is pruned at the next cycle, not a period later.
   func maintain(_ repo: Repository, targets sides: [Side], _ run: inout Run) async throws {
+    if run.state.tripwire != nil {
+      logger.warning("prune and index consolidation are frozen by the tripwire until `tidemark tripwire ack`")
+      return
+    }
     let now = clock.now()
     let state = run.state
     let schedule = config.prune.schedule

@@ -173,6 +173,19 @@ public struct EngineConfig: Sendable {
     public var maxIndexFiles = 32
   }
 
+  /// `tripwire:` (see Tripwire): when a new snapshot's change profile looks like ransomware at work.
+  public struct Tripwire: Sendable, Equatable {
+    public var enabled = true
+    /// Share of the previous snapshot's files modified or deleted.
+    public var changedFiles = 0.5
+    /// Share of the changed bytes that turned from compressible to incompressible.
+    public var incompressible = 0.5
+    /// Fewer changed files than this never trip (a handful of files is no evidence).
+    public var minFiles = 50
+    /// The share of changed files must also be this many times the median of the last cycles'.
+    public var baseline = 3.0
+  }
+
   public var file: String
   /// `state-dir:` (see StateDirectory); nil: derived from the file's name.
   public var stateDir: String?
@@ -188,9 +201,13 @@ public struct EngineConfig: Sendable {
   public var metrics = Metrics()
   public var alerts = Alerts()
   public var drill = Drill()
+  public var tripwire = Tripwire()
   /// How far a snapshot's time may be ahead of the moment this site first listed it before it counts as forged
   /// (see SnapshotGuard).
   public var clockSkew: Duration = .seconds(900)
+  /// How often snapshots are expected to arrive (`snapshot-interval:`; default `interval`): more than a burst's
+  /// worth of new snapshots per host in one cycle raises an alert (see SnapshotGuard).
+  public var snapshotInterval: Duration? = nil
 
   /// The default location.
   public static let defaultPath = "/etc/tidemark/tidemark.yaml"
@@ -220,7 +237,7 @@ public struct EngineConfig: Sendable {
     var c = EngineConfig(file: file, repository: "")
     let keys = [
       "host", "repository", "password-file", "interval", "sources", "hooks", "targets", "retention", "metrics",
-      "alerts", "drill", "state-dir", "prune", "clock-skew",
+      "alerts", "drill", "state-dir", "prune", "clock-skew", "tripwire", "snapshot-interval",
     ]
     var sawRepository = false
     for (k, v) in top {
@@ -249,6 +266,8 @@ public struct EngineConfig: Sendable {
         c.stateDir = d
       case "prune": c.prune = try p.prune(v, key)
       case "clock-skew": c.clockSkew = try p.duration(v, key)
+      case "snapshot-interval": c.snapshotInterval = try p.duration(v, key)
+      case "tripwire": c.tripwire = try p.tripwire(v, key)
       default: break
       }
     }
@@ -547,6 +566,45 @@ public struct EngineConfig: Sendable {
         }
       }
       return m
+    }
+
+    func tripwire(_ n: YAMLNode, _ key: String) throws -> Tripwire {
+      var r = Tripwire()
+      if case .scalar = n, n.string == "off" || n.string == "false" {
+        r.enabled = false
+        return r
+      }
+      func share(_ v: YAMLNode, _ k: String) throws -> Double {
+        let s = try string(v, k)
+        guard s.hasSuffix("%"), let x = Double(s.dropLast()), x > 0, x <= 100 else {
+          throw fail(v, k, "invalid share \(s)", hint: "a percentage above 0 and at most 100, e.g. 50%")
+        }
+        return x / 100
+      }
+      let allowed = ["enabled", "changed-files", "incompressible", "min-files", "baseline"]
+      for (k, v) in try mapping(n, key) {
+        switch try self.key(k, in: key, allowed: allowed) {
+        case "enabled":
+          let s = try string(v, key + ".enabled")
+          guard ["true", "false", "on", "off", "yes", "no"].contains(s) else {
+            throw fail(v, key + ".enabled", "expected true or false, got \(s)")
+          }
+          r.enabled = ["true", "on", "yes"].contains(s)
+        case "changed-files": r.changedFiles = try share(v, key + ".changed-files")
+        case "incompressible": r.incompressible = try share(v, key + ".incompressible")
+        case "min-files":
+          r.minFiles = try int(v, key + ".min-files")
+          guard r.minFiles >= 1 else { throw fail(v, key + ".min-files", "expected 1 or more, got \(r.minFiles)") }
+        case "baseline":
+          let s = try string(v, key + ".baseline")
+          guard let x = Double(s.hasSuffix("x") ? String(s.dropLast()) : s), x >= 1 else {
+            throw fail(v, key + ".baseline", "invalid factor \(s)", hint: "a number of 1 or more, e.g. 3")
+          }
+          r.baseline = x
+        default: break
+        }
+      }
+      return r
     }
 
     func prune(_ n: YAMLNode, _ key: String) throws -> Prune {

@@ -106,6 +106,11 @@ public struct EngineState: Codable, Sendable {
     if let n = indexFiles {
       f.append(.gauge("tidemark_index_files", "Index files in the DC repository.", [MetricSample(Double(n))]))
     }
+    f.append(
+      .gauge(
+        "tidemark_tripwire_frozen",
+        "Whether the ransomware tripwire holds retention and prune (1) until `tidemark tripwire ack`.",
+        [MetricSample(tripwire == nil ? 0 : 1)]))
     if let forged = implausibleSnapshots {
       f.append(
         .gauge(
@@ -145,6 +150,14 @@ public struct EngineState: Codable, Sendable {
   /// implausibly far after that (see SnapshotGuard).
   public var snapshotsFirstSeen: [String: Double]?
   public var implausibleSnapshots: [String]?
+  /// Implausible snapshots someone accepted as genuine (`tidemark tripwire ack`).
+  public var acceptedSnapshots: [String]?
+  /// When the snapshot guard last listed the repository.
+  public var snapshotsChecked: Double?
+  /// The tripwire (see Tripwire): the share of files changed by each of the last cycles' snapshots, and the
+  /// freeze it set, if any: retention and prune wait until `tidemark tripwire ack`.
+  public var changeHistory: [Double]?
+  public var tripwire: TripwireFreeze?
 
   public init() {}
 }

@@ -38,6 +38,7 @@ public enum StatusReport {
     }
     level = max(level, out.map(\.health).max() ?? .ok)
     if let d = drill, !d.ok { level = max(level, .warn) }
+    if state.tripwire != nil || !(state.implausibleSnapshots ?? []).isEmpty { level = .crit }
     return (out, level)
   }
 
@@ -97,6 +98,19 @@ public enum StatusReport {
     if let t = state.lastCycleEnd { w.raw(",\"last_cycle_end\":\(Int(t))") }
     if let t = state.lastPrune { w.raw(",\"last_prune\":\(Int(t))") }
     w.raw(",\"pruned_bytes_total\":\(state.prunedBytesTotal)")
+    if let f = state.tripwire {
+      w.raw(",\"tripwire\":{\"since\":\(Int(f.since)),\"snapshot\":")
+      w.string(f.snapshot)
+      w.raw(",\"evidence\":")
+      w.string(f.evidence)
+      w.raw("}")
+    }
+    w.raw(",\"implausible_snapshots\":[")
+    for (i, id) in (state.implausibleSnapshots ?? []).enumerated() {
+      if i > 0 { w.comma() }
+      w.string(id)
+    }
+    w.raw("]")
     w.raw(",\"targets\":[")
     for (i, r) in targets.enumerated() {
       let t = r.state

@@ -73,6 +73,16 @@ struct StatusCommand: AsyncParsableCommand {
             + (d.report.map { " (report \($0))" } ?? ""))
       }
       if let role = state.siteRole, let epoch = state.siteEpoch { Out.line("this site: \(role), epoch \(epoch)") }
+      if let f = state.tripwire {
+        Out.line(
+          "TRIPWIRE since \(Out.duration(max(0, now - f.since))) ago: snapshot \(f.snapshot.prefix(8)): \(f.evidence); "
+            + "retention and prune frozen until `tidemark tripwire ack`")
+      }
+      if let ids = state.implausibleSnapshots, !ids.isEmpty {
+        Out.line(
+          "implausible snapshots (not counted by retention): \(ids.map { String($0.prefix(8)) }.joined(separator: ", "))"
+        )
+      }
       Out.line(
         "\(health.label): \(state.cycles) cycles, last \(state.lastCycleSuccess ? "succeeded" : "failed")"
           + (state.lastCycleError.map { ": \($0)" } ?? ""))

@@ -33,7 +33,7 @@ struct Tidemark: AsyncParsableCommand {
       Unlock.self, Forget.self, PruneCommand.self, CheckCommand.self, StatsCommand.self, DiffCommand.self,
       FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, StatusCommand.self,
       DaemonCommand.self, ScheduleCommand.self, FailoverCommand.self, PromoteCommand.self, DemoteCommand.self,
-      RoleCommand.self, DrillCommand.self, ServeCommand.self,
+      RoleCommand.self, DrillCommand.self, ServeCommand.self, TripwireCommand.self,
       VersionCommand.self,
     ])
 

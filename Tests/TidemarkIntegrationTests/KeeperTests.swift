@@ -68,4 +68,82 @@ import Testing
     let clean = try keep()
     #expect(clean.status == 0, "\(clean.stderr)")
   }
+
+  @Test func ransomwareTripsTheWireAndFreezesRetentionOnEverySideUntilAcknowledged() throws {
+    let ws = try Workspace("tripwire")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    // 200 text files, as a server's documents and logs: they compress well.
+    let words = ["invoice", "customer", "order", "shipped", "total", "amount", "pending", "2026-12-06", "EUR"]
+    for i in 0..<200 {
+      let text = (0..<(200 + i)).map { _ in words.randomElement()! }.joined(separator: " ")
+      try Data(text.utf8).write(to: URL(fileURLWithPath: ws.sub("src/doc\(i).txt")))
+    }
+    try """
+    host: dc1
+    repository: \(ws.sub("dc"))
+    password-file: \(ws.sub("pw"))
+    sources:
+      - path: \(ws.sub("src"))
+    targets:
+      - name: dr
+        repository: \(ws.sub("dr"))
+    retention:
+      keep-last: 1
+    metrics:
+      textfile: \(ws.sub("tidemark.prom"))
+    alerts:
+      command: 'cat >> \(ws.sub("alerts.json")); echo "$TIDEMARK_ALERT" >> \(ws.sub("alerts.kinds"))'
+    """.write(toFile: ws.sub("c.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    func run(_ args: [String]) throws -> RunResult { try ws.tidemark(args, password: "", env: env) }
+    func count(_ repo: String) throws -> Int {
+      let out = try ws.restic(["-r", ws.sub(repo), "snapshots", "--json"], password: "secret").out
+      return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [Any])?.count ?? -1
+    }
+    #expect(try run(["init", "--config", "c.yaml"]).status == 0)
+    // Ordinary cycles: a few files change each time; keep-last 1 leaves one snapshot on each side.
+    for round in 0..<3 {
+      try Data("edit \(round)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/doc\(round).txt")))
+      let c = try run(["replicate", "--once", "--config", "c.yaml"])
+      #expect(c.status == 0, "round \(round): \(c.stderr)")
+    }
+    #expect(try count("dc") == 1 && count("dr") == 1)
+
+    // 80% of the files rewritten with random bytes, as ransomware leaves them.
+    for i in 0..<160 {
+      let bytes = (0..<(4_000 + i * 10)).map { _ in UInt8.random(in: 0...255) }
+      try Data(bytes).write(to: URL(fileURLWithPath: ws.sub("src/doc\(i).txt")))
+    }
+    let tripped = try run(["replicate", "--once", "--config", "c.yaml"])
+    #expect(tripped.status != 0, "the cycle must fail")
+    #expect(tripped.stderr.contains("tripwire") && tripped.stderr.contains("160 of 200 files"), "\(tripped.stderr)")
+    #expect(tripped.stderr.contains("incompressible"), "\(tripped.stderr)")
+    let bodies = (try? String(contentsOfFile: ws.sub("alerts.json"), encoding: .utf8)) ?? ""
+    #expect(bodies.contains("tripwire"), "the alert states the evidence: \(bodies)")
+    // The snapshot is stored and replicated; nothing was forgotten on either side.
+    #expect(try count("dc") == 2 && count("dr") == 2)
+    let status = try run(["status", "--config", "c.yaml"])
+    #expect(status.status == 2 && status.out.contains("TRIPWIRE"), "\(status.out)")
+    func frozen() throws -> Bool {
+      let lines = try String(contentsOfFile: ws.sub("tidemark.prom"), encoding: .utf8).split(separator: "\n")
+      let line = lines.first { $0.hasPrefix("tidemark_tripwire_frozen ") } ?? ""
+      return Double(line.split(separator: " ").last ?? "") == 1
+    }
+    #expect(try frozen())
+
+    // Later cycles back up and replicate, but forget nothing, until someone acknowledges.
+    for round in 0..<2 {
+      try Data("after \(round)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/new\(round).txt")))
+      let c = try run(["replicate", "--once", "--config", "c.yaml"])
+      #expect(c.status == 0, "\(c.stderr)")
+    }
+    #expect(try count("dc") == 4 && count("dr") == 4)
+    let ack = try run(["tripwire", "ack", "--config", "c.yaml"])
+    #expect(ack.status == 0 && ack.out.contains("tripwire lifted"), "\(ack.out) \(ack.stderr)")
+    #expect(try run(["replicate", "--once", "--config", "c.yaml"]).status == 0)
+    #expect(try count("dc") == 1 && count("dr") == 1)
+    #expect(try !frozen())
+    #expect(try ws.restic(["-r", ws.sub("dr"), "check"], password: "secret").status == 0)
+  }
 }
