@@ -16,6 +16,9 @@
 #            replication to a local DR repository) against `restic backup` + `restic copy` to a DR repository.
 #   remote   the backup section's corpus backed up over loopback to a real sshd (SFTP) and to moto_server (S3):
 #            first backup and unchanged re-backup, restic (its sftp.command / s3 backend) against tidemark.
+#   serve    the DR server's path: `tidemark replicate --to` a fresh replica behind `tidemark serve --append-only
+#            --tls` (a private CA made here) against the same into a fresh replica over SFTP (loopback sshd); and
+#            `restic backup` of the corpus to `tidemark serve` over TLS against restic over SFTP.
 #   drill    RTO and RPO: the corpus replicated by `tidemark replicate --once` to a local and an SFTP (loopback
 #            sshd) target, then `tidemark drill` on both; figures go to docs/rto-rpo.md (not performance.md).
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
@@ -34,20 +37,20 @@ cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [drill]   (no argument: all)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [serve] [drill]   (no argument: all)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | maint | cycle | remote | drill) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | cycle | remote | serve | drill) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote drill); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote serve drill); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want maint || want cycle || want remote || want drill; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want cycle || want remote || want serve || want drill; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -72,7 +75,7 @@ BENCH_DIR=$(pwd -P)
 rm -rf cache
 export RESTIC_PASSWORD=bench TIDEMARK_PASSWORD=bench RESTIC_CACHE_DIR="$BENCH_DIR/cache"
 
-SSHD_PID="" MOTO_PID=""            # the remote section's servers
+SSHD_PID="" MOTO_PID="" SERVE_PID=""   # the remote and serve sections' servers
 stop_servers() {
   if [ -n "$SSHD_PID" ]; then
     pkill -KILL -P "$SSHD_PID" 2>/dev/null || true
@@ -84,6 +87,11 @@ stop_servers() {
     kill -KILL "$MOTO_PID" 2>/dev/null || true
     wait "$MOTO_PID" 2>/dev/null || true
     MOTO_PID=""
+  fi
+  if [ -n "$SERVE_PID" ]; then
+    kill -TERM "$SERVE_PID" 2>/dev/null || true
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
   fi
   return 0
 }
@@ -1105,6 +1113,103 @@ bench_remote() {
   mv results.txt remote-results.txt
   render_remote > remote-table.md
   update_doc remote remote-table.md
+}
+
+# ---- serve section --------------------------------------------------------------------------------------------
+
+# start_serve: `tidemark serve --append-only --tls` on 127.0.0.1:$SERVE_PORT with a certificate from a private CA
+# made here ($SERVE_CA), serving $BENCH_DIR/serve/repos.
+start_serve() {
+  local d="$BENCH_DIR/serve"
+  rm -rf "$d"
+  mkdir -p "$d/repos"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$d/san.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/san.ext" -out "$d/server.crt" 2>/dev/null
+  SERVE_CA="$d/ca.crt"
+  SERVE_PORT=$((20000 + RANDOM % 20000))
+  "$TM" serve --listen "127.0.0.1:$SERVE_PORT" --path "$d/repos" --no-auth --append-only \
+    --tls --tls-cert "$d/server.crt" --tls-key "$d/server.key" < /dev/null > /dev/null 2> "$d/serve.log" &
+  SERVE_PID=$!
+  wait_port "$SERVE_PORT"
+}
+
+bench_serve() {
+  rm -f serve-results.txt results.txt
+  ensure_corpus
+  CORPUS_BYTES=$(du -sb --apparent-size corpus | cut -f1)
+  CORPUS_FILES=$(find corpus -type f ! -name '.complete' | wc -l)
+  find corpus -type f -exec cat {} + > /dev/null
+  start_sshd
+  start_serve
+  local dir="$BENCH_DIR/serve-work"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  "$TM" -q -r "$dir/dc" init
+  "$TM" -q -r "$dir/dc" backup corpus
+  log "serve: replication and restic backups to tidemark serve (TLS) against SFTP over loopback: $RUNS runs, median"
+  for run in $(seq "$RUNS"); do
+    local order=(sftp rest-tls)
+    [ $((run % 2)) = 0 ] && order=(rest-tls sftp)
+    rm -rf "$dir/dr-sftp" "$dir/restic-sftp" "$BENCH_DIR/serve/repos/"*
+    restic -q -r "sftp:root@127.0.0.1:$dir/restic-sftp" -o "sftp.command=$RESTIC_SSH" init
+    restic -q -r "rest:https://127.0.0.1:$SERVE_PORT/restic" --cacert "$SERVE_CA" init
+    for route in "${order[@]}"; do
+      if [ $route = sftp ]; then
+        run_measured replicate sftp "$TM" -q -r "$dir/dc" "${SSH_OPTS[@]}" \
+          replicate --to "sftp://root@127.0.0.1:$SSH_PORT/$dir/dr-sftp"
+        run_measured restic-backup sftp restic -q -r "sftp:root@127.0.0.1:$dir/restic-sftp" \
+          -o "sftp.command=$RESTIC_SSH" backup corpus
+      else
+        run_measured replicate rest-tls "$TM" -q -r "$dir/dc" --cacert "$SERVE_CA" \
+          replicate --to "rest:https://127.0.0.1:$SERVE_PORT/dr"
+        run_measured restic-backup rest-tls restic -q -r "rest:https://127.0.0.1:$SERVE_PORT/restic" \
+          --cacert "$SERVE_CA" backup corpus
+      fi
+    done
+  done
+  stop_servers
+  rm -rf "$dir" "$BENCH_DIR/serve/repos"
+  mv results.txt serve-results.txt
+  render_serve > serve-table.md
+  update_doc serve serve-table.md
+}
+
+render_serve() {
+  python3 - "$CORPUS_BYTES" "$CORPUS_FILES" "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" \
+    "$(ssh -V 2>&1)" <<'PY'
+import statistics, sys
+corpus, files, rv, tv, cores, day, sshv = sys.argv[1:8]
+runs = {}
+for line in open('serve-results.txt'):
+    step, route, secs, kb = line.split()
+    runs.setdefault(step, {}).setdefault(route, []).append((float(secs), int(kb)))
+nruns = max(len(v) for d in runs.values() for v in d.values())
+mib = lambda b: int(b) / (1 << 20)
+print(f'Measured by `scripts/bench.sh serve` on {day}: {cores} cores, same machine, same run, servers on 127.0.0.1;')
+print(f'median of {nruns} runs per step; which route goes first alternates between runs, and every measured command')
+print(f'starts after a `sync`. Corpus: the backup section\'s ({mib(corpus):.0f} MiB in {files} files), backed up once')
+print('by tidemark into a local repository, which is then replicated in full to a fresh replica per run.')
+print(f'SFTP: a throwaway `sshd` ({sshv}). REST: `tidemark serve --append-only --tls` (ECDSA P-256 certificate from a')
+print(f'private CA, `--cacert`). Versions: `{rv}`; `{tv}`.\n')
+print('| step | SFTP (s) | REST over TLS (s) | SFTP / REST | client peak RSS SFTP (MiB) | client peak RSS REST (MiB) |')
+print('|---|---:|---:|---:|---:|---:|')
+names = {'replicate': '`tidemark replicate --to` a fresh replica', 'restic-backup': 'restic 0.14: first backup'}
+for k in ['replicate', 'restic-backup']:
+    if k not in runs: continue
+    a = statistics.median(s for s, _ in runs[k]['sftp']); b = statistics.median(s for s, _ in runs[k]['rest-tls'])
+    am = max(m for _, m in runs[k]['sftp']) / 1024; bm = max(m for _, m in runs[k]['rest-tls']) / 1024
+    print(f'| {names[k]} | {a:.2f} | {b:.2f} | {a/b:.2f}x | {am:.0f} | {bm:.0f} |')
+print()
+for k in ['replicate', 'restic-backup']:
+    if k not in runs: continue
+    pairs = zip((s for s, _ in runs[k]['sftp']), (s for s, _ in runs[k]['rest-tls']))
+    print(f'- {names[k]}, SFTP / REST within each run: ' + ', '.join(f'{a / b:.2f}x' for a, b in pairs))
+PY
 }
 
 # ---- drill section --------------------------------------------------------------------------------------------

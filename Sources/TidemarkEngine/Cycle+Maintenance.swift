@@ -109,40 +109,46 @@ extension Cycle {
       )
       return sides
     }
-    let results = await withTaskGroup(of: (Int, Result<Int, Error>?).self) { g in
-      for (k, side) in sides.enumerated() {
-        let policy = side.target.map { policies[$0]! } ?? config.retention
-        guard !policy.isEmpty else { continue }
+    // What each side's retention is given, decided before any task starts; each task hands back its own job
+    // with the result, so nothing is looked up by position afterwards.
+    struct Job: Sendable {
+      var side: Side
+      var policy: EngineConfig.Retention
+      var keeping: Set<String>
+      var ignoring: Set<String>
+    }
+    let jobs = sides.map { side in
+      Job(
+        side: side, policy: side.target.map { policies[$0] ?? config.retention } ?? config.retention,
+        keeping: side.target == nil ? needed : [], ignoring: side.target == nil ? forged : [])
+    }
+    let retry = access.lockRetry
+    let results = await withTaskGroup(of: (Job, Result<Int, Error>).self) { g in
+      for job in jobs where !job.policy.isEmpty {
         g.addTask {
           do {
-            return (
-              k,
-              .success(
-                try await Retention.apply(
-                  side.repository, policy, keeping: side.target == nil ? needed : [],
-                  ignoring: side.target == nil ? forged : [], retry: access.lockRetry))
-            )
+            let n = try await Retention.apply(
+              job.side.repository, job.policy, keeping: job.keeping, ignoring: job.ignoring, retry: retry)
+            return (job, .success(n))
           } catch {
-            return (k, .failure(error))
+            return (job, .failure(error))
           }
         }
       }
-      var out: [(Int, Result<Int, Error>?)] = []
+      var out: [(Job, Result<Int, Error>)] = []
       for await x in g { out.append(x) }
-      return out.sorted { $0.0 < $1.0 }
+      return out
     }
-    for (k, result) in results {
-      let side = sides[k]
+    for (job, result) in results.sorted(by: { ($0.0.side.target ?? -1) < ($1.0.side.target ?? -1) }) {
+      let side = job.side
       switch result {
-      case .success(let n)?:
+      case .success(let n):
         if n > 0 { logger.info("retention: forgot \(n) snapshots on \(side.name)") }
-      case .failure(let e as TidemarkError)? where e.kind == .locked:
+      case .failure(let e as TidemarkError) where e.kind == .locked:
         logger.warning("retention on \(side.name) skipped this cycle: \(e)")
-      case .failure(let e)?:
+      case .failure(let e):
         if side.target == nil { throw e }
         run.failures.append("retention on \(side.name): \(e)")
-      case nil:
-        break
       }
     }
     return sides
