@@ -201,6 +201,18 @@ public final class RESTBackend: Backend {
     return out
   }
 
+  /// An append-only server (tidemark serve or rest-server with `--append-only`) refuses any DELETE outside
+  /// locks/ before it looks for the file: deleting a data file that cannot exist (an all-zero name) answers 403
+  /// there and 404 elsewhere, and never removes anything.
+  public func refusesDeletes() async throws -> Bool {
+    let r = try await send(.DELETE, url(Handle(.pack, String(repeating: "0", count: 64))))
+    switch r.status {
+    case 403: return true
+    case 404, 200, 204: return false
+    default: throw failure(r, "probe whether deletes are allowed")
+    }
+  }
+
   public func remove(_ h: Handle) async throws {
     let r = try await send(.DELETE, url(h))
     if r.status == 404 { throw BackendNotFound(h) }

@@ -51,4 +51,5 @@ public struct RateLimitedBackend: Backend {
   public func size(_ h: Handle) async throws -> Int { try await inner.size(h) }
   public func list(_ type: FileType) async throws -> [FileInfo] { try await inner.list(type) }
   public func remove(_ h: Handle) async throws { try await inner.remove(h) }
+  public func refusesDeletes() async throws -> Bool { try await inner.refusesDeletes() }
 }

@@ -52,4 +52,7 @@ public struct RetryBackend: Backend {
     try await retrying("list \(type.rawValue)", { try await inner.list(type) })
   }
   public func remove(_ h: Handle) async throws { try await retrying("remove \(h)", { try await inner.remove(h) }) }
+  public func refusesDeletes() async throws -> Bool {
+    try await retrying("probe deletes", { try await inner.refusesDeletes() })
+  }
 }

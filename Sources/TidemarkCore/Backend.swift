@@ -61,10 +61,14 @@ public protocol Backend: Sendable {
   func size(_ h: Handle) async throws -> Int
   func list(_ type: FileType) async throws -> [FileInfo]
   func remove(_ h: Handle) async throws
+  /// Whether the storage refuses to delete anything but lock files (an append-only REST server, object-locked
+  /// storage): retention and prune cannot run through it. Asked once per operation; the default is false.
+  func refusesDeletes() async throws -> Bool
 }
 
 extension Backend {
   public func load(_ h: Handle) async throws -> [UInt8] { try await load(h, offset: 0, length: 0) }
+  public func refusesDeletes() async throws -> Bool { false }
 
   public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
     -> [UInt8]

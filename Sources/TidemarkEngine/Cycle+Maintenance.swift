@@ -100,6 +100,17 @@ extension Cycle {
     var policies: [Int: EngineConfig.Retention] = [:]
     for o in outcomes where o.stats != nil {
       guard let target = o.repository else { continue }
+      // A target that refuses deletes (an append-only server) keeps everything the DC sends: its retention,
+      // prune and index consolidation run on the DR host (a keeper). An own `retention:` for it is a mistake.
+      if (try? await target.backend.refusesDeletes()) == true {
+        if config.targets[o.index].retention != nil {
+          run.failures.append(
+            "target \(config.targets[o.index].name): `retention:` is set, but its server refuses deletes "
+              + "(append-only): retention for it belongs to the DR side (a keeper there); remove `retention:` from "
+              + "the target")
+        }
+        continue
+      }
       sides.append(Side(name: "target \(config.targets[o.index].name)", target: o.index, repository: target))
       policies[o.index] = config.targets[o.index].retention ?? config.retention
     }

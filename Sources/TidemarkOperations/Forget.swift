@@ -20,6 +20,19 @@ public enum Forget {
     public var problems: [SnapshotSelection.Problem] = []
   }
 
+  /// Fails with one line when `repo`'s storage refuses deletes (an append-only server): `what` (forget, prune)
+  /// cannot run through it, and retention for such a copy belongs to the host that holds it.
+  public static func ensureDeletable(_ repo: Repository, for what: String) async throws {
+    guard try await repo.backend.refusesDeletes() else { return }
+    throw TidemarkError(
+      .general,
+      "\(repo.backend.location) refuses deletes (an append-only server): \(what) cannot run through it; nothing was "
+        + "removed",
+      hint:
+        "retention for this copy runs on the server's host, on the repository's local path (a keeper configuration; "
+        + "see docs/security.md)")
+  }
+
   /// restic's forget decision over `all` (oldest first). With `names`, exactly those snapshots (SnapshotSelection,
   /// the filter's paths taken as absolute as restic does for `latest`); otherwise the policy per group of the
   /// snapshots passing `filter`.
@@ -92,9 +105,12 @@ public enum Forget {
   }
 
   /// Deletes the snapshot files (a few at a time; the first failure stops the rest). `removed` hears each one.
+  /// Storage that refuses deletes fails before anything is removed (see `ensureDeletable`).
   public static func remove(
     _ repo: Repository, _ ids: [SnapshotID], removed: @escaping @Sendable (Handle) -> Void = { _ in }
   ) async throws {
+    if ids.isEmpty { return }
+    try await ensureDeletable(repo, for: "forget")
     try await repo.writeGate.pass()
     try await forEachConcurrently(ids, limit: 4) { id in
       let h = Handle(.snapshot, id.hex)

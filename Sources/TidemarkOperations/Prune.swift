@@ -394,6 +394,7 @@ extension Prune {
     _ repo: Repository, options: PruneOptions, ignoring: Set<SnapshotID> = [], progress: Progress,
     planned: (PrunePlan) -> Void = { _ in }
   ) async throws -> PruneStats {
+    if !options.dryRun { try await Forget.ensureDeletable(repo, for: "prune") }
     progress("loading indexes...")
     let index = try await StoredIndex.load(repo)
     for f in index.files { repo.index.add(f.file) }
