@@ -289,7 +289,7 @@ func makeServeSource(_ ws: Workspace) throws {
     let server = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
     defer { server.stop() }
     try await checkBackendContract(
-      RESTBackend(
+      try RESTBackend(
         base: "\(server.url)/repo", server: "127.0.0.1:\(server.port)", user: nil, password: nil, connections: 3,
         location: "rest-test"))
     // What the server stored is restic's local layout.
