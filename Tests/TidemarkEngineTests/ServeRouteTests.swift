@@ -75,4 +75,11 @@ struct ServeRouteTests {
       #expect(throws: TidemarkError.self, "\(bad)") { try ServeConfiguration.parseListen(bad) }
     }
   }
+
+  @Test func tlsFilesDefaultToRestServersPlaces() {
+    let d = ServeTLS.files(certificate: nil, key: nil, root: "/srv/tidemark")
+    #expect(d.certificate == "/srv/tidemark/public_key" && d.key == "/srv/tidemark/private_key")
+    let g = ServeTLS.files(certificate: "/etc/c.pem", key: nil, root: "/srv/tidemark/")
+    #expect(g.certificate == "/etc/c.pem" && g.key == "/srv/tidemark/private_key")
+  }
 }
