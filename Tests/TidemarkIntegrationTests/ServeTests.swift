@@ -94,6 +94,28 @@ func makeTestCA(_ ws: Workspace) throws {
   if r.status != 0 { throw TidemarkError(.general, "openssl: \(r.stderr)") }
 }
 
+/// A tmpfs of `size` mounted at `dir` (we run as root); `unmount()` in a defer.
+final class SmallDisk {
+  let dir: String
+  private var mounted = false
+
+  init(_ dir: String, size: String) throws {
+    self.dir = dir
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let r = try Tools.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", dir])
+    if r.status != 0 { throw TidemarkError(.general, "mount tmpfs (needs root): \(r.stderr)") }
+    mounted = true
+  }
+
+  func unmount() {
+    guard mounted else { return }
+    mounted = false
+    _ = try? Tools.run("/bin/umount", ["-l", dir])
+  }
+
+  deinit { unmount() }
+}
+
 /// A small source tree: text, a directory, a symlink and a few MiB of random data (several packs' worth of
 /// chunks for restic).
 func makeServeSource(_ ws: Workspace) throws {
@@ -480,5 +502,41 @@ func makeServeSource(_ ws: Workspace) throws {
       #expect(r.stderr.contains(says), "\(args): \(r.stderr)")
       #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
     }
+  }
+
+  @Test func fullDiskAnswers507AndKeepsNothing() throws {
+    let ws = try Workspace("serve-full")
+    let disk = try SmallDisk(ws.sub("small"), size: "2m")
+    defer { disk.unmount() }
+    let server = try ServeProcess(ws, ["--no-auth", "--path", disk.dir])
+    defer { server.stop() }
+    #expect(try curl("POST", "\(server.url)/repo/?create=true") == 200)
+    // 3 MB on a 2 MB disk: 507, no file under its name, no temporary file.
+    let big = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 9) }
+    try Data(big).write(to: URL(fileURLWithPath: ws.sub("big")))
+    let name = toHexString(SHA256.hash(big))
+    #expect(try curl("POST", "\(server.url)/repo/data/\(name)", body: ws.sub("big")) == 507)
+    let left = try Tools.sh("find \(disk.dir) -type f | wc -l", cwd: ws.path)
+    #expect(left.out.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(left.out)")
+    // The space is free again: a small upload fits.
+    let small = Array("small".utf8)
+    try Data(small).write(to: URL(fileURLWithPath: ws.sub("smallfile")))
+    #expect(
+      try curl("POST", "\(server.url)/repo/keys/\(toHexString(SHA256.hash(small)))", body: ws.sub("smallfile")) == 200)
+
+    // A client backing up more than fits: one clear line, not a retry loop.
+    try Tools.sh("mkdir -p src && head -c 3000000 /dev/urandom > src/random.bin", cwd: ws.path)
+    let repo = "rest:\(server.url)/site"
+    let i = try ws.tidemark(["-r", repo, "init"])
+    #expect(i.status == 0, "\(i.stderr)")
+    let started = Date()
+    let b = try ws.tidemark(["-r", repo, "backup", "src"])
+    #expect(b.status == 1, "\(b.stderr)")
+    #expect(b.stderr.contains("disk is full (HTTP 507)"), "\(b.stderr)")
+    #expect(!b.stderr.contains("retrying"), "\(b.stderr)")
+    #expect(Date().timeIntervalSince(started) < 30)
+    let temps = try Tools.sh("find \(disk.dir) -name '.*' | wc -l", cwd: ws.path)
+    #expect(temps.out.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(temps.out)")
+    server.stop()
   }
 }
