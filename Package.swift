@@ -90,6 +90,7 @@ let package = Package(
         .product(name: "HummingbirdTLS", package: "hummingbird"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
       ]),
     .executableTarget(
       name: "tidemark",

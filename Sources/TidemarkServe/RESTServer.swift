@@ -41,10 +41,12 @@ public struct ServeConfiguration: Sendable {
   public var maxSize: Int64?
   /// HTTPS with this certificate and key (`--tls`); nil: plain HTTP.
   public var tls: ServeTLS?
+  /// `GET /metrics` (`--prometheus`); nil: not served.
+  public var metrics: ServeMetricsAccess?
 
   public init(
     host: String, port: Int, root: String, appendOnly: Bool = false, privateRepos: Bool = false,
-    users: Htpasswd? = nil, maxSize: Int64? = nil, tls: ServeTLS? = nil
+    users: Htpasswd? = nil, maxSize: Int64? = nil, tls: ServeTLS? = nil, metrics: ServeMetricsAccess? = nil
   ) {
     self.host = host
     self.port = port
@@ -54,6 +56,7 @@ public struct ServeConfiguration: Sendable {
     self.users = users
     self.maxSize = maxSize
     self.tls = tls
+    self.metrics = metrics
   }
 
   /// Parses `--listen`: `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (all interfaces).
@@ -161,7 +164,8 @@ public struct RESTServer: Service {
     }
     handler = RESTHandler(
       files: files, appendOnly: configuration.appendOnly, privateRepos: configuration.privateRepos,
-      users: configuration.users, quota: quota, logger: logger)
+      users: configuration.users, quota: quota,
+      metrics: configuration.metrics.map { ServeMetrics(access: $0, quota: quota) }, logger: logger)
   }
 
   /// Serves until graceful shutdown (SIGTERM or SIGINT through the ServiceGroup that runs it).

@@ -17,8 +17,10 @@ struct ServeCommand: AsyncParsableCommand {
       or replaced (403), except lock files: a client that is compromised cannot destroy what the server holds. \
       Authentication: Basic, with bcrypt entries of an htpasswd file (`htpasswd -B`), --htpasswd-file or \
       PATH/.htpasswd; --no-auth serves without. --tls serves HTTPS with --tls-cert and --tls-key (PEM; default \
-      PATH/public_key and PATH/private_key, as rest-server); clients of a private CA pass --cacert FILE. \
-      SIGTERM/SIGINT: stop after the requests under way.
+      PATH/public_key and PATH/private_key, as rest-server); clients of a private CA pass --cacert FILE. A full \
+      disk answers 507 and keeps nothing of the upload. --prometheus serves GET /metrics (rest-server's \
+      rest_server_blob_* counters and requests by repository, method and status), for the same users as the \
+      repositories unless --prometheus-no-auth. SIGTERM/SIGINT: stop after the requests under way.
       """)
 
   @Option(help: "Listen address: HOST:PORT, [IPV6]:PORT or :PORT (all interfaces).") var listen = ":8000"
@@ -33,6 +35,8 @@ struct ServeCommand: AsyncParsableCommand {
   var tlsCert: String?
   @Option(help: ArgumentHelp("The certificate's private key, PEM; default PATH/private_key.", valueName: "file"))
   var tlsKey: String?
+  @Flag(help: "Serve Prometheus metrics on GET /metrics (for authenticated users).") var prometheus = false
+  @Flag(help: "With --prometheus: /metrics needs no authentication.") var prometheusNoAuth = false
 
   func run() async throws {
     let (host, port) = try ServeConfiguration.parseListen(listen)
@@ -53,10 +57,14 @@ struct ServeCommand: AsyncParsableCommand {
     if !tls && (tlsCert != nil || tlsKey != nil) {
       throw TidemarkError(.usage, "--tls-cert and --tls-key need --tls")
     }
+    if prometheusNoAuth && !prometheus {
+      throw TidemarkError(.usage, "--prometheus-no-auth needs --prometheus")
+    }
     let server = try await RESTServer(
       configuration: ServeConfiguration(
         host: host, port: port, root: path, appendOnly: appendOnly, privateRepos: privateRepos, users: users,
-        maxSize: maxSize, tls: tls ? ServeTLS.files(certificate: tlsCert, key: tlsKey, root: path) : nil),
+        maxSize: maxSize, tls: tls ? ServeTLS.files(certificate: tlsCert, key: tlsKey, root: path) : nil,
+        metrics: prometheus ? (prometheusNoAuth ? .open : .authenticated) : nil),
       logger: EngineLog.journal())
     try await server.runUntilSignalled()
   }

@@ -116,6 +116,19 @@ final class SmallDisk {
   deinit { unmount() }
 }
 
+/// The value of the sample of `name` whose labels contain every one of `labels` (`key="value"`), nil when none.
+func metricValue(_ text: String, _ name: String, _ labels: [String]) -> Double? {
+  for line in text.split(separator: "\n") where line.hasPrefix(name + "{") {
+    guard let close = line.lastIndex(of: "}") else { continue }
+    let inside = line[line.index(line.startIndex, offsetBy: name.count + 1)..<close]
+    let present = inside.split(separator: ",").map(String.init)
+    if labels.allSatisfy(present.contains) {
+      return Double(line[line.index(after: close)...].trimmingCharacters(in: .whitespaces))
+    }
+  }
+  return nil
+}
+
 /// A small source tree: text, a directory, a symlink and a few MiB of random data (several packs' worth of
 /// chunks for restic).
 func makeServeSource(_ ws: Workspace) throws {
@@ -495,6 +508,7 @@ func makeServeSource(_ ws: Workspace) throws {
       (["--tls", "--tls-cert", ws.sub("tls/server.crt"), "--tls-key", ws.sub("garbage")], "--tls-key"),
       (["--tls", "--tls-cert", ws.sub("tls/server.crt"), "--tls-key", ws.sub("tls/server.crt")], "--tls-key"),
       (["--tls-cert", ws.sub("tls/server.crt")], "need --tls"),
+      (["--prometheus-no-auth"], "needs --prometheus"),
     ]
     for (args, says) in cases {
       let r = try serve(args)
@@ -502,6 +516,68 @@ func makeServeSource(_ ws: Workspace) throws {
       #expect(r.stderr.contains(says), "\(args): \(r.stderr)")
       #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
     }
+  }
+
+  @Test func prometheusCountsPerRepository() throws {
+    let ws = try Workspace("serve-metrics")
+    try makeServeSource(ws)
+    let line = "alice:" + Bcrypt.hash("s3cret", cost: 5) + "\n"
+    try line.write(toFile: ws.sub("htpasswd"), atomically: true, encoding: .utf8)
+    let server = try ServeProcess(
+      ws, ["--prometheus", "--path", ws.sub("served"), "--htpasswd-file", ws.sub("htpasswd"), "--private-repos"])
+    defer { server.stop() }
+    let repo = "rest:http://alice:s3cret@127.0.0.1:\(server.port)/alice/laptop"
+    #expect(try ws.restic(["-r", repo, "init"]).status == 0)
+    let b = try ws.restic(["-r", repo, "backup", "src"])
+    #expect(b.status == 0, "\(b.stderr)")
+    let wrongName = String(repeating: "ab", count: 32)
+    try Data("forged".utf8).write(to: URL(fileURLWithPath: ws.sub("forged")))
+    #expect(
+      try curl(
+        "POST", "\(server.url)/alice/laptop/snapshots/\(wrongName)", body: ws.sub("forged"), user: "alice:s3cret")
+        == 400)
+    #expect(try curl("GET", "\(server.url)/alice/laptop/config") == 401)
+
+    // /metrics needs the same credentials as the repositories.
+    #expect(try curl("GET", "\(server.url)/metrics") == 401)
+    #expect(try curl("GET", "\(server.url)/metrics", output: ws.sub("metrics"), user: "alice:s3cret") == 200)
+    let text = try String(contentsOfFile: ws.sub("metrics"), encoding: .utf8)
+    // rest-server's counters: every pack written, with exactly the bytes that are on disk.
+    let packs = try Tools.sh("find served/alice/laptop/data -type f | wc -l", cwd: ws.path).out
+    let packBytes = try Tools.sh(
+      "find served/alice/laptop/data -type f -printf '%s\\n' | awk '{ s += $1 } END { print s }'", cwd: ws.path
+    ).out.trimmingCharacters(in: .whitespacesAndNewlines)
+    let mine = ["user=\"alice\"", "repo=\"alice/laptop\"", "type=\"data\""]
+    #expect(
+      metricValue(text, "rest_server_blob_write_total", mine)
+        == Double(packs.trimmingCharacters(in: .whitespacesAndNewlines)), "\(text)")
+    #expect(metricValue(text, "rest_server_blob_write_bytes_total", mine) == Double(packBytes), "\(text)")
+    #expect((Double(packBytes) ?? 0) > 6_000_000)
+    #expect((metricValue(text, "rest_server_blob_write_total", ["type=\"snapshots\""]) ?? 0) == 1, "\(text)")
+    // Requests by repository, method and status: the refused upload and the strangers.
+    let refused = ["repo=\"alice/laptop\"", "method=\"POST\"", "code=\"400\""]
+    #expect(metricValue(text, "tidemark_serve_requests_total", refused) == 1, "\(text)")
+    #expect((metricValue(text, "tidemark_serve_requests_total", ["repo=\".\"", "code=\"401\""]) ?? 0) >= 1, "\(text)")
+    #expect(text.contains("# TYPE rest_server_blob_read_bytes_total counter"), "\(text)")
+
+    // Reading counts too: a restore reads every pack at least once.
+    #expect(try ws.restic(["-r", repo, "restore", "latest", "--target", "restored"]).status == 0)
+    #expect(try curl("GET", "\(server.url)/metrics", output: ws.sub("metrics2"), user: "alice:s3cret") == 200)
+    let after = try String(contentsOfFile: ws.sub("metrics2"), encoding: .utf8)
+    #expect(
+      (metricValue(after, "rest_server_blob_read_bytes_total", mine) ?? 0) >= (Double(packBytes) ?? 0) * 0.9, "\(after)"
+    )
+    server.stop()
+
+    // --prometheus-no-auth: anyone who reaches the port; without --prometheus there is no /metrics.
+    let open = try ServeProcess(
+      ws, ["--prometheus", "--prometheus-no-auth", "--path", ws.sub("served"), "--htpasswd-file", ws.sub("htpasswd")])
+    defer { open.stop() }
+    #expect(try curl("GET", "\(open.url)/metrics") == 200)
+    open.stop()
+    let none = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
+    defer { none.stop() }
+    #expect(try curl("GET", "\(none.url)/metrics") != 200)
   }
 
   @Test func fullDiskAnswers507AndKeepsNothing() throws {
