@@ -493,6 +493,35 @@ func makeServeSource(_ ws: Workspace) throws {
     #expect(server.stop() == 0)
   }
 
+  @Test func theCycleReplicatesToATLSTargetThatTrustsItsCA() throws {
+    let ws = try Workspace("serve-tls-cycle")
+    try makeTestCA(ws)
+    let server = try ServeProcess(
+      ws,
+      [
+        "--tls", "--tls-cert", ws.sub("tls/server.crt"), "--tls-key", ws.sub("tls/server.key"), "--no-auth",
+        "--append-only", "--path", ws.sub("served"),
+      ])
+    defer { server.stop() }
+    let site = try EngineSite(
+      ws,
+      extra: """
+          - name: vault
+            repository: rest:https://localhost:\(server.port)/vault
+            cacert: \(ws.sub("tls/ca.crt"))
+
+        """)
+    #expect(try site.run(["init"]).status == 0)
+    try Data((0..<300_000).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: ws.sub("src/a")))
+    let cycle = try site.run(["replicate", "--once"])
+    #expect(cycle.status == 0, "\(cycle.out) \(cycle.stderr)")
+    #expect(site.snapshots("served/vault") == 1)
+    let check = try ws.restic(
+      ["--cacert", ws.sub("tls/ca.crt"), "-r", "rest:https://localhost:\(server.port)/vault", "check", "--read-data"],
+      password: "secret")
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
   @Test func badTLSFilesAreOneLine() throws {
     let ws = try Workspace("serve-tls-bad")
     try makeTestCA(ws)
