@@ -609,6 +609,31 @@ func makeServeSource(_ ws: Workspace) throws {
     #expect(try curl("GET", "\(none.url)/metrics") != 200)
   }
 
+  @Test func aServerThatGoesAwayIsRetriedForAboutHalfAMinute() throws {
+    let ws = try Workspace("serve-gone")
+    try Tools.sh("mkdir -p src && head -c 3000000 /dev/urandom > src/random.bin", cwd: ws.path)
+    let server = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("served")])
+    defer { server.stop() }
+    let repo = "rest:\(server.url)/repo"
+    #expect(try ws.tidemark(["-r", repo, "init"]).status == 0)
+    // The upload takes about 15 s at 200 KiB/s; the server is killed 3 s into it and does not come back.
+    let pid = server.pid
+    let killer = Thread {
+      sleep(3)
+      kill(pid, SIGKILL)
+    }
+    killer.start()
+    let started = Date()
+    let b = try ws.tidemark(["-r", repo, "--limit-upload", "200", "backup", "src"])
+    let took = Date().timeIntervalSince(started)
+    #expect(b.status == 1, "\(b.stderr)")
+    let lines = b.stderr.split(separator: "\n")
+    // 8 tries: 7 waits of 0.5, 1, 2, 4, 8, 8 and 8 s, one line each, then the failure in one line.
+    #expect(lines.filter { $0.contains("retrying in") }.count == 7, "\(b.stderr)")
+    #expect(lines.last?.contains("cannot reach the REST server at 127.0.0.1:\(server.port)") == true, "\(b.stderr)")
+    #expect(took > 30 && took < 60, "\(took) s")
+  }
+
   @Test func fullDiskAnswers507AndKeepsNothing() throws {
     let ws = try Workspace("serve-full")
     let disk = try SmallDisk(ws.sub("small"), size: "2m")
