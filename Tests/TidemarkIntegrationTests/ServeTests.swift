@@ -490,6 +490,13 @@ func makeServeSource(_ ws: Workspace) throws {
     #expect(plain.status == 1, "\(plain.stderr)")
     #expect(plain.stderr.split(separator: "\n").count == 1, "\(plain.stderr)")
     #expect(plain.stderr.contains("https://"), "\(plain.stderr)")
+    // And https:// to a plain HTTP server.
+    let http = try ServeProcess(ws, ["--no-auth", "--path", ws.sub("plain")])
+    defer { http.stop() }
+    let notTLS = try ws.tidemark(["-r", "rest:https://127.0.0.1:\(http.port)/r", "snapshots"])
+    #expect(notTLS.status == 1, "\(notTLS.stderr)")
+    #expect(notTLS.stderr.contains("127.0.0.1 does not speak TLS on this port"), "\(notTLS.stderr)")
+    #expect(notTLS.stderr.split(separator: "\n").count == 1, "\(notTLS.stderr)")
     #expect(server.stop() == 0)
   }
 
