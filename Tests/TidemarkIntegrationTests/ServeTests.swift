@@ -644,7 +644,11 @@ func makeServeSource(_ ws: Workspace) throws {
   @Test func fullDiskAnswers507AndKeepsNothing() throws {
     let ws = try Workspace("serve-full")
     let disk = try SmallDisk(ws.sub("small"), size: "2m")
-    defer { disk.unmount() }
+    defer {
+      disk.unmount()
+      // The workspace (removed when released) outlives the mount.
+      withExtendedLifetime(ws) {}
+    }
     let server = try ServeProcess(ws, ["--no-auth", "--path", disk.dir])
     defer { server.stop() }
     #expect(try curl("POST", "\(server.url)/repo/?create=true") == 200)
