@@ -32,28 +32,16 @@ public final class S3Backend: Backend {
 
   let slots: AsyncSemaphore
 
-  /// One client (connection pool) per process, like `HTTPClient.shared` but configured for S3: a failed
-  /// connect fails the request at once (RetryBackend decides about retries, and an unreachable endpoint is
-  /// reported in seconds, not after the request deadline), no transparent decompression.
-  static let httpClient: HTTPClient = {
-    var c = HTTPClient.Configuration()
-    c.timeout = .init(connect: .seconds(10), read: .seconds(120))
-    c.connectionPool.retryConnectionEstablishment = false
-    c.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 16
-    c.decompression = .disabled
-    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: c)
-  }()
-
   public init(
     endpoint: URL, bucket: String, prefix: String, credentials: S3Credentials, connections: Int = 5,
-    location: String
-  ) {
+    location: String, client: HTTPClient? = nil
+  ) throws {
     self.endpoint = endpoint
     self.bucket = bucket
     self.prefix = prefix.split(separator: "/").joined(separator: "/")
     self.credentials = credentials
     self.location = location
-    client = S3Backend.httpClient
+    self.client = try client ?? HTTPClients.client(for: .storage)
     slots = AsyncSemaphore(max(1, connections))
   }
 
@@ -134,6 +122,7 @@ public final class S3Backend: Backend {
         data = buf.readBytes(length: buf.readableBytes) ?? []
       }
     } catch {
+      if let tls = TLSFailure.error(error, host: endpoint.host ?? endpoint.absoluteString) { throw tls }
       let transient = connected.load(ordering: .relaxed)
       throw TidemarkError(
         transient ? .unavailable : .general,

@@ -69,7 +69,7 @@ struct Tidemark: AsyncParsableCommand {
     let takesValue: Set<String> = [
       "-r", "--repo", "--password-file", "--password-command", "--config", "--compression", "--retry-lock", "-o",
       "--option",
-      "--limit-upload", "--limit-download",
+      "--limit-upload", "--limit-download", "--cacert",
     ]
     var leading: [String] = []
     var i = 0

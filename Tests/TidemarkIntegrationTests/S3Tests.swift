@@ -45,8 +45,8 @@ final class S3Server {
 
   var endpoint: String { "http://127.0.0.1:\(port)" }
 
-  func backend(bucket: String, prefix: String = "") -> S3Backend {
-    S3Backend(
+  func backend(bucket: String, prefix: String = "") throws -> S3Backend {
+    try S3Backend(
       endpoint: URL(string: endpoint)!, bucket: bucket, prefix: prefix,
       credentials: S3Credentials(
         accessKey: S3Server.env["AWS_ACCESS_KEY_ID"]!, secretKey: S3Server.env["AWS_SECRET_ACCESS_KEY"]!,
@@ -83,9 +83,9 @@ final class S3Server {
 
   @Test func s3BackendKeepsTheContract() async throws {
     let server = try S3Server()
-    try await checkBackendContract(server.backend(bucket: "contract"))
+    try await checkBackendContract(try server.backend(bucket: "contract"))
     // Under a prefix, and with more objects than one listing page (moto pages at 1000).
-    let b = server.backend(bucket: "contract2", prefix: "some/prefix")
+    let b = try server.backend(bucket: "contract2", prefix: "some/prefix")
     try await b.create()
     let names = (0..<1010).map { RawID.hash([UInt8(truncatingIfNeeded: $0), UInt8($0 >> 8)]).hex }
     try await withThrowingTaskGroup(of: Void.self) { g in
