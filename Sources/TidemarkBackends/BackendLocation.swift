@@ -84,7 +84,8 @@ public enum BackendLocation {
   }
 
   /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from
-  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region.
+  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region,
+  /// -o s3.object-lock=MODE:DURATION for uploads under S3 Object Lock.
   static func s3(
     _ loc: String, _ opts: [String: String], _ env: [String: String], _ warn: @escaping @Sendable (String) -> Void
   ) throws -> any Backend {
@@ -92,7 +93,7 @@ public enum BackendLocation {
       throw TidemarkError(
         .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
     }
-    let known = ["s3.region", "s3.connections", "s3.bucket-lookup"]
+    let known = ["s3.region", "s3.connections", "s3.bucket-lookup", "s3.object-lock"]
     for key in opts.keys where !known.contains(key) {
       throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
     }
@@ -100,6 +101,7 @@ public enum BackendLocation {
       throw TidemarkError(
         .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
     }
+    let objectLock = try opts["s3.object-lock"].map(S3ObjectLock.init(parsing:))
     guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
       throw TidemarkError(
         .usage, "no S3 credentials", hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)")
@@ -114,7 +116,7 @@ public enum BackendLocation {
       endpoint: endpoint, bucket: bucket, prefix: prefix,
       credentials: S3Credentials(
         accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
-      connections: connections, location: loc)
+      connections: connections, location: loc, objectLock: objectLock)
     return RetryBackend(s3, report: warn)
   }
 
