@@ -39,16 +39,17 @@ public enum Retention {
     return remove
   }
 
-  /// Forgets by `r` on `repo` under an exclusive lock; returns how many snapshots were removed. The snapshots are
-  /// listed and the policy applied while the lock is confirmed; the removals wait for it.
+  /// Forgets by `r` on `repo` under an exclusive lock; returns how many snapshots were removed (snapshot files the
+  /// storage keeps until a date stay and are not counted). The snapshots are listed and the policy applied while
+  /// the lock is confirmed; the removals wait for it.
   public static func apply(
     _ repo: Repository, _ r: EngineConfig.Retention, keeping needed: Set<String> = [], retry: Duration = .zero
   ) async throws -> Int {
     let policy = try policy(r)
     return try await RepositoryAccess.withLock(repo, exclusive: true, retry: retry, overlap: true) {
       let remove = plan(try await repo.listSnapshots(), policy, keeping: needed)
-      try await Forget.remove(repo, remove)
-      return remove.count
+      let retained = try await Forget.remove(repo, remove)
+      return remove.count - retained.count
     }
   }
 }

@@ -130,6 +130,9 @@ func runPrune(
     }
   }
   if global.json { Out.raw(st.json(dryRun: options.dryRun)) }
+  if let summary = st.retained.summary, !global.quiet {
+    if global.json { Out.err(summary) } else { Out.line(summary) }
+  }
 }
 
 /// restic's prune statistics block.
