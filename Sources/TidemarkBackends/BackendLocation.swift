@@ -93,7 +93,7 @@ public enum BackendLocation {
       throw TidemarkError(
         .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
     }
-    let known = ["s3.region", "s3.connections", "s3.bucket-lookup", "s3.object-lock"]
+    let known = ["s3.region", "s3.connections", "s3.bucket-lookup", "s3.object-lock", "s3.object-lock-extend"]
     for key in opts.keys where !known.contains(key) {
       throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
     }
@@ -101,7 +101,17 @@ public enum BackendLocation {
       throw TidemarkError(
         .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
     }
-    let objectLock = try opts["s3.object-lock"].map(S3ObjectLock.init(parsing:))
+    var objectLock = try opts["s3.object-lock"].map(S3ObjectLock.init(parsing:))
+    if let extend = opts["s3.object-lock-extend"] {
+      guard extend == "true" || extend == "false" else {
+        throw TidemarkError(.usage, "s3.object-lock-extend=\(extend) is not true or false")
+      }
+      guard objectLock != nil else {
+        throw TidemarkError(
+          .usage, "s3.object-lock-extend needs s3.object-lock", hint: "add -o s3.object-lock=governance:DURATION")
+      }
+      objectLock?.extend = extend == "true"
+    }
     guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
       throw TidemarkError(
         .usage, "no S3 credentials", hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)")

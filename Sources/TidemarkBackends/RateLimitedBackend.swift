@@ -53,4 +53,5 @@ public struct RateLimitedBackend: Backend {
   public func list(_ type: FileType) async throws -> [FileInfo] { try await inner.list(type) }
   public func remove(_ h: Handle) async throws { try await inner.remove(h) }
   public func retainedUntil(_ h: Handle) async throws -> Date? { try await inner.retainedUntil(h) }
+  public func extendRetention(_ h: Handle) async throws -> Date? { try await inner.extendRetention(h) }
 }

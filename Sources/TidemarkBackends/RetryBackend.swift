@@ -56,4 +56,7 @@ public struct RetryBackend: Backend {
   public func retainedUntil(_ h: Handle) async throws -> Date? {
     try await retrying("stat \(h)", { try await inner.retainedUntil(h) })
   }
+  public func extendRetention(_ h: Handle) async throws -> Date? {
+    try await retrying("extend retention of \(h)", { try await inner.extendRetention(h) })
+  }
 }

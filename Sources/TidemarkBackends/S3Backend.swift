@@ -39,9 +39,12 @@ public struct S3ObjectLock: Sendable, CustomStringConvertible {
   }
   public var mode: Mode
   public var period: RetentionDuration
-  public init(mode: Mode, period: RetentionDuration) {
+  /// `-o s3.object-lock-extend=true`: prune renews the retention of the packs it keeps.
+  public var extend = false
+  public init(mode: Mode, period: RetentionDuration, extend: Bool = false) {
     self.mode = mode
     self.period = period
+    self.extend = extend
   }
 
   /// `governance:30d`, `compliance:1y`: a mode and restic's duration units (y, m for months, d, h), more than zero.
@@ -357,6 +360,35 @@ public final class S3Backend: Backend {
         hint: "check the clock, and that the credentials may delete object versions (s3:DeleteObjectVersion)")
     }
     guard r.status == 204 || r.status == 200 else { throw failure(r, "remove \(h)") }
+  }
+
+  /// With `extend`: PUT ?retention for a full period from now when less than half of it is left (governance stays
+  /// governance unless the option says compliance; compliance stays compliance, S3 allows no other way).
+  public func extendRetention(_ h: Handle) async throws -> Date? {
+    guard let lock = objectLock, lock.extend, h.type != .lock else { return nil }
+    let now = Date()
+    let target = lock.period.added(to: now)
+    let half = now.addingTimeInterval(target.timeIntervalSince(now) / 2)
+    if let known = knownRetention.withLock({ $0[key(h)] }), known >= half { return nil }
+    let head = try await send("HEAD", key: key(h))
+    if head.status == 404 { return nil }
+    guard head.status == 200 else { throw failure(head, "stat \(h)") }
+    if let until = head.headers["x-amz-object-lock-retain-until-date"].flatMap(UTCDate.parse), until >= half {
+      knownRetention.withLock { $0[key(h)] = until }
+      return nil
+    }
+    let mode = head.headers["x-amz-object-lock-mode"] == "COMPLIANCE" ? "COMPLIANCE" : lock.mode.rawValue
+    let body = Array(
+      ("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode>"
+        + "<RetainUntilDate>\(UTCDate.format(target))</RetainUntilDate></Retention>").utf8)
+    var query = [("retention", "")]
+    if let version = head.headers["x-amz-version-id"], version != "null" { query.append(("versionId", version)) }
+    let r = try await send(
+      "PUT", key: key(h), query: query, body: body,
+      headers: ["content-md5": Base64.encode(MD5.hash(body)), "content-type": "application/xml"])
+    guard r.status == 200 else { throw failure(r, "extend the retention of \(h)") }
+    knownRetention.withLock { $0[key(h)] = target }
+    return target
   }
 
   public func retainedUntil(_ h: Handle) async throws -> Date? {

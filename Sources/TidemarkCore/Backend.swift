@@ -69,10 +69,15 @@ public protocol Backend: Sendable {
   /// When the storage will allow `h` to be removed, if that is later than now (S3 Object Lock's
   /// retain-until-date); nil when it may be removed now. The default: nil, no I/O.
   func retainedUntil(_ h: Handle) async throws -> Date?
+  /// Renews the storage's retention of `h` to a full period from now, where the backend was asked to (S3:
+  /// `-o s3.object-lock-extend=true`) and less than half of that period is left; returns the new date, or nil
+  /// when nothing was changed. The default: nil, no I/O.
+  func extendRetention(_ h: Handle) async throws -> Date?
 }
 
 extension Backend {
   public func retainedUntil(_ h: Handle) async throws -> Date? { nil }
+  public func extendRetention(_ h: Handle) async throws -> Date? { nil }
 
   public func load(_ h: Handle) async throws -> [UInt8] { try await load(h, offset: 0, length: 0) }
 

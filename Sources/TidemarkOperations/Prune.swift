@@ -18,7 +18,8 @@
 // Files the storage keeps until a date (S3 Object Lock, `Backend.retainedUntil`) are learnt before deciding and
 // never relied on being deleted: retained packs are kept as they are, and so are the packs of a retained index
 // file, which stays beside the new ones. A file found retained only while deleting (clocks that disagree) stays
-// too, and step 5 spares the packs of an index file that stayed.
+// too, and step 5 spares the packs of an index file that stayed. Where the storage was asked to, a last step
+// renews the retention of the packs still in use.
 import Foundation
 import Synchronization
 import TidemarkCore
@@ -85,6 +86,9 @@ public struct PruneStats: Sendable {
   /// Files left in place because the storage keeps them until a date (S3 Object Lock): planned around, or (when
   /// the storage's clock disagreed with ours) found while deleting.
   public var retained = RetainedFiles()
+  /// Packs whose retention was renewed (S3: `-o s3.object-lock-extend=true`), and the latest new date.
+  public var retentionExtended = 0
+  public var retentionExtendedUntil: Date? = nil
 
   public var totalBlobs: Int { usedBlobs + unusedBlobs + duplicateBlobs }
   public var totalBytes: Int { usedBytes + duplicateBytes + unusedBytes + unreferencedBytes }
@@ -98,6 +102,8 @@ public struct PrunePlan: Sendable {
   public var remove: Set<PackID> = []  // no used blob
   public var repack: Set<PackID> = []
   public var ignore: Set<PackID> = []  // named by the index, missing, not needed
+  /// Packs that stay and hold blobs the snapshots use.
+  public var inUse: Set<PackID> = []
   /// Used blobs that live only in packs being repacked: these must be copied.
   public var keepBlobs: Set<BlobHandleKey> = []
   public var stats = PruneStats()
@@ -316,6 +322,7 @@ public enum Prune {
           st.repackRemovedBytes += p.unusedSize
         }
       }
+      plan.inUse = Set(listed.filter { $0.info.usedBlobs > 0 && !plan.repack.contains($0.id) }.map(\.id))
       st.packsUnreferenced = plan.removeFirst.count
       st.packsRepack = plan.repack.count
       st.packsRemove = plan.remove.count
@@ -435,6 +442,15 @@ public enum Prune {
         st.retained.merge(try await removeAll(repo, .pack, packs.map(\.hex)))
       }
     }
+    // 6. Where the storage was asked to (S3: -o s3.object-lock-extend=true), the packs still in use get their
+    // retention renewed, so what the snapshots need stays protected for as long as they need it. Packs no
+    // snapshot needs are left to expire.
+    let extended = Mutex<(count: Int, until: Date?)>((0, nil))
+    try await forEachConcurrently(Array(plan.inUse), limit: 8) { id in
+      guard let d = try await repo.backend.extendRetention(Handle(.pack, id.hex)) else { return }
+      extended.withLock { e in e = (e.count + 1, max(d, e.until ?? d)) }
+    }
+    (st.retentionExtended, st.retentionExtendedUntil) = extended.withLock { $0 }
     return st
   }
 

@@ -130,8 +130,12 @@ func runPrune(
     }
   }
   if global.json { Out.raw(st.json(dryRun: options.dryRun)) }
-  if let summary = st.retained.summary, !global.quiet {
-    if global.json { Out.err(summary) } else { Out.line(summary) }
+  var lines = st.retained.summary.map { [$0] } ?? []
+  if st.retentionExtended > 0, let until = st.retentionExtendedUntil {
+    lines.append("retention of \(st.retentionExtended) packs in use extended to \(UTCDate.format(until))")
+  }
+  for line in lines where !global.quiet {
+    if global.json { Out.err(line) } else { Out.line(line) }
   }
 }
 
