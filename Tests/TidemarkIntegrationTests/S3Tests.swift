@@ -202,15 +202,35 @@ extension S3Server {
   /// Sets the retention of `keys` to an hour ago (governance, with the bypass an administrator would use), as if
   /// their date had passed.
   func expire(_ bucket: String, _ keys: some Collection<String>) throws {
+    try retain(bucket, keys, hours: -1)
+  }
+
+  /// Sets the retention of `keys` to `hours` from now (governance, with the bypass an administrator would use).
+  func retain(_ bucket: String, _ keys: some Collection<String>, hours: Int) throws {
     let list = String(decoding: try JSONSerialization.data(withJSONObject: Array(keys)), as: UTF8.self)
     let r = try boto(
       """
-      past = now - datetime.timedelta(hours=1)
+      until = now + datetime.timedelta(hours=\(hours))
       for k in json.loads('\(list)'):
           s3.put_object_retention(Bucket="\(bucket)", Key=k, BypassGovernanceRetention=True,
-              Retention={"Mode": "GOVERNANCE", "RetainUntilDate": past})
+              Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
       """)
-    guard r.status == 0 else { throw TidemarkError(.general, "expiring retention failed: \(r.stderr)") }
+    guard r.status == 0 else { throw TidemarkError(.general, "setting retention failed: \(r.stderr)") }
+  }
+
+  /// Seconds of retention left on each of `keys`, as S3 reports them.
+  func secondsLeft(_ bucket: String, _ keys: some Collection<String>) throws -> [Int] {
+    let list = String(decoding: try JSONSerialization.data(withJSONObject: Array(keys)), as: UTF8.self)
+    let r = try boto(
+      """
+      left = [int((s3.head_object(Bucket="\(bucket)", Key=k)["ObjectLockRetainUntilDate"] - now).total_seconds())
+          for k in json.loads('\(list)')]
+      print(json.dumps(left))
+      """)
+    guard r.status == 0, let left = try JSONSerialization.jsonObject(with: Data(r.stdout)) as? [Int] else {
+      throw TidemarkError(.general, "reading retention failed: \(r.stderr)")
+    }
+    return left
   }
 }
 
@@ -377,6 +397,46 @@ extension S3Server {
     let after = try ws.tidemark(["-r", repo, "snapshots", "--json"], env: env)
     #expect(after.out.contains(String(id)), "\(after.out)")
     try check("after forget of a retained snapshot")
+  }
+
+  /// With -o s3.object-lock-extend=true, prune renews the retention of the packs in use once less than half of
+  /// the period is left, and leaves it alone otherwise.
+  @Test func pruneExtendsTheRetentionOfPacksInUse() throws {
+    let ws = try Workspace("s3-lock-extend")
+    let server = try S3Server()
+    let repo = "s3:\(server.endpoint)/extend/repo"
+    let env = S3Server.env
+    let lock = ["-o", "s3.object-lock=governance:2d"]
+    let extend = lock + ["-o", "s3.object-lock-extend=true"]
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: false)
+    #expect(try ws.tidemark(["init", "-r", repo] + lock, env: env).status == 0)
+    #expect(try ws.tidemark(["-r", repo, "backup", "src"] + lock, env: env).status == 0)
+    let packs = try server.keys("extend", prefix: "repo/data/")
+    #expect(!packs.isEmpty)
+    try server.retain("extend", packs, hours: 1)
+
+    let p = try ws.tidemark(["-r", repo, "prune"] + extend, env: env)
+    #expect(p.status == 0, "\(p.out) \(p.stderr)")
+    #expect(p.out.contains("retention of \(packs.count) packs in use extended to "), "\(p.out)")
+    for left in try server.secondsLeft("extend", packs) { #expect(abs(left - 2 * 86400) < 600, "\(left)") }
+    // More than half of the period is left now: nothing to do.
+    try server.retain("extend", packs, hours: 30)
+    let again = try ws.tidemark(["-r", repo, "prune"] + extend, env: env)
+    #expect(again.status == 0 && !again.out.contains("extended"), "\(again.out) \(again.stderr)")
+    for left in try server.secondsLeft("extend", packs) { #expect(abs(left - 30 * 3600) < 600, "\(left)") }
+    // Without the option, prune leaves retention alone.
+    try server.retain("extend", packs, hours: 1)
+    let plain = try ws.tidemark(["-r", repo, "prune"] + lock, env: env)
+    #expect(plain.status == 0 && !plain.out.contains("extended"), "\(plain.out) \(plain.stderr)")
+    for left in try server.secondsLeft("extend", packs) { #expect(abs(left - 3600) < 600, "\(left)") }
+    let check = try ws.restic(["-r", repo, "check"], env: env)
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+
+    for bad in [["-o", "s3.object-lock-extend=yes"] + lock, ["-o", "s3.object-lock-extend=true"]] {
+      let r = try ws.tidemark(["-r", repo, "prune"] + bad, env: env)
+      #expect(r.status == 1 && r.stderr.contains("s3.object-lock-extend"), "\(r.stderr)")
+      #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+    }
   }
 
   /// (c) and (d): a bad option value and a bucket without Object Lock are one clear line each, exit code 1.
