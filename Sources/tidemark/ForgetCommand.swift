@@ -154,10 +154,18 @@ struct Forget: AsyncParsableCommand {
     if !d.remove.isEmpty {
       if !dryRun {
         retained = try await removeSnapshots(repo, d.remove)
-      } else if text {
-        Out.line("Would have removed the following snapshots:")
-        Out.line("{" + d.remove.map(\.short).joined(separator: " ") + "}")
-        Out.line("")
+      } else {
+        // A dry run names only what a real run could delete (and plans its prune without exactly those).
+        retained = try await RetainedFiles.of(d.remove.map { Handle(.snapshot, $0.hex) }, in: repo.backend)
+        let would = d.remove.filter { !retained.contains(Handle(.snapshot, $0.hex)) }
+        if text && !would.isEmpty {
+          Out.line("Would have removed the following snapshots:")
+          Out.line("{" + would.map(\.short).joined(separator: " ") + "}")
+          Out.line("")
+        }
+        if let summary = retained.summary, !global.quiet {
+          if global.json { Out.err(summary) } else { Out.line(summary) }
+        }
       }
     }
     if global.json && !d.groups.isEmpty { Out.raw(TidemarkOperations.Forget.json(d.groups)) }

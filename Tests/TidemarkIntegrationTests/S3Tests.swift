@@ -391,6 +391,9 @@ extension S3Server {
 
     // A snapshot under retention is not forgotten: it stays, and forget says why.
     let id = try #require(snaps.out.split(separator: "\"").drop { $0 != "id" }.dropFirst(2).first)
+    let dry = try ws.tidemark(["-r", repo, "forget", "--dry-run", String(id)], env: env)
+    #expect(dry.status == 0 && !dry.out.contains("Would have removed"), "\(dry.out) \(dry.stderr)")
+    #expect(dry.out.contains("kept (1 snapshot file)"), "\(dry.out)")
     let g = try ws.tidemark(["-r", repo, "forget", String(id)], env: env)
     #expect(g.status == 0, "\(g.stderr)")
     #expect(g.out.contains("1 file locked until ") && g.out.contains("kept (1 snapshot file)"), "\(g.out)")
