@@ -85,7 +85,8 @@ public enum BackendLocation {
   }
 
   /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from
-  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region.
+  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region,
+  /// -o s3.object-lock=MODE:DURATION for uploads under S3 Object Lock.
   static func s3(
     _ loc: String, _ opts: [String: String], _ env: [String: String], _ trust: TLSTrust,
     _ warn: @escaping @Sendable (String) -> Void
@@ -94,13 +95,24 @@ public enum BackendLocation {
       throw TidemarkError(
         .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
     }
-    let known = ["s3.region", "s3.connections", "s3.bucket-lookup"]
+    let known = ["s3.region", "s3.connections", "s3.bucket-lookup", "s3.object-lock", "s3.object-lock-extend"]
     for key in opts.keys where !known.contains(key) {
       throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
     }
     if let lookup = opts["s3.bucket-lookup"], lookup != "path", lookup != "auto" {
       throw TidemarkError(
         .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
+    }
+    var objectLock = try opts["s3.object-lock"].map(S3ObjectLock.init(parsing:))
+    if let extend = opts["s3.object-lock-extend"] {
+      guard extend == "true" || extend == "false" else {
+        throw TidemarkError(.usage, "s3.object-lock-extend=\(extend) is not true or false")
+      }
+      guard objectLock != nil else {
+        throw TidemarkError(
+          .usage, "s3.object-lock-extend needs s3.object-lock", hint: "add -o s3.object-lock=governance:DURATION")
+      }
+      objectLock?.extend = extend == "true"
     }
     guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
       throw TidemarkError(
@@ -116,7 +128,8 @@ public enum BackendLocation {
       endpoint: endpoint, bucket: bucket, prefix: prefix,
       credentials: S3Credentials(
         accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
-      connections: connections, location: loc, client: HTTPClients.client(for: .storage, trust: trust))
+      connections: connections, location: loc, objectLock: objectLock,
+      client: HTTPClients.client(for: .storage, trust: trust))
     return RetryBackend(s3, report: warn)
   }
 

@@ -204,6 +204,7 @@ extension Cycle {
       let side = sides[k]
       switch result {
       case .success(let m):
+        if let retained = m.retained { logger.info("prune on \(side.name): \(retained)") }
         if let freed = m.freedBytes {
           logger.info("prune: freed \(Human.bytes(Int64(freed))) on \(side.name)")
           run.state.prunedBytesTotal += freed
@@ -230,6 +231,8 @@ extension Cycle {
 
   struct SideMaintenance: Sendable {
     var freedBytes: Int?
+    /// What prune left in place because the storage keeps it until a date (S3 Object Lock), in words.
+    var retained: String?
   }
 
   /// Under one exclusive lock: prune (when `prune` is given), then consolidation of the index files.
@@ -246,6 +249,7 @@ extension Cycle {
         let plan = try await Prune.plan(repo, index: index, options: prune, ignoring: []) { _ in }
         let stats = try await Prune.execute(repo, index: index, plan: plan) { _ in }
         out.freedBytes = stats.prunedBytes
+        out.retained = stats.retained.summary
       }
       _ = try await IndexConsolidation.run(repo, maxFiles: maxIndexFiles)
       return out

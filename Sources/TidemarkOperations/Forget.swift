@@ -2,6 +2,7 @@
 // are grouped (restic's --group-by), the policy decides per group, and the snapshot files are removed a few at a
 // time. The caller holds an exclusive lock; data is freed by a later prune.
 import Foundation
+import Synchronization
 import TidemarkCore
 
 public enum Forget {
@@ -105,21 +106,29 @@ public enum Forget {
   }
 
   /// Deletes the snapshot files (a few at a time; the first failure stops the rest). `removed` hears each one.
-  /// Storage that refuses deletes fails before anything is removed (see `ensureDeletable`).
+  /// Storage that refuses deletes (an append-only server) fails before anything is removed (see
+  /// `ensureDeletable`). A snapshot file the storage keeps until a date (S3 Object Lock) stays, snapshot and all:
+  /// it is returned, and a prune that follows still sees it and keeps its data.
+  @discardableResult
   public static func remove(
     _ repo: Repository, _ ids: [SnapshotID], removed: @escaping @Sendable (Handle) -> Void = { _ in }
-  ) async throws {
-    if ids.isEmpty { return }
+  ) async throws -> RetainedFiles {
+    if ids.isEmpty { return RetainedFiles() }
     try await ensureDeletable(repo, for: "forget")
     try await repo.writeGate.pass()
+    let retained = Mutex(RetainedFiles())
     try await forEachConcurrently(ids, limit: 4) { id in
       let h = Handle(.snapshot, id.hex)
       do {
         try await repo.backend.remove(h)
+      } catch let e as FileRetained {
+        retained.withLock { $0.add(h, e.until) }
+        return
       } catch {
         throw TidemarkError(.general, "unable to remove \(h) from the repository: \(error)")
       }
       removed(h)
     }
+    return retained.withLock { $0 }
   }
 }

@@ -104,6 +104,9 @@ struct Tidemark: AsyncParsableCommand {
     case let e as SystemError:
       Out.errRaw("tidemark: \(e.description)\n")
       return 1
+    case let e as FileRetained:
+      Out.errRaw("tidemark: \(e.description); the storage refuses to delete it before then (S3 Object Lock)\n")
+      return 1
     case is CancellationError:
       Out.errRaw("tidemark: interrupted\n")
       return 130

@@ -54,7 +54,7 @@ struct GlobalOptions: ParsableArguments {
   @Option(
     name: [.customShort("o"), .customLong("option")],
     help: ArgumentHelp(
-      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N, s3.region=R, s3.connections=N.",
+      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N, s3.region=R, s3.connections=N, s3.object-lock=MODE:DURATION.",
       valueName: "key=value"))
   var option: [String] = []
 
