@@ -22,9 +22,10 @@ TIDEMARK_APT_PACKAGES=(
 #   postgresql                  initdb/postgres under /usr/lib/postgresql/*/bin, pg_dump, pg_restore, psql
 #   redis-server redis-tools    redis-server, redis-cli (--rdb), redis-check-rdb
 #   sqlite3                     the sqlite3 command-line tool (also in the list above)
+#   openssl curl                the serve tests' private CA and certificates, raw HTTP requests
 # On a machine where services start on installation, Debian also starts its own postgres and redis; the tests do
-# not use them.
-TIDEMARK_TEST_APT_PACKAGES=(postgresql redis-server redis-tools sqlite3)
+# not use them. The serve tests also mount a small tmpfs (as root) for a full disk.
+TIDEMARK_TEST_APT_PACKAGES=(postgresql redis-server redis-tools sqlite3 openssl curl)
 
 # log MESSAGE...: one progress line, easy to spot among build output.
 log() { printf '\n==> %s\n' "$*"; }

@@ -12,9 +12,10 @@ public enum BackendLocation {
   /// (AWS_*), the SSH user and home; `warn` hears each retry of a remote backend.
   public static func open(
     _ location: String, options: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
-    uploadKiB: Int? = nil, downloadKiB: Int? = nil, warn: @escaping @Sendable (String) -> Void = { _ in }
+    uploadKiB: Int? = nil, downloadKiB: Int? = nil, trust: TLSTrust = .system,
+    warn: @escaping @Sendable (String) -> Void = { _ in }
   ) throws -> any Backend {
-    let b = try open(location, options: options, environment: environment, warn: warn)
+    let b = try open(location, options: options, environment: environment, trust: trust, warn: warn)
     if (uploadKiB ?? 0) < 0 || (downloadKiB ?? 0) < 0 {
       throw TidemarkError(.usage, "bandwidth limits are KiB/s, 0 or more")
     }
@@ -23,15 +24,15 @@ public enum BackendLocation {
   }
 
   static func open(
-    _ location: String, options: [String], environment env: [String: String],
+    _ location: String, options: [String], environment env: [String: String], trust: TLSTrust,
     warn: @escaping @Sendable (String) -> Void
   ) throws -> any Backend {
     var loc = location
     if loc.hasPrefix("local:") { loc.removeFirst(6) }
     let opts = try parseOptions(options)
     if loc.hasPrefix("sftp:") { return try sftp(loc, opts, env, warn) }
-    if loc.hasPrefix("s3:") { return try s3(loc, opts, env, warn) }
-    if loc.hasPrefix("rest:") { return try rest(loc, opts, env, warn) }
+    if loc.hasPrefix("s3:") { return try s3(loc, opts, env, trust, warn) }
+    if loc.hasPrefix("rest:") { return try rest(loc, opts, env, trust, warn) }
     for key in opts.keys where key.hasPrefix("sftp.") || key.hasPrefix("s3.") || key.hasPrefix("rest.") {
       throw TidemarkError(.usage, "option \(key) does not apply to \(loc)")
     }
@@ -84,21 +85,34 @@ public enum BackendLocation {
   }
 
   /// `s3:https://host[:port]/bucket[/prefix]` (or `s3:http://` for local servers), credentials from
-  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region.
+  /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, region from AWS_DEFAULT_REGION or -o s3.region,
+  /// -o s3.object-lock=MODE:DURATION for uploads under S3 Object Lock.
   static func s3(
-    _ loc: String, _ opts: [String: String], _ env: [String: String], _ warn: @escaping @Sendable (String) -> Void
+    _ loc: String, _ opts: [String: String], _ env: [String: String], _ trust: TLSTrust,
+    _ warn: @escaping @Sendable (String) -> Void
   ) throws -> any Backend {
     guard let (endpoint, bucket, prefix) = S3Backend.parse(loc) else {
       throw TidemarkError(
         .usage, "cannot parse S3 repository \(loc)", hint: "write s3:https://host[:port]/bucket[/prefix]")
     }
-    let known = ["s3.region", "s3.connections", "s3.bucket-lookup"]
+    let known = ["s3.region", "s3.connections", "s3.bucket-lookup", "s3.object-lock", "s3.object-lock-extend"]
     for key in opts.keys where !known.contains(key) {
       throw TidemarkError(.usage, "unknown option \(key)", hint: "s3 options: \(known.joined(separator: ", "))")
     }
     if let lookup = opts["s3.bucket-lookup"], lookup != "path", lookup != "auto" {
       throw TidemarkError(
         .usage, "s3.bucket-lookup=\(lookup) is not supported", hint: "tidemark uses path-style addressing (path)")
+    }
+    var objectLock = try opts["s3.object-lock"].map(S3ObjectLock.init(parsing:))
+    if let extend = opts["s3.object-lock-extend"] {
+      guard extend == "true" || extend == "false" else {
+        throw TidemarkError(.usage, "s3.object-lock-extend=\(extend) is not true or false")
+      }
+      guard objectLock != nil else {
+        throw TidemarkError(
+          .usage, "s3.object-lock-extend needs s3.object-lock", hint: "add -o s3.object-lock=governance:DURATION")
+      }
+      objectLock?.extend = extend == "true"
     }
     guard let access = env["AWS_ACCESS_KEY_ID"], let secret = env["AWS_SECRET_ACCESS_KEY"] else {
       throw TidemarkError(
@@ -110,18 +124,20 @@ public enum BackendLocation {
       guard let n = Int(c), n > 0 else { throw TidemarkError(.usage, "s3.connections=\(c) is not a positive number") }
       connections = n
     }
-    let s3 = S3Backend(
+    let s3 = try S3Backend(
       endpoint: endpoint, bucket: bucket, prefix: prefix,
       credentials: S3Credentials(
         accessKey: access, secretKey: secret, sessionToken: env["AWS_SESSION_TOKEN"], region: region),
-      connections: connections, location: loc)
+      connections: connections, location: loc, objectLock: objectLock,
+      client: HTTPClients.client(for: .storage, trust: trust))
     return RetryBackend(s3, report: warn)
   }
 
   /// `rest:http[s]://[user:password@]host:port/path`; credentials from the URL, else TIDEMARK_REST_USERNAME /
   /// TIDEMARK_REST_PASSWORD, else RESTIC_REST_USERNAME / RESTIC_REST_PASSWORD; -o rest.connections=N.
   static func rest(
-    _ loc: String, _ opts: [String: String], _ env: [String: String], _ warn: @escaping @Sendable (String) -> Void
+    _ loc: String, _ opts: [String: String], _ env: [String: String], _ trust: TLSTrust,
+    _ warn: @escaping @Sendable (String) -> Void
   ) throws -> any Backend {
     guard let (base, server, urlUser, urlPassword) = RESTBackend.parse(loc) else {
       throw TidemarkError(
@@ -141,8 +157,9 @@ public enum BackendLocation {
     // Messages name the repository without its password.
     let shown =
       urlPassword == nil ? loc : loc.replacingOccurrences(of: ":\(urlPasswordEncoded(loc) ?? "")@", with: ":***@")
-    let rest = RESTBackend(
-      base: base, server: server, user: user, password: password, connections: connections, location: shown)
+    let rest = try RESTBackend(
+      base: base, server: server, user: user, password: password, connections: connections, location: shown,
+      client: HTTPClients.client(for: .storage, trust: trust))
     return RetryBackend(rest, report: warn)
   }
 

@@ -14,6 +14,8 @@ public final class RESTBackend: Backend {
   public let base: String
   /// `host:port`, for messages.
   public let server: String
+  /// The host alone, for certificate messages.
+  var host: String { server.lastIndex(of: ":").map { String(server[..<$0]) } ?? server }
   public let location: String
   let authorization: String?
   let client: HTTPClient
@@ -22,19 +24,11 @@ public final class RESTBackend: Backend {
 
   static let v2 = "application/vnd.x.restic.rest.v2"
 
-  /// One connection pool per process (see S3Backend.httpClient): a failed connect fails at once.
-  static let httpClient: HTTPClient = {
-    var c = HTTPClient.Configuration()
-    c.timeout = .init(connect: .seconds(10), read: .seconds(120))
-    c.connectionPool.retryConnectionEstablishment = false
-    c.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 16
-    c.decompression = .disabled
-    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: c)
-  }()
-
+  /// `client`: the process's storage client for the trust the location needs (`HTTPClients`).
   public init(
-    base: String, server: String, user: String?, password: String?, connections: Int = 5, location: String
-  ) {
+    base: String, server: String, user: String?, password: String?, connections: Int = 5, location: String,
+    client: HTTPClient? = nil
+  ) throws {
     self.base = base
     self.server = server
     self.location = location
@@ -43,7 +37,7 @@ public final class RESTBackend: Backend {
     } else {
       authorization = nil
     }
-    client = RESTBackend.httpClient
+    self.client = try client ?? HTTPClients.client(for: .storage)
     slots = AsyncSemaphore(max(1, connections))
   }
 
@@ -103,11 +97,14 @@ public final class RESTBackend: Backend {
       }
       r = Response(status: Int(response.status.code), body: data, headers: response.headers)
     } catch {
+      if let tls = TLSFailure.error(error, host: host) { throw tls }
       let transient = connected.load(ordering: .relaxed)
       throw TidemarkError(
         transient ? .unavailable : .general,
         "cannot reach the REST server at \(server): \(S3Backend.describe(error))",
-        hint: "is `tidemark serve` (or rest-server) running there?")
+        hint: base.hasPrefix("http:")
+          ? "is `tidemark serve` (or rest-server) running there, and does it speak http:// (not https://, --tls)?"
+          : "is `tidemark serve` (or rest-server) running there?")
     }
     connected.store(true, ordering: .relaxed)
     if r.status >= 500 && r.status != 507 {
@@ -199,6 +196,18 @@ public final class RESTBackend: Backend {
     var out: [FileInfo] = []
     for name in names { out.append(FileInfo(name: name, size: try await size(Handle(t, name)))) }
     return out
+  }
+
+  /// An append-only server (tidemark serve or rest-server with `--append-only`) refuses any DELETE outside
+  /// locks/ before it looks for the file: deleting a data file that cannot exist (an all-zero name) answers 403
+  /// there and 404 elsewhere, and never removes anything.
+  public func refusesDeletes() async throws -> Bool {
+    let r = try await send(.DELETE, url(Handle(.pack, String(repeating: "0", count: 64))))
+    switch r.status {
+    case 403: return true
+    case 404, 200, 204: return false
+    default: throw failure(r, "probe whether deletes are allowed")
+    }
   }
 
   public func remove(_ h: Handle) async throws {

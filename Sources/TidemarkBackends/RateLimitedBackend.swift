@@ -1,3 +1,4 @@
+import Foundation
 // A decorator that caps bandwidth (restic's --limit-upload / --limit-download, KiB/s): a token
 // bucket per direction; a transfer waits until the bytes it moves fit the rate. Concurrent transfers
 // share the budget.
@@ -51,4 +52,7 @@ public struct RateLimitedBackend: Backend {
   public func size(_ h: Handle) async throws -> Int { try await inner.size(h) }
   public func list(_ type: FileType) async throws -> [FileInfo] { try await inner.list(type) }
   public func remove(_ h: Handle) async throws { try await inner.remove(h) }
+  public func refusesDeletes() async throws -> Bool { try await inner.refusesDeletes() }
+  public func retainedUntil(_ h: Handle) async throws -> Date? { try await inner.retainedUntil(h) }
+  public func extendRetention(_ h: Handle) async throws -> Date? { try await inner.extendRetention(h) }
 }

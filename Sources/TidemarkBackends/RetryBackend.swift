@@ -3,6 +3,7 @@
 // exponential backoff. Every Backend operation is idempotent (saves are atomic, names are content
 // hashes), so a retry can never store a mix. Other errors (missing file, permission, full disk) are
 // final and pass through at once.
+import Foundation
 import TidemarkCore
 
 public struct RetryBackend: Backend {
@@ -52,4 +53,13 @@ public struct RetryBackend: Backend {
     try await retrying("list \(type.rawValue)", { try await inner.list(type) })
   }
   public func remove(_ h: Handle) async throws { try await retrying("remove \(h)", { try await inner.remove(h) }) }
+  public func refusesDeletes() async throws -> Bool {
+    try await retrying("probe deletes", { try await inner.refusesDeletes() })
+  }
+  public func retainedUntil(_ h: Handle) async throws -> Date? {
+    try await retrying("stat \(h)", { try await inner.retainedUntil(h) })
+  }
+  public func extendRetention(_ h: Handle) async throws -> Date? {
+    try await retrying("extend retention of \(h)", { try await inner.extendRetention(h) })
+  }
 }

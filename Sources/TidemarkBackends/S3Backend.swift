@@ -3,6 +3,14 @@
 // (swift-server's HTTP client on SwiftNIO: connection pooling, non-blocking, maintained by the Swift
 // server workgroup; why not URLSession: docs/architecture.md). Path-style addressing (`host/bucket/key`),
 // which every S3-compatible server accepts. PUT is atomic in S3: a reader sees the old object or the new.
+//
+// Object Lock (`-o s3.object-lock=MODE:DURATION`): every object but lock files is uploaded with a retention
+// (mode, retain-until-date = upload time + DURATION, and the Content-MD5 S3 requires for it). Whatever the
+// option, an object whose retain-until-date is still ahead is never deleted: `remove` throws `FileRetained` and
+// leaves it visible (a plain DELETE on the versioned bucket would "succeed" by hiding it behind a delete marker
+// while its bytes stay stored and billed, and the repository would no longer show what it still holds). Once the
+// date has passed, an object that carried a retention, and with the option every object, is deleted by version,
+// so the space is freed rather than kept as a noncurrent version.
 import AsyncHTTPClient
 import Foundation
 import NIOCore
@@ -21,6 +29,40 @@ public struct S3Credentials: Sendable {
   }
 }
 
+/// S3 Object Lock for what tidemark uploads: the mode and how long each object is kept from its upload.
+public struct S3ObjectLock: Sendable, CustomStringConvertible {
+  public enum Mode: String, Sendable {
+    /// Users with s3:BypassGovernanceRetention may still shorten the retention or delete.
+    case governance = "GOVERNANCE"
+    /// Nobody, the account's root user included, can shorten the retention or delete before the date.
+    case compliance = "COMPLIANCE"
+  }
+  public var mode: Mode
+  public var period: RetentionDuration
+  /// `-o s3.object-lock-extend=true`: prune renews the retention of the packs it keeps.
+  public var extend = false
+  public init(mode: Mode, period: RetentionDuration, extend: Bool = false) {
+    self.mode = mode
+    self.period = period
+    self.extend = extend
+  }
+
+  /// `governance:30d`, `compliance:1y`: a mode and restic's duration units (y, m for months, d, h), more than zero.
+  public init(parsing text: String) throws {
+    let bad = TidemarkError(
+      .usage, "s3.object-lock=\(text) is not MODE:DURATION",
+      hint: "write governance:DURATION or compliance:DURATION with DURATION like 30d, 720h, 6m or 1y")
+    let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+    guard parts.count == 2, let mode = Mode(rawValue: parts[0].uppercased()),
+      let period = try? RetentionDuration(parsing: String(parts[1])), !period.isZero,
+      [period.years, period.months, period.days, period.hours].allSatisfy({ $0 >= 0 })
+    else { throw bad }
+    self.init(mode: mode, period: period)
+  }
+
+  public var description: String { "\(mode.rawValue.lowercased()):\(period)" }
+}
+
 public final class S3Backend: Backend {
   public let endpoint: URL  // scheme://host[:port]
   public let bucket: String
@@ -31,29 +73,24 @@ public final class S3Backend: Backend {
   private let connected = Atomic(false)
 
   let slots: AsyncSemaphore
-
-  /// One client (connection pool) per process, like `HTTPClient.shared` but configured for S3: a failed
-  /// connect fails the request at once (RetryBackend decides about retries, and an unreachable endpoint is
-  /// reported in seconds, not after the request deadline), no transparent decompression.
-  static let httpClient: HTTPClient = {
-    var c = HTTPClient.Configuration()
-    c.timeout = .init(connect: .seconds(10), read: .seconds(120))
-    c.connectionPool.retryConnectionEstablishment = false
-    c.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 16
-    c.decompression = .disabled
-    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: c)
-  }()
+  /// Retention for uploads (`-o s3.object-lock`); nil: objects are uploaded without one.
+  public let objectLock: S3ObjectLock?
+  /// Retain-until-dates known without asking: what this process uploaded with a retention or saw in a HEAD.
+  private let knownRetention = Mutex<[String: Date]>([:])
+  /// Whether the bucket has Object Lock enabled (nil: not asked yet).
+  private let bucketLocks = Mutex<Bool?>(nil)
 
   public init(
     endpoint: URL, bucket: String, prefix: String, credentials: S3Credentials, connections: Int = 5,
-    location: String
-  ) {
+    location: String, objectLock: S3ObjectLock? = nil, client: HTTPClient? = nil
+  ) throws {
+    self.objectLock = objectLock
     self.endpoint = endpoint
     self.bucket = bucket
     self.prefix = prefix.split(separator: "/").joined(separator: "/")
     self.credentials = credentials
     self.location = location
-    client = S3Backend.httpClient
+    self.client = try client ?? HTTPClients.client(for: .storage)
     slots = AsyncSemaphore(max(1, connections))
   }
 
@@ -134,6 +171,7 @@ public final class S3Backend: Backend {
         data = buf.readBytes(length: buf.readableBytes) ?? []
       }
     } catch {
+      if let tls = TLSFailure.error(error, host: endpoint.host ?? endpoint.absoluteString) { throw tls }
       let transient = connected.load(ordering: .relaxed)
       throw TidemarkError(
         transient ? .unavailable : .general,
@@ -183,11 +221,15 @@ public final class S3Backend: Backend {
   }
 
   static func errorCode(_ body: [UInt8]) -> String {
-    let s = String(decoding: body, as: UTF8.self)
-    guard let a = s.range(of: "<Code>"), let b = s.range(of: "</Code>", range: a.upperBound..<s.endIndex) else {
-      return ""
-    }
-    return String(s[a.upperBound..<b.lowerBound])
+    elements("Code", in: String(decoding: body, as: UTF8.self)).first ?? ""
+  }
+
+  /// S3's answer to an upload with a retention into a bucket without Object Lock ("Bucket is missing Object Lock
+  /// Configuration"; moto: "…ObjectLockConfiguration").
+  static func isMissingObjectLock(_ r: Response) -> Bool {
+    let message = elements("Message", in: String(decoding: r.body, as: UTF8.self)).first ?? ""
+    return r.status == 400 && errorCode(r.body) == "InvalidRequest"
+      && message.lowercased().replacingOccurrences(of: " ", with: "").contains("objectlock")
   }
 
   // MARK: Backend
@@ -195,15 +237,37 @@ public final class S3Backend: Backend {
   public func create() async throws {
     let head = try await send("HEAD", key: nil)
     if head.status == 200 { return }
-    let r = try await send("PUT", key: nil)
+    // With -o s3.object-lock a new bucket is made with Object Lock (which also turns on versioning).
+    let lock = objectLock == nil ? [:] : ["x-amz-bucket-object-lock-enabled": "true"]
+    let r = try await send("PUT", key: nil, headers: lock)
     if r.status != 200 && S3Backend.errorCode(r.body) != "BucketAlreadyOwnedByYou" {
       throw failure(r, "create bucket \(bucket)")
     }
   }
 
   public func save(_ h: Handle, data: [UInt8]) async throws {
-    let r = try await send("PUT", key: key(h), body: data, headers: ["content-type": "application/octet-stream"])
-    guard r.status == 200 else { throw failure(r, "save \(h)") }
+    var headers = ["content-type": "application/octet-stream"]
+    var until: Date? = nil
+    // Lock files stay deletable: a lock that outlived its process would lock everyone out until its date.
+    if let lock = objectLock, h.type != .lock {
+      let u = lock.period.added(to: Date())
+      headers["x-amz-object-lock-mode"] = lock.mode.rawValue
+      headers["x-amz-object-lock-retain-until-date"] = UTCDate.format(u)
+      headers["content-md5"] = Base64.encode(MD5.hash(data))
+      until = u
+    }
+    let r = try await send("PUT", key: key(h), body: data, headers: headers)
+    guard r.status == 200 else {
+      if until != nil && S3Backend.isMissingObjectLock(r) {
+        throw TidemarkError(
+          .general, "S3 bucket \(bucket) does not have Object Lock enabled, so -o s3.object-lock cannot be applied",
+          hint:
+            "use a bucket created with Object Lock (tidemark init creates new buckets that way), or leave out -o s3.object-lock"
+        )
+      }
+      throw failure(r, "save \(h)")
+    }
+    if let until { knownRetention.withLock { $0[key(h)] = until } }
   }
 
   public func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8] {
@@ -261,9 +325,94 @@ public final class S3Backend: Backend {
   }
 
   public func remove(_ h: Handle) async throws {
-    _ = try await size(h)  // S3 deletes missing objects silently; the contract wants BackendNotFound
-    let r = try await send("DELETE", key: key(h))
+    // The HEAD first: S3 deletes missing objects silently (the contract wants BackendNotFound), and it tells the
+    // retention and the version.
+    let head = try await send("HEAD", key: key(h))
+    if head.status == 404 { throw BackendNotFound(h) }
+    guard head.status == 200 else { throw failure(head, "stat \(h)") }
+    let until = head.headers["x-amz-object-lock-retain-until-date"].flatMap(UTCDate.parse)
+    if let until, until > Date() {
+      knownRetention.withLock { $0[key(h)] = until }
+      throw FileRetained(h, until: until)
+    }
+    var query: [(String, String)] = []
+    if let version = head.headers["x-amz-version-id"], version != "null",
+      objectLock != nil || head.headers["x-amz-object-lock-mode"] != nil
+    {
+      query = [("versionId", version)]
+    }
+    let r = try await send("DELETE", key: key(h), query: query)
+    if r.status == 403, let until {
+      throw TidemarkError(
+        .general,
+        "S3 remove \(h): access denied (\(S3Backend.errorCode(r.body))) although its retention ended \(UTCDate.format(until))",
+        hint: "check the clock, and that the credentials may delete object versions (s3:DeleteObjectVersion)")
+    }
     guard r.status == 204 || r.status == 200 else { throw failure(r, "remove \(h)") }
+  }
+
+  /// With `extend`: PUT ?retention for a full period from now when less than half of it is left (governance stays
+  /// governance unless the option says compliance; compliance stays compliance, S3 allows no other way).
+  public func extendRetention(_ h: Handle) async throws -> Date? {
+    guard let lock = objectLock, lock.extend, h.type != .lock else { return nil }
+    let now = Date()
+    let target = lock.period.added(to: now)
+    let half = now.addingTimeInterval(target.timeIntervalSince(now) / 2)
+    if let known = knownRetention.withLock({ $0[key(h)] }), known >= half { return nil }
+    let head = try await send("HEAD", key: key(h))
+    if head.status == 404 { return nil }
+    guard head.status == 200 else { throw failure(head, "stat \(h)") }
+    if let until = head.headers["x-amz-object-lock-retain-until-date"].flatMap(UTCDate.parse), until >= half {
+      knownRetention.withLock { $0[key(h)] = until }
+      return nil
+    }
+    let mode = head.headers["x-amz-object-lock-mode"] == "COMPLIANCE" ? "COMPLIANCE" : lock.mode.rawValue
+    let body = Array(
+      ("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode>"
+        + "<RetainUntilDate>\(UTCDate.format(target))</RetainUntilDate></Retention>").utf8)
+    var query = [("retention", "")]
+    if let version = head.headers["x-amz-version-id"], version != "null" { query.append(("versionId", version)) }
+    let r = try await send(
+      "PUT", key: key(h), query: query, body: body,
+      headers: ["content-md5": Base64.encode(MD5.hash(body)), "content-type": "application/xml"])
+    guard r.status == 200 else { throw failure(r, "extend the retention of \(h)") }
+    knownRetention.withLock { $0[key(h)] = target }
+    return target
+  }
+
+  public func retainedUntil(_ h: Handle) async throws -> Date? {
+    let now = Date()
+    if let known = knownRetention.withLock({ $0[key(h)] }), known > now { return known }
+    guard try await bucketHasObjectLock() else { return nil }
+    let head = try await send("HEAD", key: key(h))
+    if head.status == 404 { return nil }
+    guard head.status == 200 else { throw failure(head, "stat \(h)") }
+    guard let until = head.headers["x-amz-object-lock-retain-until-date"].flatMap(UTCDate.parse), until > now else {
+      return nil
+    }
+    knownRetention.withLock { $0[key(h)] = until }
+    return until
+  }
+
+  /// Asked once (GET ?object-lock): a bucket without Object Lock holds no retained object, so no HEAD per object
+  /// is needed. A store that cannot answer is taken to have it (then every object is asked).
+  func bucketHasObjectLock() async throws -> Bool {
+    if let known = bucketLocks.withLock({ $0 }) { return known }
+    let enabled: Bool
+    do {
+      let r = try await send("GET", key: nil, query: [("object-lock", "")])
+      if r.status == 200 {
+        enabled =
+          S3Backend.elements("ObjectLockEnabled", in: String(decoding: r.body, as: UTF8.self)).first
+          == "Enabled"
+      } else {
+        enabled = S3Backend.errorCode(r.body) != "ObjectLockConfigurationNotFoundError"
+      }
+    } catch let e as TidemarkError where e.kind == .unavailable {
+      enabled = true
+    }
+    bucketLocks.withLock { $0 = enabled }
+    return enabled
   }
 
   // MARK: Signature V4

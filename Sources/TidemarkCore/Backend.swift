@@ -8,9 +8,14 @@
 //   a missing file throws `BackendNotFound`; a short file throws.
 // - `list(t)` returns every stored file of the type with its size, in no particular order; it never
 //   returns temporary files.
-// - `remove` of a missing file throws `BackendNotFound`.
+// - `remove` of a missing file throws `BackendNotFound`; of a file the storage keeps under a retention
+//   period (S3 Object Lock), `FileRetained`, and the file stays as it was (never hidden, never half gone).
+// - `retainedUntil` tells the end of such a period before anything is tried; backends without retention
+//   answer nil.
 // - `create()` makes restic's layout only; saving the first `.site` record makes `tidemark/` as needed.
 // - All methods may be called concurrently. Blocking I/O never runs on Swift's cooperative pool.
+
+import Foundation
 
 public enum FileType: String, Sendable, CaseIterable {
   case config
@@ -61,10 +66,24 @@ public protocol Backend: Sendable {
   func size(_ h: Handle) async throws -> Int
   func list(_ type: FileType) async throws -> [FileInfo]
   func remove(_ h: Handle) async throws
+  /// Whether the storage refuses to delete anything but lock files (an append-only REST server, object-locked
+  /// storage): retention and prune cannot run through it. Asked once per operation; the default is false.
+  func refusesDeletes() async throws -> Bool
+  /// When the storage will allow `h` to be removed, if that is later than now (S3 Object Lock's
+  /// retain-until-date); nil when it may be removed now. The default: nil, no I/O.
+  func retainedUntil(_ h: Handle) async throws -> Date?
+  /// Renews the storage's retention of `h` to a full period from now, where the backend was asked to (S3:
+  /// `-o s3.object-lock-extend=true`) and less than half of that period is left; returns the new date, or nil
+  /// when nothing was changed. The default: nil, no I/O.
+  func extendRetention(_ h: Handle) async throws -> Date?
 }
 
 extension Backend {
+  public func retainedUntil(_ h: Handle) async throws -> Date? { nil }
+  public func extendRetention(_ h: Handle) async throws -> Date? { nil }
+
   public func load(_ h: Handle) async throws -> [UInt8] { try await load(h, offset: 0, length: 0) }
+  public func refusesDeletes() async throws -> Bool { false }
 
   public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
     -> [UInt8]

@@ -1,5 +1,6 @@
 // Errors are values with a kind (which decides the exit code, mapped once in the CLI),
 // a one-line message saying what is wrong, and a hint saying what to do.
+import Foundation
 
 public struct TidemarkError: Error, CustomStringConvertible, Sendable {
   public enum Kind: Sendable {
@@ -43,4 +44,16 @@ public struct BackendNotFound: Error, CustomStringConvertible, Sendable {
   public let handle: Handle
   public init(_ handle: Handle) { self.handle = handle }
   public var description: String { "\(handle) does not exist" }
+}
+
+/// A backend refused to remove a file because the storage keeps it until `until` (S3 Object Lock). The file is
+/// still there, unchanged; callers plan around it and try again after the date.
+public struct FileRetained: Error, CustomStringConvertible, Sendable {
+  public let handle: Handle
+  public let until: Date
+  public init(_ handle: Handle, until: Date) {
+    self.handle = handle
+    self.until = until
+  }
+  public var description: String { "\(handle) is locked until \(UTCDate.format(until))" }
 }

@@ -1,5 +1,5 @@
-// TidemarkCrypto: thin Swift over libcrypto (OpenSSL 3): SHA-256, AES-256-CTR, AES-128-ECB (one block),
-// Poly1305, scrypt and the system CSPRNG. The only module that imports COpenSSL.
+// TidemarkCrypto: thin Swift over libcrypto (OpenSSL 3): SHA-256, MD5 (S3's Content-MD5 only), AES-256-CTR,
+// AES-128-ECB (one block), Poly1305, scrypt and the system CSPRNG. The only module that imports COpenSSL.
 // Concurrency: every function is thread-safe; algorithm objects are fetched once and are immutable,
 // contexts are per call. Never: leak an OpenSSL type through the public API.
 internal import COpenSSL
@@ -13,6 +13,7 @@ public struct CryptoError: Error, CustomStringConvertible {
 
 // Fetched once; OpenSSL algorithm objects are reference-counted, immutable and thread-safe.
 nonisolated(unsafe) private let sha256MD: OpaquePointer? = EVP_MD_fetch(nil, "SHA256", nil)
+nonisolated(unsafe) private let md5MD: OpaquePointer? = EVP_MD_fetch(nil, "MD5", nil)
 nonisolated(unsafe) private let aes256CTR: OpaquePointer? = EVP_CIPHER_fetch(nil, "AES-256-CTR", nil)
 nonisolated(unsafe) private let aes128ECB: OpaquePointer? = EVP_CIPHER_fetch(nil, "AES-128-ECB", nil)
 nonisolated(unsafe) private let poly1305MAC: OpaquePointer? = EVP_MAC_fetch(nil, "POLY1305", nil)
@@ -59,6 +60,20 @@ public enum SHA256 {
       out.withUnsafeMutableBufferPointer { _ = EVP_DigestFinal_ex(ctx, $0.baseAddress, &len) }
       return out
     }
+  }
+}
+
+/// MD5, for S3's `Content-MD5` header (which S3 requires on object-lock uploads); never for integrity here.
+public enum MD5 {
+  /// MD5 of `data` (EVP_Digest).
+  public static func hash(_ data: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 16)
+    var len: UInt32 = 16
+    let ok = data.withUnsafeBytes { d in
+      out.withUnsafeMutableBufferPointer { o in EVP_Digest(d.baseAddress, d.count, o.baseAddress, &len, md5MD, nil) }
+    }
+    precondition(ok == 1, "EVP_Digest failed")
+    return out
   }
 }
 

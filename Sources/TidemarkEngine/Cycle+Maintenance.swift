@@ -100,6 +100,17 @@ extension Cycle {
     var policies: [Int: EngineConfig.Retention] = [:]
     for o in outcomes where o.stats != nil {
       guard let target = o.repository else { continue }
+      // A target that refuses deletes (an append-only server) keeps everything the DC sends: its retention,
+      // prune and index consolidation run on the DR host (a keeper). An own `retention:` for it is a mistake.
+      if (try? await target.backend.refusesDeletes()) == true {
+        if config.targets[o.index].retention != nil {
+          run.failures.append(
+            "target \(config.targets[o.index].name): `retention:` is set, but its server refuses deletes "
+              + "(append-only): retention for it belongs to the DR side (a keeper there); remove `retention:` from "
+              + "the target")
+        }
+        continue
+      }
       sides.append(Side(name: "target \(config.targets[o.index].name)", target: o.index, repository: target))
       policies[o.index] = config.targets[o.index].retention ?? config.retention
     }
@@ -199,6 +210,7 @@ extension Cycle {
       let side = sides[k]
       switch result {
       case .success(let m):
+        if let retained = m.retained { logger.info("prune on \(side.name): \(retained)") }
         if let freed = m.freedBytes {
           logger.info("prune: freed \(Human.bytes(Int64(freed))) on \(side.name)")
           run.state.prunedBytesTotal += freed
@@ -225,6 +237,8 @@ extension Cycle {
 
   struct SideMaintenance: Sendable {
     var freedBytes: Int?
+    /// What prune left in place because the storage keeps it until a date (S3 Object Lock), in words.
+    var retained: String?
   }
 
   /// Under one exclusive lock: prune (when `prune` is given), then consolidation of the index files.
@@ -241,6 +255,7 @@ extension Cycle {
         let plan = try await Prune.plan(repo, index: index, options: prune, ignoring: []) { _ in }
         let stats = try await Prune.execute(repo, index: index, plan: plan) { _ in }
         out.freedBytes = stats.prunedBytes
+        out.retained = stats.retained.summary
       }
       _ = try await IndexConsolidation.run(repo, maxFiles: maxIndexFiles)
       return out

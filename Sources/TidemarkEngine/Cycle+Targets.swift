@@ -13,7 +13,7 @@ extension Cycle {
   func targetBackend(_ t: EngineConfig.Target) throws -> any Backend {
     try BackendLocation.open(
       t.repository, options: t.options, uploadKiB: t.limitUploadKiB.flatMap { $0 > 0 ? $0 : nil },
-      warn: { [logger] in logger.warning("\($0)") })
+      trust: TLSTrust(caFiles: t.caFiles), warn: { [logger] in logger.warning("\($0)") })
   }
 
   public func openTarget(_ t: EngineConfig.Target) async throws -> Repository {

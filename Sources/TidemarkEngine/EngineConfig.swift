@@ -136,6 +136,8 @@ public struct EngineConfig: Sendable {
     public var options: [String] = []
     public var limitUploadKiB: Int?
     public var retention: Retention?
+    /// PEM files of the certificate authorities a rest:https:// or s3:https:// target is trusted by (`--cacert`).
+    public var caFiles: [String] = []
   }
 
   public struct Metrics: Sendable, Equatable {
@@ -519,7 +521,8 @@ public struct EngineConfig: Sendable {
       var t = Target(name: "", repository: "")
       for (k, v) in try mapping(n, key) {
         let name = try self.key(
-          k, in: key, allowed: ["name", "repository", "password-file", "options", "limit-upload", "retention"])
+          k, in: key,
+          allowed: ["name", "repository", "password-file", "options", "limit-upload", "retention", "cacert"])
         let path = key + "." + name
         switch name {
         case "name": t.name = try string(v, path)
@@ -537,6 +540,7 @@ public struct EngineConfig: Sendable {
           }
         case "limit-upload": t.limitUploadKiB = try int(v, path)
         case "retention": t.retention = try retention(v, path)
+        case "cacert": t.caFiles = try strings(v, path)
         default: break
         }
       }

@@ -18,6 +18,8 @@ public struct RepositoryAccess: Sendable {
   public var lockRetry: Duration = .zero
   public var uploadKiB: Int? = nil
   public var downloadKiB: Int? = nil
+  /// The certificate authorities HTTPS locations (rest:, s3:) trust (`--cacert`).
+  public var trust: TLSTrust = .system
   /// Hears each retry of a remote backend.
   public var warn: @Sendable (String) -> Void = { _ in }
 
@@ -28,7 +30,7 @@ public struct RepositoryAccess: Sendable {
 
   public func backend() throws -> any Backend {
     try BackendLocation.open(
-      location, options: options, uploadKiB: uploadKiB, downloadKiB: downloadKiB, warn: warn)
+      location, options: options, uploadKiB: uploadKiB, downloadKiB: downloadKiB, trust: trust, warn: warn)
   }
 
   public func open() async throws -> Repository {

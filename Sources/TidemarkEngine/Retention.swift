@@ -39,9 +39,10 @@ public enum Retention {
     return remove
   }
 
-  /// Forgets by `r` on `repo` under an exclusive lock; returns how many snapshots were removed. The snapshots are
-  /// listed and the policy applied while the lock is confirmed; the removals wait for it. Snapshots in
-  /// `ignoring` (IDs, hex) are left out altogether: kept, and not counted by the policy.
+  /// Forgets by `r` on `repo` under an exclusive lock; returns how many snapshots were removed (snapshot files the
+  /// storage keeps until a date stay and are not counted). The snapshots are listed and the policy applied while
+  /// the lock is confirmed; the removals wait for it. Snapshots in `ignoring` (IDs, hex) are left out altogether:
+  /// kept, and not counted by the policy.
   public static func apply(
     _ repo: Repository, _ r: EngineConfig.Retention, keeping needed: Set<String> = [], ignoring: Set<String> = [],
     retry: Duration = .zero
@@ -50,8 +51,8 @@ public enum Retention {
     return try await RepositoryAccess.withLock(repo, exclusive: true, retry: retry, overlap: true) {
       let counted = try await repo.listSnapshots().filter { s in !ignoring.contains(s.id?.hex ?? "") }
       let remove = plan(counted, policy, keeping: needed)
-      try await Forget.remove(repo, remove)
-      return remove.count
+      let retained = try await Forget.remove(repo, remove)
+      return remove.count - retained.count
     }
   }
 }

@@ -2,6 +2,7 @@
 // are grouped (restic's --group-by), the policy decides per group, and the snapshot files are removed a few at a
 // time. The caller holds an exclusive lock; data is freed by a later prune.
 import Foundation
+import Synchronization
 import TidemarkCore
 
 public enum Forget {
@@ -18,6 +19,19 @@ public enum Forget {
     public var groups: [Group] = []
     public var remove: [SnapshotID] = []
     public var problems: [SnapshotSelection.Problem] = []
+  }
+
+  /// Fails with one line when `repo`'s storage refuses deletes (an append-only server): `what` (forget, prune)
+  /// cannot run through it, and retention for such a copy belongs to the host that holds it.
+  public static func ensureDeletable(_ repo: Repository, for what: String) async throws {
+    guard try await repo.backend.refusesDeletes() else { return }
+    throw TidemarkError(
+      .general,
+      "\(repo.backend.location) refuses deletes (an append-only server): \(what) cannot run through it; nothing was "
+        + "removed",
+      hint:
+        "retention for this copy runs on the server's host, on the repository's local path (a keeper configuration; "
+        + "see docs/security.md)")
   }
 
   /// restic's forget decision over `all` (oldest first). With `names`, exactly those snapshots (SnapshotSelection,
@@ -92,18 +106,29 @@ public enum Forget {
   }
 
   /// Deletes the snapshot files (a few at a time; the first failure stops the rest). `removed` hears each one.
+  /// Storage that refuses deletes (an append-only server) fails before anything is removed (see
+  /// `ensureDeletable`). A snapshot file the storage keeps until a date (S3 Object Lock) stays, snapshot and all:
+  /// it is returned, and a prune that follows still sees it and keeps its data.
+  @discardableResult
   public static func remove(
     _ repo: Repository, _ ids: [SnapshotID], removed: @escaping @Sendable (Handle) -> Void = { _ in }
-  ) async throws {
+  ) async throws -> RetainedFiles {
+    if ids.isEmpty { return RetainedFiles() }
+    try await ensureDeletable(repo, for: "forget")
     try await repo.writeGate.pass()
+    let retained = Mutex(RetainedFiles())
     try await forEachConcurrently(ids, limit: 4) { id in
       let h = Handle(.snapshot, id.hex)
       do {
         try await repo.backend.remove(h)
+      } catch let e as FileRetained {
+        retained.withLock { $0.add(h, e.until) }
+        return
       } catch {
         throw TidemarkError(.general, "unable to remove \(h) from the repository: \(error)")
       }
       removed(h)
     }
+    return retained.withLock { $0 }
   }
 }

@@ -25,61 +25,6 @@
 import Foundation
 import TidemarkCore
 
-/// restic's calendar duration for `--keep-within*`: `1y5m7d2h` (years, months, days, hours).
-public struct RetentionDuration: Hashable, Sendable, CustomStringConvertible {
-  public var years = 0
-  public var months = 0
-  public var days = 0
-  public var hours = 0
-
-  public init(years: Int = 0, months: Int = 0, days: Int = 0, hours: Int = 0) {
-    (self.years, self.months, self.days, self.hours) = (years, months, days, hours)
-  }
-
-  /// Parses restic's syntax: numbers (optionally negative) each followed by one unit of `y`, `m`, `d`, `h`;
-  /// a unit given twice takes the last value; surrounding white space and the empty string (zero) are accepted.
-  /// The error messages are restic's.
-  public init(parsing text: String) throws {
-    var rest = Substring(text.trimmingCharacters(in: .whitespacesAndNewlines))
-    while !rest.isEmpty {
-      var negative = false
-      if rest.first == "-" {
-        negative = true
-        rest = rest.dropFirst()
-      }
-      let digits = rest.prefix { $0.isASCII && $0.isNumber }
-      guard !digits.isEmpty else { throw TidemarkError(.usage, "no number found") }
-      // Larger values would overflow Go's time arithmetic in restic; here they would trap.
-      guard let magnitude = Int(digits), magnitude <= 1_000_000_000 else {
-        throw TidemarkError(.usage, "number \(digits) is too large")
-      }
-      let number = negative ? -magnitude : magnitude
-      rest = rest.dropFirst(digits.count)
-      guard let unit = rest.first else { throw TidemarkError(.usage, "no unit found after number \(number)") }
-      switch unit {
-      case "y": years = number
-      case "m": months = number
-      case "d": days = number
-      case "h": hours = number
-      default: throw TidemarkError(.usage, "invalid unit '\(unit)' found after number \(number)")
-      }
-      rest = rest.dropFirst()
-    }
-  }
-
-  public var isZero: Bool { years == 0 && months == 0 && days == 0 && hours == 0 }
-
-  /// restic's spelling: the non-zero parts in the order y, m, d, h (`1y2m3d3h`).
-  public var description: String {
-    var s = ""
-    if years != 0 { s += "\(years)y" }
-    if months != 0 { s += "\(months)m" }
-    if days != 0 { s += "\(days)d" }
-    if hours != 0 { s += "\(hours)h" }
-    return s
-  }
-}
-
 /// restic's tag lists: `--tag a,b` / `--keep-tag a,b` means "all of a and b"; repeating the flag means "any list".
 public enum TagList {
   /// Splits at commas and trims white space around each tag (`"a, b"` is `["a", "b"]`, `""` is `[""]`).

@@ -11,6 +11,7 @@
 // - Order, restic's: every new index file is saved (atomically, by the backend) before the first old one is
 //   removed. A crash in between leaves old and new files side by side, which only duplicates entries (restic
 //   check calls that non-critical) and the next run merges them; at no instant does a pack lose its entry.
+// - Index files the storage keeps until a date (S3 Object Lock) are neither merged nor counted.
 // - Packs, snapshots and blobs are never touched; the in-memory `repo.index` stays valid (same entries).
 import TidemarkCore
 
@@ -54,7 +55,12 @@ public enum IndexConsolidation {
     // Cheap test first: only a repository over the bound is read at all.
     guard listed.count > maxFiles else { return st }
     let index = try await StoredIndex.load(repo)
-    let small = index.files.filter { f in f.file.packs.reduce(0) { $0 + $1.blobs.count } < IndexFile.maxBlobs }
+    var small = index.files.filter { f in f.file.packs.reduce(0) { $0 + $1.blobs.count } < IndexFile.maxBlobs }
+    guard small.count > maxFiles else { return st }
+    // Files the storage keeps until a date (S3 Object Lock) could be merged but not removed: merging them would
+    // only add a file, at every run until the date. They are left out, and do not count against the bound.
+    let retained = try await RetainedFiles.of(small.map { Handle(.index, $0.id.hex) }, in: repo.backend)
+    small.removeAll { retained.contains(Handle(.index, $0.id.hex)) }
     guard small.count > maxFiles else { return st }
 
     // Per pack, every distinct entry in first-seen order; packs in the order the (sorted) files name them.
@@ -84,8 +90,8 @@ public enum IndexConsolidation {
     st.indexFilesWritten = written.count
     // Only now, with every entry saved under a new name, may the old files go.
     try await repo.writeGate.pass()
-    try await Prune.removeAll(repo, .index, small.map(\.id.hex))
-    st.indexFilesRemoved = small.count
+    let stayed = try await Prune.removeAll(repo, .index, small.map(\.id.hex))
+    st.indexFilesRemoved = small.count - stayed.count
     return st
   }
 }

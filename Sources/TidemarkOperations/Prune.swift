@@ -14,6 +14,12 @@
 //   5. delete the packs that were repacked or are unused (now named by no index).
 // A crash before 4 leaves old and new index files side by side, which only duplicates entries; after 4,
 // packs no index names, which check reports as harmless and the next prune deletes.
+//
+// Files the storage keeps until a date (S3 Object Lock, `Backend.retainedUntil`) are learnt before deciding and
+// never relied on being deleted: retained packs are kept as they are, and so are the packs of a retained index
+// file, which stays beside the new ones. A file found retained only while deleting (clocks that disagree) stays
+// too, and step 5 spares the packs of an index file that stayed. Where the storage was asked to, a last step
+// renews the retention of the packs still in use.
 import Foundation
 import Synchronization
 import TidemarkCore
@@ -77,6 +83,12 @@ public struct PruneStats: Sendable {
   /// After the run: bytes of new packs written by repacking.
   public var repackWrittenBytes = 0
   public var indexFilesWritten = 0, indexFilesRemoved = 0
+  /// Files left in place because the storage keeps them until a date (S3 Object Lock): planned around, or (when
+  /// the storage's clock disagreed with ours) found while deleting.
+  public var retained = RetainedFiles()
+  /// Packs whose retention was renewed (S3: `-o s3.object-lock-extend=true`), and the latest new date.
+  public var retentionExtended = 0
+  public var retentionExtendedUntil: Date? = nil
 
   public var totalBlobs: Int { usedBlobs + unusedBlobs + duplicateBlobs }
   public var totalBytes: Int { usedBytes + duplicateBytes + unusedBytes + unreferencedBytes }
@@ -90,6 +102,8 @@ public struct PrunePlan: Sendable {
   public var remove: Set<PackID> = []  // no used blob
   public var repack: Set<PackID> = []
   public var ignore: Set<PackID> = []  // named by the index, missing, not needed
+  /// Packs that stay and hold blobs the snapshots use.
+  public var inUse: Set<PackID> = []
   /// Used blobs that live only in packs being repacked: these must be copied.
   public var keepBlobs: Set<BlobHandleKey> = []
   public var stats = PruneStats()
@@ -116,7 +130,6 @@ public enum Prune {
     progress("finding data that is still in use for \(snapshots.count) snapshots")
     let used = try await usedBlobs(repo, snapshots: snapshots)
     progress("searching used packs")
-    var plan = PrunePlan()
     var st = PruneStats()
 
     // Pass 1: used, duplicate and unused blobs (restic's packInfoFromIndex).
@@ -204,14 +217,12 @@ public enum Prune {
 
     // Pass 2: decide per pack (restic's decidePackAction).
     progress("collecting packs for deletion and repacking")
-    let smallPack = BlobSaver.targetPackSize / 25
-    var candidates: [(PackID, PackInfo)] = []
-    var smallCandidates: [(PackID, PackInfo)] = []
+    var listed: [(id: PackID, size: Int, info: PackInfo)] = []
+    var unreferenced: [(id: PackID, size: Int)] = []
     for f in try await repo.backend.list(.pack) {
       guard let id = PackID(hex: f.name) else { continue }
-      guard var p = info.removeValue(forKey: id) else {
-        plan.removeFirst.insert(id)
-        st.unreferencedBytes += f.size
+      guard let p = info.removeValue(forKey: id) else {
+        unreferenced.append((id, f.size))
         continue
       }
       if p.usedSize + p.unusedSize != f.size && p.usedBlobs != 0 {
@@ -220,30 +231,13 @@ public enum Prune {
           "pack \(id.short): the index says \(p.usedSize + p.unusedSize) bytes, the file has \(f.size); prune will not run",
           hint: "run `tidemark check --read-data` to see what is damaged")
       }
-      if p.usedBlobs == 0 {
-        st.packsUnused += 1
-      } else if p.unusedBlobs == 0 {
-        st.packsUsed += 1
-      } else {
-        st.packsPartlyUsed += 1
-      }
-      let isTree = p.type == .tree || p.mixed
-      p.mustCompress =
-        repo.config.version >= 2 && (isTree || options.repackUncompressed) && p.uncompressed
-      if p.usedBlobs == 0 {
-        plan.remove.insert(id)
-        st.removeBlobs += p.unusedBlobs
-        st.removeBytes += p.unusedSize
-      } else if p.unusedBlobs == 0 && !p.mixed && !p.mustCompress {
-        if f.size >= smallPack { st.packsKeep += 1 } else { smallCandidates.append((id, p)) }
-      } else {
-        candidates.append((id, p))
-      }
+      listed.append((id, f.size, p))
     }
     // Packs the index names that are missing: fine if nothing needs them, fatal otherwise.
+    var ignore = Set<PackID>()
     for (id, p) in info {
       if p.usedBlobs == 0 {
-        plan.ignore.insert(id)
+        ignore.insert(id)
         st.removeBlobs += p.unusedBlobs
         st.removeBytes += p.unusedSize
       } else {
@@ -252,57 +246,126 @@ public enum Prune {
           hint: "run `tidemark check` to find the affected snapshots")
       }
     }
-    if smallCandidates.count < 10 {
-      st.packsKeep += smallCandidates.count
-    } else {
-      candidates += smallCandidates
-    }
-    func total(_ p: PackInfo) -> Int { p.usedSize + p.unusedSize }
-    candidates.sort { a, b in
-      let (pi, pj) = (a.1, b.1)
-      let ti = pi.type != .data || pi.mixed
-      let tj = pj.type != .data || pj.mixed
-      if ti != tj { return ti }
-      let si = total(pi) < smallPack
-      let sj = total(pj) < smallPack
-      if si != sj { return si }
-      return pi.unusedSize * pj.usedSize > pj.unusedSize * pi.usedSize
-    }
-    let maxUnusedAfter = options.maxUnused(st.usedBytes)
-    for (id, p) in candidates {
-      let reachedUnused = st.unusedBytes - st.removeBytes - st.repackRemovedBytes < maxUnusedAfter
-      let reachedRepack = st.repackBytes + total(p) >= options.maxRepackBytes
-      let largeEnough = total(p) >= smallPack
-      if reachedRepack {
-        st.packsKeep += 1
-      } else if p.type != .data || p.mixed || p.mustCompress {
-        plan.repack.insert(id)
-      } else if reachedUnused && largeEnough {
-        st.packsKeep += 1
-      } else {
-        plan.repack.insert(id)
-      }
-      if plan.repack.contains(id) {
-        st.repackBlobs += p.usedBlobs + p.unusedBlobs
-        st.repackBytes += total(p)
-        st.repackRemovedBlobs += p.unusedBlobs
-        st.repackRemovedBytes += p.unusedSize
-      }
-    }
-    st.packsUnreferenced = plan.removeFirst.count
-    st.packsRepack = plan.repack.count
-    st.packsRemove = plan.remove.count
 
-    // Used blobs that must be copied: those with no copy in a pack that stays.
-    if !plan.repack.isEmpty {
-      index.forEachEntry { pack, b in
-        if plan.repack.contains(pack) { return }
-        if plan.remove.contains(pack) || plan.ignore.contains(pack) { return }
-        keep.remove(BlobHandleKey(b.id, b.type))
+    /// restic's decisions, except that `pinned` packs are kept as they are (the storage will not delete them).
+    func decide(pinned: Set<PackID>) -> PrunePlan {
+      var plan = PrunePlan()
+      var st = st
+      plan.ignore = ignore
+      for (id, size) in unreferenced where !pinned.contains(id) {
+        plan.removeFirst.insert(id)
+        st.unreferencedBytes += size
       }
-      plan.keepBlobs = keep
+      let smallPack = BlobSaver.targetPackSize / 25
+      var candidates: [(PackID, PackInfo)] = []
+      var smallCandidates: [(PackID, PackInfo)] = []
+      for (id, size, listedInfo) in listed {
+        var p = listedInfo
+        if p.usedBlobs == 0 {
+          st.packsUnused += 1
+        } else if p.unusedBlobs == 0 {
+          st.packsUsed += 1
+        } else {
+          st.packsPartlyUsed += 1
+        }
+        if pinned.contains(id) {
+          st.packsKeep += 1
+          continue
+        }
+        let isTree = p.type == .tree || p.mixed
+        p.mustCompress =
+          repo.config.version >= 2 && (isTree || options.repackUncompressed) && p.uncompressed
+        if p.usedBlobs == 0 {
+          plan.remove.insert(id)
+          st.removeBlobs += p.unusedBlobs
+          st.removeBytes += p.unusedSize
+        } else if p.unusedBlobs == 0 && !p.mixed && !p.mustCompress {
+          if size >= smallPack { st.packsKeep += 1 } else { smallCandidates.append((id, p)) }
+        } else {
+          candidates.append((id, p))
+        }
+      }
+      if smallCandidates.count < 10 {
+        st.packsKeep += smallCandidates.count
+      } else {
+        candidates += smallCandidates
+      }
+      func total(_ p: PackInfo) -> Int { p.usedSize + p.unusedSize }
+      candidates.sort { a, b in
+        let (pi, pj) = (a.1, b.1)
+        let ti = pi.type != .data || pi.mixed
+        let tj = pj.type != .data || pj.mixed
+        if ti != tj { return ti }
+        let si = total(pi) < smallPack
+        let sj = total(pj) < smallPack
+        if si != sj { return si }
+        return pi.unusedSize * pj.usedSize > pj.unusedSize * pi.usedSize
+      }
+      let maxUnusedAfter = options.maxUnused(st.usedBytes)
+      for (id, p) in candidates {
+        let reachedUnused = st.unusedBytes - st.removeBytes - st.repackRemovedBytes < maxUnusedAfter
+        let reachedRepack = st.repackBytes + total(p) >= options.maxRepackBytes
+        let largeEnough = total(p) >= smallPack
+        if reachedRepack {
+          st.packsKeep += 1
+        } else if p.type != .data || p.mixed || p.mustCompress {
+          plan.repack.insert(id)
+        } else if reachedUnused && largeEnough {
+          st.packsKeep += 1
+        } else {
+          plan.repack.insert(id)
+        }
+        if plan.repack.contains(id) {
+          st.repackBlobs += p.usedBlobs + p.unusedBlobs
+          st.repackBytes += total(p)
+          st.repackRemovedBlobs += p.unusedBlobs
+          st.repackRemovedBytes += p.unusedSize
+        }
+      }
+      plan.inUse = Set(listed.filter { $0.info.usedBlobs > 0 && !plan.repack.contains($0.id) }.map(\.id))
+      st.packsUnreferenced = plan.removeFirst.count
+      st.packsRepack = plan.repack.count
+      st.packsRemove = plan.remove.count
+
+      // Used blobs that must be copied: those with no copy in a pack that stays.
+      if !plan.repack.isEmpty {
+        var keepBlobs = keep
+        index.forEachEntry { pack, b in
+          if plan.repack.contains(pack) { return }
+          if plan.remove.contains(pack) || plan.ignore.contains(pack) { return }
+          keepBlobs.remove(BlobHandleKey(b.id, b.type))
+        }
+        plan.keepBlobs = keepBlobs
+      }
+      plan.stats = st
+      return plan
     }
-    plan.stats = st
+
+    // Files the storage keeps until a date (S3 Object Lock) cannot be deleted, so the plan must not depend on
+    // deleting them: a retained pack is kept as it is (never repacked: that would only add a copy), and so is
+    // every pack a retained index file names (deleting it would leave that index naming a missing pack). Keeping
+    // packs changes which others are worth repacking, so the plan is redone until it asks about nothing new.
+    var pinned = Set<PackID>()
+    var asked = Set<Handle>()
+    var retained = RetainedFiles()
+    var plan = decide(pinned: [])
+    while true {
+      let dropsIndex = !plan.remove.isEmpty || !plan.repack.isEmpty || !plan.ignore.isEmpty
+      var wanted = plan.removeFirst.union(plan.remove).union(plan.repack).map { Handle(.pack, $0.hex) }
+      if dropsIndex { wanted += index.files.map { Handle(.index, $0.id.hex) } }
+      wanted = wanted.filter { !asked.contains($0) }
+      if wanted.isEmpty { break }
+      asked.formUnion(wanted)
+      let found = try await RetainedFiles.of(wanted, in: repo.backend)
+      if found.isEmpty { break }
+      retained.merge(found)
+      for h in found.until.keys where h.type == .pack { pinned.insert(PackID(hex: h.name)!) }
+      for f in index.files where found.contains(Handle(.index, f.id.hex)) {
+        for p in f.file.packs { pinned.insert(p.id) }
+      }
+      plan = decide(pinned: pinned)
+    }
+    plan.stats.retained = retained
     return plan
   }
 
@@ -314,7 +377,7 @@ public enum Prune {
     // 1. Packs nothing refers to.
     if !plan.removeFirst.isEmpty {
       progress("deleting \(plan.removeFirst.count) unreferenced packs")
-      try await removeAll(repo, .pack, plan.removeFirst.map(\.hex))
+      st.retained.merge(try await removeAll(repo, .pack, plan.removeFirst.map(\.hex)))
     }
     // 2. Repack.
     var newIndexFiles = Set<String>()
@@ -351,7 +414,8 @@ public enum Prune {
           hint: "run `tidemark check`")
       }
     }
-    // 3. New index files for everything kept; 4. the old ones go.
+    // 3. New index files for everything kept; 4. the old ones go (those the storage keeps stay, which only
+    // duplicates entries).
     let drop = plan.remove.union(plan.repack).union(plan.ignore)
     if !drop.isEmpty || !plan.repack.isEmpty {
       progress("rebuilding index")
@@ -363,26 +427,46 @@ public enum Prune {
       let written = try await saveIndexFiles(repo, packs: kept, supersedes: index.files.map(\.id)).count
       st.indexFilesWritten = written + newIndexFiles.count
       progress("deleting obsolete index files")
-      try await removeAll(repo, .index, index.files.map(\.id.hex))
-      st.indexFilesRemoved = index.files.count
-      // 5. Packs no index names any more.
-      let packs = plan.remove.union(plan.repack)
+      let oldIndex = index.files.filter { !st.retained.contains(Handle(.index, $0.id.hex)) }
+      let late = try await removeAll(repo, .index, oldIndex.map(\.id.hex))
+      st.retained.merge(late)
+      st.indexFilesRemoved = oldIndex.count - late.count
+      // 5. Packs no index names any more. An index file that stayed still names its packs: they stay too (the
+      // plan already kept those of the index files it knew to be retained).
+      var packs = plan.remove.union(plan.repack)
+      for f in index.files where late.contains(Handle(.index, f.id.hex)) {
+        for p in f.file.packs { packs.remove(p.id) }
+      }
       if !packs.isEmpty {
         progress("removing \(packs.count) old packs")
-        try await removeAll(repo, .pack, packs.map(\.hex))
+        st.retained.merge(try await removeAll(repo, .pack, packs.map(\.hex)))
       }
     }
+    // 6. Where the storage was asked to (S3: -o s3.object-lock-extend=true), the packs still in use get their
+    // retention renewed, so what the snapshots need stays protected for as long as they need it. Packs no
+    // snapshot needs are left to expire.
+    let extended = Mutex<(count: Int, until: Date?)>((0, nil))
+    try await forEachConcurrently(Array(plan.inUse), limit: 8) { id in
+      guard let d = try await repo.backend.extendRetention(Handle(.pack, id.hex)) else { return }
+      extended.withLock { e in e = (e.count + 1, max(d, e.until ?? d)) }
+    }
+    (st.retentionExtended, st.retentionExtendedUntil) = extended.withLock { $0 }
     return st
   }
 
-  static func removeAll(_ repo: Repository, _ type: FileType, _ names: [String]) async throws {
+  /// Removes the files; returns those the storage keeps until a date (they stay, unchanged).
+  static func removeAll(_ repo: Repository, _ type: FileType, _ names: [String]) async throws -> RetainedFiles {
+    let retained = Mutex(RetainedFiles())
     try await forEachConcurrently(names, limit: 8) { n in
       do {
         try await repo.backend.remove(Handle(type, n))
       } catch is BackendNotFound {
         // already gone: the goal is reached
+      } catch let e as FileRetained {
+        retained.withLock { $0.add(e.handle, e.until) }
       }
     }
+    return retained.withLock { $0 }
   }
 }
 
@@ -394,6 +478,7 @@ extension Prune {
     _ repo: Repository, options: PruneOptions, ignoring: Set<SnapshotID> = [], progress: Progress,
     planned: (PrunePlan) -> Void = { _ in }
   ) async throws -> PruneStats {
+    if !options.dryRun { try await Forget.ensureDeletable(repo, for: "prune") }
     progress("loading indexes...")
     let index = try await StoredIndex.load(repo)
     for f in index.files { repo.index.add(f.file) }

@@ -20,6 +20,7 @@ struct RESTHandler: HTTPResponder {
   let privateRepos: Bool
   let users: Htpasswd?
   let quota: Quota?
+  let metrics: ServeMetrics?
   let logger: Logger
 
   static let v2 = "application/vnd.x.restic.rest.v2"
@@ -28,25 +29,87 @@ struct RESTHandler: HTTPResponder {
   static let piece = 1 << 20
 
   func respond(to request: Request, context: Context) async throws -> Response {
-    var user: String? = nil
-    if let users {
-      guard let (name, password) = Self.basicCredentials(request.headers[.authorization]),
-        await users.verify(user: name, password: password)
-      else {
-        return Response(
-          status: .unauthorized, headers: [.wwwAuthenticate: "Basic realm=\"restic\""],
-          body: .init(byteBuffer: ByteBuffer(string: "401 unauthorized\n")))
+    let path = request.uri.path
+    if let metrics, path == "/metrics" || path == "/metrics/" {
+      if metrics.access == .authenticated, users != nil, await authenticate(request) == nil {
+        return Self.unauthorized()
       }
+      guard request.method == .get || request.method == .head else { return Self.notAllowed("GET") }
+      return Response(
+        status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+        body: .init(byteBuffer: ByteBuffer(bytes: metrics.render())))
+    }
+    let route = RESTRoute(path: path)
+    var moved: Int64 = 0
+    var user: String? = nil
+    let response: Response
+    if users != nil, let name = await authenticate(request) {
       user = name
     }
-    guard let route = RESTRoute(path: request.uri.path) else { return Self.status(.notFound) }
-    if privateRepos {
-      guard let user, route.repo.first == user else { return Self.status(.unauthorized) }
+    if users != nil && user == nil {
+      response = Self.unauthorized()
+    } else if let route {
+      if privateRepos, route.repo.first != user {
+        response = Self.status(.unauthorized)
+      } else {
+        response = try await dispatchMapped(route, request, moved: &moved)
+      }
+    } else {
+      response = Self.status(.notFound)
     }
+    if let metrics {
+      // Series only for repositories a user was let into (see ServeMetrics).
+      let allowed = route != nil && response.status != .unauthorized
+      let repo = allowed ? (route?.repo.joined(separator: "/") ?? ".") : "."
+      metrics.request(repo: repo, method: request.method.rawValue, status: response.status.code)
+      if let route, let op = Self.operation(route, request.method, response.status) {
+        metrics.blob(op.0, user: user ?? "", repo: repo, type: op.1, bytes: moved)
+      }
+    }
+    return response
+  }
+
+  /// The user whose Basic credentials the request carries, when they are right.
+  private func authenticate(_ request: Request) async -> String? {
+    guard let users, let (name, password) = Self.basicCredentials(request.headers[.authorization]),
+      await users.verify(user: name, password: password)
+    else { return nil }
+    return name
+  }
+
+  static func unauthorized() -> Response {
+    Response(
+      status: .unauthorized, headers: [.wwwAuthenticate: "Basic realm=\"restic\""],
+      body: .init(byteBuffer: ByteBuffer(string: "401 unauthorized\n")))
+  }
+
+  /// What a successful request did to a file, for the metrics: the operation and the file's type.
+  static func operation(_ route: RESTRoute, _ method: HTTPRequest.Method, _ status: HTTPResponse.Status)
+    -> (ServeMetrics.Operation, String)?
+  {
+    let type: String
+    switch route {
+    case .file(_, let t, _): type = t.rawValue
+    case .config: type = "config"
+    default: return nil
+    }
+    guard status == .ok || status == .partialContent else { return nil }
+    switch method {
+    case .get: return (.read, type)
+    case .post: return (.write, type)
+    case .delete: return (.delete, type)
+    default: return nil
+    }
+  }
+
+  /// `dispatch`, with a full disk answered as 507 Insufficient Storage and other storage errors as 500.
+  /// `moved`: the bytes of the file read, written or deleted.
+  private func dispatchMapped(_ route: RESTRoute, _ request: Request, moved: inout Int64) async throws -> Response {
     do {
-      return try await dispatch(route, request)
+      return try await dispatch(route, request, moved: &moved)
     } catch let e as SystemError {
       if e.errno == ENOSPC || e.errno == EDQUOT {
+        logger.warning("\(request.method) \(request.uri.path): the disk is full")
         return Self.status(.init(code: 507, reasonPhrase: "Insufficient Storage"))
       }
       logger.error("\(request.method) \(request.uri.path): \(e)")
@@ -54,7 +117,7 @@ struct RESTHandler: HTTPResponder {
     }
   }
 
-  private func dispatch(_ route: RESTRoute, _ request: Request) async throws -> Response {
+  private func dispatch(_ route: RESTRoute, _ request: Request, moved: inout Int64) async throws -> Response {
     let method = request.method
     switch route {
     case .repository(let repo):
@@ -72,9 +135,9 @@ struct RESTHandler: HTTPResponder {
       let path = files.configPath(repo)
       switch method {
       case .head: return try await head(path)
-      case .get: return try await get(path, request)
-      case .post: return try await upload(request, to: path, name: nil)
-      case .delete: return try await delete(path)
+      case .get: return try await get(path, request, moved: &moved)
+      case .post: return try await upload(request, to: path, name: nil, moved: &moved)
+      case .delete: return try await delete(path, moved: &moved)
       default: return Self.notAllowed("HEAD, GET, POST, DELETE")
       }
     case .list(let repo, let type):
@@ -84,9 +147,9 @@ struct RESTHandler: HTTPResponder {
       let path = files.filePath(repo, type, name)
       switch method {
       case .head: return try await head(path)
-      case .get: return try await get(path, request)
-      case .post: return try await upload(request, to: path, name: name)
-      case .delete: return try await delete(path, isLock: type == .locks)
+      case .get: return try await get(path, request, moved: &moved)
+      case .post: return try await upload(request, to: path, name: name, moved: &moved)
+      case .delete: return try await delete(path, isLock: type == .locks, moved: &moved)
       default: return Self.notAllowed("HEAD, GET, POST, DELETE")
       }
     }
@@ -98,7 +161,7 @@ struct RESTHandler: HTTPResponder {
     return Response(status: .ok, headers: [.contentLength: String(size)], body: .init())
   }
 
-  private func get(_ path: BytePath, _ request: Request) async throws -> Response {
+  private func get(_ path: BytePath, _ request: Request, moved: inout Int64) async throws -> Response {
     let files = self.files
     guard let size = try await Blocking.run({ try files.size(path) }) else { return Self.status(.notFound) }
     var start: Int64 = 0
@@ -124,6 +187,7 @@ struct RESTHandler: HTTPResponder {
     }
     let handle = FileHandleBox(fd)
     let (first, total) = (start, count)
+    moved = total
     return Response(
       status: status, headers: headers,
       body: .init(contentLength: Int(total)) { writer in
@@ -157,17 +221,20 @@ struct RESTHandler: HTTPResponder {
       status: .ok, headers: [.contentType: v2 ? Self.v2 : Self.v1], body: .init(byteBuffer: ByteBuffer(string: json)))
   }
 
-  private func delete(_ path: BytePath, isLock: Bool = false) async throws -> Response {
+  private func delete(_ path: BytePath, isLock: Bool = false, moved: inout Int64) async throws -> Response {
     if appendOnly && !isLock { return Self.status(.forbidden) }
     let files = self.files
     guard let size = try await Blocking.run({ try files.remove(path) }) else { return Self.status(.notFound) }
     quota?.release(size)
+    moved = size
     return Self.status(.ok)
   }
 
   /// Streams the body to a temporary file, checks it against `name` (the SHA-256; nil for config), then puts it
   /// in place. The temporary file is gone before the response is sent, whatever the outcome.
-  private func upload(_ request: Request, to path: BytePath, name: String?) async throws -> Response {
+  private func upload(_ request: Request, to path: BytePath, name: String?, moved: inout Int64) async throws
+    -> Response
+  {
     let files = self.files
     let existing = try await Blocking.run { try files.size(path) }
     if existing != nil && appendOnly { return Self.status(.forbidden) }
@@ -185,6 +252,7 @@ struct RESTHandler: HTTPResponder {
       throw error
     }
     await abandon(upload)
+    moved = upload.written
     return response
   }
 

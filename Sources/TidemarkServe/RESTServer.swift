@@ -13,8 +13,10 @@
 // operation runs on `Blocking`'s threads. State shared between requests is the htpasswd cache (a Mutex) and the
 // quota (an atomic counter), both owned by the server value.
 import Hummingbird
+import HummingbirdTLS
 import Logging
 internal import NIOCore
+internal import NIOSSL
 import ServiceLifecycle
 import TidemarkCore
 import TidemarkSystem
@@ -37,10 +39,14 @@ public struct ServeConfiguration: Sendable {
   public var users: Htpasswd?
   /// The bytes all repositories may hold together (`--max-size`).
   public var maxSize: Int64?
+  /// HTTPS with this certificate and key (`--tls`); nil: plain HTTP.
+  public var tls: ServeTLS?
+  /// `GET /metrics` (`--prometheus`); nil: not served.
+  public var metrics: ServeMetricsAccess?
 
   public init(
     host: String, port: Int, root: String, appendOnly: Bool = false, privateRepos: Bool = false,
-    users: Htpasswd? = nil, maxSize: Int64? = nil
+    users: Htpasswd? = nil, maxSize: Int64? = nil, tls: ServeTLS? = nil, metrics: ServeMetricsAccess? = nil
   ) {
     self.host = host
     self.port = port
@@ -49,6 +55,8 @@ public struct ServeConfiguration: Sendable {
     self.privateRepos = privateRepos
     self.users = users
     self.maxSize = maxSize
+    self.tls = tls
+    self.metrics = metrics
   }
 
   /// Parses `--listen`: `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (all interfaces).
@@ -77,15 +85,70 @@ public struct ServeConfiguration: Sendable {
   }
 }
 
+/// The certificate (chain) and private key of `--tls`, PEM files. rest-server's defaults: `public_key` and
+/// `private_key` in the served directory.
+public struct ServeTLS: Sendable {
+  public var certificate: String
+  public var key: String
+
+  public init(certificate: String, key: String) {
+    self.certificate = certificate
+    self.key = key
+  }
+
+  /// `--tls` with `--tls-cert`/`--tls-key` as given (nil: rest-server's default file in `root`).
+  public static func files(certificate: String?, key: String?, root: String) -> ServeTLS {
+    let dir = root.hasSuffix("/") ? root : root + "/"
+    return ServeTLS(certificate: certificate ?? dir + "public_key", key: key ?? dir + "private_key")
+  }
+
+  /// Reads both files into a server configuration; a file that is missing or not PEM is one usage error naming
+  /// it. Blocking: call through `Blocking.run`.
+  func load() throws -> TLSConfiguration {
+    let chain: [NIOSSLCertificate]
+    do {
+      chain = try NIOSSLCertificate.fromPEMFile(certificate)
+      guard !chain.isEmpty else { throw TidemarkError(.usage, "empty") }
+    } catch {
+      throw TidemarkError(
+        .usage, "--tls-cert \(certificate): not a readable PEM certificate (\(Self.reason(error, certificate)))",
+        hint: "give the server's certificate chain in PEM, or --tls-cert FILE")
+    }
+    let key: NIOSSLPrivateKey
+    do {
+      key = try NIOSSLPrivateKey(file: self.key, format: .pem)
+    } catch {
+      throw TidemarkError(
+        .usage, "--tls-key \(self.key): not a readable PEM private key (\(Self.reason(error, self.key)))",
+        hint: "give the certificate's private key in PEM, or --tls-key FILE")
+    }
+    var configuration = TLSConfiguration.makeServerConfiguration(
+      certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+    configuration.minimumTLSVersion = .tlsv12
+    return configuration
+  }
+
+  private static func reason(_ error: any Error, _ path: String) -> String {
+    if access(path, R_OK) != 0 { return String(cString: strerror(errno)).lowercased() }
+    return "no PEM block of that kind"
+  }
+}
+
 public struct RESTServer: Service {
   public let configuration: ServeConfiguration
   private let logger: Logger
   private let handler: RESTHandler
+  private let tlsConfiguration: TLSConfiguration?
 
   /// Creates the served directory when it is missing and, with a size limit, measures what it holds.
   public init(configuration: ServeConfiguration, logger: Logger) async throws {
     self.configuration = configuration
     self.logger = logger
+    if let tls = configuration.tls {
+      tlsConfiguration = try await Blocking.run { try tls.load() }
+    } else {
+      tlsConfiguration = nil
+    }
     let files = RepositoryFiles(root: BytePath(configuration.root).absolute())
     do {
       try await Blocking.run { try Sys.mkdirAll(files.root, 0o700) }
@@ -101,7 +164,8 @@ public struct RESTServer: Service {
     }
     handler = RESTHandler(
       files: files, appendOnly: configuration.appendOnly, privateRepos: configuration.privateRepos,
-      users: configuration.users, quota: quota, logger: logger)
+      users: configuration.users, quota: quota,
+      metrics: configuration.metrics.map { ServeMetrics(access: $0, quota: quota) }, logger: logger)
   }
 
   /// Serves until graceful shutdown (SIGTERM or SIGINT through the ServiceGroup that runs it).
@@ -143,18 +207,21 @@ public struct RESTServer: Service {
     return quiet
   }
 
-  private func makeApplication(host: String) -> some ApplicationProtocol {
+  private func makeApplication(host: String) throws -> some ApplicationProtocol {
     let logger = self.logger
     let root = handler.files.root
+    let scheme = tlsConfiguration == nil ? "http" : "https"
     return Application(
       responder: handler,
-      server: .http1(configuration: .init(idleTimeout: .seconds(300))),
+      server: try tlsConfiguration.map {
+        try .tls(.http1(configuration: .init(idleTimeout: .seconds(300))), tlsConfiguration: $0)
+      } ?? .http1(configuration: .init(idleTimeout: .seconds(300))),
       configuration: .init(address: .hostname(host, port: configuration.port), serverName: "tidemark"),
       onServerRunning: { channel in
         let ip = channel.localAddress?.ipAddress ?? host
         let port = channel.localAddress?.port ?? 0
         let shown = ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
-        logger.notice("serving \(root) on http://\(shown)/")
+        logger.notice("serving \(root) on \(scheme)://\(shown)/")
       },
       logger: quietLogger)
   }

@@ -69,7 +69,7 @@ struct Tidemark: AsyncParsableCommand {
     let takesValue: Set<String> = [
       "-r", "--repo", "--password-file", "--password-command", "--config", "--compression", "--retry-lock", "-o",
       "--option",
-      "--limit-upload", "--limit-download",
+      "--limit-upload", "--limit-download", "--cacert",
     ]
     var leading: [String] = []
     var i = 0
@@ -103,6 +103,9 @@ struct Tidemark: AsyncParsableCommand {
       return ExitCodes.code(for: e.kind)
     case let e as SystemError:
       Out.errRaw("tidemark: \(e.description)\n")
+      return 1
+    case let e as FileRetained:
+      Out.errRaw("tidemark: \(e.description); the storage refuses to delete it before then (S3 Object Lock)\n")
       return 1
     case is CancellationError:
       Out.errRaw("tidemark: interrupted\n")

@@ -150,17 +150,26 @@ struct Forget: AsyncParsableCommand {
         Out.line("")
       }
     }
+    var retained = RetainedFiles()
     if !d.remove.isEmpty {
       if !dryRun {
-        try await removeSnapshots(repo, d.remove)
-      } else if text {
-        Out.line("Would have removed the following snapshots:")
-        Out.line("{" + d.remove.map(\.short).joined(separator: " ") + "}")
-        Out.line("")
+        retained = try await removeSnapshots(repo, d.remove)
+      } else {
+        // A dry run names only what a real run could delete (and plans its prune without exactly those).
+        retained = try await RetainedFiles.of(d.remove.map { Handle(.snapshot, $0.hex) }, in: repo.backend)
+        let would = d.remove.filter { !retained.contains(Handle(.snapshot, $0.hex)) }
+        if text && !would.isEmpty {
+          Out.line("Would have removed the following snapshots:")
+          Out.line("{" + would.map(\.short).joined(separator: " ") + "}")
+          Out.line("")
+        }
+        if let summary = retained.summary, !global.quiet {
+          if global.json { Out.err(summary) } else { Out.line(summary) }
+        }
       }
     }
     if global.json && !d.groups.isEmpty { Out.raw(TidemarkOperations.Forget.json(d.groups)) }
-    return Set(d.remove)
+    return Set(d.remove.filter { !retained.contains(Handle(.snapshot, $0.hex)) })
   }
 
   /// Snapshot arguments skipped, in restic's words; `latest` is the newest snapshot passing --host/--tag/--path.
@@ -181,15 +190,23 @@ struct Forget: AsyncParsableCommand {
     }
   }
 
-  /// Deletes the snapshot files (Forget.remove), with restic's lines.
-  private func removeSnapshots(_ repo: Repository, _ ids: [SnapshotID]) async throws {
+  /// Deletes the snapshot files (Forget.remove), with restic's lines; returns those the storage keeps until a
+  /// date (S3 Object Lock), which stay and are named in one more line.
+  private func removeSnapshots(_ repo: Repository, _ ids: [SnapshotID]) async throws -> RetainedFiles {
     let start = ContinuousClock.now
     let verbose = global.verbose >= 2 && text
-    try await TidemarkOperations.Forget.remove(repo, ids) { h in if verbose { Out.line("removed \(h)") } }
+    let retained = try await TidemarkOperations.Forget.remove(repo, ids) { h in
+      if verbose { Out.line("removed \(h)") }
+    }
     if text {
       let secs = Double((ContinuousClock.now - start).components.seconds)
-      Out.line("[\(Out.duration(secs))] 100.00%  \(ids.count) / \(ids.count) files deleted")
+      let done = ids.count - retained.count
+      Out.line("[\(Out.duration(secs))] 100.00%  \(done) / \(ids.count) files deleted")
     }
+    if let summary = retained.summary, !global.quiet {
+      if global.json { Out.err(summary) } else { Out.line(summary) }
+    }
+    return retained
   }
 }
 

@@ -54,9 +54,16 @@ struct GlobalOptions: ParsableArguments {
   @Option(
     name: [.customShort("o"), .customLong("option")],
     help: ArgumentHelp(
-      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N, s3.region=R, s3.connections=N.",
+      "Backend option key=value (repeatable): sftp.identity=FILE, sftp.known-hosts=FILE, sftp.port=N, sftp.connections=N, s3.region=R, s3.connections=N, s3.object-lock=MODE:DURATION.",
       valueName: "key=value"))
   var option: [String] = []
+
+  @Option(
+    name: .customLong("cacert"),
+    help: ArgumentHelp(
+      "Trust only the certificate authorities in this PEM file for rest:https:// and s3:https:// repositories (repeatable), e.g. a private CA of `tidemark serve --tls`.",
+      valueName: "file"))
+  var cacert: [String] = []
 
   static func env(_ name: String) -> String? { PasswordSource.env(name) }
 
@@ -82,7 +89,7 @@ struct GlobalOptions: ParsableArguments {
   func backend(at location: String, options: [String]) throws -> any Backend {
     try BackendLocation.open(
       location, options: options, uploadKiB: try uploadLimit, downloadKiB: try downloadLimit,
-      warn: { Out.err("tidemark: \($0)") })
+      trust: TLSTrust(caFiles: cacert), warn: { Out.err("tidemark: \($0)") })
   }
 
   var uploadLimit: Int? {
@@ -108,6 +115,7 @@ struct GlobalOptions: ParsableArguments {
     a.lockRetry = try lockRetry
     a.uploadKiB = try uploadLimit
     a.downloadKiB = try downloadLimit
+    a.trust = TLSTrust(caFiles: cacert)
     a.warn = { Out.err("tidemark: \($0)") }
     return a
   }

@@ -130,6 +130,13 @@ func runPrune(
     }
   }
   if global.json { Out.raw(st.json(dryRun: options.dryRun)) }
+  var lines = st.retained.summary.map { [$0] } ?? []
+  if st.retentionExtended > 0, let until = st.retentionExtendedUntil {
+    lines.append("retention of \(st.retentionExtended) packs in use extended to \(UTCDate.format(until))")
+  }
+  for line in lines where !global.quiet {
+    if global.json { Out.err(line) } else { Out.line(line) }
+  }
 }
 
 /// restic's prune statistics block.

@@ -44,6 +44,7 @@ import TidemarkEngine
         repository: s3:https://minio.dr2:9000/backups/dc1
         password-file: /etc/tidemark/s3-password
         options: [s3.connections=8]
+        cacert: /etc/tidemark/dr-ca.crt
     retention:
       keep-hourly: 48
       keep-daily: 7
@@ -82,6 +83,7 @@ import TidemarkEngine
     #expect(c.targets[0].options == ["sftp.identity=/root/.ssh/id_ed25519"] && c.targets[0].limitUploadKiB == 50000)
     #expect(c.targets[0].retention?.keepDaily == 30)
     #expect(c.targets[1].options == ["s3.connections=8"] && c.targets[1].passwordFile == "/etc/tidemark/s3-password")
+    #expect(c.targets[1].caFiles == ["/etc/tidemark/dr-ca.crt"] && c.targets[0].caFiles.isEmpty)
     #expect(c.retention.keepHourly == 48 && c.retention.keepMonthly == 12 && c.retention.keepWithin == "2d")
     #expect(c.metrics.listen == "127.0.0.1:9817" && c.alerts.rpo == .seconds(900))
     #expect(c.alerts.webhook == "https://hooks.example.com/tidemark")

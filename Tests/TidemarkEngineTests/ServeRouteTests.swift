@@ -75,4 +75,37 @@ struct ServeRouteTests {
       #expect(throws: TidemarkError.self, "\(bad)") { try ServeConfiguration.parseListen(bad) }
     }
   }
+
+  @Test func tlsFilesDefaultToRestServersPlaces() {
+    let d = ServeTLS.files(certificate: nil, key: nil, root: "/srv/tidemark")
+    #expect(d.certificate == "/srv/tidemark/public_key" && d.key == "/srv/tidemark/private_key")
+    let g = ServeTLS.files(certificate: "/etc/c.pem", key: nil, root: "/srv/tidemark/")
+    #expect(g.certificate == "/etc/c.pem" && g.key == "/srv/tidemark/private_key")
+  }
+
+  @Test func metricsCountFilesByOperation() {
+    let file = RESTRoute.file(repo: ["alice", "laptop"], type: .data, name: id)
+    #expect(RESTHandler.operation(file, .get, .partialContent).map { [$0.0.name, $0.1] } == ["read", "data"])
+    #expect(RESTHandler.operation(file, .post, .ok).map { [$0.0.name, $0.1] } == ["write", "data"])
+    #expect(RESTHandler.operation(.config(repo: []), .delete, .ok).map { [$0.0.name, $0.1] } == ["delete", "config"])
+    // Refused, listed or only looked at: no file moved.
+    #expect(RESTHandler.operation(file, .post, .badRequest) == nil)
+    #expect(RESTHandler.operation(file, .head, .ok) == nil)
+    #expect(RESTHandler.operation(.list(repo: [], type: .keys), .get, .ok) == nil)
+
+    let metrics = ServeMetrics(access: .authenticated, quota: Quota(limit: 1000, used: 250))
+    metrics.blob(.write, user: "alice", repo: "alice/laptop", type: "data", bytes: 600)
+    metrics.blob(.write, user: "alice", repo: "alice/laptop", type: "data", bytes: 400)
+    metrics.request(repo: ".", method: "GET", status: 401)
+    let text = String(decoding: metrics.render(), as: UTF8.self)
+    #expect(text.contains("# TYPE rest_server_blob_write_total counter"), "\(text)")
+    #expect(
+      text.contains("rest_server_blob_write_total{user=\"alice\",repo=\"alice/laptop\",type=\"data\"} 2"), "\(text)")
+    #expect(
+      text.contains("rest_server_blob_write_bytes_total{user=\"alice\",repo=\"alice/laptop\",type=\"data\"} 1000"),
+      "\(text)")
+    #expect(text.contains("tidemark_serve_requests_total{repo=\".\",method=\"GET\",code=\"401\"} 1"), "\(text)")
+    #expect(text.contains("tidemark_serve_used_bytes 250"), "\(text)")
+    #expect(text.contains("tidemark_serve_max_size_bytes 1000"), "\(text)")
+  }
 }

@@ -2,6 +2,7 @@
 // consolidation after each keep the index file count bounded and the repository checks clean with every snapshot
 // readable; a consolidation that fails between writing and removing leaves a repository restic accepts; a replica
 // does not copy back index files its own index already covers, yet copies every one it does not cover exactly.
+// Consolidation and prune leave index files under retention (S3 Object Lock) alone, and prune their packs too.
 import Foundation
 import Synchronization
 import Testing
@@ -107,6 +108,31 @@ private final class InstrumentedBackend: Backend {
   }
 }
 
+/// A local backend that keeps some files under retention, as S3 Object Lock does: `retainedUntil` names their date
+/// and `remove` refuses them with `FileRetained`.
+private final class RetainingBackend: Backend {
+  let base: any Backend
+  let retained: Mutex<Set<Handle>>
+  let until = Date().addingTimeInterval(86400)
+  init(_ path: String, retained: Set<Handle>) {
+    base = LocalBackend(path: BytePath(path))
+    self.retained = Mutex(retained)
+  }
+  var location: String { base.location }
+  func create() async throws { try await base.create() }
+  func save(_ h: Handle, data: [UInt8]) async throws { try await base.save(h, data: data) }
+  func load(_ h: Handle, offset: Int, length: Int) async throws -> [UInt8] {
+    try await base.load(h, offset: offset, length: length)
+  }
+  func size(_ h: Handle) async throws -> Int { try await base.size(h) }
+  func list(_ type: FileType) async throws -> [FileInfo] { try await base.list(type) }
+  func remove(_ h: Handle) async throws {
+    if retained.withLock({ $0.contains(h) }) { throw FileRetained(h, until: until) }
+    try await base.remove(h)
+  }
+  func retainedUntil(_ h: Handle) async throws -> Date? { retained.withLock { $0.contains(h) } ? until : nil }
+}
+
 /// Consolidates as the replication cycle would: under an exclusive lock.
 private func consolidateLocked(_ repo: Repository, maxFiles: Int) async throws -> IndexConsolidationStats {
   let lock = try await RepositoryLock.acquire(repo, exclusive: true)
@@ -121,6 +147,66 @@ private func consolidateLocked(_ repo: Repository, maxFiles: Int) async throws -
 }
 
 @Suite(.serialized) struct IndexConsolidationTests {
+  /// Index files under retention are neither merged (that would only add a file, at every run until their date)
+  /// nor counted against the bound; the others are merged as usual.
+  @Test func retainedIndexFilesAreLeftAlone() async throws {
+    let ws = try Workspace("consolidate-retained")
+    var site = try await TinySource(ws, repo: "repo")
+    for _ in 0..<6 { _ = try await site.backup() }
+    let all = try await site.repo.backend.list(.index).map { Handle(.index, $0.name) }.sorted { $0.name < $1.name }
+    #expect(all.count == 6)
+    let kept = Set(all.prefix(3))
+    let backend = RetainingBackend(ws.sub("repo"), retained: kept)
+    let repo = try await Repository.open(backend: backend, password: password)
+    let entries = try await indexEntries(repo)
+    let st = try await consolidateLocked(repo, maxFiles: 2)
+    #expect(st.indexFilesMerged == 3 && st.indexFilesRemoved == 3, "\(st)")
+    let after = Set(try await backend.list(.index).map { Handle(.index, $0.name) })
+    #expect(kept.isSubset(of: after) && after.count == 3 + st.indexFilesWritten, "\(after)")
+    #expect(try await indexEntries(repo) == entries)
+    // Three unretained files or fewer now: within the bound, nothing is written.
+    let again = try await consolidateLocked(repo, maxFiles: 2)
+    #expect(again.indexFilesMerged == 0 && again.indexFilesWritten == 0, "\(again)")
+    let check = try ws.restic(["-r", ws.sub("repo"), "check"])
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
+  /// Prune plans around retention: a retained index file stays, and so does every pack it names, even those no
+  /// snapshot needs any more; nothing is repacked into packs that could not replace the old ones.
+  @Test func prunePlansAroundARetainedIndexFile() async throws {
+    let ws = try Workspace("prune-retained")
+    var site = try await TinySource(ws, repo: "repo")
+    let first = try await site.backup()
+    let firstIndex = try await site.repo.backend.list(.index).map { Handle(.index, $0.name) }
+    _ = try await site.backup()
+    #expect(firstIndex.count == 1)
+    try await Forget.remove(site.repo, [first])
+    // Without retention prune would delete or repack packs the first index file names.
+    let plain = try await Prune.run(
+      site.repo,
+      options: {
+        var o = PruneOptions(); o.dryRun = true; return o
+      }()
+    ) { _ in }
+    #expect(plain.packsRemove + plain.packsRepack > 0, "\(plain)")
+
+    let backend = RetainingBackend(ws.sub("repo"), retained: Set(firstIndex))
+    let repo = try await Repository.open(backend: backend, password: password)
+    let packsBefore = Set(try await backend.list(.pack).map(\.name))
+    let firstPacks = Set(
+      try IndexFile(json: try await repo.loadUnpacked(firstIndex[0])).packs.map(\.id.hex))
+    let lock = try await RepositoryLock.acquire(repo, exclusive: true)
+    let st = try await Prune.run(repo, options: PruneOptions()) { _ in }
+    await lock.release()
+    #expect(st.retained.count == 1 && st.retained.contains(firstIndex[0]), "\(st.retained.until)")
+    #expect(st.packsRemove == 0 && st.packsRepack == 0 && st.repackWrittenBytes == 0, "\(st)")
+    let packsAfter = Set(try await backend.list(.pack).map(\.name))
+    #expect(firstPacks.isSubset(of: packsAfter) && packsAfter.isSubset(of: packsBefore))
+    #expect(try await backend.list(.index).contains { $0.name == firstIndex[0].name })
+    let check = try ws.restic(["-r", ws.sub("repo"), "check"])
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+
   @Test func threeHundredBackupsWithConsolidationStayBoundedAndCheckClean() async throws {
     let ws = try Workspace("consolidate-300")
     var site = try await TinySource(ws, repo: "repo")
