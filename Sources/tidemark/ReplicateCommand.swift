@@ -19,7 +19,7 @@ struct ReplicateCommand: AsyncParsableCommand {
 
       The replica's password is the repository's unless --to-password-file or --to-password-command \
       (env: TIDEMARK_TO_PASSWORD_FILE, TIDEMARK_TO_PASSWORD_COMMAND, TIDEMARK_TO_PASSWORD) gives another. \
-      -o options apply to whichever of the two repositories they fit (sftp.* to sftp:, s3.* to s3:). \
+      -o options apply to whichever of the two repositories they fit (sftp.* to sftp:, s3.* to s3:, rest.* to rest:). \
       --limit-upload caps the rate at which the replica is written. Takes shared locks on both repositories. \
       A damaged pack of the repository is not copied, nothing \
       that needs it is published on the replica, and the command exits 1 naming it.
@@ -27,7 +27,7 @@ struct ReplicateCommand: AsyncParsableCommand {
   @OptionGroup var global: GlobalOptions
   @Option(
     help: ArgumentHelp(
-      "The replica: a directory, local:/path, sftp:… or s3:… (created when it holds no repository).",
+      "The replica: a directory, local:/path, sftp:…, s3:… or rest:… (created when it holds no repository).",
       valueName: "repository"))
   var to: String?
   @Flag(
