@@ -146,4 +146,63 @@ import Testing
     #expect(try !frozen())
     #expect(try ws.restic(["-r", ws.sub("dr"), "check"], password: "secret").status == 0)
   }
+
+  @Test func theKeeperTripsOnArrivingRansomwareAndKeepsItsCopyUntilAcknowledged() throws {
+    let ws = try Workspace("keeper-tripwire")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    try "secret\n".write(toFile: ws.sub("pw"), atomically: true, encoding: .utf8)
+    for i in 0..<120 {
+      let text = (0..<(300 + i)).map { "line \($0) of document \(i): nothing to see here" }.joined(separator: "\n")
+      try Data(text.utf8).write(to: URL(fileURLWithPath: ws.sub("src/doc\(i).txt")))
+    }
+    #expect(try ws.tidemark(["init", "-r", "dc"], password: "secret").status == 0)
+    try """
+    repository: \(ws.sub("dr"))
+    password-file: \(ws.sub("pw"))
+    retention:
+      keep-last: 1
+    """.write(toFile: ws.sub("keeper.yaml"), atomically: true, encoding: .utf8)
+    let env = ["TIDEMARK_STATE_DIR": ws.sub("state")]
+    /// What the DC does (its own business; the keeper sees only what arrives): back up, keep its newest snapshot
+    /// only, replicate to DR.
+    func arrive() throws {
+      #expect(try ws.tidemark(["-r", "dc", "backup", "-q", "src"], password: "secret").status == 0)
+      #expect(try ws.tidemark(["-r", "dc", "forget", "-q", "--keep-last", "1"], password: "secret").status == 0)
+      let r = try ws.tidemark(["-r", "dc", "replicate", "--to", ws.sub("dr")], password: "secret")
+      #expect(r.status == 0, "\(r.stderr)")
+    }
+    func keep() throws -> RunResult {
+      try ws.tidemark(["replicate", "--once", "--config", ws.sub("keeper.yaml")], password: "", env: env)
+    }
+    func count() throws -> Int {
+      let out = try ws.restic(["-r", "dr", "snapshots", "--json"], password: "secret").out
+      return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [Any])?.count ?? -1
+    }
+    for round in 0..<3 {
+      try Data("edit \(round)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/doc\(round).txt")))
+      try arrive()
+      let k = try keep()
+      #expect(k.status == 0, "round \(round): \(k.stderr)")
+    }
+    #expect(try count() == 1)
+
+    // The DC is encrypted and its snapshot arrives (the DC itself has forgotten the good one): the keeper trips,
+    // keeps it and everything before it.
+    for i in 0..<100 {
+      let bytes = (0..<(6_000 + i)).map { _ in UInt8.random(in: 0...255) }
+      try Data(bytes).write(to: URL(fileURLWithPath: ws.sub("src/doc\(i).txt")))
+    }
+    try arrive()
+    let tripped = try keep()
+    #expect(tripped.status == 1 && tripped.stderr.contains("tripwire"), "\(tripped.stderr)")
+    #expect(tripped.stderr.contains("100 of 120 files"), "\(tripped.stderr)")
+    #expect(try count() == 2)
+    try arrive()
+    #expect(try keep().status == 0)
+    #expect(try count() == 3, "retention stays frozen")
+    #expect(try ws.tidemark(["tripwire", "ack", "--config", ws.sub("keeper.yaml")], env: env).status == 0)
+    #expect(try keep().status == 0)
+    #expect(try count() == 1)
+    #expect(try ws.restic(["-r", "dr", "check"], password: "secret").status == 0)
+  }
 }
