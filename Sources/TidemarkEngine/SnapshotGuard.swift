@@ -4,8 +4,8 @@
 // Every site notes when it first listed each snapshot of its own repository. A snapshot is implausible when
 //   - it is dated later than that first sighting, by more than the clock skew allowed; or
 //   - it is dated earlier than its first sighting by more than the skew, and earlier than the newest snapshot of
-//     its host this site had already seen: a genuine snapshot arrives in order (replication copies oldest first),
-//     a forged one is slipped into the past.
+//     its host this site had already seen: a genuine snapshot arrives in order (replication publishes the
+//     snapshots it copies oldest first, one at a time), a forged one is slipped into the past.
 // Implausible snapshots are kept; retention neither counts them nor lets them push others out; the cycle fails
 // with an alert naming them until someone has looked (and forgotten them by ID, or accepted them with
 // `tidemark tripwire ack`). The first listing of a repository only records: there is no history to judge by.

@@ -511,6 +511,10 @@ private struct Copier {
         }
       }
     } else {
+      // Read and checked concurrently, published one at a time, oldest first: a reader of the target (a keeper's
+      // snapshot guard) sees snapshots arrive in the order they were taken, also when a sync catches up.
+      let loaded = Mutex<[(time: Timestamp?, name: String, data: [UInt8])]>([])
+      let key = source.key
       try await forEachConcurrently(missingSnapshots, limit: concurrency) { f in
         let h = Handle(.snapshot, f.name)
         let data: [UInt8]
@@ -527,6 +531,22 @@ private struct Copier {
           }
           return
         }
+        var time: Timestamp? = nil
+        if let plain = try? key.open(data), let json = try? Repository.decodeUnpacked(plain) {
+          time = (try? Snapshot(json: json, id: SnapshotID(hex: f.name)))?.time
+        }
+        loaded.withLock { $0.append((time, f.name, data)) }
+      }
+      let ordered = loaded.withLock { $0 }.sorted { a, b in
+        switch (a.time, b.time) {
+        case (let x?, let y?): return (x, a.name) < (y, b.name)
+        case (nil, _?): return true
+        case (_?, nil): return false
+        case (nil, nil): return a.name < b.name
+        }
+      }
+      for (_, name, data) in ordered {
+        let h = Handle(.snapshot, name)
         try await gate.pass()
         try await dst.save(h, data: data)
         state.inner.withLock { s in

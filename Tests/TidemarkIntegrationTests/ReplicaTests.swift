@@ -105,6 +105,38 @@ func writeRandom(_ path: String, bytes: Int) throws {
     #expect(again.status == 0 && replicaSummary(again)["bytes_copied"] as? Int == 0, "\(again.out)")
   }
 
+  @Test func snapshotsArriveOnTheReplicaOldestFirst() throws {
+    let ws = try Workspace("replica-order")
+    let server = try SSHServer(ws)
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    #expect(try ws.tidemark(["init", "-r", "src-repo"], password: "pw").status == 0)
+    // Snapshots whose names (random IDs) and times are in unrelated orders: a catch-up after an outage.
+    for (i, year) in [2021, 2019, 2024, 2020, 2023, 2022, 2018, 2025].enumerated() {
+      try Data("v\(i)".utf8).write(to: URL(fileURLWithPath: ws.sub("src/f")))
+      let b = try ws.tidemark(
+        ["-r", "src-repo", "backup", "-q", "--time", "\(year)-06-01 12:00:00", "src"], password: "pw")
+      #expect(b.status == 0, "\(b.stderr)")
+    }
+    // Over SFTP each save takes a few round trips, so the files' modification times tell the order apart.
+    let r = try ws.tidemark(
+      ["-r", "src-repo", "replicate", "--to", "sftp://root@127.0.0.1:\(server.port)/" + ws.sub("dst")] + server.options,
+      password: "pw")
+    #expect(r.status == 0, "\(r.stderr)")
+    // Each snapshot file was written after the one before it in time had been stored: modification times
+    // (nanoseconds) rise with the snapshots' times.
+    let out = try ws.restic(["-r", "dst", "snapshots", "--json"], password: "pw").out
+    let list = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+    let byTime = list.sorted { ($0["time"] as? String ?? "") < ($1["time"] as? String ?? "") }
+      .compactMap { $0["id"] as? String }
+    #expect(byTime.count == 8)
+    let mtimes = try byTime.map { id -> Double in
+      Double(
+        try Tools.sh("stat -c %.9Y dst/snapshots/\(id)", cwd: ws.path).out.trimmingCharacters(
+          in: .whitespacesAndNewlines)) ?? -1
+    }
+    #expect(mtimes.allSatisfy { $0 > 0 } && mtimes == mtimes.sorted(), "\(mtimes)")
+  }
+
   @Test func replicaHasItsOwnKeyAndRefusesUnrelatedRepositories() throws {
     let ws = try Workspace("replica-keys")
     try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
