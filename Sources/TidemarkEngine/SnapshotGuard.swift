@@ -4,7 +4,7 @@
 // Every site notes when it first listed each snapshot of its own repository. A snapshot is implausible when
 //   - it is dated later than that first sighting, by more than the clock skew allowed; or
 //   - it is dated earlier than its first sighting by more than the skew, and earlier than the newest snapshot of
-//     its host this site had already seen: a genuine snapshot arrives in order (replication publishes the
+//     its host and paths this site had already seen: a genuine snapshot arrives in order (replication publishes the
 //     snapshots it copies oldest first, one at a time), a forged one is slipped into the past.
 // Implausible snapshots are kept; retention neither counts them nor lets them push others out; the cycle fails
 // with an alert naming them until someone has looked (and forgotten them by ID, or accepted them with
@@ -38,7 +38,7 @@ public enum SnapshotGuard {
     var newestKnown: [String: Double] = [:]
     for s in snapshots {
       guard let id = s.id?.hex, firstSeen[id] != nil, !flagged.contains(id) else { continue }
-      newestKnown[s.hostname] = max(newestKnown[s.hostname] ?? -.infinity, seconds(s.time))
+      newestKnown[group(s)] = max(newestKnown[group(s)] ?? -.infinity, seconds(s.time))
     }
     var listed: Set<String> = []
     var implausible: [(String, Double)] = []
@@ -59,7 +59,7 @@ public enum SnapshotGuard {
       if accepted.contains(id) { continue }
       if time > seen + skew || flagged.contains(id) {
         implausible.append((id, time))
-      } else if !known, !firstListing, time < seen - skew, let newest = newestKnown[s.hostname], time < newest {
+      } else if !known, !firstListing, time < seen - skew, let newest = newestKnown[group(s)], time < newest {
         implausible.append((id, time))
       }
     }
@@ -72,6 +72,10 @@ public enum SnapshotGuard {
     }
     return f
   }
+
+  /// Snapshots are judged against the history of their host and paths (as retention groups them by default): a
+  /// long backup of other paths on the same host may finish after shorter ones that started later.
+  static func group(_ s: Snapshot) -> String { s.hostname + "\u{0}" + s.paths.sorted().joined(separator: "\u{0}") }
 
   static func seconds(_ t: Timestamp) -> Double { Double(t.seconds) + Double(t.nanoseconds) / 1e9 }
 }

@@ -7,9 +7,9 @@ import TidemarkCore
 @testable import TidemarkEngine
 
 struct SnapshotGuardTests {
-  static func snapshot(_ n: UInt8, at seconds: Int64, host: String = "dc") -> Snapshot {
+  static func snapshot(_ n: UInt8, at seconds: Int64, host: String = "dc", paths: [String] = ["/d"]) -> Snapshot {
     var s = Snapshot(
-      time: Timestamp(seconds: seconds, nanoseconds: 0, offset: 0), tree: BlobID(RawID.hash([n])), paths: ["/d"])
+      time: Timestamp(seconds: seconds, nanoseconds: 0, offset: 0), tree: BlobID(RawID.hash([n])), paths: paths)
     s.hostname = host
     s.id = SnapshotID(RawID.hash([n, n]))
     return s
@@ -44,14 +44,17 @@ struct SnapshotGuardTests {
     var seen: [String: Double] = [:]
     _ = SnapshotGuard.check(history, firstSeen: &seen, now: 5_100, skew: 900)
     // A catch-up after an outage (dated in the past, but newer than anything seen of the host) is genuine; one
-    // dated before the host's newest known snapshot is not; another host's history is its own.
+    // dated before the host's newest known snapshot is not; another host's history is its own, and so is that of
+    // other paths (a long backup of /home that started before the last snapshot of /d).
     let catchUp = Self.snapshot(3, at: 6_000)
     let slipped = Self.snapshot(4, at: 3_000)
     let otherHost = Self.snapshot(5, at: 2_000, host: "db")
+    let otherPaths = Self.snapshot(6, at: 4_000, paths: ["/home"])
     var found = SnapshotGuard.check(
-      history + [catchUp, slipped, otherHost], firstSeen: &seen, now: 20_000, skew: 900, previousCheck: 5_100)
+      history + [catchUp, slipped, otherHost, otherPaths], firstSeen: &seen, now: 20_000, skew: 900,
+      previousCheck: 5_100)
     #expect(found.implausible == [slipped.id!.hex])
-    #expect(found.new == [otherHost.id!.hex, slipped.id!.hex, catchUp.id!.hex])
+    #expect(found.new == [otherHost.id!.hex, slipped.id!.hex, otherPaths.id!.hex, catchUp.id!.hex])
     // Still flagged a cycle later (its sighting is no longer new), until accepted.
     let flagged = Set(found.implausible)
     found = SnapshotGuard.check(
