@@ -1,7 +1,7 @@
 // One replication cycle, as named steps: lock → fence → hooks → back up the sources → replicate to every target
-// (in parallel) → retain → prune and consolidate → record (state, metrics, alerts). `replicate --once` runs one;
-// the daemon runs one per tick. Every lock a step takes is released when the step ends, fails or is cancelled
-// (an interrupt cancels the cycle's task tree; see RepositoryLock and HeldLocks).
+// (in parallel) → inspect (snapshot guard, tripwire) → retain → prune and consolidate → record (state, metrics,
+// alerts). `replicate --once` runs one; the daemon runs one per tick. Every lock a step takes is released when the
+// step ends, fails or is cancelled (an interrupt cancels the cycle's task tree; see RepositoryLock and HeldLocks).
 import Foundation
 import Logging
 import TidemarkBackends
