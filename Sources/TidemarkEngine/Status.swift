@@ -105,12 +105,14 @@ public enum StatusReport {
       w.string(f.evidence)
       w.raw("}")
     }
-    w.raw(",\"implausible_snapshots\":[")
-    for (i, id) in (state.implausibleSnapshots ?? []).enumerated() {
-      if i > 0 { w.comma() }
-      w.string(id)
+    if let ids = state.implausibleSnapshots, !ids.isEmpty {
+      w.raw(",\"implausible_snapshots\":[")
+      for (i, id) in ids.enumerated() {
+        if i > 0 { w.comma() }
+        w.string(id)
+      }
+      w.raw("]")
     }
-    w.raw("]")
     w.raw(",\"targets\":[")
     for (i, r) in targets.enumerated() {
       let t = r.state

@@ -27,6 +27,21 @@ struct StatusReportTests {
         + "\"status\":\"WARN\"}\n")
   }
 
+  @Test func aTrippedWireAndImplausibleSnapshotsAreCriticalAndInTheJSON() {
+    var state = EngineState()
+    state.cycles = 1
+    state.lastCycleSuccess = true
+    state.tripwire = TripwireFreeze(since: 1000.4, snapshot: "4f1c", evidence: "160 of 200 files")
+    state.implausibleSnapshots = ["aa", "bb"]
+    let (targets, health) = StatusReport.targets(state, drill: nil, now: 2000, rpo: 900)
+    #expect(health == .crit)
+    #expect(
+      Self.text(StatusReport.json(state, targets: targets, drill: nil, rpo: 900, health: health))
+        == "{\"cycles\":1,\"last_cycle_success\":true,\"rpo_seconds\":900,\"pruned_bytes_total\":0,"
+        + "\"tripwire\":{\"since\":1000,\"snapshot\":\"4f1c\",\"evidence\":\"160 of 200 files\"},"
+        + "\"implausible_snapshots\":[\"aa\",\"bb\"],\"targets\":[],\"status\":\"CRIT\"}\n")
+  }
+
   @Test func hostsJSONMakesAnEmptyRepositoryCritical() {
     let (hosts, health) = StatusReport.hosts([], only: ["db1"], now: 5000, rpo: 60)
     #expect(
