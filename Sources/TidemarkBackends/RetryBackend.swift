@@ -2,9 +2,17 @@
 // (TidemarkError.Kind.unavailable: a broken connection, a server restarting) is retried with
 // exponential backoff. Every Backend operation is idempotent (saves are atomic, names are content
 // hashes), so a retry can never store a mix. Other errors (missing file, permission, full disk) are
-// final and pass through at once.
+// final and pass through at once. Once an operation has used up its attempts, the storage is taken as gone: later
+// operations (releasing a lock on the way out) try once instead of waiting out the backoff again, until one of
+// them succeeds.
 import Foundation
+import Synchronization
 import TidemarkCore
+
+/// Whether an operation of this backend gave up on an unavailable storage since the last success.
+final class Outage: Sendable {
+  let gaveUp = Atomic<Bool>(false)
+}
 
 public struct RetryBackend: Backend {
   public let inner: any Backend
@@ -13,6 +21,7 @@ public struct RetryBackend: Backend {
   public let maxDelay: Duration
   /// Told about each retry (the CLI prints one line on stderr).
   let report: @Sendable (String) -> Void
+  let outage = Outage()
 
   public init(
     _ inner: any Backend, attempts: Int = 8, maxDelay: Duration = .seconds(8),
@@ -29,14 +38,20 @@ public struct RetryBackend: Backend {
   func retrying<T: Sendable>(_ what: @autoclosure () -> String, _ op: () async throws -> T) async throws -> T {
     var delay = Duration.milliseconds(500)
     var attempt = 1
+    let limit = outage.gaveUp.load(ordering: .relaxed) ? 1 : attempts
     while true {
       do {
-        return try await op()
-      } catch let e as TidemarkError where e.kind == .unavailable && attempt < attempts {
+        let result = try await op()
+        outage.gaveUp.store(false, ordering: .relaxed)
+        return result
+      } catch let e as TidemarkError where e.kind == .unavailable && attempt < limit {
         report("\(what()): \(e.message); retrying in \(delay) (attempt \(attempt + 1) of \(attempts))")
         try await Task.sleep(for: delay)
         delay = min(delay * 2, maxDelay)
         attempt += 1
+      } catch let e as TidemarkError where e.kind == .unavailable {
+        outage.gaveUp.store(true, ordering: .relaxed)
+        throw e
       }
     }
   }
