@@ -17,6 +17,7 @@ extern int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flag
 // O_DIRECT is _GNU_SOURCE too; glibc's bits define its per-architecture value as __O_DIRECT.
 #define CPOSIX_O_DIRECT __O_DIRECT
 #include <stdint.h>
+#include <errno.h>
 #include <sys/syscall.h>
 // cachestat(2) (Linux 6.5, syscall 451 on every architecture): how many pages of a file range are in
 // the page cache, without touching them. Returns -1 (errno ENOSYS on older kernels) on failure.
@@ -30,3 +31,37 @@ static inline long long cposix_cached_pages(int fd, uint64_t off, uint64_t len) 
 extern int pipe2(int pipefd[2], int flags);
 extern int memfd_create(const char *name, unsigned int flags);
 #define CPOSIX_MFD_CLOEXEC 1U
+// O_PATH is _GNU_SOURCE too.
+#define CPOSIX_O_PATH 010000000
+// fanotify(7) with file handles: the change journal. fanotify_init/fanotify_mark come from <sys/fanotify.h>;
+// open_by_handle_at(2) is _GNU_SOURCE, so it is called through syscall(2) with the kernel's struct layout.
+#include <sys/fanotify.h>
+#include <sys/statfs.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+static inline int cposix_fanotify_init(unsigned int flags, unsigned int event_f_flags) {
+  return fanotify_init(flags, event_f_flags);
+}
+static inline int cposix_fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path) {
+  return fanotify_mark(fd, flags, mask, dirfd, path);
+}
+// Opens the object a file handle names (type and bytes as fanotify reports them), relative to the file system
+// that `mount_fd` is on. -1 with errno (ESTALE: the object is gone) on failure.
+static inline int cposix_open_by_handle(int mount_fd, int handle_type, const unsigned char *bytes,
+                                        unsigned int count, int flags) {
+  struct { unsigned int handle_bytes; int handle_type; unsigned char f_handle[128]; } h;
+  if (count > sizeof h.f_handle) { errno = EINVAL; return -1; }
+  h.handle_bytes = count;
+  h.handle_type = handle_type;
+  memcpy(h.f_handle, bytes, count);
+  return (int)syscall(SYS_open_by_handle_at, mount_fd, &h, flags);
+}
+// The file system id statfs(2) reports (fanotify's events carry the same value).
+static inline int cposix_fsid(int fd, uint64_t *out) {
+  struct statfs s;
+  if (fstatfs(fd, &s) != 0) return -1;
+  uint32_t a = (uint32_t)s.f_fsid.__val[0], b = (uint32_t)s.f_fsid.__val[1];
+  *out = ((uint64_t)b << 32) | a;
+  return 0;
+}

@@ -22,6 +22,14 @@ public struct BackupOptions: Sendable {
   /// Where the --stdin content comes from (standard input by default; a command's output pipe in the engine).
   public var stdinFD: Int32 = 0
   public var programVersion = "tidemark"
+  /// A change journal's report since the parent snapshot (which must be given as `parent`): only the directories
+  /// it names are read again, the parent's subtrees are kept everywhere else. The result is the tree a full walk
+  /// would give, or the backup throws `JournalDoubt` (a full walk is then needed).
+  public var changes: ChangeJournal.Changes? = nil
+  /// With `changes`: the parent snapshot's tree may hold files with more than one name (a hard link's other
+  /// names are not in the directory where the journal saw the change). A full walk's result says so
+  /// (`BackupResult.sawHardLinks`).
+  public var treeMayHoldHardLinks = true
   public init() {}
 
   /// The options `backup`'s flags give: tags repeatable or comma-separated, the exclude patterns and those of the
@@ -84,6 +92,10 @@ public struct BackupResult: Sendable {
   public var saver: BlobSaverStats
   public var duration: Double
   public var parent: SnapshotID?
+  /// The backup read at least one regular file with more than one name.
+  public var sawHardLinks = false
+  /// The backup was driven by a change journal (it did not walk the whole tree).
+  public var fromJournal = false
 
   /// restic's `backup --json` closing lines: one error message per unreadable file, then the summary.
   public var summaryJSON: [String] {
@@ -110,6 +122,8 @@ public final class Backup: Sendable {
   let chunkPermits: AsyncSemaphore
   let state = Mutex(BackupStats())
   let readBuffers = Mutex<[ReadBuffer]>([])
+  let journal: JournalPlan?
+  let sawHardLinks = Atomic<Bool>(false)
 
   public init(repository: Repository, options: BackupOptions) {
     repo = repository
@@ -119,6 +133,7 @@ public final class Backup: Sendable {
     filePermits = AsyncSemaphore(cores + 2)
     largeFilePermits = AsyncSemaphore(cores)
     chunkPermits = AsyncSemaphore(cores)
+    journal = options.changes.map { JournalPlan($0, hardLinks: options.treeMayHoldHardLinks) }
   }
 
   public var stats: BackupStats { state.withLock { $0 } }
@@ -131,7 +146,15 @@ public final class Backup: Sendable {
     let start = ContinuousClock.now
     let parentID = try await findParent()
     var parentTree: Tree? = nil
-    if let parentID { parentTree = try await repo.loadTree(try await repo.loadSnapshot(parentID).tree) }
+    if let parentID {
+      let parentSnapshot = try await repo.loadSnapshot(parentID)
+      if let journal {
+        try journal.check(parent: parentSnapshot, options: options)
+      }
+      parentTree = try await repo.loadTree(parentSnapshot.tree)
+    } else if journal != nil {
+      throw JournalDoubt(reason: "there is no parent snapshot")
+    }
     var tree: Tree
     let paths: [String]
     if let name = options.stdinFilename {
@@ -140,7 +163,13 @@ public final class Backup: Sendable {
     } else {
       let roots = options.paths.map { $0.absolute() }
       paths = roots.map(\.description)
-      tree = try await rootTree(parentTree: parentTree)
+      do {
+        tree = try await rootTree(parentTree: parentTree)
+      } catch let e as JournalDoubt {
+        // What was stored so far is indexed, so that the full walk that follows finds it.
+        try await saver.finish()
+        throw e
+      }
     }
     tree.sort()
     let treeID = try await saveTree(tree)
@@ -160,7 +189,8 @@ public final class Backup: Sendable {
     let d = ContinuousClock.now - start
     return BackupResult(
       snapshotID: id, snapshot: snap, stats: stats, saver: saver.stats,
-      duration: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18, parent: parentID)
+      duration: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18, parent: parentID,
+      sawHardLinks: sawHardLinks.load(ordering: .relaxed), fromJournal: journal != nil)
   }
 
   func findParent() async throws -> SnapshotID? {
@@ -231,7 +261,8 @@ public final class Backup: Sendable {
         continue
       }
       if child.isTarget {
-        out.append(try await entry(path: child.path, name: name, stat: st, parentNode: pnode))
+        out.append(
+          try await entry(path: child.path, name: name, stat: st, parentNode: pnode, journal: journal != nil))
       } else {
         // An intermediate directory: its own metadata, and only the listed children.
         let path = child.path
@@ -274,9 +305,10 @@ public final class Backup: Sendable {
   }
 
   /// Starts backing up one filesystem entry; returns its node now or a task that yields it.
-  func entry(path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?, node prebuilt: Node? = nil)
-    async throws -> PendingNode
-  {
+  func entry(
+    path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?, node prebuilt: Node? = nil,
+    journal: Bool = false
+  ) async throws -> PendingNode {
     let node: Node
     if let prebuilt {
       node = prebuilt
@@ -290,6 +322,9 @@ public final class Backup: Sendable {
     }
     switch node.type {
     case .dir:
+      if journal, let plan = self.journal {
+        return try await journalDirectory(path: path, node: node, parentNode: parentNode, plan: plan)
+      }
       return try await directory(path: path, node: node, parentNode: parentNode)
     case .file:
       return try await file(path: path, node: node, parentNode: parentNode)
@@ -304,9 +339,19 @@ public final class Backup: Sendable {
       $0.totalFiles += 1
       $0.totalBytes += Int64(node.size)
     }
-    if let p = parentNode, p.type == .file, p.size == node.size, p.mtime == node.mtime, p.ctime == node.ctime,
-      p.inode == node.inode, let content = p.content, content.allSatisfy({ repo.index.has($0) })
-    {
+    let unchanged =
+      parentNode.map { p in
+        p.type == .file && p.size == node.size && p.mtime == node.mtime && p.ctime == node.ctime
+          && p.inode == node.inode
+      } ?? false
+    if node.links > 1 {
+      sawHardLinks.store(true, ordering: .relaxed)
+      // Its other names are in directories the journal may not have seen change.
+      if journal != nil && !unchanged {
+        throw JournalDoubt(reason: "\(path) has \(node.links) names and changed")
+      }
+    }
+    if unchanged, let p = parentNode, let content = p.content, content.allSatisfy({ repo.index.has($0) }) {
       node.content = content
       state.withLock {
         $0.filesUnmodified += 1
@@ -353,8 +398,8 @@ public final class Backup: Sendable {
     return .task(task)
   }
 
-  func directory(path: BytePath, node: Node, parentNode: Node?) async throws -> PendingNode {
-    var node = node
+  func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {
+    let node = node
     // One blocking hop per directory: list it, stat every entry and build the nodes.
     let entries: [([UInt8], FileStat, Node?)]
     do {
@@ -379,14 +424,23 @@ public final class Backup: Sendable {
     }
     var parentByName: [[UInt8]: Node] = [:]
     for n in ptree?.nodes ?? [] { parentByName[n.name] = n }
+    if journal, let plan = self.journal {
+      try plan.checkRemoved(in: path, old: ptree?.nodes ?? [], now: entries.map { ($0.0, $0.1) })
+    }
     var children: [PendingNode] = []
     children.reserveCapacity(entries.count)
     for (name, st, node) in entries {
       let childPath = path.appending(name)
       children.append(
-        try await entry(path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node))
+        try await entry(
+          path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node, journal: journal))
     }
-    let parentSubtree = parentNode?.subtree
+    return assemble(node: node, children: children, parentSubtree: parentNode?.subtree)
+  }
+
+  /// The directory's node once its children are done: their tree stored, the counts kept.
+  func assemble(node: Node, children: [PendingNode], parentSubtree: BlobID?) -> PendingNode {
+    var node = node
     let task = Task<Node?, Error> {
       var t = Tree()
       t.nodes.reserveCapacity(children.count)

@@ -1,0 +1,248 @@
+// The change journal against a full walk, on a real ext4 file system (a loop mount, noatime so that reading does
+// not change what is compared): after each randomized batch of changes the journal-driven snapshot's tree is the
+// one a full walk of the same state gives. A flood of events beyond the kernel's queue, and sources the journal
+// cannot watch, are said so and lead to a full walk.
+import Foundation
+import Testing
+import TidemarkBackends
+import TidemarkCore
+import TidemarkOperations
+import TidemarkSystem
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+private let password = Array("test-pw".utf8)
+private let fastKDF: (n: UInt64, r: UInt64, p: UInt64) = (1024, 8, 1)
+
+/// A fresh ext4 file system mounted (noatime) at `ws/fs`, unmounted on `close`.
+private struct LoopFS {
+  let mountPoint: String
+  init(_ ws: Workspace, megabytes: Int = 160) throws {
+    let image = ws.sub("fs.img")
+    mountPoint = ws.sub("fs")
+    try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+    let r = try Tools.sh(
+      "truncate -s \(megabytes)M \(image) && mkfs.ext4 -q -F -I 256 -N 65536 \(image) && mount -o loop,noatime \(image) \(mountPoint)",
+      cwd: ws.path)
+    guard r.status == 0 else { throw TidemarkError(.general, "cannot make the loop file system: \(r.stderr)") }
+  }
+  func close() { _ = try? Tools.run("/bin/umount", [mountPoint]) }
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so that a failing batch can be replayed.
+private struct Dice {
+  var x: UInt64
+  mutating func next() -> UInt64 {
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    return x
+  }
+  mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
+  mutating func pick<T>(_ a: [T]) -> T? { a.isEmpty ? nil : a[below(a.count)] }
+}
+
+/// The source tree and the changes applied to it.
+private struct Tree {
+  let root: String
+  var dice: Dice
+  var serial = 0
+
+  mutating func name(_ prefix: String) -> String {
+    serial += 1
+    return "\(prefix)\(serial)"
+  }
+
+  func list(_ kind: FileAttributeType? = nil) -> [String] {
+    var out: [String] = []
+    guard let e = FileManager.default.enumerator(atPath: root) else { return [] }
+    while let p = e.nextObject() as? String {
+      let full = root + "/" + p
+      guard let a = try? FileManager.default.attributesOfItem(atPath: full) else { continue }
+      if kind == nil || a[.type] as? FileAttributeType == kind { out.append(full) }
+    }
+    return out.sorted()
+  }
+  var dirs: [String] { [root] + list(.typeDirectory) }
+  var files: [String] { list(.typeRegular) }
+
+  mutating func write(_ path: String, bytes: Int, append: Bool = false) {
+    let fd = open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0o644)
+    guard fd >= 0 else { return }
+    var data = [UInt8](repeating: 0, count: bytes)
+    for i in data.indices { data[i] = UInt8(truncatingIfNeeded: dice.next()) }
+    _ = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    Glibc.close(fd)
+  }
+
+  mutating func populate() {
+    for _ in 0..<12 {
+      let d = (dice.pick(dirs) ?? root) + "/" + name("d")
+      mkdir(d, 0o755)
+    }
+    for _ in 0..<80 { write((dice.pick(dirs) ?? root) + "/" + name("f"), bytes: 100 + dice.below(3000)) }
+    symlink("f1", root + "/link0")
+  }
+
+  /// One random change; `links` allows hard links.
+  mutating func change(links: Bool) {
+    let dirs = self.dirs
+    let files = self.files
+    let d = dice.pick(dirs) ?? root
+    switch dice.below(links ? 16 : 15) {
+    case 0, 1: write(d + "/" + name("f"), bytes: dice.below(5000))
+    case 2: if let f = dice.pick(files) { write(f, bytes: 1 + dice.below(2000), append: true) }
+    case 3: if let f = dice.pick(files) { truncate(f, off_t(dice.below(50))) }
+    case 4: if let f = dice.pick(files) { unlink(f) }
+    case 5: if let f = dice.pick(files) { rename(f, (f as NSString).deletingLastPathComponent + "/" + name("r")) }
+    case 6: if let f = dice.pick(files) { rename(f, d + "/" + name("m")) }
+    case 7: if let f = dice.pick(files) { chmod(f, mode_t(0o600 + dice.below(0o100))) }
+    case 8:
+      if let f = dice.pick(files) {
+        let v = Array("v\(dice.below(100))".utf8)
+        _ = v.withUnsafeBytes { Sys.setXattr(f, "user.test", $0) }
+      }
+    case 9: mkdir(d + "/" + name("d"), 0o755)
+    case 10:
+      if let victim = dice.pick(dirs.filter { $0 != root }) { _ = try? FileManager.default.removeItem(atPath: victim) }
+    case 11:
+      if let moving = dice.pick(dirs.filter { $0 != root }), !d.hasPrefix(moving) {
+        rename(moving, d + "/" + name("md"))
+      }
+    case 12: symlink(dice.pick(files) ?? "nowhere", d + "/" + name("s"))
+    case 13: if let x = dice.pick(dirs.filter { $0 != root }) { chmod(x, mode_t(0o700 + dice.below(0o100))) }
+    case 14:
+      if let f = dice.pick(files) {
+        var t = [
+          timespec(tv_sec: 1_000_000_000 + dice.below(1000), tv_nsec: 0), timespec(tv_sec: 1_000_000, tv_nsec: 5),
+        ]
+        utimensat(AT_FDCWD, f, &t, 0)
+      }
+    default: if let f = dice.pick(files) { link(f, d + "/" + name("h")) }
+    }
+  }
+}
+
+@Suite(.serialized) struct JournalTests {
+  func repository(_ ws: Workspace) async throws -> Repository {
+    try await Repository.initialize(
+      backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: password, kdf: fastKDF)
+  }
+
+  func backup(
+    _ repo: Repository, _ src: String, parent: SnapshotID?, changes: ChangeJournal.Changes? = nil,
+    hardLinks: Bool = true
+  )
+    async throws -> BackupResult
+  {
+    var o = BackupOptions()
+    o.paths = [BytePath(src)]
+    o.host = "journal-test"
+    o.parent = parent
+    o.force = parent == nil
+    o.changes = changes
+    o.treeMayHoldHardLinks = hardLinks
+    return try await Backup(repository: repo, options: o).run()
+  }
+
+  @Test func journalDrivenBackupsGiveTheTreeOfAFullWalk() async throws {
+    let ws = try Workspace("journal")
+    let fs = try LoopFS(ws)
+    defer { fs.close() }
+    let src = fs.mountPoint + "/data"
+    mkdir(src, 0o755)
+    var tree = Tree(root: src, dice: Dice(x: 0x9E37_79B9_7F4A_7C15))
+    tree.populate()
+    let repo = try await repository(ws)
+    let journal = try ChangeJournal(roots: [BytePath(src)])
+    defer { journal.close() }
+    _ = journal.take()
+    var prev = try await backup(repo, src, parent: nil)
+    var hardLinks = prev.sawHardLinks
+    var journaled = 0
+    var doubts: [String] = []
+    for batch in 0..<24 {
+      // Hard links in a third of the batches: those may be refused (a full walk then), the others must not.
+      let links = batch % 3 == 2
+      for _ in 0..<(1 + tree.dice.below(12)) { tree.change(links: links) }
+      let changes = journal.take()
+      #expect(changes.doubt == nil, "batch \(batch): \(changes.doubt ?? "")")
+      let result: BackupResult
+      do {
+        result = try await backup(repo, src, parent: prev.snapshotID, changes: changes, hardLinks: hardLinks)
+        #expect(result.fromJournal)
+        journaled += 1
+      } catch let d as JournalDoubt {
+        doubts.append("batch \(batch): \(d.reason)")
+        if !links && !hardLinks { Issue.record("batch \(batch) without hard links fell back: \(d.reason)") }
+        result = try await backup(repo, src, parent: prev.snapshotID)
+      }
+      let full = try await backup(repo, src, parent: prev.snapshotID)
+      #expect(!full.fromJournal)
+      #expect(
+        result.snapshot.tree == full.snapshot.tree,
+        "batch \(batch): journal-driven tree \(result.snapshot.tree.short) against a full walk's \(full.snapshot.tree.short); changes: dirty \(changes.dirty.map(\.description).sorted()) fresh \(changes.fresh.map(\.description).sorted())"
+      )
+      hardLinks = result.fromJournal ? hardLinks || result.sawHardLinks : result.sawHardLinks
+      prev = result
+    }
+    #expect(journaled >= 12, "journal-driven: \(journaled) of 24; fell back: \(doubts)")
+    // restic reads the journal-driven snapshots.
+    let check = try ws.restic(["-r", ws.sub("repo"), "check", "--read-data"])
+    #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+  }
+
+  @Test func aFloodBeyondTheQueueMeansAFullWalk() async throws {
+    let ws = try Workspace("journal-flood")
+    let fs = try LoopFS(ws)
+    defer { fs.close() }
+    let src = fs.mountPoint + "/data"
+    mkdir(src, 0o755)
+    var tree = Tree(root: src, dice: Dice(x: 42))
+    tree.populate()
+    let repo = try await repository(ws)
+    // Events wait in the kernel's queue until `take` (no reader): the flood overflows it.
+    let journal = try ChangeJournal(roots: [BytePath(src)], background: false)
+    defer { journal.close() }
+    let prev = try await backup(repo, src, parent: nil)
+    let max =
+      Int(
+        (try? String(contentsOfFile: "/proc/sys/fs/fanotify/max_queued_events", encoding: .utf8))?
+          .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 16384
+    mkdir(src + "/flood", 0o755)
+    for i in 0..<(max + 2000) {
+      let fd = open(src + "/flood/\(i)", O_WRONLY | O_CREAT, 0o644)
+      if fd >= 0 { Glibc.close(fd) }
+    }
+    let changes = journal.take()
+    #expect(changes.doubt?.contains("overflowed") == true, "\(changes.doubt ?? "no doubt")")
+    await #expect(throws: JournalDoubt.self) {
+      _ = try await backup(repo, src, parent: prev.snapshotID, changes: changes, hardLinks: false)
+    }
+    let walked = try await backup(repo, src, parent: prev.snapshotID)
+    let again = try await backup(repo, src, parent: walked.snapshotID)
+    #expect(walked.snapshot.tree == again.snapshot.tree)
+    #expect(walked.stats.totalFiles == again.stats.totalFiles && walked.stats.totalFiles > max)
+    // After the overflow the journal works again.
+    tree.change(links: false)
+    let next = journal.take()
+    #expect(next.doubt == nil)
+  }
+
+  @Test func sourcesTheJournalCannotWatchAreSaidSo() throws {
+    #expect {
+      _ = try ChangeJournal(roots: [BytePath("/proc/sys")])
+    } throws: { e in
+      "\(e)".contains("cannot be watched")
+    }
+    let ws = try Workspace("journal-symlink")
+    symlink(ws.path, ws.sub("via-link"))
+    #expect {
+      _ = try ChangeJournal(roots: [BytePath(ws.sub("via-link"))])
+    } throws: { e in
+      "\(e)".contains("symbolic link")
+    }
+  }
+}
