@@ -41,7 +41,8 @@ public enum Ticks {
 
 /// What wakes the scheduler before its next tick.
 public enum DaemonEvent: Sendable, Equatable {
-  case runNow, reload, stop
+  /// `changed`: the change journal saw the first change since the last backup (continuous cycles).
+  case runNow, reload, stop, changed
 }
 
 /// A mailbox of events with one waiter (the scheduler).
@@ -107,6 +108,9 @@ public struct Scheduler: Service {
   public let skipped: @Sendable (Int) -> Void
   /// Traps SIGHUP and SIGUSR1 (off in tests, which post events themselves).
   public var trapSignals = true
+  /// Continuous cycles: seconds from the first recorded change (a `changed` event) to the cycle that backs it up;
+  /// nil: `changed` events are ignored and cycles run on the ticks only.
+  public var continuous: @Sendable () -> Double? = { nil }
 
   public init(
     interval: @escaping @Sendable () -> Double, clock: any EngineClock, control: DaemonControl, logger: Logger,
@@ -140,13 +144,16 @@ public struct Scheduler: Service {
   }
 
   func loop() async throws {
+    // When a change the journal recorded is due to be backed up (continuous cycles).
+    var changeDue: Double? = nil
     while true {
       let interval = self.interval()
       let next = Ticks.next(after: clock.now(), interval: interval)
+      let wake = min(next, changeDue ?? next)
       var early = false
       if !control.hasEvents {
         await withTaskGroup(of: Void.self) { g in
-          g.addTask { [clock] in try? await clock.sleep(until: next) }
+          g.addTask { [clock] in try? await clock.sleep(until: wake) }
           g.addTask { [control] in await control.wait() }
           await g.next()
           g.cancelAll()
@@ -155,8 +162,13 @@ public struct Scheduler: Service {
       let events = control.take()
       if events.contains(.stop) { break }
       if events.contains(.reload) { await reload() }
-      early = events.contains(.runNow)
+      if events.contains(.changed), changeDue == nil, let debounce = continuous() {
+        changeDue = clock.now() + debounce
+      }
+      let changed = changeDue.map { clock.now() >= $0 } ?? false
+      early = events.contains(.runNow) || changed
       if !early && clock.now() < next { continue }  // a reload alone: wait for the tick
+      changeDue = nil
       await runCycle()
       // Idle until the next tick: give the cycle's buffers back.
       Sys.releaseFreeMemory()

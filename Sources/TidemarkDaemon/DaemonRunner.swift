@@ -41,17 +41,40 @@ public struct Daemon: Sendable {
       services.append(.init(service: endpoint))
     }
     let current = Mutex(first)
-    let keys = KeyCache()
     let logger = self.logger
+    let control = DaemonControl()
+    // The change journal over the path sources, made again when a reload changes them.
+    let journal = Mutex<SourceJournal?>(nil)
+    @Sendable func startJournal(_ config: EngineConfig) {
+      journal.withLock { j in
+        let paths = config.sourcePaths
+        if j?.paths == paths && config.journal { return }
+        j?.close()
+        j = nil
+        guard config.journal, !paths.isEmpty else { return }
+        let made = SourceJournal(paths: paths, quiet: Daemon.quietPaths(config, stateDir: stateDir)) {
+          control.post(.changed)
+        }
+        if let why = made.unavailable {
+          logger.warning("change journal unavailable: \(why); every cycle walks the sources in full")
+        } else {
+          logger.info("change journal: watching \(paths.joined(separator: ", "))")
+        }
+        j = made
+      }
+    }
+    startJournal(first.config)
+    defer { journal.withLock { $0?.close() } }
+    let keys = KeyCache()
     let configPath = self.configPath
     let makeCycle = self.makeCycle
-    let control = DaemonControl()
-    let scheduler = Scheduler(
+    var scheduler = Scheduler(
       interval: { current.withLock { Self.seconds($0.config.interval) } }, clock: clock, control: control,
       logger: logger,
       runCycle: {
         var cycle = current.withLock { $0 }
         cycle.keys = keys
+        cycle.journal = journal.withLock { $0 }
         do {
           try await cycle.run()
         } catch {
@@ -64,6 +87,7 @@ public struct Daemon: Sendable {
         do {
           let c = try makeCycle(try EngineConfig.load(configPath))
           current.withLock { $0 = c }
+          startJournal(c.config)
           keys.clear()
           logger.info("configuration reloaded")
         } catch {
@@ -75,6 +99,7 @@ public struct Daemon: Sendable {
         st.cyclesSkipped += n
         try? stateDir.save(st)
       })
+    scheduler.continuous = { current.withLock { $0.config.continuous?.inSeconds } }
     services.insert(.init(service: scheduler, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
     let group = ServiceGroup(
       configuration: .init(
@@ -83,6 +108,16 @@ public struct Daemon: Sendable {
     logger.info("tidemark daemon: every \(first.config.interval), state in \(stateDir.path)")
     try await group.run()
     logger.info("tidemark daemon: stopped")
+  }
+
+  /// Where the daemon writes itself: changes there start no cycle.
+  static func quietPaths(_ config: EngineConfig, stateDir: StateDirectory) -> [String] {
+    var out = [stateDir.path]
+    // A local repository (a path, or `local:` and a path): the backup's own writes.
+    var repo = config.repository
+    if repo.hasPrefix("local:") { repo.removeFirst(6) }
+    if repo.hasPrefix("/") { out.append(repo) }
+    return out
   }
 
   static func seconds(_ d: Duration) -> Double {

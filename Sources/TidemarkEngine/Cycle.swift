@@ -23,6 +23,8 @@ public struct Cycle: Sendable {
   /// The daemon's keys: its cycles open the repository without deriving the password's key again.
   public var keys: KeyCache? = nil
   public var clock: any WallClock = SystemWallClock()
+  /// The daemon's change journal over the path sources: backups read only what changed (see SourceJournal).
+  public var journal: SourceJournal? = nil
   /// Seconds between syncs that list every pack on both sides.
   public static let fullListingEvery = 6 * 3600.0
 
@@ -114,8 +116,38 @@ public struct Cycle: Sendable {
       return []
     }
     opts.programVersion = "tidemark \(TidemarkVersion.string)"
-    let result = try await access.withLock(repo, exclusive: false, overlap: true) {
-      try await TidemarkOperations.Backup(repository: repo, options: opts).run()
+    let start = clock.now()
+    let journal = self.journal
+    let plan = journal?.plan(now: start, fullScan: config.fullScan.inSeconds)
+    if let plan, let changes = plan.changes {
+      opts.changes = changes
+      opts.parent = plan.parent
+      opts.treeMayHoldHardLinks = journal?.hardLinks ?? true
+    }
+    let result: BackupResult
+    var fallback = plan?.why
+    do {
+      result = try await access.withLock(repo, exclusive: false, overlap: true) { [opts] in
+        do {
+          return try await TidemarkOperations.Backup(repository: repo, options: opts).run()
+        } catch let doubt as JournalDoubt {
+          fallback = doubt.reason
+          var walk = opts
+          walk.changes = nil
+          walk.parent = nil
+          return try await TidemarkOperations.Backup(repository: repo, options: walk).run()
+        }
+      }
+    } catch {
+      journal?.failed()
+      throw error
+    }
+    journal?.finished(result, start: start, fallback: fallback)
+    if result.fromJournal {
+      logger.info(
+        "backup from the change journal: \(opts.changes?.dirty.count ?? 0) directories read again")
+    } else if journal != nil, let fallback {
+      logger.info("backup walked the sources in full: \(fallback)")
     }
     run.made = result.snapshot
     run.made?.id = result.snapshotID
@@ -259,6 +291,7 @@ public struct Cycle: Sendable {
     run.state.lastCycleSuccess = run.failures.isEmpty
     run.state.lastCycleError = run.failures.first
     if run.failures.isEmpty { run.state.lastSuccess = run.state.lastCycleEnd }
+    if let journal { run.state.journal = journal.report }
     try stateDir.save(run.state)
     let alerts = Alerts(config: config, logger: logger)
     await alerts.publishMetrics(stateDir.metricsText(now: clock.now()))

@@ -210,6 +210,14 @@ public struct EngineConfig: Sendable {
   /// How often snapshots are expected to arrive (`snapshot-interval:`; default `interval`): more than a burst's
   /// worth of new snapshots per host in one cycle raises an alert (see SnapshotGuard).
   public var snapshotInterval: Duration? = nil
+  /// `continuous:` a cycle starts this long after the first change the journal records (debounce); nil: cycles
+  /// run every `interval` only. `interval` stays the longest gap between cycles.
+  public var continuous: Duration? = nil
+  /// `full-scan:` the longest time between full walks of the path sources when a change journal drives backups
+  /// (changes a journal cannot see: writes through a mapping never closed, changes while no daemon ran).
+  public var fullScan: Duration = .seconds(3600)
+  /// `journal:` whether the daemon keeps a change journal (fanotify) of the path sources; on by default.
+  public var journal = true
 
   /// The default location.
   public static let defaultPath = "/etc/tidemark/tidemark.yaml"
@@ -239,7 +247,8 @@ public struct EngineConfig: Sendable {
     var c = EngineConfig(file: file, repository: "")
     let keys = [
       "host", "repository", "password-file", "interval", "sources", "hooks", "targets", "retention", "metrics",
-      "alerts", "drill", "state-dir", "prune", "clock-skew", "tripwire", "snapshot-interval",
+      "alerts", "drill", "state-dir", "prune", "clock-skew", "tripwire", "snapshot-interval", "continuous",
+      "full-scan", "journal",
     ]
     var sawRepository = false
     for (k, v) in top {
@@ -270,6 +279,9 @@ public struct EngineConfig: Sendable {
       case "clock-skew": c.clockSkew = try p.duration(v, key)
       case "snapshot-interval": c.snapshotInterval = try p.duration(v, key)
       case "tripwire": c.tripwire = try p.tripwire(v, key)
+      case "continuous": c.continuous = try p.duration(v, key)
+      case "full-scan": c.fullScan = try p.duration(v, key)
+      case "journal": c.journal = try p.bool(v, key)
       default: break
       }
     }
@@ -278,6 +290,16 @@ public struct EngineConfig: Sendable {
     }
     if c.interval < .seconds(1) {
       throw TidemarkError(.usage, "\(file): interval must be at least 1s")
+    }
+    if let d = c.continuous, d < .milliseconds(100) || d > c.interval {
+      throw TidemarkError(
+        .usage, "\(file): continuous must be between 100ms and interval (\(c.interval))",
+        hint: "e.g. continuous: 5s: a cycle 5 seconds after the first change")
+    }
+    if c.fullScan < c.interval {
+      throw TidemarkError(
+        .usage, "\(file): full-scan must be at least interval (\(c.interval))",
+        hint: "the default is 1h: a full walk of the sources at least every hour")
     }
     var stored = Set<String>()
     for s in c.sources {
@@ -344,6 +366,14 @@ public struct EngineConfig: Sendable {
     func mapping(_ n: YAMLNode, _ key: String) throws -> YAMLNode.Mapping {
       guard case .mapping(let m) = n else { throw fail(n, key, "expected a mapping (key: value lines)") }
       return m
+    }
+
+    func bool(_ n: YAMLNode, _ key: String) throws -> Bool {
+      let s = try string(n, key)
+      guard ["true", "false", "on", "off", "yes", "no"].contains(s) else {
+        throw fail(n, key, "expected true or false, got \(s)")
+      }
+      return ["true", "on", "yes"].contains(s)
     }
 
     func duration(_ n: YAMLNode, _ key: String) throws -> Duration {
@@ -589,11 +619,7 @@ public struct EngineConfig: Sendable {
       for (k, v) in try mapping(n, key) {
         switch try self.key(k, in: key, allowed: allowed) {
         case "enabled":
-          let s = try string(v, key + ".enabled")
-          guard ["true", "false", "on", "off", "yes", "no"].contains(s) else {
-            throw fail(v, key + ".enabled", "expected true or false, got \(s)")
-          }
-          r.enabled = ["true", "on", "yes"].contains(s)
+          r.enabled = try bool(v, key + ".enabled")
         case "changed-files": r.changedFiles = try share(v, key + ".changed-files")
         case "incompressible": r.incompressible = try share(v, key + ".incompressible")
         case "min-files":
@@ -735,4 +761,9 @@ public struct EngineConfig: Sendable {
     }
     return .milliseconds(Int64(total * 1000))
   }
+}
+
+extension Duration {
+  /// The duration in seconds, as a Double.
+  public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

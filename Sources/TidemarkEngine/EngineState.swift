@@ -118,6 +118,30 @@ public struct EngineState: Codable, Sendable {
           "Snapshots dated later than this site first saw them (forged times?): kept, not counted by retention.",
           [MetricSample(Double(forged.count))]))
     }
+    if let j = journal {
+      f += [
+        .gauge(
+          "tidemark_journal_active", "1 when a change journal (fanotify) drives backups; 0: full walks (see status).",
+          [MetricSample(j.active ? 1 : 0)]),
+        .counter("tidemark_journal_events_total", "Change events the journal read.", [MetricSample(Double(j.events))]),
+        .gauge(
+          "tidemark_journal_events_per_second", "Change events per second between the last two backups.",
+          [MetricSample(j.eventsPerSecond)]),
+        .gauge(
+          "tidemark_journal_dirty_directories",
+          "Directories the last backup read again because the journal named them.",
+          [MetricSample(Double(j.dirtyDirectories))]),
+        .counter(
+          "tidemark_journal_overflows_total", "Times the kernel's event queue overflowed (a full walk followed).",
+          [MetricSample(Double(j.overflows))]),
+        .counter(
+          "tidemark_full_scans_total", "Backups that walked the path sources in full.",
+          [MetricSample(Double(j.fullScans))]),
+        .counter(
+          "tidemark_journal_backups_total", "Backups driven by the change journal.",
+          [MetricSample(Double(j.journalBackups))]),
+      ]
+    }
     if let role = siteRole, let epoch = siteEpoch {
       f.append(
         .gauge(
@@ -158,6 +182,29 @@ public struct EngineState: Codable, Sendable {
   /// freeze it set, if any: retention and prune wait until `tidemark tripwire ack`.
   public var changeHistory: [Double]?
   public var tripwire: TripwireFreeze?
+  /// The daemon's change journal over the path sources, as of the last cycle (nil: no journal was kept, e.g.
+  /// `replicate --once`).
+  public var journal: JournalReport?
+
+  public struct JournalReport: Codable, Sendable, Equatable {
+    /// The journal runs (false: every backup walks the sources; `unavailable` says why).
+    public var active: Bool
+    public var unavailable: String?
+    /// How the last backup found the changes: "journal" or "walk".
+    public var lastBackup: String
+    /// Why the last backup walked the sources in full.
+    public var lastWalkReason: String?
+    /// Directories the last backup read again because the journal named them.
+    public var dirtyDirectories: Int
+    /// Directories recorded since the last backup.
+    public var pendingDirectories: Int
+    public var events: Int
+    public var overflows: Int
+    public var eventsPerSecond: Double
+    public var fullScans: Int
+    public var journalBackups: Int
+    public var lastFullScan: Double?
+  }
 
   public init() {}
 }

@@ -49,7 +49,7 @@ public enum StatusReport {
       guard let d = EngineConfig.parseDuration(r), d > .zero else {
         throw TidemarkError(.usage, "invalid duration \(r) for --rpo", hint: "use e.g. 90s, 15m, 1h")
       }
-      return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+      return d.inSeconds
     }
     return Double((config?.alerts.rpo ?? .seconds(900)).components.seconds)
   }
@@ -103,6 +103,25 @@ public enum StatusReport {
       w.string(f.snapshot)
       w.raw(",\"evidence\":")
       w.string(f.evidence)
+      w.raw("}")
+    }
+    if let j = state.journal {
+      w.raw(",\"journal\":{\"active\":\(j.active),\"last_backup\":")
+      w.string(j.lastBackup)
+      if let u = j.unavailable {
+        w.raw(",\"unavailable\":")
+        w.string(u)
+      }
+      if let r = j.lastWalkReason {
+        w.raw(",\"last_walk_reason\":")
+        w.string(r)
+      }
+      w.raw(
+        ",\"dirty_directories\":\(j.dirtyDirectories),\"pending_directories\":\(j.pendingDirectories),\"events\":\(j.events),\"events_per_second\":"
+      )
+      w.number(j.eventsPerSecond)
+      w.raw(",\"overflows\":\(j.overflows),\"full_scans\":\(j.fullScans),\"journal_backups\":\(j.journalBackups)")
+      if let t = j.lastFullScan { w.raw(",\"last_full_scan\":\(Int(t))") }
       w.raw("}")
     }
     if let ids = state.implausibleSnapshots, !ids.isEmpty {

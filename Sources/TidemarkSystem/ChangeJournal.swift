@@ -64,6 +64,8 @@ public final class ChangeJournal: Sendable {
     var itself = false
     /// Names of directories created or moved into it.
     var newDirectories: Set<[UInt8]> = []
+    /// Under one of the `quiet` paths: no `onChange` for it.
+    var quiet = false
   }
 
   struct State {
@@ -83,6 +85,7 @@ public final class ChangeJournal: Sendable {
   /// One open directory per marked file system, to open handles against.
   let mountFDs: [UInt64: Int32]
   let roots: [BytePath]
+  let quiet: [BytePath]
   let mounts: [String]
   let state = Mutex(State())
   let wake: (read: Int32, write: Int32)
@@ -91,9 +94,12 @@ public final class ChangeJournal: Sendable {
   let onChange: (@Sendable () -> Void)?
 
   /// Starts a journal over `roots` (absolute paths without symlinks). With `background`, a thread reads the
-  /// kernel's queue as events arrive and calls `onChange` at the first change after each `take`; without it,
-  /// events wait in the kernel's queue until `take`.
-  public init(roots: [BytePath], background: Bool = true, onChange: (@Sendable () -> Void)? = nil) throws(Unavailable) {
+  /// kernel's queue as events arrive and calls `onChange` at the first change after each `take`, leaving out
+  /// changes in directories under `quiet` (they are recorded all the same); without it, events wait in the
+  /// kernel's queue until `take`.
+  public init(
+    roots: [BytePath], quiet: [BytePath] = [], background: Bool = true, onChange: (@Sendable () -> Void)? = nil
+  ) throws(Unavailable) {
     for r in roots {
       guard r.isAbsolute else { throw Unavailable(reason: "\(r) is not an absolute path") }
       guard let real = Sys.realpath(r)?.bytes, real == r.bytes || (r.bytes.count > 1 && real + [47] == r.bytes) else {
@@ -145,6 +151,7 @@ public final class ChangeJournal: Sendable {
     self.fd = fd
     self.mountFDs = mountFDs
     self.roots = roots
+    self.quiet = quiet
     self.mounts = mounts
     self.wake = (p[0], p[1])
     self.onChange = onChange
@@ -327,6 +334,7 @@ public final class ChangeJournal: Sendable {
     let moved = mask & UInt64(FAN_MOVED_FROM | FAN_MOVED_TO) != 0
     // A directory moved anywhere may have moved into the roots: what was outside is asked again.
     if ondir && moved { s.outside.removeAll() }
+    var m = s.marks[key] ?? Mark()
     if s.marks[key] == nil {
       if s.outside.contains(key) { return }
       switch resolve(key) {
@@ -336,11 +344,12 @@ public final class ChangeJournal: Sendable {
         notePending(&s)
         return
       case .path(let p):
-        if !within(p) {
+        if !within(p, roots) {
           if s.outside.count > 10_000 { s.outside.removeAll() }
           s.outside.insert(key)
           return
         }
+        m.quiet = !quiet.isEmpty && within(p, quiet)
       }
       if s.marks.count >= ChangeJournal.maxPending {
         s.doubt = s.doubt ?? "more than \(ChangeJournal.maxPending) directories changed"
@@ -348,7 +357,6 @@ public final class ChangeJournal: Sendable {
         return
       }
     }
-    var m = s.marks[key] ?? Mark()
     if name == [46] {
       m.itself = true
     } else {
@@ -357,11 +365,11 @@ public final class ChangeJournal: Sendable {
     }
     s.marks[key] = m
     s.counters.pendingDirectories = s.marks.count
-    notePending(&s)
+    if !m.quiet { notePending(&s) }
   }
 
-  func within(_ p: BytePath) -> Bool {
-    roots.contains { r in
+  func within(_ p: BytePath, _ places: [BytePath]) -> Bool {
+    places.contains { r in
       p.bytes == r.bytes || r.bytes == [47]
         || (p.bytes.count > r.bytes.count && p.bytes.starts(with: r.bytes) && p.bytes[r.bytes.count] == 47)
     }

@@ -78,6 +78,18 @@ struct StatusCommand: AsyncParsableCommand {
           "TRIPWIRE since \(Out.duration(max(0, now - f.since))) ago: snapshot \(f.snapshot.prefix(8)): \(f.evidence); "
             + "retention and prune frozen until `tidemark tripwire ack`")
       }
+      if let j = state.journal {
+        Out.line(
+          j.active
+            ? "change journal: active; last backup "
+              + (j.lastBackup == "journal"
+                ? "from the journal (\(j.dirtyDirectories) directories read again)"
+                : "walked the sources" + (j.lastWalkReason.map { " (\($0))" } ?? ""))
+              + String(
+                format: ", %.1f events/s, %d full scans, %d journal backups", j.eventsPerSecond, j.fullScans,
+                j.journalBackups)
+            : "change journal: off (\(j.unavailable ?? "disabled")); every backup walks the sources")
+      }
       if let ids = state.implausibleSnapshots, !ids.isEmpty {
         Out.line(
           "implausible snapshots (not counted by retention): \(ids.map { String($0.prefix(8)) }.joined(separator: ", "))"

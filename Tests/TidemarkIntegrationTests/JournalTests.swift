@@ -246,3 +246,59 @@ private struct Tree {
     }
   }
 }
+
+/// Continuous cycles: the daemon's journal starts a cycle shortly after a change, the cycle backs up from the
+/// journal, and the change is on the replica seconds later; an idle daemon does nothing.
+@Suite(.serialized) struct ContinuousCycleTests {
+  @Test func eachChangeReachesTheReplicaWithinSecondsAndAnIdleDaemonRests() throws {
+    let ws = try Workspace("continuous")
+    let site = try EngineSite(ws, extra: "interval: 1h\ncontinuous: 1s\n")
+    for d in 0..<20 {
+      try FileManager.default.createDirectory(atPath: ws.sub("src/d\(d)"), withIntermediateDirectories: true)
+      for f in 0..<100 { try Data("file \(d)/\(f)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/d\(d)/f\(f)"))) }
+    }
+    #expect(try site.run(["init"]).status == 0)
+    let pid = try site.startDaemon()
+    defer { stop(pid) }
+    func snapshots(_ r: String) -> Int { site.snapshots(r) }
+    func waitFor(_ n: Int) -> Double {
+      let t0 = Date()
+      while snapshots("dr") < n && Date().timeIntervalSince(t0) < 30 { Thread.sleep(forTimeInterval: 0.05) }
+      return Date().timeIntervalSince(t0)
+    }
+    // The first cycle walks in full (no snapshot since the journal started).
+    Thread.sleep(forTimeInterval: 0.5)
+    kill(pid, SIGUSR1)
+    _ = waitFor(1)
+    #expect(snapshots("dr") == 1)
+    var latencies: [Double] = []
+    for round in 1...5 {
+      try Data("changed \(round)\n".utf8).write(to: URL(fileURLWithPath: ws.sub("src/d\(round)/new-\(round)")))
+      latencies.append(waitFor(1 + round))
+      #expect(snapshots("dr") == 1 + round, "round \(round): the change did not reach the replica in 30 s")
+    }
+    #expect(latencies.allSatisfy { $0 < 15 }, "seconds from change to replica: \(latencies)")
+    let status = try site.run(["status", "--json"])
+    let json = status.out
+    #expect(json.contains("\"journal\":{\"active\":true,\"last_backup\":\"journal\""), "\(json)")
+    #expect(json.contains("\"journal_backups\":5"), "\(json)")
+    let dumped = try ws.restic(
+      ["-r", ws.sub("dr"), "dump", "latest", ws.sub("src/d5/new-5")], password: "secret")
+    #expect(dumped.out == "changed 5\n", "\(dumped.stderr)")
+    // Idle: no change, no cycle, (about) no CPU.
+    func cpuTicks() -> Int {
+      guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+      else { return -1 }
+      let fields = stat[stat.index(after: close)...].split(separator: " ")
+      return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)  // utime, stime (fields 14 and 15)
+    }
+    let before = cpuTicks()
+    Thread.sleep(forTimeInterval: 5)
+    let used = cpuTicks() - before
+    #expect(before >= 0 && used <= 20, "the idle daemon used \(used) clock ticks in 5 s")
+    #expect(snapshots("dc") == 6)
+    let check = try ws.restic(["-r", ws.sub("dr"), "check"], password: "secret")
+    #expect(check.status == 0, "\(check.out) \(check.stderr)")
+  }
+}
