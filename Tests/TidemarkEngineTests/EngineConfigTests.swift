@@ -136,6 +136,9 @@ import TidemarkEngine
       ("repository: /x\nsources:\n  - verify: 'true'\n", "a source needs one of path, command, postgres"),
       ("repository: /x\nsources:\n  - path: /a\n    sqlite: /b.db\n", "a source has only one of"),
       ("repository: /x\nsources:\n  - redis: /run/redis.sock\n    filename: ../x\n", "needs `filename`"),
+      ("repository: /x\ninterval: 1m\ncontinuous: 2m\n", "continuous must be between 100ms and interval"),
+      ("repository: /x\ninterval: 1h\nfull-scan: 30m\n", "full-scan must be at least interval"),
+      ("repository: /x\njournal: maybe\n", "journal: expected true or false"),
     ] {
       #expect(throws: TidemarkError.self) { _ = try EngineConfig.parse(text, file: "t.yaml") }
       do {
@@ -144,6 +147,14 @@ import TidemarkEngine
         #expect(e.message.contains(message) && e.message.hasPrefix("t.yaml"), "\(e.message)")
       } catch {}
     }
+  }
+
+  @Test func continuousCyclesAndTheJournal() throws {
+    let c = try EngineConfig.parse("repository: /x\ncontinuous: 5s\nfull-scan: 2h\njournal: on\n", file: "t.yaml")
+    #expect(c.continuous == .seconds(5) && c.fullScan == .seconds(7200) && c.journal)
+    let d = try EngineConfig.parse("repository: /x\n", file: "t.yaml")
+    #expect(d.continuous == nil && d.fullScan == .seconds(3600) && d.journal)
+    #expect(try !EngineConfig.parse("repository: /x\njournal: off\n", file: "t.yaml").journal)
   }
 
   @Test func durations() {

@@ -1,5 +1,6 @@
 // The daemon's scheduler with an injected clock: cycles on interval ticks, overruns skip ticks (counted), a
-// reload waits for the next tick, "run now" runs at once, and a stop ends the loop after the running cycle.
+// reload waits for the next tick, "run now" runs at once, a change runs one after the debounce when cycles are
+// continuous, and a stop ends the loop after the running cycle.
 import Foundation
 import Logging
 import Synchronization
@@ -75,5 +76,33 @@ final class JumpingClock: EngineClock {
     // The reload came first and ran no cycle; the first cycle waited for 1200; "run now" ran one at 1205.
     #expect(reloads.withLock { $0 } == 1)
     #expect(starts.withLock { $0 } == [1200, 1205])
+  }
+
+  @Test func aChangeStartsACycleAfterTheDebounceOnlyWhenContinuous() async throws {
+    for continuous in [true, false] {
+      let clock = JumpingClock(1000)
+      let control = DaemonControl()
+      let starts = Mutex<[Double]>([])
+      control.post(.changed)
+      var s = Scheduler(
+        interval: { 300 }, clock: clock, control: control, logger: EngineLog.silent,
+        runCycle: {
+          let n = starts.withLock { s in
+            s.append(clock.now())
+            return s.count
+          }
+          clock.advance(2)
+          // A change during the cycle: the next cycle comes 5 s after the loop hears of it, not at once.
+          if n == 1 { control.post(.changed) }
+          if n == 3 { control.post(.stop) }
+        }, reload: {}, skipped: { _ in })
+      s.trapSignals = false
+      if continuous { s.continuous = { 5 } }
+      try await s.run()
+      // Continuous: 1005 (5 s after the change), 1012 (5 s after the one heard at 1007), then the tick at 1200.
+      // Without it, changes wait for the ticks.
+      #expect(
+        starts.withLock { $0 } == (continuous ? [1005, 1012, 1200] : [1200, 1500, 1800]), "continuous: \(continuous)")
+    }
   }
 }
