@@ -105,6 +105,13 @@ public final class MasterIndex: Sendable {
     }
   }
 
+  /// Takes `other`'s entries in place of its own (shared until either changes): the daemon keeps the index
+  /// between cycles instead of reading every index file again.
+  public func adopt(_ other: MasterIndex) {
+    let taken = other.state.withLock { $0 }
+    state.withLock { $0 = taken }
+  }
+
   public func lookup(_ id: BlobID) -> IndexEntry? { state.withLock { $0.blobs[id] } }
   public func has(_ id: BlobID) -> Bool { state.withLock { $0.blobs[id] != nil } }
   public var blobCount: Int { state.withLock { $0.blobs.count } }

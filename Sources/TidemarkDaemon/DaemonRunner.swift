@@ -66,6 +66,7 @@ public struct Daemon: Sendable {
     startJournal(first.config)
     defer { journal.withLock { $0?.close() } }
     let keys = KeyCache()
+    let indexes = IndexCache()
     let configPath = self.configPath
     let makeCycle = self.makeCycle
     var scheduler = Scheduler(
@@ -74,6 +75,7 @@ public struct Daemon: Sendable {
       runCycle: {
         var cycle = current.withLock { $0 }
         cycle.keys = keys
+        cycle.indexCache = indexes
         cycle.journal = journal.withLock { $0 }
         do {
           try await cycle.run()
@@ -88,6 +90,7 @@ public struct Daemon: Sendable {
           let c = try makeCycle(try EngineConfig.load(configPath))
           current.withLock { $0 = c }
           startJournal(c.config)
+          indexes.clear()
           keys.clear()
           logger.info("configuration reloaded")
         } catch {

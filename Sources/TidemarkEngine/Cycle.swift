@@ -25,6 +25,8 @@ public struct Cycle: Sendable {
   public var clock: any WallClock = SystemWallClock()
   /// The daemon's change journal over the path sources: backups read only what changed (see SourceJournal).
   public var journal: SourceJournal? = nil
+  /// The daemon's DC index between cycles (see IndexCache).
+  public var indexCache: IndexCache? = nil
   /// Seconds between syncs that list every pack on both sides.
   public static let fullListingEvery = 6 * 3600.0
 
@@ -59,7 +61,11 @@ public struct Cycle: Sendable {
       _ = try? await RepositoryLock.removeDead(repo)
       let probes = try await fence(repo, &run)
       try await Hooks.run(config.hooks.before, phase: "before")
-      try await repo.loadIndex()
+      if let indexCache {
+        try await indexCache.load(repo, location: access.location)
+      } else {
+        try await repo.loadIndex()
+      }
       try await backUpPaths(repo, &run)
       try await backUpStreams(repo, &run)
       let outcomes = await replicate(repo, probes: probes, &run)
@@ -74,6 +80,7 @@ public struct Cycle: Sendable {
       run.failures.append("\(error)")
     }
     try await record(&run)
+    if run.failures.isEmpty { indexCache?.keep() } else { indexCache?.drop() }
     if !run.failures.isEmpty {
       try? await Hooks.run(config.hooks.onFailure, phase: "on-failure")
       throw TidemarkError(
