@@ -114,7 +114,12 @@ struct DaemonCommand: AsyncParsableCommand {
       the ticks it covered. Serves Prometheus metrics on `metrics.listen` (GET /metrics, GET /health; IPv4 or \
       [IPv6]:port) and writes `metrics.textfile` after each cycle. One daemon per configuration: a second one for \
       the same state directory refuses to start and names the first one's pid. The repository key is derived \
-      from the password once and kept in memory, so cycles after the first skip that work. SIGHUP: reload the \
+      from the password once and kept in memory with the repository's index, so cycles after the first skip \
+      that work. The path sources are watched by a change journal (fanotify; needs root and a local file system): \
+      backups read only the directories that changed, with a full walk after the start, every `full-scan` \
+      (default 1h) and whenever the journal is in doubt; without one the daemon says why once and walks. With \
+      `continuous: 5s` a cycle starts 5 s after the first change, so a change reaches the targets within \
+      seconds; `interval` stays the longest gap between cycles. SIGHUP: reload the \
       configuration (and derive the key again). SIGUSR1: run a cycle now. SIGTERM/SIGINT: stop after the \
       running cycle. Logs one line per event on standard error (journald keeps them).
       """)
