@@ -141,6 +141,7 @@ public final class ChangeJournal: Sendable {
       mountFDs[fsid] = dfd
       if cposix_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), mask, dfd, nil) != 0 {
         let e = errno
+        if e == EPERM { throw fail("watching a whole file system needs CAP_SYS_ADMIN (run the daemon as root)") }
         throw fail(
           "the file system of \(place) cannot be watched (\(String(cString: strerror(e))))"
             + (e == ENODEV || e == EXDEV || e == EOPNOTSUPP ? ": it has no file handles for fanotify" : ""))
