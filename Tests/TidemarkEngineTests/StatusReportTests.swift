@@ -42,6 +42,36 @@ struct StatusReportTests {
         + "\"implausible_snapshots\":[\"aa\",\"bb\"],\"targets\":[],\"status\":\"CRIT\"}\n")
   }
 
+  @Test func theJournalIsInTheJSONAndTheMetrics() {
+    var state = EngineState()
+    state.cycles = 2
+    state.lastCycleSuccess = true
+    state.journal = EngineState.JournalReport(
+      active: true, unavailable: nil, lastBackup: "walk", lastWalkReason: "a full scan is due", dirtyDirectories: 3,
+      pendingDirectories: 1, events: 40, overflows: 1, eventsPerSecond: 2.5, fullScans: 2, journalBackups: 7,
+      lastFullScan: 1500.2)
+    let (targets, health) = StatusReport.targets(state, drill: nil, now: 2000, rpo: 900)
+    #expect(
+      Self.text(StatusReport.json(state, targets: targets, drill: nil, rpo: 900, health: health))
+        == "{\"cycles\":2,\"last_cycle_success\":true,\"rpo_seconds\":900,\"pruned_bytes_total\":0,"
+        + "\"journal\":{\"active\":true,\"last_backup\":\"walk\",\"last_walk_reason\":\"a full scan is due\","
+        + "\"dirty_directories\":3,\"pending_directories\":1,\"events\":40,\"events_per_second\":2.5,\"overflows\":1,"
+        + "\"full_scans\":2,\"journal_backups\":7,\"last_full_scan\":1500},\"targets\":[],\"status\":\"OK\"}\n")
+    let names = state.metricFamilies(now: 2000).map(\.name)
+    for m in [
+      "tidemark_journal_active", "tidemark_journal_events_total", "tidemark_journal_events_per_second",
+      "tidemark_journal_dirty_directories", "tidemark_journal_overflows_total", "tidemark_full_scans_total",
+      "tidemark_journal_backups_total",
+    ] {
+      #expect(names.contains(m), "\(m)")
+    }
+    // Without a journal (one cycle from the command line) the document and the metrics are as before.
+    state.journal = nil
+    #expect(
+      !Self.text(StatusReport.json(state, targets: targets, drill: nil, rpo: 900, health: health)).contains("journal"))
+    #expect(!state.metricFamilies(now: 2000).contains { $0.name.hasPrefix("tidemark_journal") })
+  }
+
   @Test func hostsJSONMakesAnEmptyRepositoryCritical() {
     let (hosts, health) = StatusReport.hosts([], only: ["db1"], now: 5000, rpo: 60)
     #expect(
