@@ -105,10 +105,13 @@ public final class MasterIndex: Sendable {
     }
   }
 
-  /// Takes `other`'s entries in place of its own (shared until either changes): the daemon keeps the index
-  /// between cycles instead of reading every index file again.
+  /// Takes `other`'s entries in place of its own, leaving `other` empty: the daemon keeps the index between
+  /// cycles instead of reading every index file again.
   public func adopt(_ other: MasterIndex) {
-    let taken = other.state.withLock { $0 }
+    let taken = other.state.withLock { s in
+      defer { s = State() }
+      return s
+    }
     state.withLock { $0 = taken }
   }
 
