@@ -125,7 +125,7 @@ public struct Cycle: Sendable {
     opts.programVersion = "tidemark \(TidemarkVersion.string)"
     let start = clock.now()
     let journal = self.journal
-    let plan = journal?.plan(now: start, fullScan: config.fullScan.inSeconds)
+    let plan = try await journal?.plan(now: start, fullScan: config.fullScan.inSeconds)
     if let plan, let changes = plan.changes {
       opts.changes = changes
       opts.parent = plan.parent

@@ -49,9 +49,12 @@ public final class SourceJournal: Sendable {
 
   /// What the next backup should do: the changes to back up from, or nil and why the sources are walked in full.
   /// Takes the journal's changes either way: a full walk that starts now covers them.
-  func plan(now: Double, fullScan: Double) -> (changes: ChangeJournal.Changes?, parent: SnapshotID?, why: String?) {
+  func plan(now: Double, fullScan: Double) async throws -> (
+    changes: ChangeJournal.Changes?, parent: SnapshotID?, why: String?
+  ) {
     guard let journal else { return (nil, nil, "no change journal: \(unavailable ?? "off")") }
-    let changes = journal.take()
+    // Turning handles into paths is a system call or two per directory: off the cooperative pool.
+    let changes = try await Blocking.run { journal.take() }
     let total = journal.counters.events
     return state.withLock { s in
       if let t = s.lastTake, now > t { s.eventsPerSecond = Double(total - s.eventsAtLastTake) / (now - t) }
