@@ -1525,8 +1525,8 @@ nruns = max(len(v) for d in runs.values() for v in d.values())
 mib = lambda b: int(b) / (1 << 20)
 med = lambda xs: statistics.median(xs)
 print(f'Measured by `scripts/bench.sh scale` on {day}: {cores} cores, Linux {kernel}, {mem} GiB RAM, same machine, same run;')
-print(f'{"one run" if nruns == 1 else f"median of {nruns} runs"} per step (which tool goes first alternates between runs), warm page '
-      'cache for the backups, every measured command starts after a `sync`.')
+print(f'{"one run" if nruns == 1 else f"median of {nruns} runs"} per step (which tool goes first alternates between runs); warm page cache')
+print('for the backups; every measured command starts after a `sync`.')
 print(f'Corpus: a generated file server, {int(files):,} files in {int(dirs):,} directories three levels deep (mostly 0.5-8 KiB:')
 print(f'three quarters text, a quarter random bytes) and 4 x 64 MiB random; {mib(corpus):,.0f} MiB, {int(entries) - 1:,} entries.')
 print('Each tool backs up into its own fresh repository. The change: 100 files spread over the tree, 50 with a line')
@@ -1546,7 +1546,7 @@ for k in ['scale-first', 'scale-unchanged', 'scale-change']:
 print(f'| journal-driven cycle after the same 100-file change | {journal} | | | | | |')
 t = med(x[0] for x in mounts['tidemark']); r = med(x[0] for x in mounts['restic'])
 th = max(x[1] for x in mounts['tidemark']) / 1024; rh = max(x[1] for x in mounts['restic']) / 1024
-print(f'| `find` over the mounted latest snapshot ({int(entries):,} entries), cold cache; RSS: VmHWM | {t:.2f} s | {r:.2f} s '
+print(f'| `find` over the mounted latest snapshot ({int(entries):,} entries), cold cache (RSS: VmHWM) | {t:.2f} s | {r:.2f} s '
       f'| {r / t:.2f}x | {th:.0f} | {rh:.0f} | {th / rh:.2f}x |')
 tr = max(x[2] for x in mounts['tidemark']) / 1024; rr = max(x[2] for x in mounts['restic']) / 1024
 print(f'| mount process VmRSS right after the `find` | | | | {tr:.0f} | {rr:.0f} | {tr / rr:.2f}x |')
