@@ -1504,7 +1504,7 @@ bench_scale() {
 
   render_scale "$(du -sb scale-repo-restic | cut -f1)" "$(du -sb scale-repo-tidemark | cut -f1)" > scale-table.md
   update_doc scale scale-table.md
-  rm -rf scale-repo-tidemark   # the corpus and the restic-made repository stay for the next run
+  rm -rf scale-repo-restic scale-repo-tidemark   # the corpus stays for the next run (scale-*.complete)
 }
 
 render_scale() { # RESTIC_REPO_BYTES TIDEMARK_REPO_BYTES
