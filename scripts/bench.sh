@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: tidemark against restic on this machine, in one run. Six sections:
+# Benchmarks: tidemark against restic on this machine, in one run. Sections:
 #   backup   generated ~1 GiB corpus: first backup, unchanged re-backup, backup after changing ~1% of the data,
 #            full restore. For each: wall time and peak RSS (/usr/bin/time).
 #   mount    one restic-made repository mounted by `restic mount` and `tidemark mount`: sequential read of a large
@@ -21,6 +21,9 @@
 #            `restic backup` of the corpus to `tidemark serve` over TLS against restic over SFTP.
 #   drill    RTO and RPO: the corpus replicated by `tidemark replicate --once` to a local and an SFTP (loopback
 #            sshd) target, then `tidemark drill` on both; figures go to docs/rto-rpo.md (not performance.md).
+#   scale    a generated "file server" (500,000 small files in 10,000 directories and 4 x 64 MiB): first backup,
+#            unchanged re-backup, re-backup after 100 files changed (a full walk), and `find` over the mounted
+#            latest snapshot with the mount process's RSS afterwards. Wall time and peak RSS for each.
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
 # <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
@@ -31,26 +34,28 @@
 #   BENCH_OUT=-  scripts/bench.sh    # print the tables instead of writing docs/performance.md
 #   BENCH_RUNS=3                     # runs per step, median reported (default 3)
 #   BENCH_MOUNT_LARGE_MIB=256 BENCH_MOUNT_SMALL_DIRS=200   # mount dataset: large file size, dirs of 100 small files
+#   BENCH_SCALE_FILES=20000 BENCH_SCALE_DIRS=1000          # scale corpus size (default 500000 files, 10000 dirs)
+#   BENCH_SCALE_RUNS=1               # runs per scale step (default: BENCH_RUNS below 100,000 files, else 1)
 set -euo pipefail
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [serve] [drill]   (no argument: all)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [serve] [drill] [scale]   (no argument: all)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | maint | cycle | remote | serve | drill) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | cycle | remote | serve | drill | scale) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote serve drill); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote serve drill scale); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want maint || want cycle || want remote || want serve || want drill; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want cycle || want remote || want serve || want drill || want scale; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -829,7 +834,7 @@ PY
       rm -rf maint-work
       cp -a maint-repo maint-work
       sync
-      if [ $tool = restic ]; then
+      if [ "$tool" = restic ]; then
         run_measured prune restic restic -q -r maint-work prune
       else
         run_measured prune tidemark "$TM" -q -r maint-work prune
@@ -1087,7 +1092,7 @@ bench_remote() {
     [ $((run % 2)) = 0 ] && order=(tidemark restic)
     for step in first unchanged; do
       for tool in "${order[@]}"; do
-        if [ $tool = restic ]; then
+        if [ "$tool" = restic ]; then
           run_measured "sftp-$step" restic restic -q -r "sftp:root@127.0.0.1:$BENCH_DIR/sftp-restic" -o "sftp.command=$RESTIC_SSH" backup corpus
         else
           run_measured "sftp-$step" tidemark "$TM" -q -r "sftp://root@127.0.0.1:$SSH_PORT/$BENCH_DIR/sftp-tidemark" "${SSH_OPTS[@]}" backup corpus
@@ -1098,9 +1103,9 @@ bench_remote() {
     for tool in "${order[@]}"; do
       start_moto
       local repo="s3:http://127.0.0.1:$MOTO_PORT/bench-$tool"
-      if [ $tool = restic ]; then restic -q -r "$repo" init; else "$TM" -q -r "$repo" init; fi
+      if [ "$tool" = restic ]; then restic -q -r "$repo" init; else "$TM" -q -r "$repo" init; fi
       for step in first unchanged; do
-        if [ $tool = restic ]; then
+        if [ "$tool" = restic ]; then
           run_measured "s3-$step" restic restic -q -r "$repo" backup corpus
         else
           run_measured "s3-$step" tidemark "$TM" -q -r "$repo" backup corpus
@@ -1159,7 +1164,7 @@ bench_serve() {
     restic -q -r "sftp:root@127.0.0.1:$dir/restic-sftp" -o "sftp.command=$RESTIC_SSH" init
     restic -q -r "rest:https://127.0.0.1:$SERVE_PORT/restic" --cacert "$SERVE_CA" init
     for route in "${order[@]}"; do
-      if [ $route = sftp ]; then
+      if [ "$route" = sftp ]; then
         run_measured replicate sftp "$TM" -q -r "$dir/dc" "${SSH_OPTS[@]}" \
           replicate --to "sftp://root@127.0.0.1:$SSH_PORT/$dir/dr-sftp"
         run_measured restic-backup sftp restic -q -r "sftp:root@127.0.0.1:$dir/restic-sftp" \
@@ -1321,6 +1326,235 @@ for k in ['sftp-first', 's3-first']:
     if k not in runs: continue
     pairs = zip((s for s, _ in runs[k]['restic']), (s for s, _ in runs[k]['tidemark']))
     print(f'- {names[k]}, speed-up within each run (restic / tidemark): ' + ', '.join(f'{r / t:.2f}x' for r, t in pairs))
+PY
+}
+
+# ---- scale section --------------------------------------------------------------------------------------------
+# A file server's worth of small files: how the tools cope with many entries rather than many bytes.
+SCALE_FILES=${BENCH_SCALE_FILES:-500000}
+SCALE_DIRS=${BENCH_SCALE_DIRS:-10000}
+# A first backup of 500,000 files takes minutes per tool: one run per step unless asked for more.
+if [ "$SCALE_FILES" -ge 100000 ]; then SCALE_RUNS=${BENCH_SCALE_RUNS:-1}; else SCALE_RUNS=${BENCH_SCALE_RUNS:-$RUNS}; fi
+SCALE_CORPUS="scale-$SCALE_FILES-$SCALE_DIRS"
+
+# ensure_scale_corpus: the deterministic file-server corpus in $SCALE_CORPUS/: SCALE_FILES files of mostly
+# 0.5-8 KiB (some empty to 0.5 KiB, some 8-64 KiB; three quarters text cut from prose, source-like and CSV-like
+# pools, a quarter random bytes) spread over SCALE_DIRS leaf directories three levels deep, plus large/ with
+# 4 x 64 MiB random. Regenerated when a generation did not finish ($SCALE_CORPUS.complete, outside the corpus, so
+# it is not backed up). The 100-file change step edits it in place; that changes no entry count.
+ensure_scale_corpus() {
+  local params="files=$SCALE_FILES dirs=$SCALE_DIRS seed=20261206"
+  if [ -d "$SCALE_CORPUS" ] && [ "$(cat "$SCALE_CORPUS.complete" 2>/dev/null)" = "$params" ]; then return; fi
+  log "generating the scale corpus (deterministic: $params)"
+  rm -rf "$SCALE_CORPUS" "$SCALE_CORPUS.complete"
+  python3 - "$SCALE_CORPUS" "$SCALE_FILES" "$SCALE_DIRS" <<'PY'
+import os, random, sys
+root, nfiles, ndirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = random.Random(20261206)
+words = [''.join(r.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(r.randint(2, 10))) for _ in range(4000)]
+# Text pools that files are cut from: prose-like, source-like and CSV-like lines.
+prose = ''.join(' '.join(r.choices(words, k=r.randint(6, 14))) + '.\n' for _ in range(40000))
+src = []
+for _ in range(30000):
+    ind = '    ' * r.randint(0, 3)
+    a, b, c = r.choices(words, k=3)
+    src.append(r.choice([f'{ind}let {a} = {b}({c}, {r.randint(0, 999)})\n', f'{ind}if {a} > {r.randint(0, 99)} {{\n',
+                         f'{ind}}}\n', f'{ind}// {a} {b} {c}\n', f'{ind}return {a}.{b}\n', f'{ind}func {a}({b}: Int) -> {c} {{\n']))
+src = ''.join(src)
+csv = ''.join(f'{r.randint(1, 10**6)},{r.choice(words)},{r.random():.6f},{r.choice(words)}\n' for _ in range(60000))
+pools = [(prose.encode(), 'txt'), (src.encode(), 'swift'), (csv.encode(), 'csv')]
+# Directories: three levels (departments / projects / leaf directories), files spread over the leaves.
+top = max(1, round(ndirs ** (1 / 3)))
+mid = max(1, round((ndirs / top) ** 0.5))
+leaves = [f'{root}/{words[a]}{a}/{words[100 + b]}{b}/{words[500 + d % 3000]}{d}'
+          for d in range(ndirs) for a, b in [(d % top, (d // top) % mid)]]
+for d in leaves:
+    os.makedirs(d, exist_ok=True)
+for i in range(nfiles):
+    d = leaves[i % ndirs]
+    k = r.random()
+    size = r.randint(0, 511) if k < 0.05 else r.randint(8192, 65536) if k > 0.95 else r.randint(512, 8192)
+    kind = r.random()
+    if kind < 0.25:                                  # a quarter random bytes (compressed/binary files)
+        data, ext = r.randbytes(size), r.choice(['bin', 'jpg', 'gz', 'pdf'])
+    else:
+        pool, ext = pools[r.randrange(3)]
+        at = r.randrange(len(pool) - size)
+        data = pool[at:at + size]
+    with open(f'{d}/{words[r.randrange(4000)]}_{i}.{ext}', 'wb') as f:
+        f.write(data)
+os.makedirs(f'{root}/large', exist_ok=True)
+for i in range(4):                                   # 4 x 64 MiB random
+    with open(f'{root}/large/image{i}.img', 'wb') as f:
+        for _ in range(64):
+            f.write(r.randbytes(1 << 20))
+PY
+  echo "$params" > "$SCALE_CORPUS.complete"
+}
+
+# scale_change DIR RUN: 100 files spread evenly over the tree (every n-th in name order): the even ones get
+# new content (a line appended), the odd ones only a new mtime.
+scale_change() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys, time
+root, run = sys.argv[1], int(sys.argv[2])
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+step = max(1, len(files) // 100)
+for k, p in enumerate(files[step // 2::step][:100]):
+    if k % 2 == 0:
+        with open(p, 'ab') as f: f.write(f'changed in run {run} at {time.time_ns()}\n'.encode())
+    else:
+        os.utime(p)
+PY
+}
+
+# scale_journal_cycle RUN: a cycle driven by the change journal after the same 100-file change (the backup
+# learns what changed instead of walking the tree). Prints the cell for the table's row; not measured yet.
+scale_journal_cycle() {
+  echo "not measured"
+}
+
+# scale_mount TOOL RUN: `find MNT/snapshots/latest/ | wc -l` over the restic-made repository in a fresh mount
+# process after a cold page cache (as mount_session); appends "TOOL SECONDS VMHWM_KIB VMRSS_KIB READY_SECONDS"
+# to scale-mount.txt, RSS read from /proc/PID/status right after the find.
+scale_mount() {
+  local tool=$1 run=$2 log="scale-mount-$1-$2.log" snap="$MNT/snapshots/latest"
+  local t0 t1 ready value hwm rss n
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  mkdir -p "$MNT"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now)
+  case $tool in
+    restic) restic -r scale-repo-restic mount "$MNT" > "$log" 2>&1 & ;;
+    tidemark) "$TM" -r scale-repo-restic mount "$MNT" > "$log" 2>&1 & ;;
+  esac
+  MOUNT_PID=$!
+  n=0
+  until [ -d "$snap/$SCALE_CORPUS/large" ]; do
+    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$log"; die "$tool mount exited before the snapshot appeared"; }
+    n=$((n + 1))
+    [ $n -le 1200 ] || { cat "$log"; die "$tool mount: $snap/$SCALE_CORPUS did not appear within 120 s"; }
+    sleep 0.1
+  done
+  ready=$(elapsed "$t0" "$(now)")
+  [ "$(cat "/proc/$MOUNT_PID/comm")" = "$tool" ] || die "PID $MOUNT_PID is $(cat "/proc/$MOUNT_PID/comm"), not $tool"
+  warm_memory "$WARM_MIB"
+  t0=$(now)
+  value=$(find "$snap/" | wc -l)
+  t1=$(now)
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MOUNT_PID/status")
+  rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$MOUNT_PID/status")
+  stop_mount "$tool"
+  [ "$value" = "$SCALE_ENTRIES" ] || die "$tool mount: find saw $value entries, expected $SCALE_ENTRIES"
+  echo "$tool $(elapsed "$t0" "$t1") $hwm $rss $ready" >> scale-mount.txt
+  printf '  %-8s find %8s s  (%s entries)  VmHWM %s MiB  VmRSS %s MiB  ready after %s s\n' "$tool" \
+    "$(elapsed "$t0" "$t1")" "$value" "$((hwm / 1024))" "$((rss / 1024))" "$ready"
+}
+
+bench_scale() {
+  [ "$(id -u)" = 0 ] || die "the scale benchmark needs root (drop_caches for the mount)"
+  [ -e /dev/fuse ] || die "/dev/fuse is missing"
+  if is_mounted "$MNT"; then fusermount3 -uz "$MNT"; fi
+  rm -f results.txt scale-results.txt scale-mount.txt scale-journal.txt scale-mount-*.log
+  ensure_scale_corpus
+  SCALE_BYTES=$(du -sb --apparent-size "$SCALE_CORPUS" | cut -f1)
+  SCALE_ENTRIES=$(( $(find "$SCALE_CORPUS" | wc -l) + 1 ))   # `find snapshots/latest/` also lists latest/ itself
+  log "scale: restic $(restic version | cut -d' ' -f2) vs tidemark $("$TM" version | cut -d' ' -f2): $SCALE_FILES files in $SCALE_DIRS directories, $SCALE_RUNS run(s) per step"
+  local run tool step
+  local -a order
+  for run in $(seq "$SCALE_RUNS"); do
+    order=(restic tidemark)
+    [ $((run % 2)) = 0 ] && order=(tidemark restic)
+    rm -rf scale-repo-restic scale-repo-tidemark
+    restic init -q -r scale-repo-restic
+    "$TM" init -q -r scale-repo-tidemark
+    # Same warm page cache (data and metadata) for both tools.
+    find "$SCALE_CORPUS" -type f -exec cat {} + > /dev/null
+    for step in first unchanged; do
+      log "run $run: $step (${order[*]})"
+      for tool in "${order[@]}"; do
+        if [ "$tool" = restic ]; then
+          run_measured "scale-$step" restic restic -q -r scale-repo-restic backup "$SCALE_CORPUS"
+        else
+          run_measured "scale-$step" tidemark "$TM" -q -r scale-repo-tidemark backup "$SCALE_CORPUS"
+        fi
+      done
+    done
+    log "run $run: 100 files changed (50 rewritten, 50 touched), full walk by both"
+    scale_change "$SCALE_CORPUS" "$run"
+    for tool in "${order[@]}"; do
+      if [ "$tool" = restic ]; then
+        run_measured scale-change restic restic -q -r scale-repo-restic backup "$SCALE_CORPUS"
+      else
+        run_measured scale-change tidemark "$TM" -q -r scale-repo-tidemark backup "$SCALE_CORPUS"
+      fi
+    done
+    scale_journal_cycle "$run" > scale-journal.txt
+  done
+  mv results.txt scale-results.txt
+
+  log "scale: find over the mounted latest snapshot (the restic-made repository), cold page cache, $SCALE_RUNS run(s)"
+  restic -q -r scale-repo-restic ls latest > /dev/null   # restic's cache holds every tree, as after normal use
+  for run in $(seq "$SCALE_RUNS"); do
+    order=(restic tidemark)
+    [ $((run % 2)) = 0 ] && order=(tidemark restic)
+    for tool in "${order[@]}"; do scale_mount "$tool" "$run"; done
+  done
+
+  render_scale "$(du -sb scale-repo-restic | cut -f1)" "$(du -sb scale-repo-tidemark | cut -f1)" > scale-table.md
+  update_doc scale scale-table.md
+  rm -rf scale-repo-restic scale-repo-tidemark   # the corpus stays for the next run (scale-*.complete)
+}
+
+render_scale() { # RESTIC_REPO_BYTES TIDEMARK_REPO_BYTES
+  python3 - "$1" "$2" "$SCALE_BYTES" "$SCALE_FILES" "$SCALE_DIRS" "$SCALE_ENTRIES" "$(cat scale-journal.txt)" \
+    "$(restic version)" "$("$TM" version)" "$(nproc)" "$(uname -r)" \
+    "$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(date -u +%Y-%m-%d)" <<'PY'
+import statistics, sys
+repo_r, repo_t, corpus, files, dirs, entries, journal, rv, tv, cores, kernel, mem, day = sys.argv[1:14]
+runs = {}
+for line in open('scale-results.txt'):
+    step, tool, secs, kb = line.split()
+    runs.setdefault(step, {}).setdefault(tool, []).append((float(secs), int(kb)))
+mounts = {}
+for line in open('scale-mount.txt'):
+    tool, secs, hwm, rss, ready = line.split()
+    mounts.setdefault(tool, []).append((float(secs), int(hwm), int(rss), float(ready)))
+nruns = max(len(v) for d in runs.values() for v in d.values())
+mib = lambda b: int(b) / (1 << 20)
+med = lambda xs: statistics.median(xs)
+print(f'Measured by `scripts/bench.sh scale` on {day}: {cores} cores, Linux {kernel}, {mem} GiB RAM, same machine, same run;')
+print(f'{"one run" if nruns == 1 else f"median of {nruns} runs"} per step (which tool goes first alternates between runs); warm page cache')
+print('for the backups; every measured command starts after a `sync`.')
+print(f'Corpus: a generated file server, {int(files):,} files in {int(dirs):,} directories three levels deep (mostly 0.5-8 KiB:')
+print(f'three quarters text, a quarter random bytes) and 4 x 64 MiB random; {mib(corpus):,.0f} MiB, {int(entries) - 1:,} entries.')
+print('Each tool backs up into its own fresh repository. The change: 100 files spread over the tree, 50 with a line')
+print('appended and 50 touched (new mtime), then a plain `backup` (a full walk). The mount rows: the restic-made repository')
+print('mounted by each tool in a fresh process after `sync; echo 3 > /proc/sys/vm/drop_caches`, restic\'s cache directory')
+print('kept (it holds every tree); `find MNT/snapshots/latest/ | wc -l` timed, the mount process\'s VmHWM and VmRSS read')
+print('from /proc/PID/status right after it.')
+print(f'Versions: `{rv}`; `{tv}`.\n')
+print('| step | tidemark | restic | restic / tidemark | tidemark peak RSS (MiB) | restic peak RSS (MiB) | tidemark / restic RSS |')
+print('|---|---:|---:|---:|---:|---:|---:|')
+names = {'scale-first': 'first backup', 'scale-unchanged': 'unchanged re-backup',
+         'scale-change': 're-backup after 100 files changed (full walk)'}
+for k in ['scale-first', 'scale-unchanged', 'scale-change']:
+    t = med(s for s, _ in runs[k]['tidemark']); r = med(s for s, _ in runs[k]['restic'])
+    tm = max(m for _, m in runs[k]['tidemark']) / 1024; rm = max(m for _, m in runs[k]['restic']) / 1024
+    print(f'| {names[k]} | {t:.2f} s | {r:.2f} s | {r / t:.2f}x | {tm:.0f} | {rm:.0f} | {tm / rm:.2f}x |')
+print(f'| journal-driven cycle after the same 100-file change | {journal} | | | | | |')
+t = med(x[0] for x in mounts['tidemark']); r = med(x[0] for x in mounts['restic'])
+th = max(x[1] for x in mounts['tidemark']) / 1024; rh = max(x[1] for x in mounts['restic']) / 1024
+print(f'| `find` over the mounted latest snapshot ({int(entries):,} entries), cold cache (RSS: VmHWM) | {t:.2f} s | {r:.2f} s '
+      f'| {r / t:.2f}x | {th:.0f} | {rh:.0f} | {th / rh:.2f}x |')
+tr = max(x[2] for x in mounts['tidemark']) / 1024; rr = max(x[2] for x in mounts['restic']) / 1024
+print(f'| mount process VmRSS right after the `find` | | | | {tr:.0f} | {rr:.0f} | {tr / rr:.2f}x |')
+print(f'\nRatios: restic / tidemark for times (above 1: tidemark is faster), tidemark / restic for RSS (below 1: tidemark')
+print(f'uses less). Peak RSS is /usr/bin/time\'s for the backups and the largest VmHWM over the runs for the mounts.')
+print(f'Repositories after the backups: restic {mib(repo_r):,.0f} MiB, tidemark {mib(repo_t):,.0f} MiB. Median time until the mounted')
+print(f'snapshot appeared: restic {med(x[3] for x in mounts["restic"]):.2f} s, tidemark {med(x[3] for x in mounts["tidemark"]):.2f} s. '
+      'The tidemark mount ran with its default cache size.')
 PY
 }
 

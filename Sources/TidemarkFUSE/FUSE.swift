@@ -66,11 +66,14 @@ public protocol FUSEFilesystem: Sendable {
   func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes?
   /// The kernel dropped `count` references to `ino`.
   func forget(ino: UInt64, count: UInt64)
-  func getattr(ino: UInt64) throws -> FUSEAttributes
-  func readlink(ino: UInt64) throws -> [UInt8]
+  func getattr(ino: UInt64) async throws -> FUSEAttributes
+  func getattrNow(ino: UInt64) throws -> FUSEAttributes?
+  func readlink(ino: UInt64) async throws -> [UInt8]
+  func readlinkNow(ino: UInt64) throws -> [UInt8]?
   /// Opens a regular file; the handle is passed to `read` and `release`. `keepCache`: the contents
   /// never change, so the kernel may keep cached pages across opens.
-  func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)
+  func open(ino: UInt64) async throws -> (handle: UInt64, keepCache: Bool)
+  func openNow(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)?
   /// The bytes at `offset` (at most `size`; fewer only at the end of the file), as consecutive pieces
   /// (slices of cached blobs), which are handed to the kernel without being copied together first.
   func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [ArraySlice<UInt8>]
@@ -79,8 +82,10 @@ public protocol FUSEFilesystem: Sendable {
   /// The whole listing of a directory, without "." and ".."; `cacheable` when it never changes.
   func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool)
   func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)?
-  func listxattr(ino: UInt64) throws -> [[UInt8]]
-  func getxattr(ino: UInt64, name: [UInt8]) throws -> [UInt8]
+  func listxattr(ino: UInt64) async throws -> [[UInt8]]
+  func listxattrNow(ino: UInt64) throws -> [[UInt8]]?
+  func getxattr(ino: UInt64, name: [UInt8]) async throws -> [UInt8]
+  func getxattrNow(ino: UInt64, name: [UInt8]) throws -> [UInt8]?
   /// True when files need no open or release: `read` finds the file by inode (handle 0) and the
   /// contents may stay cached across opens. The kernel is then told not to send opens and releases
   /// at all (two round trips fewer per file).
@@ -94,6 +99,11 @@ extension FUSEFilesystem {
     nil
   }
   public func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)? { nil }
+  public func getattrNow(ino: UInt64) throws -> FUSEAttributes? { nil }
+  public func readlinkNow(ino: UInt64) throws -> [UInt8]? { nil }
+  public func openNow(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)? { nil }
+  public func listxattrNow(ino: UInt64) throws -> [[UInt8]]? { nil }
+  public func getxattrNow(ino: UInt64, name: [UInt8]) throws -> [UInt8]? { nil }
 }
 
 /// A mounted filesystem. `run()` blocks until the filesystem is unmounted or `exit()` is called (the
@@ -209,15 +219,13 @@ public final class FUSESession: @unchecked Sendable {
     }
     ops.getattr = { req, ino, _ in
       let r = Request(req)
-      _ = r.answered({ try $0.getattr(ino: ino) }, r.replyAttr)
+      if r.answered({ try $0.getattrNow(ino: ino) }, r.replyAttr) { return }
+      r.serve { fs in r.replyAttr(try await fs.getattr(ino: ino)) }
     }
     ops.readlink = { req, ino in
       let r = Request(req)
-      _ = r.answered({ try $0.readlink(ino: ino) }) { target in
-        _ = (target + [0]).withUnsafeBufferPointer { b in
-          fuse_reply_readlink(r.req, UnsafeRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self))
-        }
-      }
+      if r.answered({ try $0.readlinkNow(ino: ino) }, r.replyLink) { return }
+      r.serve { fs in r.replyLink(try await fs.readlink(ino: ino)) }
     }
     ops.open = { req, ino, fi in
       let r = Request(req)
@@ -225,10 +233,23 @@ public final class FUSESession: @unchecked Sendable {
       if fi.pointee.flags & O_ACCMODE != O_RDONLY { return r.fail(EROFS) }
       // ENOSYS here means "opens always succeed, stop sending them" (FUSE_CAP_NO_OPEN_SUPPORT).
       if r.context.noOpen.load(ordering: .relaxed) { return r.fail(ENOSYS) }
-      _ = r.answered({ try $0.open(ino: ino) }) { (fh, keep) in
-        fi.pointee.fh = fh
-        fi.pointee.keep_cache = keep ? 1 : 0
-        _ = fuse_reply_open(r.req, fi)
+      if r.answered(
+        { try $0.openNow(ino: ino) },
+        { (fh, keep) in
+          fi.pointee.fh = fh
+          fi.pointee.keep_cache = keep ? 1 : 0
+          _ = fuse_reply_open(r.req, fi)
+        })
+      {
+        return
+      }
+      let info = FileInfo(fi.pointee)
+      r.serve { fs in
+        let (fh, keep) = try await fs.open(ino: ino)
+        var i = info.value
+        i.fh = fh
+        i.keep_cache = keep ? 1 : 0
+        _ = fuse_reply_open(r.req, &i)
       }
     }
     ops.read = { req, ino, size, off, fi in
@@ -290,15 +311,18 @@ public final class FUSESession: @unchecked Sendable {
     }
     ops.listxattr = { req, ino, size in
       let r = Request(req)
-      _ = r.answered({ try $0.listxattr(ino: ino) }) { names in
+      let reply: @Sendable ([[UInt8]]) -> Void = { names in
         var out: [UInt8] = []
         for n in names { out += n + [0] }
         r.replyXattr(out, size: size)
       }
+      if r.answered({ try $0.listxattrNow(ino: ino) }, reply) { return }
+      r.serve { fs in reply(try await fs.listxattr(ino: ino)) }
     }
     ops.getxattr = { req, ino, name, size in
       let r = Request(req), n = bytes(name)
-      _ = r.answered({ try $0.getxattr(ino: ino, name: n) }) { r.replyXattr($0, size: size) }
+      if r.answered({ try $0.getxattrNow(ino: ino, name: n) }, { r.replyXattr($0, size: size) }) { return }
+      r.serve { fs in r.replyXattr(try await fs.getxattr(ino: ino, name: n), size: size) }
     }
     return ops
   }
@@ -400,6 +424,12 @@ private struct Request: @unchecked Sendable {
   func replyEntry(_ a: FUSEAttributes) {
     var e = Request.entry(a)
     fuse_reply_entry(req, &e)
+  }
+
+  func replyLink(_ target: [UInt8]) {
+    _ = (target + [0]).withUnsafeBufferPointer { b in
+      fuse_reply_readlink(req, UnsafeRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self))
+    }
   }
 
   func replyAttr(_ a: FUSEAttributes) {

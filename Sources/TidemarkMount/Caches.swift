@@ -1,5 +1,5 @@
-// The mount's memory: blob plaintext (bounded by bytes) and parsed trees (bounded by nodes), plus the
-// loader that fills them a pack window at a time.
+// The mount's memory: blob plaintext and parsed trees, each bounded in bytes (their shares of `--cache-size`,
+// see CacheBudget), plus the loader that fills them a pack window at a time.
 //
 // Why windows: tools walk snapshots in the order backups wrote them (rsync, cp -r, tar, find), so the
 // blobs read next sit right after the one asked for, in the same pack. Reading a few MiB of the pack
@@ -243,8 +243,8 @@ final class BlobStore: Sendable {
   }
 }
 
-/// Parsed trees, bounded by their total node count; raw tree blobs come through the BlobStore (so a
-/// directory walk loads the tree pack a window at a time).
+/// Parsed trees, bounded by their estimated size in memory (`cost`); raw tree blobs come through the BlobStore
+/// (so a directory walk loads the tree pack a window at a time) and leave it once parsed.
 final class TreeCache: Sendable {
   private let cache: Mutex<ClockCache<BlobID, Tree>>
   let blobs: BlobStore
@@ -253,9 +253,31 @@ final class TreeCache: Sendable {
   /// Subdirectories of one listing loaded ahead, at most.
   static let aheadLimit = 64
 
-  init(blobs: BlobStore, nodeLimit: Int = 200_000) {
+  init(blobs: BlobStore, byteLimit: Int) {
     self.blobs = blobs
-    cache = Mutex(ClockCache(limit: nodeLimit))
+    cache = Mutex(ClockCache(limit: byteLimit))
+  }
+
+  /// Bytes the cache holds (as estimated by `cost`) and trees.
+  var usage: (bytes: Int, trees: Int) { cache.withLock { ($0.cost, $0.count) } }
+
+  /// What a parsed tree occupies, estimated: its nodes and the heap storage each one points to (name,
+  /// content list, owner names past Swift's 15-byte inline strings, link target, extended attributes), with
+  /// 32 bytes of allocation overhead for each of those.
+  static func cost(_ t: Tree) -> Int {
+    var c = 64 + t.nodes.count * MemoryLayout<Node>.stride
+    for n in t.nodes {
+      c += 32 + n.name.count
+      if let content = n.content { c += 32 + content.count * MemoryLayout<BlobID>.stride }
+      if n.user.utf8.count > 15 { c += 32 + n.user.utf8.count }
+      if n.group.utf8.count > 15 { c += 32 + n.group.utf8.count }
+      if !n.linkTarget.isEmpty { c += 32 + n.linkTarget.count }
+      if !n.xattrs.isEmpty {
+        c += 32 + n.xattrs.count * MemoryLayout<ExtendedAttribute>.stride
+        for x in n.xattrs { c += 64 + x.name.count + x.value.count }
+      }
+    }
+    return c
   }
 
   /// The tree if it is parsed or its blob is in memory (parses it then; never waits).
@@ -298,7 +320,9 @@ final class TreeCache: Sendable {
     } catch {
       throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
     }
-    cache.withLock { $0.insert(id, t, cost: max(1, t.nodes.count)) }
+    cache.withLock { $0.insert(id, t, cost: TreeCache.cost(t)) }
+    // The parsed tree is what is used from now on: the blob store's room goes to blobs not parsed yet.
+    blobs.release(CollectionOfOne(id))
     return t
   }
 }

@@ -4,13 +4,14 @@
 //   .tidemark/status.json   maps every snapshot directory back to repository + snapshot (for restore)
 //
 // The top of the tree ("virtual" entries) is rebuilt from the snapshot list on every refresh; below a
-// snapshot directory, trees load lazily when a directory is visited and are forgotten when the kernel
-// forgets their inodes. Inode numbers are hashes of (parent inode, name), so they are stable across
+// snapshot directory, trees load lazily when a directory is visited and stay in a cache bounded in bytes;
+// the inodes the kernel holds are kept compactly (InodeTable) until it forgets them. Inode numbers are hashes of (parent inode, name), so they are stable across
 // refreshes and remounts; hard-linked files share one number within a snapshot directory.
 import Foundation
 import Synchronization
 import TidemarkCore
 import TidemarkFUSE
+import TidemarkSystem
 
 public struct MountOptions: Sendable {
   /// restic's `--path-template`s: `%i` short ID, `%I` long ID, `%u` user, `%h` host, `%t` tag, `%T` time.
@@ -22,8 +23,9 @@ public struct MountOptions: Sendable {
   public var paths: [String] = []
   /// Seconds between looks for new (and forgotten) snapshots.
   public var refresh: Double = 30
-  /// Upper bound for cached blob plaintext.
-  public var cacheBytes = 64 << 20
+  /// Upper bound for the mount's caches together (blob plaintext, parsed trees, listings, files' blob
+  /// lists), shared out as `CacheBudget` says.
+  public var cacheBytes = CacheBudget.defaultTotal
   public var mountpoint = ""
   /// The abstract socket that hands the master key to `tidemark restore` (root or this user), if any.
   public var keySocket: String? = nil
@@ -40,14 +42,14 @@ public final class SnapshotFS: FUSEFilesystem {
   /// The virtual top of the tree, replaced as a whole on refresh.
   let top = Mutex<Top>(Top())
   /// Tree nodes the kernel holds (lookup counts), by inode.
-  let nodes = Mutex<[UInt64: NodeInode]>([:])
+  let nodes = Mutex(InodeTable())
   let handles = Mutex<(next: UInt64, open: [UInt64: OpenFile])>((1, [:]))
   let indexFiles = Mutex<Set<String>>([])
   /// Files being read, by inode: opens are stateless (the kernel sends none), so reads find their
   /// blob list here, made on first use.
-  let files = Mutex(ClockCache<UInt64, OpenFile>(limit: 4096))
-  /// Listings of snapshot directories by inode (immutable), bounded by their entry count.
-  let listings = Mutex(ClockCache<UInt64, [FUSEDirEntry]>(limit: 200_000))
+  let files: Mutex<ClockCache<UInt64, OpenFile>>
+  /// Listings of snapshot directories by inode (immutable), bounded in bytes.
+  let listings: Mutex<ClockCache<UInt64, [FUSEDirEntry]>>
   let mountTime = Timestamp.now()
 
   static let rootIno: UInt64 = 1
@@ -55,8 +57,27 @@ public final class SnapshotFS: FUSEFilesystem {
   public init(repository: Repository, options: MountOptions) {
     repo = repository
     self.options = options
-    blobs = BlobStore(repository: repository, limit: options.cacheBytes)
-    trees = TreeCache(blobs: blobs)
+    let budget = CacheBudget(total: options.cacheBytes)
+    blobs = BlobStore(repository: repository, limit: budget.blobs)
+    trees = TreeCache(blobs: blobs, byteLimit: budget.trees)
+    files = Mutex(ClockCache(limit: budget.files))
+    listings = Mutex(ClockCache(limit: budget.listings))
+  }
+
+  /// What the caches and the inode table hold now (for tests and diagnostics).
+  public struct Usage: Sendable {
+    public var treeBytes: Int
+    public var trees: Int
+    public var listingBytes: Int
+    public var fileBytes: Int
+    public var inodes: Int
+  }
+
+  public var usage: Usage {
+    let t = trees.usage
+    return Usage(
+      treeBytes: t.bytes, trees: t.trees, listingBytes: listings.withLock { $0.cost },
+      fileBytes: files.withLock { $0.cost }, inodes: nodes.withLock { $0.count })
   }
 
   // MARK: Refresh
@@ -66,6 +87,9 @@ public final class SnapshotFS: FUSEFilesystem {
     let known = indexFiles.withLock { $0 }
     let now = try await repo.loadIndex(skipping: known)
     indexFiles.withLock { $0 = now }
+    // Reading index files leaves the allocator with their transient buffers, free but resident: give them
+    // back, so that the mount's resident memory is what it holds.
+    if now.count > known.count { _ = try? await Blocking.run { Sys.releaseFreeMemory() } }
     let snaps = try await repo.listSnapshots().filter(matches)
     var t = Top.build(snapshots: snaps, options: options, repository: repo.backend.location, time: mountTime)
     let built = Timestamp.now()
@@ -105,23 +129,42 @@ public final class SnapshotFS: FUSEFilesystem {
     case tree(root: UInt64, id: BlobID)
   }
 
-  /// A directory below which `name` is looked up.
-  private func directory(_ ino: UInt64, child name: [UInt8]?) throws -> Listing {
-    if let v = top.withLock({ $0.entries[ino] }) {
-      switch v.kind {
-      case .dir(let children):
-        guard let name else { return .top(v.attributes) }
-        guard let c = children[name], let e = top.withLock({ $0.entries[c] }) else { throw FUSEError(ENOENT) }
-        return .top(e.attributes)
-      case .snapshot(let snap):
-        return .tree(root: ino, id: snap.tree)
-      default:
-        throw FUSEError(ENOTDIR)
-      }
+  /// A directory of the virtual top below which `name` is looked up; nil when `ino` is not in the top.
+  private func topDirectory(_ ino: UInt64, child name: [UInt8]?) throws -> Listing? {
+    guard let v = top.withLock({ $0.entries[ino] }) else { return nil }
+    switch v.kind {
+    case .dir(let children):
+      guard let name else { return .top(v.attributes) }
+      guard let c = children[name], let e = top.withLock({ $0.entries[c] }) else { throw FUSEError(ENOENT) }
+      return .top(e.attributes)
+    case .snapshot(let snap):
+      return .tree(root: ino, id: snap.tree)
+    default:
+      throw FUSEError(ENOTDIR)
     }
-    guard let p = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
-    guard let sub = p.node.subtree else { throw FUSEError(ENOTDIR) }
-    return .tree(root: p.root, id: sub)
+  }
+
+  /// A directory below which `name` is looked up (a tree directory needs no tree loaded: the inode table
+  /// keeps directories' tree IDs).
+  private func directory(_ ino: UInt64, child name: [UInt8]?) throws -> Listing {
+    if let l = try topDirectory(ino, child: name) { return l }
+    if let d = nodes.withLock({ $0.directory(ino) }) { return .tree(root: d.root, id: d.tree) }
+    throw FUSEError(nodes.withLock { $0.contains(ino) } ? ENOTDIR : ENOENT)
+  }
+
+  /// The node behind a tree inode if its tree is in memory; nil when it must be loaded (`node`).
+  private func nodeNow(_ ino: UInt64) throws -> (node: Node, root: UInt64)? {
+    guard let (place, slot) = nodes.withLock({ $0.locate(ino) }) else { throw FUSEError(ENOENT) }
+    guard let t = try cachedTree(place.tree) else { return nil }
+    guard slot < t.nodes.count else { throw FUSEError(EIO) }
+    return (t.nodes[slot], place.root)
+  }
+
+  private func node(_ ino: UInt64) async throws -> (node: Node, root: UInt64) {
+    guard let (place, slot) = nodes.withLock({ $0.locate(ino) }) else { throw FUSEError(ENOENT) }
+    let t = try await loadTree(place.tree)
+    guard slot < t.nodes.count else { throw FUSEError(EIO) }
+    return (t.nodes[slot], place.root)
   }
 
   public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? {
@@ -129,7 +172,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case .top(let a): return a
     case .tree(let root, let id):
       guard let t = try cachedTree(id) else { return nil }
-      return try lookupNode(parent: parent, root: root, tree: t, name: name)
+      return try lookupNode(parent: parent, root: root, treeID: id, tree: t, name: name)
     }
   }
 
@@ -137,52 +180,66 @@ public final class SnapshotFS: FUSEFilesystem {
     switch try directory(parent, child: name) {
     case .top(let a): return a
     case .tree(let root, let id):
-      return try lookupNode(parent: parent, root: root, tree: try await loadTree(id), name: name)
+      return try lookupNode(parent: parent, root: root, treeID: id, tree: try await loadTree(id), name: name)
     }
   }
 
-  private func lookupNode(parent: UInt64, root: UInt64, tree t: Tree, name: [UInt8]) throws -> FUSEAttributes {
-    guard let node = SnapshotFS.find(name, in: t.nodes) else { throw FUSEError(ENOENT) }
+  private func lookupNode(parent: UInt64, root: UInt64, treeID: BlobID, tree t: Tree, name: [UInt8]) throws
+    -> FUSEAttributes
+  {
+    guard let slot = SnapshotFS.find(name, in: t.nodes) else { throw FUSEError(ENOENT) }
+    let node = t.nodes[slot]
     let ino = SnapshotFS.inode(parent: parent, root: root, node: node)
-    nodes.withLock { n in
-      if n[ino] == nil {
-        n[ino] = NodeInode(node: node, root: root, lookups: 1)
-      } else {
-        n[ino]!.lookups += 1
-      }
-    }
+    let subtree = node.type == .dir ? node.subtree : nil
+    nodes.withLock { $0.lookedUp(ino, tree: treeID, root: root, slot: slot, subtree: subtree) }
     return attributes(node, ino: ino)
   }
 
   public func forget(ino: UInt64, count: UInt64) {
-    nodes.withLock { n in
-      guard var e = n[ino] else { return }
-      e.lookups = e.lookups > count ? e.lookups - count : 0
-      n[ino] = e.lookups == 0 ? nil : e
-    }
+    nodes.withLock { $0.forget(ino, count: count) }
   }
 
-  public func getattr(ino: UInt64) throws -> FUSEAttributes {
+  public func getattrNow(ino: UInt64) throws -> FUSEAttributes? {
     if let v = top.withLock({ $0.entries[ino] }) { return v.attributes }
-    guard let n = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
-    return attributes(n.node, ino: ino)
+    return try nodeNow(ino).map { attributes($0.node, ino: ino) }
   }
 
-  public func readlink(ino: UInt64) throws -> [UInt8] {
+  public func getattr(ino: UInt64) async throws -> FUSEAttributes {
+    if let v = top.withLock({ $0.entries[ino] }) { return v.attributes }
+    return attributes(try await node(ino).node, ino: ino)
+  }
+
+  public func readlinkNow(ino: UInt64) throws -> [UInt8]? {
     if let v = top.withLock({ $0.entries[ino] }) {
       guard case .link(let target) = v.kind else { throw FUSEError(EINVAL) }
       return target
     }
-    guard let n = nodes.withLock({ $0[ino] }), n.node.type == .symlink else { throw FUSEError(EINVAL) }
-    return n.node.linkTarget
+    return try nodeNow(ino).map { try SnapshotFS.linkTarget($0.node) }
+  }
+
+  public func readlink(ino: UInt64) async throws -> [UInt8] {
+    if let t = try readlinkNow(ino: ino) { return t }
+    return try SnapshotFS.linkTarget(try await node(ino).node)
+  }
+
+  private static func linkTarget(_ n: Node) throws -> [UInt8] {
+    guard n.type == .symlink else { throw FUSEError(EINVAL) }
+    return n.linkTarget
   }
 
   /// Reads identify files by inode; the kernel keeps their pages across opens.
   public var statelessOpen: Bool { true }
 
   /// Used only when the kernel cannot do stateless opens.
-  public func open(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool) {
-    let file = try openFile(ino)
+  public func openNow(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)? {
+    try openFileNow(ino).map(register)
+  }
+
+  public func open(ino: UInt64) async throws -> (handle: UInt64, keepCache: Bool) {
+    register(try await openFile(ino))
+  }
+
+  private func register(_ file: OpenFile) -> (handle: UInt64, keepCache: Bool) {
     let h = handles.withLock { h in
       let id = h.next
       h.next += 1
@@ -192,37 +249,56 @@ public final class SnapshotFS: FUSEFilesystem {
     return (h, file.inline == nil)
   }
 
-  /// The file `ino` as reads need it: its blobs and where each ends (or inline data at the top).
-  private func file(_ ino: UInt64, handle: UInt64) throws -> OpenFile {
+  /// The file `ino` as reads need it: its blobs and where each ends (or inline data at the top); nil when
+  /// its node's tree must be loaded first (`file`).
+  private func fileNow(_ ino: UInt64, handle: UInt64) throws -> OpenFile? {
     if handle != 0 {
       guard let f = handles.withLock({ $0.open[handle] }) else { throw FUSEError(EBADF) }
       return f
     }
     if let f = files.withLock({ $0.get(ino) }) { return f }
-    let f = try openFile(ino)
-    // Top files (status.json) change on refresh: never kept.
-    if f.inline == nil { files.withLock { $0.insert(ino, f, cost: 1) } }
+    guard let f = try openFileNow(ino) else { return nil }
+    keep(ino, f)
     return f
   }
 
-  private func openFile(_ ino: UInt64) throws -> OpenFile {
-    let file: OpenFile
+  private func file(_ ino: UInt64, handle: UInt64) async throws -> OpenFile {
+    if let f = try fileNow(ino, handle: handle) { return f }
+    let f = try await openFile(ino)
+    keep(ino, f)
+    return f
+  }
+
+  private func keep(_ ino: UInt64, _ f: OpenFile) {
+    // Top files (status.json) change on refresh: never kept.
+    if f.inline == nil {
+      files.withLock { $0.insert(ino, f, cost: 64 + f.content.count * (MemoryLayout<BlobID>.stride + 8)) }
+    }
+  }
+
+  private func openFileNow(_ ino: UInt64) throws -> OpenFile? {
     if let v = top.withLock({ $0.entries[ino] }) {
       guard case .file(let data) = v.kind else { throw FUSEError(EISDIR) }
-      file = OpenFile(inline: data)
-    } else {
-      guard let n = nodes.withLock({ $0[ino] }) else { throw FUSEError(ENOENT) }
-      guard n.node.type == .file else { throw FUSEError(n.node.type == .dir ? EISDIR : EINVAL) }
-      var ends: [Int64] = []
-      var at: Int64 = 0
-      for id in n.node.content ?? [] {
-        guard let e = repo.index.lookup(id) else { throw FUSEError(EIO) }
-        at += Int64(e.blob.plainLength)
-        ends.append(at)
-      }
-      file = OpenFile(content: n.node.content ?? [], ends: ends)
+      return OpenFile(inline: data)
     }
-    return file
+    return try nodeNow(ino).map { try contentFile($0.node) }
+  }
+
+  private func openFile(_ ino: UInt64) async throws -> OpenFile {
+    if let f = try openFileNow(ino) { return f }
+    return try contentFile(try await node(ino).node)
+  }
+
+  private func contentFile(_ n: Node) throws -> OpenFile {
+    guard n.type == .file else { throw FUSEError(n.type == .dir ? EISDIR : EINVAL) }
+    var ends: [Int64] = []
+    var at: Int64 = 0
+    for id in n.content ?? [] {
+      guard let e = repo.index.lookup(id) else { throw FUSEError(EIO) }
+      at += Int64(e.blob.plainLength)
+      ends.append(at)
+    }
+    return OpenFile(content: n.content ?? [], ends: ends)
   }
 
   public func release(ino: UInt64, handle: UInt64) { _ = handles.withLock { $0.open.removeValue(forKey: handle) } }
@@ -236,8 +312,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case blobs(OpenFile, first: Int, last: Int, end: Int64)
   }
 
-  private func plan(_ ino: UInt64, _ handle: UInt64, _ offset: Int64, _ size: Int) throws -> Plan {
-    let f = try file(ino, handle: handle)
+  private func plan(_ f: OpenFile, _ offset: Int64, _ size: Int) -> Plan {
     if let data = f.inline {
       guard offset < data.count else { return .done([]) }
       return .done([data[Int(offset)..<min(data.count, Int(offset) + size)]])
@@ -282,7 +357,8 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]? {
-    switch try plan(ino, handle, offset, size) {
+    guard let file = try fileNow(ino, handle: handle) else { return nil }
+    switch plan(file, offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
       var data: [[UInt8]] = []
@@ -298,7 +374,7 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func read(ino: UInt64, handle: UInt64, offset: Int64, size: Int) async throws -> [ArraySlice<UInt8>] {
-    switch try plan(ino, handle, offset, size) {
+    switch plan(try await file(ino, handle: handle), offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
       // Every blob the request needs, concurrently (a request rarely spans more than two).
@@ -350,19 +426,33 @@ public final class SnapshotFS: FUSEFilesystem {
       FUSEDirEntry(
         name: $0.name, ino: SnapshotFS.inode(parent: parent, root: root, node: $0), mode: SnapshotFS.stMode($0))
     }
-    listings.withLock { $0.insert(parent, l, cost: max(1, l.count)) }
+    let cost = 64 + l.count * MemoryLayout<FUSEDirEntry>.stride + l.reduce(0) { $0 + 32 + $1.name.count }
+    listings.withLock { $0.insert(parent, l, cost: cost) }
     return l
   }
 
-  public func listxattr(ino: UInt64) throws -> [[UInt8]] {
-    guard let n = nodes.withLock({ $0[ino] }) else { return [] }
-    return n.node.xattrs.map(\.name)
+  public func listxattrNow(ino: UInt64) throws -> [[UInt8]]? {
+    if top.withLock({ $0.entries[ino] }) != nil { return [] }
+    return try nodeNow(ino).map { $0.node.xattrs.map(\.name) }
   }
 
-  public func getxattr(ino: UInt64, name: [UInt8]) throws -> [UInt8] {
-    guard let n = nodes.withLock({ $0[ino] }), let x = n.node.xattrs.first(where: { $0.name == name }) else {
-      throw FUSEError(ENODATA)
-    }
+  public func listxattr(ino: UInt64) async throws -> [[UInt8]] {
+    if let l = try listxattrNow(ino: ino) { return l }
+    return try await node(ino).node.xattrs.map(\.name)
+  }
+
+  public func getxattrNow(ino: UInt64, name: [UInt8]) throws -> [UInt8]? {
+    if top.withLock({ $0.entries[ino] }) != nil { throw FUSEError(ENODATA) }
+    return try nodeNow(ino).map { try SnapshotFS.xattr(name, of: $0.node) }
+  }
+
+  public func getxattr(ino: UInt64, name: [UInt8]) async throws -> [UInt8] {
+    if let v = try getxattrNow(ino: ino, name: name) { return v }
+    return try SnapshotFS.xattr(name, of: try await node(ino).node)
+  }
+
+  private static func xattr(_ name: [UInt8], of n: Node) throws -> [UInt8] {
+    guard let x = n.xattrs.first(where: { $0.name == name }) else { throw FUSEError(ENODATA) }
     return x.value
   }
 
@@ -384,14 +474,15 @@ public final class SnapshotFS: FUSEFilesystem {
     }
   }
 
-  static func find(_ name: [UInt8], in nodes: [Node]) -> Node? {
+  /// The position of `name` in a tree's nodes.
+  static func find(_ name: [UInt8], in nodes: [Node]) -> Int? {
     // Trees are sorted by name (bytewise).
     var lo = 0, hi = nodes.count
     while lo < hi {
       let mid = (lo + hi) / 2
       if nodes[mid].name.lexicographicallyPrecedes(name) { lo = mid + 1 } else { hi = mid }
     }
-    return lo < nodes.count && nodes[lo].name == name ? nodes[lo] : nil
+    return lo < nodes.count && nodes[lo].name == name ? lo : nil
   }
 
   static func inode(parent: UInt64, root: UInt64, node: Node) -> UInt64 {
@@ -443,13 +534,6 @@ public final class SnapshotFS: FUSEFilesystem {
     a.timeout = 3600  // snapshot contents never change
     return a
   }
-}
-
-struct NodeInode: Sendable {
-  var node: Node
-  /// The snapshot directory this node was reached through (hard links are grouped per root).
-  var root: UInt64
-  var lookups: UInt64
 }
 
 struct OpenFile: Sendable {

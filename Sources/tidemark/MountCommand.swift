@@ -38,8 +38,19 @@ struct MountCommand: AsyncParsableCommand {
   @Option(name: .customLong("time-template"), help: "Go time layout for %T (e.g. 2006-01-02_15-04-05).")
   var timeTemplate = "2006-01-02T15:04:05Z07:00"
   @Option(help: "Seconds between looks for new snapshots.") var refresh: Double = 30
-  @Option(name: .customLong("cache-size"), help: "Blob cache size in MiB (the kernel caches file pages as well).")
-  var cacheSize = 64
+  @Option(
+    name: .customLong("cache-size"),
+    help: ArgumentHelp(
+      "Memory for the mount's caches together, e.g. 128M, 1G (a bare number is MiB).",
+      discussion: """
+        Shared out as: half for file contents and raw trees as read (read-ahead included), 5/16 for \
+        parsed directory trees, 1/8 for directory listings, 1/16 for the block lists of files being read; \
+        each cache lets its least recently used entries go when full and loads them again when wanted. \
+        Outside it: about 40 bytes per file or directory the kernel holds (entries listed or looked up, \
+        until the kernel forgets them under memory pressure), the repository index, and the allocator's \
+        overhead. The kernel caches file pages and directory entries on top, in its own memory.
+        """))
+  var cacheSize = "128M"
   @Flag(name: .customLong("allow-other"), help: "Let other users access the mount.") var allowOther = false
   @Flag(
     name: .customLong("no-share-key"),
@@ -48,6 +59,11 @@ struct MountCommand: AsyncParsableCommand {
   @Argument(help: "Where to mount (an existing empty directory).") var mountpoint: String
 
   func run() async throws {
+    guard let cacheBytes = CacheBudget.parse(cacheSize) else {
+      throw TidemarkError(
+        .usage, "invalid size \(cacheSize) for --cache-size",
+        hint: "a number with k, M or G, e.g. 256M; a bare number is MiB")
+    }
     guard Sys.exists(BytePath(mountpoint)), (try? Sys.lstat(BytePath(mountpoint)))?.isDirectory == true else {
       throw TidemarkError(
         .usage, "mountpoint \(mountpoint) is not a directory", hint: "create it: mkdir -p \(mountpoint)")
@@ -64,7 +80,7 @@ struct MountCommand: AsyncParsableCommand {
     o.tags = tag
     o.paths = path
     o.refresh = refresh
-    o.cacheBytes = max(1, cacheSize) << 20
+    o.cacheBytes = cacheBytes
     o.mountpoint = URL(fileURLWithPath: mountpoint).standardizedFileURL.path
     o.allowOther = allowOther
     try await MountService.serve(

@@ -258,6 +258,37 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     #expect(fsck.status == 0, "\(fsck.stderr)")
   }
 
+  /// With a cache budget far below what the snapshot's trees need, trees, listings and blob lists are evicted
+  /// all the time and loaded again when the kernel asks about an inode: everything still reads back exactly.
+  @Test func aTinyCacheStillServesEverythingFaithfully() throws {
+    let ws = try Workspace("mount-tiny-cache")
+    try makeAwkwardTree(in: ws.path, nonUTF8LinkTarget: true)
+    let gen = """
+      for d in $(seq 1 40); do mkdir -p src/many/g$((d % 4))/d$d; for f in $(seq 1 50); do
+        head -c $(( (d * 131 + f * 977) % 9000 )) /dev/urandom > src/many/g$((d % 4))/d$d/file-$f.bin; done
+        ln -s file-1.bin src/many/g$((d % 4))/d$d/link; done
+      """
+    let g = try Tools.sh(gen, cwd: ws.path)
+    try #require(g.status == 0, "\(g.stderr)")
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "src"])
+    try #require(b.status == 0, "\(b.stderr)")
+    let bad = try ws.tidemark(["-r", "repo", "mount", "--cache-size", "12X", ws.sub("nowhere")])
+    #expect(bad.status != 0 && bad.stderr.contains("--cache-size"), "\(bad.stderr)")
+
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount", "--cache-size", "64k"], mountpoint: mnt)
+    #expect(m.wait(for: mnt + "/snapshots/latest/src/many"), "the mount never showed the snapshot")
+    // Twice: the second pass finds the kernel's entries but few of the mount's trees.
+    for pass in 1...2 {
+      let d = differences(
+        try describeTree(ws.sub("src")), try describeTree(mnt + "/snapshots/latest/src"), ignoreLinkTargetOf: [])
+      #expect(d.isEmpty, "pass \(pass): mount differs: \(d.prefix(10))")
+      let rs = try rsyncItemize(from: mnt + "/snapshots/latest/src/", to: ws.sub("src/"))
+      #expect(rs.status == 0 && rs.out.isEmpty, "pass \(pass): rsync: \(rs.out.prefix(2000)) \(rs.stderr)")
+    }
+  }
+
   @Test func mountHelperServesMountTypeTidemark() throws {
     // mount(8) runs /sbin/mount.tidemark; install ours there for the test when nothing else is.
     let helper = "/sbin/mount.tidemark"
