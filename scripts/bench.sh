@@ -1408,10 +1408,79 @@ for k, p in enumerate(files[step // 2::step][:100]):
 PY
 }
 
-# scale_journal_cycle RUN: a cycle driven by the change journal after the same 100-file change (the backup
-# learns what changed instead of walking the tree). Prints the cell for the table's row; not measured yet.
-scale_journal_cycle() {
-  echo "not measured"
+# scale_journal: the daemon with a change journal over the corpus (`continuous: 5s`, a local DR target). After
+# its first cycle (a full walk), the same 100-file change as the CLI's: the journal-driven cycle's duration (from
+# the state file) against restic's backup after that change; then 20 one-file changes, each waited for until its
+# snapshot is on the DR repository (seconds from the write); then a minute idle: the daemon's CPU time. Writes
+# "CYCLE_S P50_S P90_S MAX_S IDLE_CPU_S VMHWM_KIB" to scale-journal.txt.
+scale_journal() {
+  local dir=$BENCH_DIR/scale-journal pid n i t0 t1 cpu0 cpu1 cycle
+  local -a picks
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  echo bench > "$dir/pw"
+  cat > "$dir/c.yaml" <<YAML
+repository: $dir/dc
+password-file: $dir/pw
+interval: 1h
+continuous: 5s
+sources:
+  - path: $SCALE_CORPUS
+targets:
+  - name: dr
+    repository: $dir/dr
+YAML
+  "$TM" init -q --config "$dir/c.yaml"
+  TIDEMARK_STATE_DIR="$dir/state" "$TM" daemon --config "$dir/c.yaml" > "$dir/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  pid=$DAEMON_PID
+  sleep 1
+  kill -USR1 "$pid"
+  dr_count() { find "$dir/dr/snapshots" -type f 2>/dev/null | wc -l; }
+  wait_dr() { # N TIMEOUT_S: waits until the DR repository holds N snapshots
+    local k=0
+    until [ "$(dr_count)" -ge "$1" ]; do
+      kill -0 "$pid" 2>/dev/null || { cat "$dir/daemon.log"; die "the daemon exited"; }
+      k=$((k + 1))
+      [ $k -le $(($2 * 20)) ] || { tail -20 "$dir/daemon.log"; die "no snapshot $1 on the DR side within $2 s"; }
+      sleep 0.05
+    done
+  }
+  wait_dr 1 900
+  sleep 2
+  scale_change "$SCALE_CORPUS" 100
+  wait_dr 2 120
+  cycle=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"{s['lastCycleEnd'] - s['lastCycleStart']:.3f}\")" "$dir/state/state.json")
+  grep -q "backup from the change journal" "$dir/daemon.log" || { tail -20 "$dir/daemon.log"; die "the cycle did not back up from the journal"; }
+  : > "$dir/latency.txt"
+  mapfile -t picks < <(find "$SCALE_CORPUS" -type f -not -path '*/large/*' | shuf -n 20 --random-source=<(yes))
+  n=2
+  for i in $(seq 0 19); do
+    sleep 1
+    t0=$(now)
+    echo "one change $i" >> "${picks[$i]}"
+    n=$((n + 1))
+    wait_dr "$n" 120
+    t1=$(now)
+    elapsed "$t0" "$t1" >> "$dir/latency.txt"
+    echo >> "$dir/latency.txt"
+  done
+  sleep 5
+  cpu0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  sleep 60
+  cpu1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  local hwm
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+  DAEMON_PID=""
+  python3 - "$dir/latency.txt" "$cycle" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" "$hwm" <<'PY'
+import statistics, sys
+lat = sorted(float(x) for x in open(sys.argv[1]).read().split())
+cycle, c0, c1, tck, hwm = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+p90 = lat[max(0, int(round(0.9 * len(lat))) - 1)]
+print(f'{cycle:.3f} {statistics.median(lat):.2f} {p90:.2f} {lat[-1]:.2f} {(c1 - c0) / tck:.2f} {hwm}')
+PY
 }
 
 # scale_mount TOOL RUN: `find MNT/snapshots/latest/ | wc -l` over the restic-made repository in a fresh mount
@@ -1490,9 +1559,11 @@ bench_scale() {
         run_measured scale-change tidemark "$TM" -q -r scale-repo-tidemark backup "$SCALE_CORPUS"
       fi
     done
-    scale_journal_cycle "$run" > scale-journal.txt
   done
   mv results.txt scale-results.txt
+
+  log "scale: the daemon with a change journal (continuous: 5s): the same 100-file change, 20 one-file changes, a minute idle"
+  scale_journal > scale-journal.txt
 
   log "scale: find over the mounted latest snapshot (the restic-made repository), cold page cache, $SCALE_RUNS run(s)"
   restic -q -r scale-repo-restic ls latest > /dev/null   # restic's cache holds every tree, as after normal use
@@ -1543,13 +1614,22 @@ for k in ['scale-first', 'scale-unchanged', 'scale-change']:
     t = med(s for s, _ in runs[k]['tidemark']); r = med(s for s, _ in runs[k]['restic'])
     tm = max(m for _, m in runs[k]['tidemark']) / 1024; rm = max(m for _, m in runs[k]['restic']) / 1024
     print(f'| {names[k]} | {t:.2f} s | {r:.2f} s | {r / t:.2f}x | {tm:.0f} | {rm:.0f} | {tm / rm:.2f}x |')
-print(f'| journal-driven cycle after the same 100-file change | {journal} | | | | | |')
+jc, jp50, jp90, jmax, jidle, jhwm = journal.split()
+r = med(s for s, _ in runs['scale-change']['restic'])
+print(f'| journal-driven cycle after the same 100-file change (`tidemark daemon`, `continuous: 5s`) | {float(jc):.2f} s | {r:.2f} s '
+      f'| {r / float(jc):.1f}x | {int(jhwm) / 1024:.0f} (daemon) | | |')
 t = med(x[0] for x in mounts['tidemark']); r = med(x[0] for x in mounts['restic'])
 th = max(x[1] for x in mounts['tidemark']) / 1024; rh = max(x[1] for x in mounts['restic']) / 1024
 print(f'| `find` over the mounted latest snapshot ({int(entries):,} entries), cold cache (RSS: VmHWM) | {t:.2f} s | {r:.2f} s '
       f'| {r / t:.2f}x | {th:.0f} | {rh:.0f} | {th / rh:.2f}x |')
 tr = max(x[2] for x in mounts['tidemark']) / 1024; rr = max(x[2] for x in mounts['restic']) / 1024
 print(f'| mount process VmRSS right after the `find` | | | | {tr:.0f} | {rr:.0f} | {tr / rr:.2f}x |')
+print(f'\nThe journal row: the cycle\'s duration as the daemon records it (`tidemark_cycle_duration_seconds`: backup from the')
+print('journal, replication of the new snapshot to a local DR repository, retention), against restic\'s `backup` (a full walk)')
+print('after the same change. The daemon\'s peak RSS includes its first cycle, a full walk. Then 20 one-file changes, each')
+print(f'made a second after the previous one reached the DR repository: from the write to the snapshot on the DR side, median')
+print(f'{float(jp50):.1f} s, p90 {float(jp90):.1f} s, worst {float(jmax):.1f} s (5 s of that is the debounce). A minute idle afterwards:')
+print(f'{float(jidle):.2f} s of CPU.')
 print(f'\nRatios: restic / tidemark for times (above 1: tidemark is faster), tidemark / restic for RSS (below 1: tidemark')
 print(f'uses less). Peak RSS is /usr/bin/time\'s for the backups and the largest VmHWM over the runs for the mounts.')
 print(f'Repositories after the backups: restic {mib(repo_r):,.0f} MiB, tidemark {mib(repo_t):,.0f} MiB. Median time until the mounted')
