@@ -26,6 +26,7 @@ public final class BlobSaver: Sendable {
     var pending = Set<BlobID>()
     var packers: [BlobType: PackBuffer] = [:]
     var unindexed = IndexFile()
+    var unindexedBlobs = 0
     var stats = BlobSaverStats()
     /// Emptied pack buffers, kept for reuse: freeing 16 MiB buffers makes glibc raise its mmap
     /// threshold and then fragment its heap, which costs far more memory than keeping a few.
@@ -61,7 +62,7 @@ public final class BlobSaver: Sendable {
     guard fresh else { return false }
     var sealed: [UInt8] = []
     let (length, ulen) = try encode(type, plaintext, into: &sealed)
-    let full: PackBuffer? = state.withLock { s in
+    var full: PackBuffer? = state.withLock { s in
       // Take the buffer out of the dictionary so the append below happens in place (no copy-on-write).
       var p = s.packers.removeValue(forKey: type) ?? PackBuffer()
       if p.bytes.capacity == 0 {
@@ -83,7 +84,7 @@ public final class BlobSaver: Sendable {
       s.packers[type] = p
       return nil
     }
-    if let full { try await writePack(full) }
+    if full != nil { try await writePack(&full!) }
     return true
   }
 
@@ -113,9 +114,13 @@ public final class BlobSaver: Sendable {
     return (n + 32, 0)
   }
 
-  private func writePack(_ p: consuming PackBuffer) async throws {
+  /// Takes the buffer out of `p` (leaving it empty) so that this is the only reference to its bytes: appending
+  /// the header to a shared pack would copy all 16 MiB of it.
+  private func writePack(_ p: inout PackBuffer) async throws {
     let blobs = p.blobs
-    var bytes = (consume p).bytes
+    var bytes: [UInt8] = []
+    swap(&bytes, &p.bytes)
+    p.blobs = []
     let header = try repository.key.seal(PackHeader.encode(blobs))
     bytes += header
     let n = UInt32(header.count)
@@ -134,10 +139,14 @@ public final class BlobSaver: Sendable {
     let indexNow: IndexFile? = state.withLock { s in
       if s.spare.count < 3 && bytes.capacity >= BlobSaver.targetPackSize { s.spare.append(bytes) }
       s.unindexed.packs.append((packID, blobs))
+      s.unindexedBlobs += blobs.count
       s.stats.packsWritten += 1
-      if s.unindexed.packs.count >= BlobSaver.packsPerIndex {
+      // Packs of small blobs also end an index file at restic's blob limit: a smaller file is cheaper to
+      // load, and the blobs pending for it are not held as long.
+      if s.unindexed.packs.count >= BlobSaver.packsPerIndex || s.unindexedBlobs >= IndexFile.maxBlobs {
         let f = s.unindexed
         s.unindexed = IndexFile()
+        s.unindexedBlobs = 0
         return f
       }
       return nil
@@ -154,15 +163,16 @@ public final class BlobSaver: Sendable {
 
   /// Stores partly filled packs, then the index for everything stored. Call once, after the last `save`.
   public func finish() async throws {
-    let rest = state.withLock { s in
+    var rest = state.withLock { s in
       let r = Array(s.packers.values)
       s.packers = [:]
       return r
     }
-    for p in rest where !p.blobs.isEmpty { try await writePack(p) }
+    for i in rest.indices where !rest[i].blobs.isEmpty { try await writePack(&rest[i]) }
     let f = state.withLock { s in
       let f = s.unindexed
       s.unindexed = IndexFile()
+      s.unindexedBlobs = 0
       return f
     }
     if !f.packs.isEmpty { try await writeIndex(f) }

@@ -12,6 +12,9 @@ public struct RawID: Hashable, Comparable, Sendable {
     (w0, w1, w2, w3) = (w[0], w[1], w[2], w[3])
   }
 
+  /// The four big-endian words of the 32 bytes.
+  @inline(__always) public init(words: (UInt64, UInt64, UInt64, UInt64)) { (w0, w1, w2, w3) = words }
+
   public init?(hex: some StringProtocol) {
     let u = Array(hex.utf8)
     guard u.count == 64 else { return nil }

@@ -400,6 +400,10 @@ public final class Backup: Sendable {
 
   func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {
     let node = node
+    // The parent snapshot's tree of this directory loads while the directory is listed.
+    let parentTreeLoad = (parentNode?.type == .dir ? parentNode?.subtree : nil).map { sub in
+      Task { try? await self.repo.loadTree(sub) }
+    }
     // One blocking hop per directory: list it, stat every entry and build the nodes.
     let entries: [([UInt8], FileStat, Node?)]
     do {
@@ -415,13 +419,11 @@ public final class Backup: Sendable {
         return out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
       }
     } catch {
+      parentTreeLoad?.cancel()
       warn("\(path): \(error)")
       return .ready(nil)
     }
-    var ptree: Tree? = nil
-    if let p = parentNode, p.type == .dir, let sub = p.subtree {
-      ptree = try? await repo.loadTree(sub)
-    }
+    let ptree = await parentTreeLoad?.value ?? nil
     var parentByName: [[UInt8]: Node] = [:]
     for n in ptree?.nodes ?? [] { parentByName[n.name] = n }
     if journal, let plan = self.journal {
@@ -469,39 +471,49 @@ public final class Backup: Sendable {
 
   /// Reads a file, cuts it into chunks and stores them. Holes of sparse files are not read.
   func saveContent(path: BytePath, expectedSize: Int64, sparse: Bool) async throws -> ([BlobID], Int64) {
-    let fd = try await Blocking.run {
+    // One blocking hop opens the file and, when it is small (one chunk), reads it whole.
+    let (fd, small) = try await Blocking.run { () -> (Int32, [UInt8]?) in
+      let fd: Int32
       do {
-        return try Sys.open(path, O_RDONLY | Sys.oNoAtime | O_NOFOLLOW)
+        fd = try Sys.open(path, O_RDONLY | Sys.oNoAtime | O_NOFOLLOW)
       } catch let e as SystemError where e.errno == EPERM {
-        return try Sys.open(path, O_RDONLY | O_NOFOLLOW)
+        fd = try Sys.open(path, O_RDONLY | O_NOFOLLOW)
+      }
+      guard expectedSize < Int64(Chunker.minSize) else { return (fd, nil) }
+      do {
+        return (fd, try Backup.readSmall(fd: fd, expectedSize: Int(expectedSize)))
+      } catch {
+        Sys.close(fd)
+        throw error
       }
     }
     defer { Sys.close(fd) }
-    let st = try Sys.fstat(fd)
-    let maybeSparse = sparse && st.blocks * 512 < st.size
-    // Small files are one chunk: read them whole.
-    if expectedSize < Int64(Chunker.minSize) {
-      let data = try await Blocking.run { () -> [UInt8] in
-        var buf = [UInt8](repeating: 0, count: Int(expectedSize) + 1)
-        let n = try buf.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: 0) }
-        if n <= Int(expectedSize) { return Array(buf[0..<n]) }
-        // Grew while we looked: read the rest too.
-        var more = Array(buf[0..<n])
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-          let k = try chunk.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(more.count)) }
-          if k == 0 { break }
-          more += chunk[0..<k]
-        }
-        return more
-      }
+    if let data = small {
       if data.count >= Chunker.minSize { return try await chunked(fd: fd, sparse: false) }
       if data.isEmpty { return ([], 0) }
       let id = try await storeChunk(data)
       state.withLock { $0.bytesDone += Int64(data.count) }
       return ([id], Int64(data.count))
     }
+    let st = try Sys.fstat(fd)
+    let maybeSparse = sparse && st.blocks * 512 < st.size
     return try await chunked(fd: fd, sparse: maybeSparse, few: expectedSize < Backup.fewChunksLimit)
+  }
+
+  /// Reads a file expected to hold `expectedSize` bytes whole, into an array allocated once (not zero-filled);
+  /// a file that grew meanwhile is read to its end.
+  static func readSmall(fd: Int32, expectedSize: Int) throws -> [UInt8] {
+    var data = try [UInt8](unsafeUninitializedCapacity: expectedSize + 1) { b, n in
+      n = try Sys.pread(fd, UnsafeMutableRawBufferPointer(b), offset: 0)
+    }
+    guard data.count > expectedSize else { return data }
+    var chunk = [UInt8](repeating: 0, count: 1 << 20)
+    while true {
+      let k = try chunk.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(data.count)) }
+      if k == 0 { break }
+      data += chunk[0..<k]
+    }
+    return data
   }
 
   /// `stream`: read sequentially with read(2) (standard input may be a pipe, which cannot pread).
