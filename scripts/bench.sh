@@ -1425,7 +1425,7 @@ password-file: $dir/pw
 interval: 1h
 continuous: 5s
 sources:
-  - path: $SCALE_CORPUS
+  - path: $BENCH_DIR/$SCALE_CORPUS
 targets:
   - name: dr
     repository: $dir/dr
@@ -1453,7 +1453,7 @@ YAML
   cycle=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"{s['lastCycleEnd'] - s['lastCycleStart']:.3f}\")" "$dir/state/state.json")
   grep -q "backup from the change journal" "$dir/daemon.log" || { tail -20 "$dir/daemon.log"; die "the cycle did not back up from the journal"; }
   : > "$dir/latency.txt"
-  mapfile -t picks < <(find "$SCALE_CORPUS" -type f -not -path '*/large/*' | shuf -n 20 --random-source=<(yes))
+  mapfile -t picks < <(find "$BENCH_DIR/$SCALE_CORPUS" -type f -not -path '*/large/*' | shuf -n 20 --random-source=<(yes))
   n=2
   for i in $(seq 0 19); do
     sleep 1

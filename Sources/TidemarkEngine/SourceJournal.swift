@@ -37,7 +37,8 @@ public final class SourceJournal: Sendable {
     self.paths = paths
     do {
       journal = try ChangeJournal(
-        roots: paths.map { BytePath($0) }, quiet: quiet.map { BytePath($0) }, onChange: onChange)
+        roots: paths.map { BytePath($0).absolute() }, quiet: quiet.map { BytePath($0).absolute() },
+        onChange: onChange)
       unavailable = nil
     } catch {
       journal = nil
