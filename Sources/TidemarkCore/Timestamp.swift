@@ -145,3 +145,8 @@ private func pad(_ v: Int, _ width: Int) -> String {
   let s = String(v)
   return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
 }
+
+extension Duration {
+  /// The duration in seconds, as a Double.
+  public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

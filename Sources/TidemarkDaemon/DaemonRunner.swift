@@ -70,7 +70,7 @@ public struct Daemon: Sendable {
     let configPath = self.configPath
     let makeCycle = self.makeCycle
     var scheduler = Scheduler(
-      interval: { current.withLock { Self.seconds($0.config.interval) } }, clock: clock, control: control,
+      interval: { current.withLock { $0.config.interval.inSeconds } }, clock: clock, control: control,
       logger: logger,
       runCycle: {
         var cycle = current.withLock { $0 }
@@ -121,9 +121,5 @@ public struct Daemon: Sendable {
     if repo.hasPrefix("local:") { repo.removeFirst(6) }
     if repo.hasPrefix("/") { out.append(repo) }
     return out
-  }
-
-  static func seconds(_ d: Duration) -> Double {
-    Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
   }
 }

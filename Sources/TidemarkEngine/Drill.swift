@@ -117,8 +117,7 @@ public struct Drill: Sendable {
     } catch {
       r.failures.append("\(error)")
     }
-    let d = (ContinuousClock.now - started).components
-    r.rtoSeconds = Double(d.seconds) + Double(d.attoseconds) / 1e18
+    r.rtoSeconds = (ContinuousClock.now - started).inSeconds
     if !keep { try? FileManager.default.removeItem(atPath: scratch) }
     r.filesVerified = r.sources.reduce(0) { $0 + $1.files }
     r.bytesVerified = r.sources.reduce(0) { $0 + $1.bytes }

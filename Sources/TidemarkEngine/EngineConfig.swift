@@ -762,8 +762,3 @@ public struct EngineConfig: Sendable {
     return .milliseconds(Int64(total * 1000))
   }
 }
-
-extension Duration {
-  /// The duration in seconds, as a Double.
-  public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

@@ -18,8 +18,7 @@ public enum DrillSchedule: Sendable, Equatable {
         self = .cron(c)
       } else {
         guard let d = EngineConfig.parseDuration(s), d >= .seconds(1) else { return nil }
-        let c = d.components
-        self = .every(seconds: Double(c.seconds) + Double(c.attoseconds) / 1e18)
+        self = .every(seconds: d.inSeconds)
       }
     }
   }

@@ -189,7 +189,7 @@ public final class Backup: Sendable {
     let d = ContinuousClock.now - start
     return BackupResult(
       snapshotID: id, snapshot: snap, stats: stats, saver: saver.stats,
-      duration: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18, parent: parentID,
+      duration: d.inSeconds, parent: parentID,
       sawHardLinks: sawHardLinks.load(ordering: .relaxed), fromJournal: journal != nil)
   }
 
@@ -399,7 +399,6 @@ public final class Backup: Sendable {
   }
 
   func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {
-    let node = node
     // The parent snapshot's tree of this directory loads while the directory is listed.
     let parentTreeLoad = (parentNode?.type == .dir ? parentNode?.subtree : nil).map { sub in
       Task { try? await self.repo.loadTree(sub) }

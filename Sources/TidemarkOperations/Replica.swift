@@ -561,8 +561,7 @@ private struct Copier {
   /// The stats, or, when source files were damaged, an error naming them that still carries the stats.
   func finish(_ state: State, since start: ContinuousClock.Instant) throws -> ReplicaStats {
     var stats = state.inner.withLock { $0.stats }
-    let elapsed = (ContinuousClock.now - start).components
-    stats.seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+    stats.seconds = (ContinuousClock.now - start).inSeconds
     let allDamaged = state.inner.withLock { $0.damaged }
     if !allDamaged.isEmpty {
       throw ReplicaError(

@@ -72,7 +72,7 @@ struct Backup: AsyncParsableCommand {
         if Task.isCancelled { break }
         let s = b.stats
         let el = ContinuousClock.now - start
-        let secs = Double(el.components.seconds) + Double(el.components.attoseconds) / 1e18
+        let secs = el.inSeconds
         let pct = s.totalBytes > 0 ? min(1.0, Double(s.bytesDone) / Double(s.totalBytes)) : 0
         if json {
           Out.line(s.statusJSON(seconds: Int(secs), percent: pct))
@@ -230,7 +230,7 @@ struct RestoreCommand: AsyncParsableCommand {
       return (try await Restore(repository: repo, options: opts).run(tree: sel.tree), dest)
     }
     let d = ContinuousClock.now - start
-    let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    let secs = d.inSeconds
     for e in stats.errors { Out.err("error: \(e)") }
     if json {
       Out.line(stats.summaryJSON(dryRun: dryRun, target: where_, seconds: secs))
