@@ -1,5 +1,6 @@
 // Bad input gets one clear line and restic's exit code.
 import Foundation
+import Synchronization
 import Testing
 import TidemarkBackends
 import TidemarkCore
@@ -104,17 +105,25 @@ import TidemarkSystem
 
     // An exclusive lock (a prune starting at the same moment) appears during the pause: the held write
     // fails with the lock error and writes nothing; our lock file is gone, the other one stays.
-    let second = try await RepositoryLock.acquire(repo, exclusive: false, overlap: true)
-    let other = try await repo.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+    // The exclusive lock is written inside the pause (by `meanwhile`), so the second look finds it however
+    // slowly this machine runs.
+    let otherName = Mutex<String?>(nil)
+    let second = try await RepositoryLock.acquire(
+      repo, exclusive: false, overlap: true,
+      meanwhile: {
+        let id = try await repo.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+        otherName.withLock { $0 = id.hex }
+      })
+    let other = try #require(otherName.withLock { $0 })
     await #expect {
       _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
     } throws: { ($0 as? TidemarkError)?.kind == .locked }
     await #expect { try await second.confirmed() } throws: { ($0 as? TidemarkError)?.kind == .locked }
     await second.release()
     #expect(try await repo.backend.list(.index).map(\.name) == [index.hex])
-    #expect(try await repo.backend.list(.lock).map(\.name) == [other.hex])
+    #expect(try await repo.backend.list(.lock).map(\.name) == [other])
     // Writes go ahead again once that lock is gone (the gate does not stay shut).
-    try await repo.backend.remove(Handle(.lock, other.hex))
+    try await repo.backend.remove(Handle(.lock, other))
     let third = try await RepositoryLock.acquire(repo, exclusive: false)
     _ = try await repo.saveUnpacked(.index, json: Array(#"{"packs":[],"supersedes":[]}"#.utf8))
     await third.release()
@@ -132,17 +141,25 @@ import TidemarkSystem
     let dc = try await Repository.open(backend: LocalBackend(path: BytePath(ws.sub("dc"))), password: pw)
     let dr = try await Replica.create(source: dc, target: LocalBackend(path: BytePath(ws.sub("dr"))), password: pw)
 
-    let locks = try await Replica.lock(source: dc, target: dr)
-    let other = try await dr.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+    // Both locks as `Replica.lock` takes them; the exclusive lock on the target is written inside the pause
+    // (by `meanwhile`), so its second look finds it however slowly this machine runs.
+    let otherName = Mutex<String?>(nil)
+    let nothing: @Sendable () async throws -> Void = {}
+    let lockAppears: @Sendable () async throws -> Void = {
+      let id = try await dr.saveUnpacked(.lock, json: RepositoryLock.info(exclusive: true).encode())
+      otherName.withLock { $0 = id.hex }
+    }
+    let locks = try await RepositoryLock.acquireAll([(dc, nothing), (dr, lockAppears)], overlap: true)
+    let other = try #require(otherName.withLock { $0 })
     await #expect(throws: (any Error).self) { _ = try await Replica.sync(source: dc, target: dr, locked: true) }
-    await #expect { try await locks.confirmed() } throws: { ($0 as? TidemarkError)?.kind == .locked }
-    await locks.release()
+    await #expect { try await locks[1].confirmed() } throws: { ($0 as? TidemarkError)?.kind == .locked }
+    for l in locks { await l.release() }
     #expect(try storedFiles(ws, "dr").isEmpty)
-    #expect(try await dr.backend.list(.lock).map(\.name) == [other.hex])
+    #expect(try await dr.backend.list(.lock).map(\.name) == [other])
     #expect(try await dc.backend.list(.lock).isEmpty)
 
     // Once that lock is gone the same sync goes through.
-    try await dr.backend.remove(Handle(.lock, other.hex))
+    try await dr.backend.remove(Handle(.lock, other))
     _ = try await Replica.sync(source: dc, target: dr)
     #expect(try storedFiles(ws, "dr") == storedFiles(ws, "dc"))
     #expect(try await dr.backend.list(.lock).isEmpty)
