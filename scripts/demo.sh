@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A short tour of tidemark on a local repository under ./demo (wiped and recreated on every run):
 # init, two backups (the second reuses the first as parent), snapshots, ls, restore, and a comparison
-# of the restored files with the originals. When restic is installed, restic checks the repository too.
+# of the restored files with the originals; the snapshots browsed through `tidemark mount` with ls, grep and
+# diff, and a deleted file restored from its path inside the mount; then the DR cycle, status and a drill.
+# When restic is installed, restic checks the repository too.
 # Exits non-zero on any failure or mismatch.
 #
 # Environment: TIDEMARK_DEMO_SKIP_SETUP=1 skips scripts/setup.sh (no package installation, no build) and
@@ -24,7 +26,11 @@ log "using $tm"
 # Shown as `tidemark …` in the transcript.
 tidemark() { "$tm" "$@"; }
 run() {
-  printf '\n$ %s\n' "$*"
+  local shown=() a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then shown+=("$a"); else shown+=("'$a'"); fi
+  done
+  printf '\n$ %s\n' "${shown[*]}"
   "$@"
 }
 
@@ -35,6 +41,7 @@ export TIDEMARK_PASSWORD=demo-password
 log "the demo repository's password is set in the environment: TIDEMARK_PASSWORD=demo-password"
 
 log "preparing ./demo (wiped and recreated)"
+if mountpoint -q demo/mnt 2>/dev/null; then fusermount3 -u demo/mnt || umount -l demo/mnt; fi
 rm -rf demo
 mkdir -p demo/data/docs/notes
 printf 'Hello from tidemark.\n' >demo/data/hello.txt
@@ -74,6 +81,50 @@ if ! diff <(metadata demo/data) <(metadata "$restored"); then
   die "restored metadata (type, mode, size or mtime) differs from the original"
 fi
 echo "content, symlink targets, modes and modification times match"
+
+log "browsing the snapshots with ordinary tools: tidemark mount (read-only FUSE, in the background)"
+mkdir -p demo/mnt
+"$tm" -r demo/repo mount demo/mnt >demo/mount.log 2>&1 &
+mount_pid=$!
+unmount() {
+  if mountpoint -q demo/mnt 2>/dev/null; then fusermount3 -u demo/mnt 2>/dev/null || umount demo/mnt 2>/dev/null || true; fi
+  kill "$mount_pid" 2>/dev/null || true
+  wait "$mount_pid" 2>/dev/null || true
+}
+trap unmount EXIT
+host=$(hostname)
+for _ in $(seq 1 300); do
+  [ -e "demo/mnt/hosts/$host/latest" ] && break
+  kill -0 "$mount_pid" 2>/dev/null || { cat demo/mount.log; die "tidemark mount stopped (log above): is /dev/fuse there and fuse3 installed?"; }
+  sleep 0.2
+done
+[ -e "demo/mnt/hosts/$host/latest" ] || { cat demo/mount.log; die "the mount did not show hosts/$host/latest within a minute"; }
+run ls demo/mnt
+echo "one directory per snapshot, by host and time; latest points at the newest"
+run ls -l "demo/mnt/hosts/$host"
+times=()
+for d in "demo/mnt/hosts/$host"/*; do
+  [ -L "$d" ] || times+=("${d##*/}")
+done
+[ "${#times[@]}" = 2 ] || die "expected two snapshots under hosts/$host, found: ${times[*]}"
+first="demo/mnt/hosts/$host/${times[0]}/demo/data"
+latest="demo/mnt/hosts/$host/latest/demo/data"
+run ls -la "$latest"
+run grep -rn 'changed after the first backup' "demo/mnt/hosts/$host"
+echo "what changed between the two backups, with diff"
+if run diff "$first/docs/report.txt" "$latest/docs/report.txt"; then
+  die "the two snapshots of docs/report.txt should differ"
+fi
+
+log "a file is lost in the live tree; it comes back from its path inside the mount"
+run rm demo/data/docs/notes/todo.txt
+echo "restore takes the repository from the mount and puts the file back where it came from"
+run tidemark restore "$latest/docs/notes/todo.txt"
+run cmp demo/data/docs/notes/todo.txt "$restored/docs/notes/todo.txt"
+[ "$(stat -c %a demo/data/docs/notes/todo.txt)" = 640 ] || die "the restored file lost its mode"
+echo "todo.txt is back, with its content and mode"
+unmount
+trap - EXIT
 
 if command -v restic >/dev/null 2>&1; then
   log "restic $(restic version | awk '{print $2}') reads the same repository"
@@ -119,4 +170,4 @@ run tidemark drill --config demo/tidemark.yaml
   "$(tidemark -r demo/repo --password-file demo/password snapshots --json | grep -o '"id"' | wc -l)" ] ||
   die "the replica does not have the same snapshots"
 
-log "SUCCESS: tidemark backed up, listed and restored demo/data (the restore matches the original), replicated it to a DR replica, and a drill restored and verified it from there"
+log "SUCCESS: tidemark backed up, listed and restored demo/data (the restore matches the original), browsed the snapshots through a mount and restored a lost file from its path there, replicated to a DR replica, and a drill restored and verified it from there"

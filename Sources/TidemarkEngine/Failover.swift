@@ -84,21 +84,14 @@ public struct SiteContext: Sendable {
       repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
     ) {
       var all: [RestoreStats] = []
-      for p in paths {
-        let sel = try await RestoreSelection.resolve(
-          repo, snap, path: Array(p.utf8).split(separator: 47).map(Array.init), target: nil)
-        if delete && sel.destination.bytes == [47] && sel.only == nil {
-          throw TidemarkError(
-            .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
-            hint: "restore a directory of the snapshot instead")
-        }
+      for sel in try await RestoreSelection.eachPath(repo, snap, paths: paths) {
         var opts = RestoreOptions(target: sel.destination)
         opts.dryRun = dryRun
         opts.delete = delete
-        opts.only = sel.only
-        opts.rootNode = sel.rootNode
+        try sel.configure(&opts)
         cycle.logger.info(
-          "\(dryRun ? "would restore" : "restoring") snapshot \(snap.id!.short):\(p) in place to \(sel.destination)")
+          "\(dryRun ? "would restore" : "restoring") snapshot \(snap.id!.short):\(BytePath.display(RestoreSelection.joined(sel.path))) in place to \(sel.destination)"
+        )
         let stats = try await Restore(repository: repo, options: opts).run(tree: sel.tree)
         cycle.logger.info(
           "\(dryRun ? "would change" : "done"): \(stats.filesCreated) files created, \(stats.filesUpdated) updated, \(stats.filesUnchanged) unchanged, \(stats.entriesDeleted) deleted"

@@ -98,13 +98,41 @@ public struct RestoreStats: Sendable {
   public var bytesVerified: Int64 = 0
   public var errors: [String] = []
 
+  public init() {}
+
+  /// Adds the counts of another restore (one of several paths restored in one command).
+  public mutating func add(_ o: RestoreStats) {
+    filesRestored += o.filesRestored
+    bytesRestored += o.bytesRestored
+    totalFiles += o.totalFiles
+    totalBytes += o.totalBytes
+    filesCreated += o.filesCreated
+    filesUpdated += o.filesUpdated
+    filesUnchanged += o.filesUnchanged
+    entriesDeleted += o.entriesDeleted
+    bytesReused += o.bytesReused
+    bytesVerified += o.bytesVerified
+    errors += o.errors
+  }
+
   /// restic's `restore --json` summary line (with tidemark's reuse and verify counts), for a restore to `target`
   /// that took `seconds`.
-  public func summaryJSON(dryRun: Bool, target: BytePath, seconds: Double) -> String {
+  /// Several in-place paths restored by one command add `targets`, all of them (`target` is the first).
+  public func summaryJSON(dryRun: Bool, target: BytePath, seconds: Double, targets: [BytePath] = []) -> String {
     var w = JSONWriter()
     w.string(target.description)
+    var more = ""
+    if targets.count > 1 {
+      more =
+        ",\"targets\":["
+        + targets.map { t -> String in
+          var tw = JSONWriter()
+          tw.string(t.description)
+          return String(decoding: tw.out, as: UTF8.self)
+        }.joined(separator: ",") + "]"
+    }
     return
-      "{\"message_type\":\"summary\",\"dry_run\":\(dryRun),\"target\":\(String(decoding: w.out, as: UTF8.self)),\"seconds_elapsed\":\(String(format: "%.3f", seconds)),\"total_files\":\(totalFiles),\"files_restored\":\(filesRestored),\"files_created\":\(filesCreated),\"files_updated\":\(filesUpdated),\"files_unchanged\":\(filesUnchanged),\"files_skipped\":\(filesUnchanged),\"files_deleted\":\(entriesDeleted),\"total_bytes\":\(totalBytes),\"bytes_restored\":\(bytesRestored),\"bytes_fetched\":\(bytesRestored),\"bytes_reused\":\(bytesReused),\"bytes_verified\":\(bytesVerified),\"error_count\":\(errors.count)}"
+      "{\"message_type\":\"summary\",\"dry_run\":\(dryRun),\"target\":\(String(decoding: w.out, as: UTF8.self))\(more),\"seconds_elapsed\":\(String(format: "%.3f", seconds)),\"total_files\":\(totalFiles),\"files_restored\":\(filesRestored),\"files_created\":\(filesCreated),\"files_updated\":\(filesUpdated),\"files_unchanged\":\(filesUnchanged),\"files_skipped\":\(filesUnchanged),\"files_deleted\":\(entriesDeleted),\"total_bytes\":\(totalBytes),\"bytes_restored\":\(bytesRestored),\"bytes_fetched\":\(bytesRestored),\"bytes_reused\":\(bytesReused),\"bytes_verified\":\(bytesVerified),\"error_count\":\(errors.count)}"
   }
 }
 

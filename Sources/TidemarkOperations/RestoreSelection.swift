@@ -58,6 +58,37 @@ public struct RestoreSelection: Sendable {
       tree: tree, only: only, rootNode: only == nil ? rootNode : nil, path: sub, destination: dest)
   }
 
+  /// `restore SNAPSHOT --in-place` without PATH: each of the snapshot's paths (or `paths`, when given) restored
+  /// to its own place, so `delete` acts inside those paths only and their parents are left alone. A path inside
+  /// another one is covered by it and not restored twice.
+  public static func eachPath(
+    _ repo: Repository, _ snapshot: Snapshot, paths: [String]? = nil
+  ) async throws -> [RestoreSelection] {
+    let all = (paths ?? snapshot.paths).map { BytePath($0).components }
+    var done: [[[UInt8]]] = []
+    var out: [RestoreSelection] = []
+    for c in all where !done.contains(c) {
+      done.append(c)
+      if all.contains(where: { $0.count < c.count && Array(c.prefix($0.count)) == $0 }) { continue }
+      // An absolute backup path is stored with all its components; a relative one (`backup conf`) with those
+      // given, a suffix of the recorded path: the full path first, then ever shorter suffixes.
+      var found: RestoreSelection? = nil
+      for j in 0..<max(1, c.count) where found == nil {
+        do {
+          found = try await resolve(
+            repo, snapshot, path: Array(c[j...]), acceptAbsoluteForRelative: false, target: nil)
+        } catch let e as TidemarkError where e.kind == .notFound && j + 1 < c.count {
+          continue
+        }
+      }
+      guard var sel = found else { continue }
+      sel.destination = BytePath(bytes: joined(sel.only == nil ? c : Array(c.dropLast())))
+      if sel.destination.bytes.isEmpty { sel.destination = BytePath(bytes: [47]) }
+      out.append(sel)
+    }
+    return out
+  }
+
   /// `SNAPSHOT[:PATH]`: the snapshot reference and PATH's components. `.` and `..` are refused, in PATH and in
   /// `path` (components from elsewhere, e.g. a mount path), naming `argument` as given.
   public static func parse(_ argument: String, path: [[UInt8]]? = nil) throws -> (
@@ -73,11 +104,12 @@ public struct RestoreSelection: Sendable {
 
   /// Points `options` at this selection (destination, the one file, the directory's node). A whole tree
   /// restored onto `/` with `delete` is refused: it would remove everything the snapshot does not have.
-  public func configure(_ options: inout RestoreOptions) throws {
-    if options.delete && destination.bytes == [47] && only == nil {
+  /// `preserveRoot: false` (`--no-preserve-root`) lets it go ahead.
+  public func configure(_ options: inout RestoreOptions, preserveRoot: Bool = true) throws {
+    if options.delete && preserveRoot && destination.bytes == [47] && only == nil {
       throw TidemarkError(
         .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
-        hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead")
+        hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead, or add --no-preserve-root")
     }
     (options.target, options.only, options.rootNode) = (destination, only, rootNode)
   }

@@ -131,7 +131,9 @@ struct RestoreCommand: AsyncParsableCommand {
                           /mnt/backup/hosts/web1/latest/srv/www
 
       Where to: --target DIR restores under DIR; --in-place (and a mount path \
-      without --target) restores to the original absolute location. A mount path \
+      without --target) restores to the original absolute location: SNAPSHOT \
+      alone restores each of the snapshot's paths to its place (a backup of \
+      /srv/www and /etc/nginx puts back those two directories and nothing above them). A mount path \
       is read from the repository directly, not through the mount, with the \
       mount's key when it shares it (run as root or as the mount's user): no \
       password needed.
@@ -145,7 +147,8 @@ struct RestoreCommand: AsyncParsableCommand {
       differs. Owner (as root), mode, times and xattrs follow; directories last.
 
       Nothing is deleted without --delete, which removes what the snapshot does \
-      not have, inside the restored tree only. Nothing is written outside the \
+      not have, inside the restored tree only (with --in-place and no PATH: inside \
+      the snapshot's paths). --delete on / needs --no-preserve-root as well. Nothing is written outside the \
       target: symlinks on the way are replaced, never followed.
 
       --dry-run lists the changes like `rsync -i` and changes nothing; -v lists \
@@ -159,6 +162,11 @@ struct RestoreCommand: AsyncParsableCommand {
   var overwrite: String = "if-changed"
   @Flag(help: "Delete files and directories the snapshot does not have (inside the restored tree only).")
   var delete = false
+  @Flag(
+    name: .customLong("no-preserve-root"),
+    help: "Allow --delete on / (a snapshot of the whole system restored in place); refused without it.")
+  var noPreserveRoot = false
+  var preserveRoot: Bool { !noPreserveRoot }
   @Flag(help: "Read back what was written and check it against the snapshot.") var verify = false
   @Flag(
     inversion: .prefixedNo,
@@ -199,41 +207,60 @@ struct RestoreCommand: AsyncParsableCommand {
     let quiet = global.quiet
     let list = dryRun || global.verbose > 0
     // Restoring writes nothing to the repository: it may start while its lock is confirmed.
-    let (stats, where_) = try await global.withLock(
+    let (stats, destinations) = try await global.withLock(
       repo, exclusive: false, overlap: true, prepare: { try await repo.loadIndex() }
     ) {
-      let sel = try await RestoreSelection.resolve(
-        repo, snap, path: sub, acceptAbsoluteForRelative: fromMount == nil,
-        target: target.map { BytePath($0).absolute() })
-      let dest = sel.destination
-      var opts = RestoreOptions(target: dest)
-      (opts.includes, opts.excludes) = (include.map(PathPattern.init), exclude.map(PathPattern.init))
-      (opts.dryRun, opts.overwrite, opts.delete) = (dryRun, policy, delete)
-      (opts.verify, opts.sparse, opts.inplace) = (verify, sparse, inplace)
-      try sel.configure(&opts)
-      if list && !quiet {
-        opts.itemize = { c in
-          let path = BytePath.display(c.path)
-          if json {
-            Out.line(c.json)
-          } else {
-            let link = c.linkTarget.map { (c.code.hasPrefix("h") ? " => " : " -> ") + BytePath.display($0) } ?? ""
-            Out.line("\(c.code) \(path)\(link)")
+      // In place without PATH: each of the snapshot's paths to its own place (--delete acts inside them only).
+      let selections =
+        inPlace && sub.isEmpty && fromMount == nil
+        ? try await RestoreSelection.eachPath(repo, snap)
+        : [
+          try await RestoreSelection.resolve(
+            repo, snap, path: sub, acceptAbsoluteForRelative: fromMount == nil,
+            target: target.map { BytePath($0).absolute() })
+        ]
+      var options: [RestoreOptions] = []
+      for sel in selections {
+        var opts = RestoreOptions(target: sel.destination)
+        (opts.includes, opts.excludes) = (include.map(PathPattern.init), exclude.map(PathPattern.init))
+        (opts.dryRun, opts.overwrite, opts.delete) = (dryRun, policy, delete)
+        (opts.verify, opts.sparse, opts.inplace) = (verify, sparse, inplace)
+        try sel.configure(&opts, preserveRoot: preserveRoot)
+        if list && !quiet {
+          // Several paths restored in place: each change named by its absolute path, not relative to its own.
+          let prefix = selections.count > 1 ? sel.destination.bytes + (sel.destination.bytes == [47] ? [] : [47]) : []
+          opts.itemize = { change in
+            var c = change
+            if c.path == Array("./".utf8) && !prefix.isEmpty { c.path = prefix } else { c.path = prefix + c.path }
+            let path = BytePath.display(c.path)
+            if json {
+              Out.line(c.json)
+            } else {
+              let link = c.linkTarget.map { (c.code.hasPrefix("h") ? " => " : " -> ") + BytePath.display($0) } ?? ""
+              Out.line("\(c.code) \(path)\(link)")
+            }
           }
         }
+        options.append(opts)
       }
-      if !quiet && !json {
-        Out.err(
-          "\(dryRun ? "would restore" : "restoring") <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)>\(sel.path.isEmpty ? "" : ":" + BytePath.display(RestoreSelection.joined(sel.path))) to \(dest)"
-        )
+      var total = RestoreStats()
+      for (sel, opts) in zip(selections, options) {
+        if !quiet && !json {
+          Out.err(
+            "\(dryRun ? "would restore" : "restoring") <Snapshot \(snap.id!.short) of [\(snap.paths.joined(separator: " "))] at \(Out.time(snap.time)) by \(snap.username)@\(snap.hostname)>\(sel.path.isEmpty ? "" : ":" + BytePath.display(RestoreSelection.joined(sel.path))) to \(sel.destination)"
+          )
+        }
+        total.add(try await Restore(repository: repo, options: opts).run(tree: sel.tree))
       }
-      return (try await Restore(repository: repo, options: opts).run(tree: sel.tree), dest)
+      return (total, selections.map(\.destination))
     }
     let d = ContinuousClock.now - start
     let secs = d.inSeconds
     for e in stats.errors { Out.err("error: \(e)") }
     if json {
-      Out.line(stats.summaryJSON(dryRun: dryRun, target: where_, seconds: secs))
+      Out.line(
+        stats.summaryJSON(
+          dryRun: dryRun, target: destinations.first ?? BytePath(bytes: [47]), seconds: secs, targets: destinations))
     } else if !quiet {
       let verb = dryRun ? "would change" : "done"
       Out.err(

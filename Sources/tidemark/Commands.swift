@@ -71,7 +71,11 @@ struct Snapshots: AsyncParsableCommand {
   func run() async throws {
     let repo = try await global.open()
     var snaps = SnapshotFilter(hosts: host, tags: tag, paths: path).apply(try await repo.listSnapshots())
-    if !ids.isEmpty { snaps = snaps.filter { s in ids.contains { s.id!.hex.hasPrefix($0) || ($0 == "latest") } } }
+    if !ids.isEmpty {
+      // `latest` is the newest snapshot the filters leave, as in restic; other arguments are ID prefixes.
+      let newest = snaps.max { $0.time < $1.time }?.id
+      snaps = snaps.filter { s in ids.contains { $0 == "latest" ? s.id == newest : s.id!.hex.hasPrefix($0) } }
+    }
     if let n = latest { snaps = Listing.latest(snaps, perGroup: n) }
     if global.json { return Out.raw(Listing.snapshotsJSON(snaps)) }
     let rows = snaps.map { s in

@@ -155,6 +155,60 @@ func itemized(_ r: RunResult) -> [String] {
     #expect(try String(contentsOfFile: ws.sub("single/o"), encoding: .utf8) == "o\n")
   }
 
+  /// `restore SNAPSHOT --in-place --delete` without a PATH puts back each of the snapshot's paths where it was:
+  /// extra files inside them go, a sibling directory and the parent keep theirs; a relative backup path is
+  /// found at its absolute place; a snapshot of `/` needs --no-preserve-root.
+  @Test func wholeSnapshotInPlaceRestoresItsOwnPathsAndNothingBeside() throws {
+    let ws = try Workspace("restore-paths")
+    _ = try Tools.sh(
+      """
+      mkdir -p site/www/img site/sibling conf
+      echo index > site/www/index.html && echo logo > site/www/img/logo.png && echo keep > site/sibling/s
+      echo 'listen 80' > conf/nginx.conf
+      """, cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    // One absolute path and one relative one.
+    let b = try Tools.run(
+      Tools.tidemark, ["-r", ws.sub("repo"), "backup", ws.sub("site/www"), "conf"],
+      env: ["TIDEMARK_PASSWORD": "test-pw"], cwd: ws.path)
+    try #require(b.status == 0, "\(b.stderr)")
+    let www = try describeTree(ws.sub("site/www"))
+    let conf = try describeTree(ws.sub("conf"))
+
+    _ = try Tools.sh(
+      """
+      echo changed > site/www/index.html && rm site/www/img/logo.png && echo extra > site/www/extra.html
+      mkdir site/www/newdir && echo y > site/www/newdir/y
+      echo 'listen 8080' > conf/nginx.conf && echo stray > conf/stray.conf
+      echo changed > site/sibling/s && echo new > site/sibling/n && echo beside > site/beside.txt
+      """, cwd: ws.path)
+    let r = try ws.tidemark(["-r", "repo", "restore", "latest", "--in-place", "--delete", "--json", "-v"])
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(differences(www, try describeTree(ws.sub("site/www")), ignoreRootMtime: false).isEmpty)
+    #expect(differences(conf, try describeTree(ws.sub("conf")), ignoreRootMtime: false).isEmpty)
+    #expect(try String(contentsOfFile: ws.sub("site/sibling/s"), encoding: .utf8) == "changed\n")
+    #expect(FileManager.default.fileExists(atPath: ws.sub("site/sibling/n")))
+    #expect(FileManager.default.fileExists(atPath: ws.sub("site/beside.txt")))
+    // Each change is named by its absolute path: two paths restored at once would otherwise both have `./`.
+    let items = itemized(r).joined(separator: "\n")
+    for path in ["site/www/extra.html", "site/www/newdir/", "conf/stray.conf", "conf/nginx.conf"] {
+      #expect(items.contains("\"item\":\"\(ws.sub(path))\""), "\(path) not in:\n\(items)")
+    }
+    let summary = try #require(restoreSummary(r))
+    #expect(summary["files_deleted"]?.int == 3, "\(r.out)")
+    #expect(summary["targets"]?.array?.compactMap(\.string).sorted() == [ws.sub("conf"), ws.sub("site/www")].sorted())
+
+    // A snapshot of `/` (everything excluded, so it is empty) is not restored with --delete by accident.
+    #expect(try ws.tidemark(["-r", "repo", "backup", "/", "--exclude", "/*"]).status == 0)
+    // `snapshots latest` is that newest snapshot alone, as in restic.
+    let latest = try ws.tidemark(["-r", "repo", "snapshots", "latest", "--json"])
+    #expect(snapshotIDs(latest.out).count == 1 && latest.out.contains(#""paths":["/"]"#), "\(latest.out)")
+    let root = try ws.tidemark(["-r", "repo", "restore", "latest", "--in-place", "--delete", "--dry-run"])
+    #expect(root.status == 1)
+    #expect(
+      root.stderr.contains("refusing --delete on /") && root.stderr.contains("--no-preserve-root"), "\(root.stderr)")
+  }
+
   /// `tidemark mount` hands its master key to a restore from a path inside it (no password, no second key
   /// derivation), through an abstract socket that answers root and the mount's own user only.
   @Test func mountSharesItsKeyWithRestoreOnlyForRootAndItsUser() throws {
