@@ -87,13 +87,13 @@ import TidemarkSystem
     // `ok` measured a lag of L (whole seconds, truncated) somewhere inside its run. After sleeping S seconds past
     // its end, the lag is at least L + S, and at most L + 1 + S + (ok's run time) + (warn's own run time). An RPO
     // of L + S - 1 is then below the lag, and twice it stays above it as long as those two run times add up to less
-    // than L + S - 2 seconds: S = 6 leaves a loaded CI machine four seconds of slack.
+    // than L + S - 2 seconds: S = 10 leaves a loaded CI machine eight seconds of slack.
     let ok = try run(["status", "--json", "--config", "c.yaml", "--rpo", "10m"])
     #expect(ok.status == 0 && ok.out.contains("\"status\":\"OK\""), "\(ok.out) \(ok.stderr)")
-    Thread.sleep(forTimeInterval: 6)
+    Thread.sleep(forTimeInterval: 10)
     let lagJSON = try JSONSerialization.jsonObject(with: Data(ok.out.utf8)) as? [String: Any] ?? [:]
     let lags = (lagJSON["targets"] as? [[String: Any]] ?? []).compactMap { $0["lag_seconds"] as? Int }
-    let lag = (lags.max() ?? 0) + 6  // the lag is at least this now
+    let lag = (lags.max() ?? 0) + 10  // the lag is at least this now
     let warn = try run(["status", "--json", "--config", "c.yaml", "--rpo", "\(lag - 1)s"])
     #expect(warn.status == 1 && warn.out.contains("\"status\":\"WARN\""), "lag \(lag): \(warn.out)")
     #expect(try run(["status", "--config", "c.yaml", "--rpo", "\(lag / 3)s"]).status == 2)
