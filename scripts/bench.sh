@@ -24,6 +24,10 @@
 #   scale    a generated "file server" (500,000 small files in 10,000 directories and 4 x 64 MiB): first backup,
 #            unchanged re-backup, re-backup after 100 files changed (a full walk), and `find` over the mounted
 #            latest snapshot with the mount process's RSS afterwards. Wall time and peak RSS for each.
+#   corpora  five generated corpora that look like real servers (source tree, logs and a database, VM images, media,
+#            a mix with awkward entries): first backup with a cold and a warm page cache, unchanged re-backup,
+#            full restore; wall, CPU (user + system) and peak RSS, and each corpus's floor from the stages' CPU cost
+#            (`tidemark debug stage-costs`) and its cold read. Alternates which tool goes first. Needs root.
 # Each section rewrites only its own block of docs/performance.md (between <!-- bench:SECTION:begin --> and
 # <!-- bench:SECTION:end -->); the rest of the document is hand-written and left alone.
 #
@@ -36,26 +40,28 @@
 #   BENCH_MOUNT_LARGE_MIB=256 BENCH_MOUNT_SMALL_DIRS=200   # mount dataset: large file size, dirs of 100 small files
 #   BENCH_SCALE_FILES=20000 BENCH_SCALE_DIRS=1000          # scale corpus size (default 500000 files, 10000 dirs)
 #   BENCH_SCALE_RUNS=1               # runs per scale step (default: BENCH_RUNS below 100,000 files, else 1)
+#   BENCH_CORPORA="mix logs"         # which corpora the corpora section runs (default: source logs vm media mix)
+#   BENCH_CORPORA_SCALE=0.25         # their size (default 1: about 0.4-1.3 GiB each)
 set -euo pipefail
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 cd "$(dirname "$SELF")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [serve] [drill] [scale]   (no argument: all)"; }
+usage() { die "usage: scripts/bench.sh [backup] [mount] [inplace] [maint] [cycle] [remote] [serve] [drill] [scale] [corpora]   (no argument: all)"; }
 SECTIONS=()
 for arg in "$@"; do
   case $arg in
-    backup | mount | inplace | maint | cycle | remote | serve | drill | scale) SECTIONS+=("$arg") ;;
+    backup | mount | inplace | maint | cycle | remote | serve | drill | scale | corpora) SECTIONS+=("$arg") ;;
     *) usage ;;
   esac
 done
-if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote serve drill scale); fi
+if [ ${#SECTIONS[@]} -eq 0 ]; then SECTIONS=(backup mount inplace maint cycle remote serve drill scale corpora); fi
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2119 # no arguments: the default package list
 ensure_packages
-if { want backup || want inplace || want maint || want cycle || want remote || want serve || want drill || want scale; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
+if { want backup || want inplace || want maint || want cycle || want remote || want serve || want drill || want scale || want corpora; } && { ! command -v /usr/bin/time >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; }; then
   apt-get install -y -qq time >/dev/null
 fi
 
@@ -64,6 +70,8 @@ BENCH_DIR=${BENCH_DIR:-/tmp/tidemark-bench}
 OUT=${BENCH_OUT:-docs/performance.md}
 case $OUT in - | /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 RUNS=${BENCH_RUNS:-3}
+CORPORA=${BENCH_CORPORA:-source logs vm media mix}
+CORPORA_SCALE=${BENCH_CORPORA_SCALE:-1}
 TM="$ROOT/.build/release/tidemark"
 if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
   [ -x "$TM" ] || die "BENCH_NO_BUILD=1 but $TM is missing or not executable: build it with 'swift build -c release'"
@@ -1635,6 +1643,289 @@ print(f'uses less). Peak RSS is /usr/bin/time\'s for the backups and the largest
 print(f'Repositories after the backups: restic {mib(repo_r):,.0f} MiB, tidemark {mib(repo_t):,.0f} MiB. Median time until the mounted')
 print(f'snapshot appeared: restic {med(x[3] for x in mounts["restic"]):.2f} s, tidemark {med(x[3] for x in mounts["tidemark"]):.2f} s. '
       'The tidemark mount ran with its default cache size.')
+PY
+}
+
+# ---- corpora section ------------------------------------------------------------------------------------------
+
+# The corpora, each generated deterministically under corpora/NAME (BENCH_CORPORA_SCALE multiplies the sizes):
+#   source  100,000 source-like text files of 0.2-16 KiB (log-uniform) in 6,000 directories three levels deep,
+#           5% of them copies of others (vendored code)
+#   logs    4 x 128 MiB syslog-like logs, 2 x 16 MiB gzip-rotated logs, a 256 MiB SQLite database of orders
+#   vm      2 x 512 MiB raw disk images in 1 MiB regions: zeros (35%), 64 KiB blocks repeated from a pool of 50
+#           (25%), random (25%), text (15%)
+#   media   20 x 32 MiB and 400 x 256 KiB random (video and photos: incompressible)
+#   mix     20,000 source files, a 256 MiB log, a 256 MiB image, 8 x 32 MiB media, duplicates, and awkward
+#           entries: empty files, symlinks (one dangling), hard links, names with spaces, newlines and non-UTF-8
+#           bytes, a 255-byte name, 40 nested directories
+ensure_corpora() { # NAME...
+  local name params
+  for name in "$@"; do
+    params="corpus=$name scale=$CORPORA_SCALE seed=20261207"
+    if [ -d "corpora/$name" ] && [ "$(cat "corpora/$name.complete" 2>/dev/null)" = "$params" ]; then continue; fi
+    log "generating the $name corpus ($params)"
+    rm -rf "corpora/$name" "corpora/$name.complete"
+    mkdir -p corpora
+    python3 - "corpora/$name" "$name" "$CORPORA_SCALE" <<'PY'
+import gzip, os, random, sqlite3, sys
+root, name, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
+r = random.Random(f'{name}-20261207')
+MiB = 1 << 20
+words = [''.join(r.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(r.randint(2, 10))) for _ in range(4000)]
+
+def source_line():
+    ind = '    ' * r.randint(0, 4)
+    a, b, c = r.choices(words, k=3)
+    return r.choice([f'{ind}let {a} = {b}({c}, {r.randint(0, 999)})\n', f'{ind}if {a} > {r.randint(0, 99)} {{\n',
+                     f'{ind}}}\n', f'{ind}// {a} {b} {c} {r.choice(words)}\n', f'{ind}return {a}.{b}\n',
+                     f'{ind}func {a}({b}: Int) -> {c} {{\n', f'{ind}import {a}\n', '\n'])
+
+def source_tree(base, nfiles, ndirs):
+    pool = ''.join(source_line() for _ in range(60000)).encode()
+    dirs = [f'{base}/{words[d % 30]}/{words[100 + d // 30 % 20]}/{words[500 + d % 3000]}{d}' for d in range(ndirs)]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    written = []
+    for i in range(nfiles):
+        path = f'{dirs[r.randrange(ndirs)]}/{words[r.randrange(4000)]}_{i}.{r.choice(["c", "h", "py", "go", "swift", "js"])}'
+        if written and r.random() < 0.05:            # vendored copies
+            data = open(r.choice(written), 'rb').read()
+        else:
+            size = int(200 * 80 ** r.random())       # 200 B .. 16 KiB, log-uniform
+            at = r.randrange(len(pool) - size)
+            data = pool[at:at + size]
+        with open(path, 'wb') as f:
+            f.write(data)
+        if len(written) < 2000:
+            written.append(path)
+
+def log_file(path, size):
+    progs = ['sshd', 'nginx', 'postgres', 'cron', 'kernel', 'systemd', 'app']
+    with open(path, 'w') as f:
+        n, t = 0, 1_700_000_000
+        while n < size:
+            t += r.randint(0, 2)
+            p = r.choice(progs)
+            line = (f'2026-12-07T{t // 3600 % 24:02}:{t // 60 % 60:02}:{t % 60:02}.{r.randint(0, 999999):06}Z web1 {p}[{r.randint(100, 65000)}]: '
+                    f'{" ".join(r.choices(words, k=r.randint(3, 10)))} from 10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)} '
+                    f'status={r.choice([200, 200, 200, 301, 404, 500])} took={r.randint(1, 5000)}ms\n')
+            f.write(line)
+            n += len(line)
+
+def sqlite_db(path, size):
+    db = sqlite3.connect(path)
+    db.execute('create table orders (id integer primary key, customer text, email text, item text, qty int, price real, ts text, note text)')
+    db.execute('create index orders_customer on orders(customer)')
+    i = 0
+    while True:
+        rows = [(words[r.randrange(4000)] + ' ' + words[r.randrange(4000)], f'{r.choice(words)}@{r.choice(words)}.example',
+                 ' '.join(r.choices(words, k=3)), r.randint(1, 20), round(r.random() * 500, 2),
+                 f'2026-{r.randint(1, 12):02}-{r.randint(1, 28):02}', ' '.join(r.choices(words, k=r.randint(0, 12)))) for _ in range(20000)]
+        db.executemany('insert into orders (customer, email, item, qty, price, ts, note) values (?,?,?,?,?,?,?)', rows)
+        db.commit()
+        i += 1
+        if os.path.getsize(path) >= size:
+            break
+    db.close()
+
+def vm_image(path, size):
+    blocks = [r.randbytes(64 << 10) for _ in range(50)]
+    text = ''.join(source_line() for _ in range(100000)).encode()
+    with open(path, 'wb') as f:
+        for _ in range(size // MiB):
+            k = r.random()
+            if k < 0.35:
+                f.write(bytes(MiB))
+            elif k < 0.60:
+                f.write(b''.join(r.choice(blocks) for _ in range(16)))
+            elif k < 0.85:
+                f.write(r.randbytes(MiB))
+            else:
+                at = r.randrange(len(text) - MiB)
+                f.write(text[at:at + MiB])
+
+def media(base, big, small):
+    os.makedirs(f'{base}/video', exist_ok=True)
+    os.makedirs(f'{base}/photos', exist_ok=True)
+    for i in range(big):
+        with open(f'{base}/video/clip{i:03}.mp4', 'wb') as f:
+            for _ in range(32):
+                f.write(r.randbytes(MiB))
+    for i in range(small):
+        with open(f'{base}/photos/IMG_{i:04}.jpg', 'wb') as f:
+            f.write(r.randbytes(256 << 10))
+
+os.makedirs(root)
+s = lambda n: max(1, int(n * scale))
+if name == 'source':
+    source_tree(root, s(100000), s(6000))
+elif name == 'logs':
+    os.makedirs(f'{root}/log')
+    for i in range(4):
+        log_file(f'{root}/log/app{i}.log', s(128) * MiB)
+    for i in range(2):
+        log_file(f'{root}/log/tmp.log', s(16) * MiB)
+        with open(f'{root}/log/tmp.log', 'rb') as a, gzip.open(f'{root}/log/app.log.{i + 1}.gz', 'wb') as b:
+            b.write(a.read())
+        os.remove(f'{root}/log/tmp.log')
+    os.makedirs(f'{root}/db')
+    sqlite_db(f'{root}/db/orders.sqlite', s(256) * MiB)
+elif name == 'vm':
+    for i in range(2):
+        vm_image(f'{root}/disk{i}.img', s(512) * MiB)
+elif name == 'media':
+    media(root, s(20), s(400))
+elif name == 'mix':
+    source_tree(f'{root}/src', s(20000), s(1200))
+    os.makedirs(f'{root}/var/log')
+    log_file(f'{root}/var/log/app.log', s(256) * MiB)
+    os.makedirs(f'{root}/images')
+    vm_image(f'{root}/images/vm.img', s(256) * MiB)
+    media(f'{root}/media', s(8), 0)
+    os.makedirs(f'{root}/dups')                      # the same content under other names
+    with open(f'{root}/media/video/clip000.mp4', 'rb') as a, open(f'{root}/dups/clip-copy.mp4', 'wb') as b:
+        b.write(a.read())
+    with open(f'{root}/var/log/app.log', 'rb') as a, open(f'{root}/dups/app.log.bak', 'wb') as b:
+        b.write(a.read(64 * MiB))
+    os.makedirs(f'{root}/odd')
+    for i in range(50):
+        open(f'{root}/odd/empty{i}', 'wb').close()
+    os.symlink('../var/log/app.log', f'{root}/odd/link')
+    os.symlink('/nonexistent/target', f'{root}/odd/dangling')
+    os.link(f'{root}/var/log/app.log', f'{root}/odd/hardlink.log')
+    for n in [b'with space', b'new\nline', b'latin1-\xe9t\xe9', b'x' * 255]:
+        with open(os.path.join(root.encode(), b'odd', n), 'wb') as f:
+            f.write(n)
+    os.makedirs(f'{root}/odd/' + '/'.join(f'n{i}' for i in range(40)))
+PY
+    echo "$params" >"corpora/$name.complete"
+  done
+}
+
+# Runs one measured command of the corpora section: wall, user and system seconds and peak RSS (KiB) go to
+# corpora-results.txt as "CORPUS STEP CACHE TOOL WALL USER SYS RSS".
+corpora_measured() { # corpus step cache tool command...
+  local c=$1 step=$2 cache=$3 tool=$4
+  shift 4
+  sync
+  if [ "$cache" = cold ]; then drop_caches; fi
+  /usr/bin/time -o time.log -f '%e %U %S %M' "$@" >out.log 2>&1 || { echo "FAILED: $*"; cat out.log; exit 1; }
+  local wall user sys rss
+  read -r wall user sys rss < <(tail -1 time.log)
+  echo "$c $step $cache $tool $wall $user $sys $rss" >>corpora-results.txt
+  printf '  %-7s %-9s %-5s %-9s wall %7s s  user %7s s  sys %6s s  %6s MiB\n' "$c" "$step" "$cache" "$tool" \
+    "$wall" "$user" "$sys" "$((rss / 1024))"
+}
+drop_caches() { sync && echo 3 >/proc/sys/vm/drop_caches; }
+warm() { tar -cf - "$@" 2>/dev/null | cat >/dev/null; }
+
+bench_corpora() {
+  [ "$(id -u)" = 0 ] || die "the corpora section drops the page cache for its cold runs: run it as root"
+  local names c run first second tool
+  read -r -a names <<<"$CORPORA"
+  ensure_corpora "${names[@]}"
+  rm -f corpora-results.txt corpora-floors.txt
+  for c in "${names[@]}"; do
+    log "corpus $c: $(du -sh --apparent-size "corpora/$c" | cut -f1), $(find "corpora/$c" | wc -l) entries; restic and tidemark alternate, $RUNS runs"
+    # The floor: the stages' CPU cost on one core (warm), and the cold read on its own.
+    warm "corpora/$c"
+    local costs
+    costs=$("$TM" debug stage-costs "corpora/$c")
+    drop_caches
+    local t0 t1
+    t0=$(now)
+    warm "corpora/$c"
+    t1=$(now)
+    echo "$c $(elapsed "$t0" "$t1") $costs" >>corpora-floors.txt
+    echo "  stage costs: $costs; cold read $(elapsed "$t0" "$t1") s"
+    for run in $(seq "$RUNS"); do
+      if [ $((run % 2)) = 1 ]; then first=restic second=tidemark; else first=tidemark second=restic; fi
+      for cache in cold warm; do
+        for tool in $first $second; do
+          rm -rf "repo-$tool"
+          if [ "$tool" = restic ]; then restic init -q -r repo-restic; else "$TM" init -q -r repo-tidemark; fi
+          if [ "$cache" = warm ]; then warm "corpora/$c"; fi
+          if [ "$tool" = restic ]; then
+            corpora_measured "$c" first "$cache" restic restic -q -r repo-restic backup "corpora/$c"
+          else
+            corpora_measured "$c" first "$cache" tidemark "$TM" -q -r repo-tidemark backup "corpora/$c"
+          fi
+        done
+      done
+      for tool in $first $second; do
+        warm "corpora/$c" "repo-$tool"
+        if [ "$tool" = restic ]; then
+          corpora_measured "$c" unchanged warm restic restic -q -r repo-restic backup "corpora/$c"
+        else
+          corpora_measured "$c" unchanged warm tidemark "$TM" -q -r repo-tidemark backup "corpora/$c"
+        fi
+      done
+      for tool in $first $second; do
+        local dir
+        dir=$(fresh_target)
+        warm "repo-$tool"
+        if [ "$tool" = restic ]; then
+          corpora_measured "$c" restore warm restic restic -q -r repo-restic restore latest --target "$dir"
+        else
+          corpora_measured "$c" restore warm tidemark "$TM" -q -r repo-tidemark restore latest --target "$dir"
+          if [ "$run" = 1 ] && ! diff -r --no-dereference "corpora/$c" "$dir/corpora/$c" >/dev/null; then
+            die "tidemark's restore of the $c corpus differs from it"
+          fi
+        fi
+      done
+    done
+    rm -rf repo-restic repo-tidemark
+  done
+  if is_mounted "$BENCH_DIR/restore-fs"; then umount "$BENCH_DIR/restore-fs"; fi
+  rm -f "$FS_IMG"
+  render_corpora >corpora-table.md
+  update_doc corpora corpora-table.md
+}
+
+render_corpora() {
+  python3 - "$(restic version)" "$("$TM" version)" "$(nproc)" "$(date -u +%Y-%m-%d)" "$RUNS" "$CORPORA_SCALE" <<'PY'
+import json, statistics, sys
+restic_v, tm_v, ncpu, day, runs, scale = sys.argv[1:7]
+ncpu = int(ncpu)
+rows = {}
+for line in open('corpora-results.txt'):
+    c, step, cache, tool, wall, user, sys_, rss = line.split()
+    rows.setdefault((c, step, cache), {}).setdefault(tool, []).append((float(wall), float(user) + float(sys_), int(rss)))
+floors = {}
+for line in open('corpora-floors.txt'):
+    c, cold_read, costs = line.split(' ', 2)
+    k = json.loads(costs)
+    cpu = sum(k[f] for f in ['read_seconds', 'chunk_seconds', 'hash_seconds', 'compress_seconds', 'seal_seconds'])
+    floors[c] = (float(cold_read), cpu, k)
+med = statistics.median
+print(f'Measured {day} on {ncpu} cores: {restic_v.split(" compiled")[0]} against {tm_v.split(" on ")[0]}, {runs} runs each,')
+print(f'alternating which tool goes first; corpora at scale {scale} (`BENCH_CORPORA_SCALE`). Time: median wall seconds')
+print('(min-max); CPU: median user + system seconds; busy: tidemark\'s CPU / (wall x cores); RSS: largest peak, MiB.')
+print('Floor: the stages\' CPU on one core (`tidemark debug stage-costs`: read from the page cache, chunk, SHA-256, zstd,')
+print('seal) spread over every core, or for a cold cache the cold read alone (`tar` of the corpus) when that is longer.\n')
+for c in dict.fromkeys(k[0] for k in rows):
+    cold_read, cpu, k = floors[c]
+    print(f'**{c}**: {k["files"]:,} files, {k["bytes"] / 2**20:,.0f} MiB, zstd leaves {100 * k["stored_bytes"] / max(1, k["bytes"]):.0f}%; '
+          f'stage CPU {cpu:.2f} s (read {k["read_seconds"]:.2f}, chunk {k["chunk_seconds"]:.2f}, hash {k["hash_seconds"]:.2f}, '
+          f'zstd {k["compress_seconds"]:.2f}, seal {k["seal_seconds"]:.2f}); cold read {cold_read:.2f} s\n')
+    print('| step | cache | restic | tidemark | ratio | CPU restic / tidemark | busy | RSS restic / tidemark | floor | tidemark / floor |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for (cc, step, cache), t in rows.items():
+        if cc != c:
+            continue
+        rw = [x[0] for x in t['restic']]; tw = [x[0] for x in t['tidemark']]
+        rc = med(x[1] for x in t['restic']); tc = med(x[1] for x in t['tidemark'])
+        rr = max(x[2] for x in t['restic']) / 1024; tr = max(x[2] for x in t['tidemark']) / 1024
+        busy = 100 * tc / (med(tw) * ncpu)
+        fl = ''
+        if step == 'first':
+            f = max(cold_read, cpu / ncpu) if cache == 'cold' else cpu / ncpu
+            fl = f'{f:.2f} s | {med(tw) / f:.2f}x'
+        else:
+            fl = ' | '
+        print(f'| {step} | {cache} | {med(rw):.2f} ({min(rw):.2f}-{max(rw):.2f}) | {med(tw):.2f} ({min(tw):.2f}-{max(tw):.2f}) '
+              f'| {med(rw) / med(tw):.2f}x | {rc:.1f} / {tc:.1f} | {busy:.0f}% | {rr:.0f} / {tr:.0f} | {fl} |')
+    print()
 PY
 }
 

@@ -34,7 +34,7 @@ struct Tidemark: AsyncParsableCommand {
       FindCommand.self, MountCommand.self, CopyCommand.self, ReplicateCommand.self, StatusCommand.self,
       DaemonCommand.self, ScheduleCommand.self, FailoverCommand.self, PromoteCommand.self, DemoteCommand.self,
       RoleCommand.self, DrillCommand.self, ServeCommand.self, TripwireCommand.self,
-      VersionCommand.self,
+      VersionCommand.self, DebugCommand.self,
     ])
 
   /// Parses, runs, and maps any error to one line on stderr and restic's exit codes.

@@ -1,0 +1,73 @@
+// What the CPU-bound stages of a backup cost on this machine, on one core: content-defined chunking, SHA-256 of
+// each chunk, zstd at the repository's level and sealing (AES-256-CTR and Poly1305), each timed on its own over the
+// data it is fed. `tidemark debug stage-costs` feeds it files; scripts/bench.sh turns the sum into a corpus's floor
+// (the work spread over every core, or the cold read if that takes longer).
+import Foundation
+import TidemarkZstd
+
+public final class StageProbe {
+  public struct Costs: Sendable {
+    public var files = 0
+    public var chunks = 0
+    public var bytes: Int64 = 0
+    /// What zstd made of the bytes (blobs that do not shrink count at their size, as they are stored).
+    public var storedBytes: Int64 = 0
+    public var chunk: Duration = .zero
+    public var hash: Duration = .zero
+    public var compress: Duration = .zero
+    public var seal: Duration = .zero
+  }
+
+  public private(set) var costs = Costs()
+  let tables: ChunkerTables
+  let compression: Compression
+  let key = MasterKey.random()
+  let compressors = ZstdCompressorPool()
+  var out: [UInt8] = []
+
+  public init(polynomial: Polynomial = .randomIrreducible(), compression: Compression = .auto) {
+    tables = ChunkerTables(polynomial: polynomial)
+    self.compression = compression
+  }
+
+  /// One file's content, whole: chunked as a backup chunks it, then each chunk hashed, compressed and sealed.
+  public func feed(file data: UnsafeRawBufferPointer) throws {
+    costs.files += 1
+    costs.bytes += Int64(data.count)
+    var chunker = Chunker(tables: tables)
+    var start = 0
+    let clock = ContinuousClock()
+    while start < data.count {
+      var end = data.count
+      let t0 = clock.now
+      if let cut = chunker.next(UnsafeRawBufferPointer(rebasing: data[start...])) { end = start + cut }
+      costs.chunk += clock.now - t0
+      try blob(UnsafeRawBufferPointer(rebasing: data[start..<end]))
+      start = end
+    }
+    if data.isEmpty { try blob(data) }
+  }
+
+  private func blob(_ b: UnsafeRawBufferPointer) throws {
+    let clock = ContinuousClock()
+    costs.chunks += 1
+    var t0 = clock.now
+    _ = RawID.hash(b)
+    costs.hash += clock.now - t0
+    t0 = clock.now
+    var length = b.count
+    if compression != .off && b.count > 0 {
+      let z = try compressors.compress(b, level: compression.level, into: &out, at: 16, tailroom: 16)
+      if z < b.count { length = z }
+    } else {
+      out.growCount(to: b.count + 32)
+    }
+    costs.compress += clock.now - t0
+    costs.storedBytes += Int64(length)
+    t0 = clock.now
+    try out.withUnsafeMutableBytes {
+      try key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(length + 32)]))
+    }
+    costs.seal += clock.now - t0
+  }
+}
