@@ -76,7 +76,11 @@ public final class ChangeJournal: Sendable {
     var events = 0
     var counters = Counters()
     var closed = false
+    /// The buffer `drain` reads the queue into, allocated at the first read and kept until the journal goes.
+    var buffer: UnsafeMutableRawPointer? = nil
   }
+
+  static let bufferSize = 64 << 10
 
   /// Beyond this many pending directories the journal stops recording and asks for a full walk.
   static let maxPending = 200_000
@@ -171,6 +175,7 @@ public final class ChangeJournal: Sendable {
   /// holds it until then).
   deinit {
     close()
+    state.withLock { $0.buffer?.deallocate() }
   }
 
   /// Stops reading and closes the kernel's queue.
@@ -255,9 +260,9 @@ public final class ChangeJournal: Sendable {
   /// Reads every queued event into `s`. Called with the lock held.
   func drain(_ s: inout State) {
     guard !s.closed else { return }
-    let size = 64 << 10
-    let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-    defer { buf.deallocate() }
+    let size = ChangeJournal.bufferSize
+    let buf = s.buffer ?? UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+    s.buffer = buf
     while true {
       let n = Glibc.read(fd, buf, size)
       if n < 0 {
