@@ -77,13 +77,19 @@ public final class SnapshotFS: FUSEFilesystem {
     public var listingBytes: Int
     public var fileBytes: Int
     public var inodes: Int
+    /// Trees parsed since the mount started (again after eviction too).
+    public var treesParsed: Int
+    /// The cache of paths followed under `versions/`, and the versions directories the kernel holds.
+    public var versionBytes: Int
+    public var versionInodes: Int
   }
 
   public var usage: Usage {
     let t = trees.usage
     return Usage(
       treeBytes: t.bytes, trees: t.trees, listingBytes: listings.withLock { $0.cost },
-      fileBytes: files.withLock { $0.cost }, inodes: nodes.withLock { $0.count })
+      fileBytes: files.withLock { $0.cost }, inodes: nodes.withLock { $0.count }, treesParsed: t.parsed,
+      versionBytes: versionsCache.withLock { $0.cost }, versionInodes: versionsTable.withLock { $0.count })
   }
 
   // MARK: Refresh

@@ -57,7 +57,7 @@ struct Version: Sendable {
 struct VersionsNode: Sendable {
   var generation: UInt64
   /// For each snapshot of the host, oldest first: the index in `trees` of the directory tree at this path, or
-  /// -1 where the path is no directory (absent, or a file).
+  /// -1 where the path is no directory (absent, or a file); empty when it is a directory in no snapshot.
   var at: [Int32]
   /// The distinct directory trees at this path.
   var trees: [BlobID]
@@ -144,6 +144,7 @@ struct VersionsNode: Sendable {
       }
     }
     if c.versions.isEmpty { c.versionTrees = [] }
+    if c.trees.isEmpty { c.at = [] }  // a file's path has no directories to follow: no per-snapshot list
     if let n = newest {
       c.uid = n.uid
       c.gid = n.gid
@@ -328,43 +329,68 @@ extension SnapshotFS {
 
   /// Looks `name` up in versions directory `parent` whose node and trees are at hand: a name found at that path
   /// in some snapshot is a versions directory (it wins over a version of the same name), else a version entry.
-  /// `parsed` are the node's trees, `versionParsed` its versions' trees.
-  func versionsLookup(
-    parent: UInt64, name: [UInt8], node p: VersionsNode, parsed: [Tree], versionParsed: [Tree]
-  ) throws -> FUSEAttributes {
-    guard let h = versionsPath(parent)?.history else { throw FUSEError(ENOENT) }
-    let c = p.child(name, history: h, parsed: parsed)
-    if c.exists {
-      let ino = SnapshotFS.versionsInode(parent: parent, name: name)
-      keepVersionsNode(ino, c)
-      versionsTable.withLock { $0.lookedUp(ino, parent: parent, name: name, node: c) }
-      return versionsAttributes(ino, uid: c.uid, gid: c.gid, perm: c.perm, time: c.time)
+  /// Looks `name` up in versions directory `parent` (node `p`): a name found at that path in some snapshot is a
+  /// versions directory (it wins over a version of the same name), else a version entry. `tree` gives a parsed
+  /// tree, nil when it must be loaded first; only the trees the answer needs are asked for.
+  private func versionsLookup(
+    parent: UInt64, name: [UInt8], node p: VersionsNode, tree: (BlobID) throws -> Tree?
+  ) throws -> FUSEAttributes? {
+    if !p.trees.isEmpty {
+      guard let h = versionsPath(parent)?.history else { throw FUSEError(ENOENT) }
+      var parsed: [Tree] = []
+      for id in p.trees {
+        guard let t = try tree(id) else { return nil }
+        parsed.append(t)
+      }
+      let c = p.child(name, history: h, parsed: parsed)
+      if c.exists {
+        let ino = SnapshotFS.versionsInode(parent: parent, name: name)
+        keepVersionsNode(ino, c)
+        versionsTable.withLock { $0.lookedUp(ino, parent: parent, name: name, node: c) }
+        return versionsAttributes(ino, uid: c.uid, gid: c.gid, perm: c.perm, time: c.time)
+      }
     }
     guard let v = p.versions.first(where: { $0.name == name }) else { throw FUSEError(ENOENT) }
-    guard Int(v.tree) < versionParsed.count, Int(v.slot) < versionParsed[Int(v.tree)].nodes.count else {
-      throw FUSEError(EIO)
-    }
-    let tree = versionParsed[Int(v.tree)]
+    let id = p.versionTrees[Int(v.tree)]
+    guard let t = try tree(id) else { return nil }
+    guard Int(v.slot) < t.nodes.count else { throw FUSEError(EIO) }
     let ino = SnapshotFS.versionInode(parent: parent, v)
-    nodes.withLock {
-      $0.lookedUp(ino, tree: p.versionTrees[Int(v.tree)], root: parent, slot: Int(v.slot), subtree: nil)
-    }
-    var a = attributes(tree.nodes[Int(v.slot)], ino: ino)
+    nodes.withLock { $0.lookedUp(ino, tree: id, root: parent, slot: Int(v.slot), subtree: nil) }
+    var a = attributes(t.nodes[Int(v.slot)], ino: ino)
     a.timeout = 1  // the name may come to mean another version when snapshots are forgotten
     return a
   }
 
   func versionsLookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? {
     guard let p = try versionsNodeNow(parent) else { return nil }
-    guard let parsed = try cachedTrees(p.trees), let versionParsed = try cachedTrees(p.versionTrees) else { return nil }
-    return try versionsLookup(parent: parent, name: name, node: p, parsed: parsed, versionParsed: versionParsed)
+    return try versionsLookup(parent: parent, name: name, node: p) { id in
+      if let t = try cachedTree(id) { return t }
+      trees.prefetch(CollectionOfOne(id))
+      return nil
+    }
   }
 
   func versionsLookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes {
     let p = try await versionsNode(parent)
-    let parsed = try await loadTrees(p.trees)
-    let versionParsed = try await loadTrees(p.versionTrees)
-    return try versionsLookup(parent: parent, name: name, node: p, parsed: parsed, versionParsed: versionParsed)
+    // The trees this lookup needs, loaded first, then looked up again from those held here: a tree the cache
+    // lets go meanwhile is not loaded a second time.
+    var held: [BlobID: Tree] = [:]
+    for _ in 0..<3 {
+      var missing: BlobID? = nil
+      let a = try versionsLookup(parent: parent, name: name, node: p) { id in
+        if let t = try held[id] ?? cachedTree(id) { return t }
+        missing = id
+        return nil
+      }
+      if let a { return a }
+      guard let id = missing else { throw FUSEError(EIO) }
+      if p.trees.contains(id) {
+        for t in p.trees where held[t] == nil { held[t] = try await loadTree(t) }
+      } else {
+        held[id] = try await loadTree(id)
+      }
+    }
+    throw FUSEError(EIO)
   }
 
   func versionsAttributes(_ ino: UInt64) -> FUSEAttributes? {
