@@ -25,14 +25,16 @@ private func eventually(_ what: () throws -> Bool) -> Bool {
 
 @Suite(.serialized) struct MountVersionsTests {
   /// Three backups of an absolute path in which `conf.txt` changed twice, `gone.txt` was deleted, `flip.txt` went
-  /// A, B, A and `same.txt` never changed.
+  /// A, B, A, `same.txt` never changed, `mixed` went from a file to a directory and `link` changed its target.
   private func threeBackups(_ ws: Workspace) throws -> String {
     let src = ws.sub("src")
     try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
     #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
     let steps = [
-      "printf 'first\\n' > conf.txt; printf 'old\\n' > gone.txt; printf A > flip.txt; printf same > same.txt",
-      "printf 'second, longer\\n' > conf.txt; rm gone.txt; printf B > flip.txt",
+      "printf 'first\\n' > conf.txt; printf 'old\\n' > gone.txt; printf A > flip.txt; printf same > same.txt;"
+        + " printf x > mixed; ln -s target-one link",
+      "printf 'second, longer\\n' > conf.txt; rm gone.txt; printf B > flip.txt;"
+        + " rm mixed; mkdir mixed; printf y > mixed/inner; ln -sfn target-two link",
       "printf 'third\\n' > conf.txt; printf A > flip.txt",
     ]
     for (k, step) in steps.enumerated() {
@@ -87,13 +89,20 @@ private func eventually(_ what: () throws -> Bool) -> Bool {
     #expect(many.status != 0 && many.stderr.contains("versions"), "\(many.stderr)")
 
     // The directory lists every name seen at its path: the deleted file too.
-    #expect(Set(try listed(dir)) == ["conf.txt", "gone.txt", "flip.txt", "same.txt"])
+    #expect(Set(try listed(dir)) == ["conf.txt", "gone.txt", "flip.txt", "same.txt", "mixed", "link"])
     #expect(try listed(dir + "/gone.txt") == [times[0]])
     #expect(try contents(dir + "/gone.txt/" + times[0]) == Array("old\n".utf8))
     // Unchanged content is one version; content that comes back is a version again (A, B, A).
     #expect(try listed(dir + "/same.txt") == [times[0]])
     #expect(try listed(dir + "/flip.txt") == times)
     #expect(try contents(dir + "/flip.txt/" + times[2]) == Array("A".utf8))
+    // A path that was a file, then a directory: its names and the file's version side by side.
+    #expect(Set(try listed(dir + "/mixed")) == [times[0], "inner"])
+    #expect(try contents(dir + "/mixed/" + times[0]) == Array("x".utf8))
+    #expect(try listed(dir + "/mixed/inner") == [times[1]])
+    // A symlink has a version per target, each a symlink.
+    #expect(try listed(dir + "/link") == [times[0], times[1]])
+    #expect(try Sys.readlink(BytePath(dir + "/link/" + times[1])) == Array("target-two".utf8))
     // Parents of the backed-up path are followed from the root as stored.
     #expect(try listed(mnt + "/versions/vh").contains(String(src.split(separator: "/")[0])))
     #expect(!FileManager.default.fileExists(atPath: dir + "/nothing-here"))
@@ -169,6 +178,7 @@ private func eventually(_ what: () throws -> Bool) -> Bool {
     #expect(warm < 1, "warm listing took \(warm) s")
     let stats = try Tools.run("/bin/ls", ["-l", file])
     #expect(stats.status == 0 && stats.out.split(separator: "\n").count == 53, "\(stats.out.prefix(500))")
-    #expect(Set(try listed(mnt + "/versions/vh" + src)) == ["conf.txt", "gone.txt", "flip.txt", "same.txt"])
+    #expect(
+      Set(try listed(mnt + "/versions/vh" + src)) == ["conf.txt", "gone.txt", "flip.txt", "same.txt", "mixed", "link"])
   }
 }
