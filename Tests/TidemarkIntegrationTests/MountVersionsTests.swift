@@ -136,26 +136,42 @@ private func eventually(_ what: () throws -> Bool) -> Bool {
     #expect(eventually { try listed(dir).contains("added.txt") }, "the new name did not appear")
   }
 
-  /// 500 snapshots (five minutes apart) over the trees of three real backups, as a day and a half of a busy
-  /// host gives: listing a file's versions must be quick once the trees are in memory.
+  /// 500 snapshots (five minutes apart), as a day and a half of a busy host gives: listing a file's versions must
+  /// be quick once the trees are in memory. Each snapshot has a root tree of its own (as when anything anywhere
+  /// changed), over the subtrees of three real backups.
   @Test func fiveHundredSnapshotsListQuicklyWithAWarmCache() async throws {
     let ws = try Workspace("mount-versions-500")
     let src = try threeBackups(ws)
     let repo = try await Repository.open(
       backend: LocalBackend(path: BytePath(ws.sub("repo"))), password: Array("test-pw".utf8))
+    try await repo.loadIndex()
     let real = try await repo.listSnapshots().sorted { $0.time < $1.time }
     try #require(real.count == 3)
+    var roots: [Tree] = []
+    for s in real { roots.append(try await repo.loadTree(s.tree)) }
+    let saver = BlobSaver(repository: repo)
+    var snapshots: [Snapshot] = []
     let start = real[2].time.seconds + 3600
     for i in 0..<497 {
-      // Runs of ten snapshots over one tree, cycling third, first, second, …: the file's content changes every ten
-      // snapshots, and the first run continues the third backup's version.
+      // Runs of ten snapshots over one backup's subtrees, cycling third, first, second, …: the file's content
+      // changes every ten snapshots, and the first run continues the third backup's version.
+      var root = roots[(i / 10 + 2) % 3]
+      var stamp = Node(name: Array("stamp-\(i)".utf8), type: .file)
+      stamp.mode = 0o644
+      stamp.content = []
+      root.nodes.append(stamp)
+      root.sort()
+      let data = root.encode()
+      let id = BlobID(RawID.hash(data))
+      try await saver.save(.tree, data, id: id)
       var s = Snapshot(
-        time: Timestamp(seconds: start + Int64(i) * 300, nanoseconds: 0, offset: 0), tree: real[(i / 10 + 2) % 3].tree,
-        paths: real[0].paths)
+        time: Timestamp(seconds: start + Int64(i) * 300, nanoseconds: 0, offset: 0), tree: id, paths: real[0].paths)
       s.hostname = "vh"
       s.username = real[0].username
-      _ = try await repo.saveUnpacked(.snapshot, json: s.encode())
+      snapshots.append(s)
     }
+    try await saver.finish()
+    for s in snapshots { _ = try await repo.saveUnpacked(.snapshot, json: s.encode()) }
     let check = try ws.restic(["-r", "repo", "check"])
     #expect(check.status == 0, "\(check.out) \(check.stderr)")
     #expect(snapshotIDs(try ws.restic(["-r", "repo", "snapshots", "--json"]).out).count == 500)
