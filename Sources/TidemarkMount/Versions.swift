@@ -289,46 +289,44 @@ extension SnapshotFS {
     return out
   }
 
+  /// Where making the node of versions directory `ino` starts: the deepest of the directories on its path (from
+  /// the host directory down) whose node is cached, or the host's root; then the names and inodes below it.
+  private func versionsStart(_ ino: UInt64) throws -> (
+    history: HostHistory, node: VersionsNode, below: [(name: [UInt8], ino: UInt64)]
+  ) {
+    guard let p = versionsPath(ino) else { throw FUSEError(ENOENT) }
+    var chain: [(name: [UInt8], ino: UInt64)] = []
+    var cur = p.host
+    for name in p.names {
+      cur = SnapshotFS.versionsInode(parent: cur, name: name)
+      chain.append((name, cur))
+    }
+    for k in chain.indices.reversed() {
+      if let n = cachedVersionsNode(chain[k].ino, p.history) { return (p.history, n, Array(chain[(k + 1)...])) }
+    }
+    return (p.history, VersionsNode(root: p.history), chain)
+  }
+
   /// Versions directory `ino` from the cache or from what is in memory; nil when a tree must be loaded.
   func versionsNodeNow(_ ino: UInt64) throws -> VersionsNode? {
-    guard let p = versionsPath(ino) else { throw FUSEError(ENOENT) }
-    if let n = cachedVersionsNode(ino, p.history) { return n }
-    var cur = p.host
-    var node = cachedVersionsNode(cur, p.history) ?? VersionsNode(root: p.history)
-    for name in p.names {
-      let next = SnapshotFS.versionsInode(parent: cur, name: name)
-      if let n = cachedVersionsNode(next, p.history) {
-        node = n
-      } else {
-        guard let parsed = try cachedTrees(node.trees) else { return nil }
-        node = node.child(name, history: p.history, parsed: parsed)
-        keepVersionsNode(next, node)
-      }
-      cur = next
+    var (h, node, below) = try versionsStart(ino)
+    for (name, next) in below {
+      guard let parsed = try cachedTrees(node.trees) else { return nil }
+      node = node.child(name, history: h, parsed: parsed)
+      keepVersionsNode(next, node)
     }
     return node
   }
 
   func versionsNode(_ ino: UInt64) async throws -> VersionsNode {
-    if let n = try versionsNodeNow(ino) { return n }
-    guard let p = versionsPath(ino) else { throw FUSEError(ENOENT) }
-    var cur = p.host
-    var node = cachedVersionsNode(cur, p.history) ?? VersionsNode(root: p.history)
-    for name in p.names {
-      let next = SnapshotFS.versionsInode(parent: cur, name: name)
-      if let n = cachedVersionsNode(next, p.history) {
-        node = n
-      } else {
-        node = node.child(name, history: p.history, parsed: try await loadTrees(node.trees))
-        keepVersionsNode(next, node)
-      }
-      cur = next
+    var (h, node, below) = try versionsStart(ino)
+    for (name, next) in below {
+      node = node.child(name, history: h, parsed: try await loadTrees(node.trees))
+      keepVersionsNode(next, node)
     }
     return node
   }
 
-  /// Looks `name` up in versions directory `parent` whose node and trees are at hand: a name found at that path
-  /// in some snapshot is a versions directory (it wins over a version of the same name), else a version entry.
   /// Looks `name` up in versions directory `parent` (node `p`): a name found at that path in some snapshot is a
   /// versions directory (it wins over a version of the same name), else a version entry. `tree` gives a parsed
   /// tree, nil when it must be loaded first; only the trees the answer needs are asked for.
