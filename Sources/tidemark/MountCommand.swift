@@ -21,8 +21,8 @@ struct MountCommand: AsyncParsableCommand {
         versions/<host>/<absolute path>/<time>
 
       one path followed through all of a host's snapshots: a directory there lists every name
-      seen at that path; a file is a directory of its versions, named by the time of the
-      snapshot that first held each one, oldest first. New snapshots appear within --refresh seconds;
+      seen at that path; a file is a directory of its versions (one per change of content),
+      named by the time of the snapshot where each appeared, oldest first. New snapshots appear within --refresh seconds;
       forgotten ones disappear. `.tidemark/status.json` maps each snapshot directory back to the
       repository and snapshot ID (used by `tidemark restore PATH-IN-MOUNT`). Holds a shared lock
       (refreshed) unless --no-lock.
