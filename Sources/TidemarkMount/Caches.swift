@@ -258,8 +258,14 @@ final class TreeCache: Sendable {
     cache = Mutex(ClockCache(limit: byteLimit))
   }
 
-  /// Bytes the cache holds (as estimated by `cost`) and trees.
-  var usage: (bytes: Int, trees: Int) { cache.withLock { ($0.cost, $0.count) } }
+  /// Trees parsed so far (each parse follows a load of the tree's blob).
+  private let parses = Atomic<Int>(0)
+
+  /// Bytes the cache holds (as estimated by `cost`) and trees, and the trees parsed so far.
+  var usage: (bytes: Int, trees: Int, parsed: Int) {
+    let (b, t) = cache.withLock { ($0.cost, $0.count) }
+    return (b, t, parses.load(ordering: .relaxed))
+  }
 
   /// What a parsed tree occupies, estimated: its nodes and the heap storage each one points to (name,
   /// content list, owner names past Swift's 15-byte inline strings, link target, extended attributes), with
@@ -320,6 +326,7 @@ final class TreeCache: Sendable {
     } catch {
       throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
     }
+    parses.add(1, ordering: .relaxed)
     cache.withLock { $0.insert(id, t, cost: TreeCache.cost(t)) }
     // The parsed tree is what is used from now on: the blob store's room goes to blobs not parsed yet.
     blobs.release(CollectionOfOne(id))

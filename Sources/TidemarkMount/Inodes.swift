@@ -116,13 +116,15 @@ struct InodeTable {
 
 /// How the mount's cache budget (`--cache-size`) is shared out. Every cache is a CLOCK cache bounded by its
 /// share in bytes: decoded blob plaintext (file contents and raw trees, read-ahead included) gets half,
-/// decoded trees five sixteenths, directory listings one eighth, blob lists of files being read one sixteenth.
-/// Outside the budget: the inode table (about 40 bytes per inode the kernel holds), the repository index and
-/// the allocator's own overhead.
+/// decoded trees five sixteenths, directory listings one eighth, paths followed under `versions/` one thirty-second,
+/// blob lists of files being read one thirty-second. Outside the budget: the inode table (about 40 bytes per inode
+/// the kernel holds, about 100 per directory under `versions/`), the repository index and the allocator's own
+/// overhead.
 public struct CacheBudget: Sendable, Equatable {
   public var blobs: Int
   public var trees: Int
   public var listings: Int
+  public var versions: Int
   public var files: Int
 
   public init(total: Int) {
@@ -130,10 +132,11 @@ public struct CacheBudget: Sendable, Equatable {
     blobs = t / 2
     trees = t * 5 / 16
     listings = t / 8
-    files = t - blobs - trees - listings
+    versions = t / 32
+    files = t - blobs - trees - listings - versions
   }
 
-  public var total: Int { blobs + trees + listings + files }
+  public var total: Int { blobs + trees + listings + versions + files }
 
   /// The default: 128 MiB.
   public static let defaultTotal = 128 << 20

@@ -41,7 +41,20 @@ public enum MountStatus {
       else {
         throw TidemarkError(.general, "\(status.description) is not a tidemark mount status file")
       }
-      let rel = Array(full[k...])
+      var rel = Array(full[k...])
+      // versions/<host>/<path…>/<version>: the version's name is its snapshot's directory in hosts/<host>/.
+      if rel.first == Array("versions".utf8) {
+        let host = rel.count > 1 ? String(decoding: rel[1], as: UTF8.self) : ""
+        let version = rel.count > 3 ? String(decoding: rel[rel.count - 1], as: UTF8.self) : ""
+        guard rel.count > 3, snaps["hosts/\(host)/\(version)"]?.string != nil else {
+          throw TidemarkError(
+            .usage, "\(arg) is a directory of versions, which spans many snapshots",
+            hint:
+              "give one of the versions in it, or the path in one snapshot, e.g. under \(BytePath(bytes: root).description)/hosts/\(host)/"
+          )
+        }
+        rel = [Array("hosts".utf8), rel[1], rel[rel.count - 1]] + rel[2..<(rel.count - 1)]
+      }
       // The longest snapshot directory that holds the path.
       var best: (Int, String)? = nil
       for (key, value) in snaps {

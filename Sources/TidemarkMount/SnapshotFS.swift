@@ -1,6 +1,7 @@
 // TidemarkMount: the repository as a read-only filesystem of snapshots (restic's layout).
 //
 //   ids/<short id>/   snapshots/<time>/   hosts/<host>/<time>/   tags/<tag>/<time>/   (+ `latest` links)
+//   versions/<host>/<absolute path>/<time>   one path through all of a host's snapshots (Versions.swift)
 //   .tidemark/status.json   maps every snapshot directory back to repository + snapshot (for restore)
 //
 // The top of the tree ("virtual" entries) is rebuilt from the snapshot list on every refresh; below a
@@ -50,6 +51,10 @@ public final class SnapshotFS: FUSEFilesystem {
   let files: Mutex<ClockCache<UInt64, OpenFile>>
   /// Listings of snapshot directories by inode (immutable), bounded in bytes.
   let listings: Mutex<ClockCache<UInt64, [FUSEDirEntry]>>
+  /// Paths below `versions/<host>/` across the host's snapshots, by inode, bounded in bytes.
+  let versionsCache: Mutex<ClockCache<UInt64, VersionsNode>>
+  /// The versions directories the kernel holds.
+  let versionsTable = Mutex(VersionsTable())
   let mountTime = Timestamp.now()
 
   static let rootIno: UInt64 = 1
@@ -62,6 +67,7 @@ public final class SnapshotFS: FUSEFilesystem {
     trees = TreeCache(blobs: blobs, byteLimit: budget.trees)
     files = Mutex(ClockCache(limit: budget.files))
     listings = Mutex(ClockCache(limit: budget.listings))
+    versionsCache = Mutex(ClockCache(limit: budget.versions))
   }
 
   /// What the caches and the inode table hold now (for tests and diagnostics).
@@ -71,13 +77,19 @@ public final class SnapshotFS: FUSEFilesystem {
     public var listingBytes: Int
     public var fileBytes: Int
     public var inodes: Int
+    /// Trees parsed since the mount started (again after eviction too).
+    public var treesParsed: Int
+    /// The cache of paths followed under `versions/`, and the versions directories the kernel holds.
+    public var versionBytes: Int
+    public var versionInodes: Int
   }
 
   public var usage: Usage {
     let t = trees.usage
     return Usage(
       treeBytes: t.bytes, trees: t.trees, listingBytes: listings.withLock { $0.cost },
-      fileBytes: files.withLock { $0.cost }, inodes: nodes.withLock { $0.count })
+      fileBytes: files.withLock { $0.cost }, inodes: nodes.withLock { $0.count }, treesParsed: t.parsed,
+      versionBytes: versionsCache.withLock { $0.cost }, versionInodes: versionsTable.withLock { $0.count })
   }
 
   // MARK: Refresh
@@ -168,6 +180,7 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? {
+    if isVersionsDirectory(parent) { return try versionsLookupNow(parent: parent, name: name) }
     switch try directory(parent, child: name) {
     case .top(let a): return a
     case .tree(let root, let id):
@@ -177,6 +190,7 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func lookup(parent: UInt64, name: [UInt8]) async throws -> FUSEAttributes {
+    if isVersionsDirectory(parent) { return try await versionsLookup(parent: parent, name: name) }
     switch try directory(parent, child: name) {
     case .top(let a): return a
     case .tree(let root, let id):
@@ -197,15 +211,18 @@ public final class SnapshotFS: FUSEFilesystem {
 
   public func forget(ino: UInt64, count: UInt64) {
     nodes.withLock { $0.forget(ino, count: count) }
+    versionsTable.withLock { $0.forget(ino, count: count) }
   }
 
   public func getattrNow(ino: UInt64) throws -> FUSEAttributes? {
     if let v = top.withLock({ $0.entries[ino] }) { return v.attributes }
+    if let a = versionsAttributes(ino) { return a }
     return try nodeNow(ino).map { attributes($0.node, ino: ino) }
   }
 
   public func getattr(ino: UInt64) async throws -> FUSEAttributes {
     if let v = top.withLock({ $0.entries[ino] }) { return v.attributes }
+    if let a = versionsAttributes(ino) { return a }
     return attributes(try await node(ino).node, ino: ino)
   }
 
@@ -214,6 +231,7 @@ public final class SnapshotFS: FUSEFilesystem {
       guard case .link(let target) = v.kind else { throw FUSEError(EINVAL) }
       return target
     }
+    if versionsTable.withLock({ $0.entry(ino) }) != nil { throw FUSEError(EINVAL) }
     return try nodeNow(ino).map { try SnapshotFS.linkTarget($0.node) }
   }
 
@@ -281,6 +299,7 @@ public final class SnapshotFS: FUSEFilesystem {
       guard case .file(let data) = v.kind else { throw FUSEError(EISDIR) }
       return OpenFile(inline: data)
     }
+    if versionsTable.withLock({ $0.entry(ino) }) != nil { throw FUSEError(EISDIR) }
     return try nodeNow(ino).map { try contentFile($0.node) }
   }
 
@@ -391,6 +410,8 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func readdirNow(ino: UInt64) throws -> (entries: [FUSEDirEntry], cacheable: Bool)? {
+    // Versions directories change with refreshes: never cached by the kernel.
+    if isVersionsDirectory(ino) { return try versionsReaddirNow(ino).map { ($0, false) } }
     switch try directory(ino, child: nil) {
     case .top: return (topListing(ino), false)
     case .tree(let root, let id):
@@ -401,6 +422,7 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func readdir(ino: UInt64) async throws -> (entries: [FUSEDirEntry], cacheable: Bool) {
+    if isVersionsDirectory(ino) { return (try await versionsReaddir(ino), false) }
     switch try directory(ino, child: nil) {
     case .top: return (topListing(ino), false)
     case .tree(let root, let id):
@@ -432,7 +454,7 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func listxattrNow(ino: UInt64) throws -> [[UInt8]]? {
-    if top.withLock({ $0.entries[ino] }) != nil { return [] }
+    if top.withLock({ $0.entries[ino] }) != nil || versionsTable.withLock({ $0.entry(ino) }) != nil { return [] }
     return try nodeNow(ino).map { $0.node.xattrs.map(\.name) }
   }
 
@@ -442,7 +464,9 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   public func getxattrNow(ino: UInt64, name: [UInt8]) throws -> [UInt8]? {
-    if top.withLock({ $0.entries[ino] }) != nil { throw FUSEError(ENODATA) }
+    if top.withLock({ $0.entries[ino] }) != nil || versionsTable.withLock({ $0.entry(ino) }) != nil {
+      throw FUSEError(ENODATA)
+    }
     return try nodeNow(ino).map { try SnapshotFS.xattr(name, of: $0.node) }
   }
 
@@ -458,7 +482,7 @@ public final class SnapshotFS: FUSEFilesystem {
 
   // MARK: Helpers
 
-  private func loadTree(_ id: BlobID) async throws -> Tree {
+  func loadTree(_ id: BlobID) async throws -> Tree {
     do {
       return try await trees.get(id)
     } catch {
@@ -466,7 +490,7 @@ public final class SnapshotFS: FUSEFilesystem {
     }
   }
 
-  private func cachedTree(_ id: BlobID) throws -> Tree? {
+  func cachedTree(_ id: BlobID) throws -> Tree? {
     do {
       return try trees.cached(id)
     } catch {

@@ -7,6 +7,8 @@ struct VirtualEntry: Sendable {
   enum Kind: Sendable {
     case dir([[UInt8]: UInt64])
     case snapshot(Snapshot)
+    /// `versions/<host>/`: the host's snapshots, followed path by path below (Versions.swift).
+    case history(HostHistory)
     case link([UInt8])
     case file([UInt8])
   }
@@ -53,6 +55,18 @@ struct Top: Sendable {
           if let last { b.link(Array(last.path.dropLast()) + [Array("latest".utf8)], target: last.path.last!) }
         }
       }
+    }
+    // versions/<host>/ for every host (the directory exists with no snapshots too).
+    let versions = Array("versions".utf8)
+    _ = b.parents([versions, []])
+    var byHost: [[UInt8]: [Snapshot]] = [:]
+    for s in snapshots where !s.hostname.isEmpty {
+      // One path component, whatever the host name holds.
+      let name = Array(s.hostname.utf8).map { $0 == 0 || $0 == 47 ? UInt8(ascii: "_") : $0 }
+      byHost[name, default: []].append(s)
+    }
+    for (host, list) in byHost {
+      b.history([versions, host], HostHistory(snapshots: list, timeTemplate: options.timeTemplate))
     }
     var status: [(String, Snapshot)] = []
     for (path, s) in placed {
@@ -162,6 +176,14 @@ struct Top: Sendable {
       // renumbers duplicates), nothing the kernel or we cached for the old one is served for it.
       let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last! + (s.id?.raw.bytes ?? []))
       top.entries[ino] = VirtualEntry(kind: .snapshot(s), attributes: attributes(ino, mode: 0o040555, at: s.time))
+      add(path.last!, ino, to: parent)
+    }
+
+    mutating func history(_ path: [[UInt8]], _ h: HostHistory) {
+      let parent = parents(path)
+      let ino = SnapshotFS.hashInode(SnapshotFS.le(parent) + path.last!)
+      let a = attributes(ino, mode: 0o040555, at: h.snapshots.last?.time)
+      top.entries[ino] = VirtualEntry(kind: .history(h), attributes: a)
       add(path.last!, ino, to: parent)
     }
 

@@ -16,7 +16,13 @@ struct MountCommand: AsyncParsableCommand {
 
         ids/<short id>/  snapshots/<time>/  hosts/<host>/<time>/  tags/<tag>/<time>/
 
-      with a `latest` link in every time directory. New snapshots appear within --refresh seconds;
+      with a `latest` link in every time directory, and
+
+        versions/<host>/<absolute path>/<time>
+
+      one path followed through all of a host's snapshots: a directory there lists every name
+      seen at that path; a file is a directory of its versions (one per change of content),
+      named by the time of the snapshot where each appeared, oldest first. New snapshots appear within --refresh seconds;
       forgotten ones disappear. `.tidemark/status.json` maps each snapshot directory back to the
       repository and snapshot ID (used by `tidemark restore PATH-IN-MOUNT`). Holds a shared lock
       (refreshed) unless --no-lock.
@@ -44,7 +50,8 @@ struct MountCommand: AsyncParsableCommand {
       "Memory for the mount's caches together, e.g. 128M, 1G (a bare number is MiB).",
       discussion: """
         Shared out as: half for file contents and raw trees as read (read-ahead included), 5/16 for \
-        parsed directory trees, 1/8 for directory listings, 1/16 for the block lists of files being read; \
+        parsed directory trees, 1/8 for directory listings, 1/32 for paths followed under versions/, 1/32 for \
+        the block lists of files being read; \
         each cache lets its least recently used entries go when full and loads them again when wanted. \
         Outside it: about 40 bytes per file or directory the kernel holds (entries listed or looked up, \
         until the kernel forgets them under memory pressure), the repository index, and the allocator's \

@@ -183,3 +183,78 @@ import TidemarkSystem
     await #expect(throws: FUSEError.self) { _ = try await fs.getattr(ino: first.ino) }
   }
 }
+
+extension MountMemoryTests {
+  /// `versions/<host>/<path>` across 500 snapshots that share three trees, under a budget too small for even one
+  /// of the big directory's trees: each distinct tree is parsed a handful of times, not once per snapshot, the
+  /// versions cache stays within its share, and every version reads back.
+  @Test func versionsFollowAPathThroughFiveHundredSnapshotsParsingEachTreeOnce() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tm-mount-versions-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let big = dir.appendingPathComponent("data/g0/d0")
+    try FileManager.default.createDirectory(at: big, withIntermediateDirectories: true)
+    // 300 names make the directory's tree far larger than the tree cache's share.
+    for f in 0..<300 { try Data("\(f)".utf8).write(to: big.appendingPathComponent("other-\(f).txt")) }
+    func restic(_ args: [String]) throws {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: "/usr/bin/restic")
+      p.arguments = ["-q", "-r", dir.appendingPathComponent("repo").path, "--no-cache"] + args
+      p.environment = ["RESTIC_PASSWORD": "pw", "PATH": "/usr/bin:/bin"]
+      p.currentDirectoryURL = dir
+      try p.run()
+      p.waitUntilExit()
+      try #require(p.terminationStatus == 0, "restic \(args)")
+    }
+    try restic(["init"])
+    let versions = ["one", "two", "three"]
+    for v in versions {
+      try Data(v.utf8).write(to: big.appendingPathComponent("file.txt"))
+      try restic(["backup", "--host", "vh", "data"])
+    }
+    let repo = try await Repository.open(
+      backend: LocalBackend(path: BytePath(dir.appendingPathComponent("repo").path)), password: Array("pw".utf8))
+    let real = try await repo.listSnapshots().sorted { $0.time < $1.time }
+    try #require(real.count == 3)
+    for i in 0..<497 {
+      // Runs of ten snapshots over one tree, cycling three, one, two, …: 3 + 49 versions.
+      var s = Snapshot(
+        time: Timestamp(seconds: real[2].time.seconds + 3600 + Int64(i) * 300, nanoseconds: 0, offset: 0),
+        tree: real[(i / 10 + 2) % 3].tree, paths: real[0].paths)
+      s.hostname = "vh"
+      _ = try await repo.saveUnpacked(.snapshot, json: s.encode())
+    }
+
+    var options = MountOptions()
+    options.cacheBytes = 64 << 10
+    let budget = CacheBudget(total: options.cacheBytes)
+    let fs = SnapshotFS(repository: repo, options: options)
+    try await fs.refresh()
+    var ino = SnapshotFS.rootIno
+    for name in ["versions", "vh", "data", "g0", "d0"] {
+      ino = try await fs.lookup(parent: ino, name: Array(name.utf8)).ino
+    }
+    #expect(try await fs.readdir(ino: ino).entries.count == 301)
+    let file = try await fs.lookup(parent: ino, name: Array("file.txt".utf8)).ino
+    let entries = try await fs.readdir(ino: file).entries
+    #expect(entries.count == 52)
+    // Four directories on the way (root, data, g0, d0), three trees each: without sharing them across snapshots
+    // the tree cache, which cannot hold d0's trees, would parse them again for nearly every run of snapshots.
+    let walked = fs.usage
+    print("versions walk: \(walked.treesParsed) trees parsed; versions cache \(walked.versionBytes) bytes")
+    #expect(walked.treesParsed <= 24, "\(walked.treesParsed) trees parsed")
+    var contents: [String] = []
+    for e in entries {
+      let a = try await fs.lookup(parent: file, name: e.name)
+      #expect(a.mode & 0o170000 == 0o100000)
+      let bytes = try await fs.read(ino: a.ino, handle: 0, offset: 0, size: 100).reduce([], +)
+      contents.append(String(decoding: bytes, as: UTF8.self))
+    }
+    #expect(contents == versions + (1..<50).map { versions[($0 + 2) % 3] })
+    // Reading a version parses its tree when the cache let it go, once per version, as below a snapshot.
+    let read = fs.usage
+    #expect(read.treesParsed - walked.treesParsed <= 2 * entries.count, "\(read.treesParsed) trees parsed")
+    // The versions cache keeps to its share, but for the newest node (the file's, with its 52 versions).
+    let fileNode = 128 + 3 * 32 + 52 * (MemoryLayout<Version>.stride + 32 + entries[0].name.count)
+    #expect(read.versionBytes <= budget.versions + fileNode, "versions cache: \(read.versionBytes) bytes")
+  }
+}

@@ -185,7 +185,7 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     let times = try FileManager.default.contentsOfDirectory(atPath: mnt + "/snapshots").filter { $0 != "latest" }
     #expect(times.count == 1 && !times[0].contains(":") && times[0].contains("_"), "\(times)")
     let sorted = try Tools.run("/bin/ls", ["-f", mnt]).out.split(separator: "\n").map(String.init)
-    #expect(sorted == [".", "..", ".tidemark", "hosts", "ids", "snapshots", "tags"], "\(sorted)")
+    #expect(sorted == [".", "..", ".tidemark", "hosts", "ids", "snapshots", "tags", "versions"], "\(sorted)")
 
     // Read-only: writes fail with EROFS.
     let fd = open(mnt + "/snapshots/latest/a/f", O_WRONLY)
