@@ -116,6 +116,13 @@ if run diff "$first/docs/report.txt" "$latest/docs/report.txt"; then
   die "the two snapshots of docs/report.txt should differ"
 fi
 
+echo "every version of one file across the host's snapshots, named by the snapshot where it appeared"
+run ls -l "demo/mnt/versions/$host/demo/data/docs/report.txt"
+versions=()
+for v in "demo/mnt/versions/$host/demo/data/docs/report.txt"/*; do versions+=("$v"); done
+[ "${#versions[@]}" = 2 ] || die "expected two versions of docs/report.txt, found ${#versions[@]}"
+run cmp "${versions[1]}" "$latest/docs/report.txt"
+
 log "a file is lost in the live tree; it comes back from its path inside the mount"
 run rm demo/data/docs/notes/todo.txt
 echo "restore takes the repository from the mount and puts the file back where it came from"

@@ -4,7 +4,7 @@ import Testing
 
 @Suite struct DemoTests {
   /// The demo (without its setup step: the binary under test stands in for the build) backs up, restores,
-  /// browses the snapshots through a real mount, restores a deleted file from its path there, replicates to a
+  /// browses the snapshots through a real mount (by host and time, and one file's versions), restores a deleted file from its path there, replicates to a
   /// DR replica and drills. It runs from a copy of scripts/ so its ./demo lands in the test's workspace.
   @Test func demoRunsTheMainJobEndToEnd() throws {
     let ws = try Workspace("demo")
@@ -20,6 +20,7 @@ import Testing
     #expect(out.contains("$ ls -l demo/mnt/hosts/"))
     #expect(out.contains("docs/report.txt:20001:line 20001: changed after the first backup"))
     #expect(out.contains("> line 20001: changed after the first backup"))
+    #expect(out.contains("$ ls -l demo/mnt/versions/"))
     // The deleted file came back through the mount, and the mount is gone afterwards.
     #expect(FileManager.default.fileExists(atPath: ws.sub("demo/data/docs/notes/todo.txt")))
     let mounts = try String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)
