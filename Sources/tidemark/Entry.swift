@@ -152,12 +152,16 @@ struct VersionCommand: ParsableCommand {
   func run() {
     let fuse = FUSEVersion.string
     let ssh = SSHVersion.string
+    let openssl = OpenSSLVersion.string
+    let zstd = ZstdVersion.string
     if json {
       Out.line(
-        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\",\"libssh2\":\"\(ssh)\"}"
+        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\","
+          + "\"libssh2\":\"\(ssh)\",\"openssl\":\"\(openssl)\",\"zstd\":\"\(zstd)\"}"
       )
     } else {
-      Out.line("tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh))")
+      Out.line(
+        "tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh), OpenSSL \(openssl), zstd \(zstd))")
     }
   }
 }
