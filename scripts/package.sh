@@ -6,18 +6,24 @@
 #
 # Environment:
 #   TIDEMARK_BIN     package this binary instead of building one (it must not need the toolchain's libraries)
+#   TIDEMARK_SCRATCH_PATH     SwiftPM's build directory for the static build (default .build). Every module is
+#                    compiled with -static-stdlib there, so a plain `swift build -c release` or `swift test` in the
+#                    same directory compiles everything again: give the static build its own (scripts/test.sh uses
+#                    .build/static) when you also build and test the usual way. Its dependency checkouts are copied
+#                    from .build when it has none.
 #   TIDEMARK_DIST    where the .deb goes (default: dist/)
 #   TIDEMARK_DEBIAN_REVISION  the Debian revision appended to the version (default 1)
 #   TIDEMARK_MAINTAINER       the Maintainer field
 #   SOURCE_DATE_EPOCH         the packaged files' time and the man pages' date (default: the last commit's time)
-# Without TIDEMARK_BIN it runs `swift build -c release --static-swift-stdlib`, which does nothing when
-# scripts/test.sh (or a previous run) built the same sources with the same flags. Prints the .deb's path last.
+# Without TIDEMARK_BIN it runs `swift build -c release --static-swift-stdlib`, which does nothing when a previous
+# run built the same sources with the same flags. Prints the .deb's path last.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
 root=$PWD
+scratch=${TIDEMARK_SCRATCH_PATH:-$root/.build}
 dist=${TIDEMARK_DIST:-$root/dist}
 revision=${TIDEMARK_DEBIAN_REVISION:-1}
 maintainer=${TIDEMARK_MAINTAINER:-tidemark maintainers <maintainers@users.noreply.b-seed-9effeb1a.example>}
@@ -50,17 +56,20 @@ needs_toolchain() {
     true
 }
 
-# A tool of swift-argument-parser that renders the binary's --experimental-dump-help as mdoc pages.
+# A tool of swift-argument-parser that renders the binary's --experimental-dump-help as mdoc pages. Built with
+# the binary's flags, so it costs no second compilation of swift-argument-parser.
 generate_manual_tool() {
   local c
-  for c in .build/release/generate-manual .build/debug/generate-manual; do
+  for c in "$scratch/release/generate-manual" "$root/.build/release/generate-manual" \
+    "$root/.build/debug/generate-manual"; do
     if [ -x "$c" ]; then
-      echo "$PWD/$c"
+      echo "$c"
       return 0
     fi
   done
-  swift build -c release --static-swift-stdlib --product generate-manual >&2
-  echo "$PWD/.build/release/generate-manual"
+  ensure_swift
+  swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product generate-manual >&2
+  echo "$scratch/release/generate-manual"
 }
 
 if [ -n "${TIDEMARK_BIN:-}" ]; then
@@ -68,9 +77,16 @@ if [ -n "${TIDEMARK_BIN:-}" ]; then
   log "packaging $bin"
 else
   ensure_swift
-  log "building tidemark (swift build -c release --static-swift-stdlib)"
-  swift build -c release --static-swift-stdlib --product tidemark
-  bin=$root/.build/release/tidemark
+  if [ "$scratch" != "$root/.build" ] && [ ! -d "$scratch/checkouts" ] && [ -d "$root/.build/checkouts" ]; then
+    # The checkouts Package.resolved pins, without fetching them again.
+    mkdir -p "$scratch"
+    for f in checkouts repositories workspace-state.json; do
+      if [ -e "$root/.build/$f" ]; then cp -a "$root/.build/$f" "$scratch/"; fi
+    done
+  fi
+  log "building tidemark (swift build -c release --static-swift-stdlib --scratch-path $scratch)"
+  swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product tidemark
+  bin=$scratch/release/tidemark
 fi
 [ -x "$bin" ] || die "$bin is missing or not executable"
 toolchain_libs=$(needs_toolchain "$bin")
