@@ -10,7 +10,9 @@ import TidemarkCore
 enum BuiltPackage {
   static let result: Result<String, any Error> = Result {
     if let deb = ProcessInfo.processInfo.environment["TIDEMARK_DEB"], !deb.isEmpty { return deb }
-    let dist = "/tmp/tidemark-test-package-\(UUID().uuidString.prefix(8))"
+    // One directory, replaced by every run, so repeated runs leave one package behind.
+    let dist = NSTemporaryDirectory() + "tidemark-test-package"
+    try? FileManager.default.removeItem(atPath: dist)
     let r = try Tools.run(
       Tools.packageRoot.appendingPathComponent("scripts/package.sh").path, [],
       env: ["TIDEMARK_BIN": Tools.tidemark, "TIDEMARK_DIST": dist])
