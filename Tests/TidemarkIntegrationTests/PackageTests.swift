@@ -166,13 +166,15 @@ func unitDirectives(_ text: String) -> [String] {
     let r = try Tools.run(
       "/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/bash", "-c", hiddenToolchainScript, "bash"],
       env: [
-        "TOOLCHAIN": toolchain, "TIDEMARK": root + "/usr/bin/tidemark", "TIDEMARK_PASSWORD": "package-pw",
+        "TOOLCHAIN": toolchain, "TIDEMARK": root + "/usr/bin/tidemark", "HELPER": root + "/usr/sbin/mount.tidemark",
+        "TIDEMARK_PASSWORD": "package-pw",
         "LD_LIBRARY_PATH": "",
       ], cwd: ws.path)
     #expect(r.status == 0, "in the namespace without the toolchain:\n\(r.out)\n\(r.stderr)")
     #expect(r.out.contains("toolchain hidden"), "\(r.out)")
     #expect(r.out.contains("tidemark ") && r.out.contains("OpenSSL ") && r.out.contains("zstd "), "\(r.out)")
-    #expect(r.out.contains("mounted: hello from the package test"), "\(r.out)")
+    #expect(r.out.contains("\nmounted: hello from the package test"), "\(r.out)")
+    #expect(r.out.contains("helper mounted: hello from the package test"), "\(r.out)")
     let d = differences(try describeTree(ws.sub("src")), try describeTree(ws.sub("restored/src")))
     #expect(d.isEmpty, "restored tree differs: \(d.prefix(10))")
   }
@@ -192,7 +194,8 @@ func makePackageSource(in ws: Workspace) throws {
 }
 
 /// Run by `unshare -m` in the workspace: hides $TOOLCHAIN under an empty tmpfs, proves it is gone, then runs
-/// $TIDEMARK version, init, backup, restore and a FUSE mount there. Every step is bounded by `timeout`.
+/// $TIDEMARK version, init, backup, restore and a FUSE mount there, by hand and through $HELPER (mount.tidemark).
+/// Every step is bounded by `timeout`.
 let hiddenToolchainScript = """
   set -euo pipefail
   mount -t tmpfs -o size=1m,mode=0755 tidemark-no-toolchain "$TOOLCHAIN"
@@ -219,4 +222,9 @@ let hiddenToolchainScript = """
   echo "mounted: $(timeout 30 cat mnt/snapshots/latest/src/hello.txt)"
   fusermount3 -u mnt
   wait "$pid"
+  # mount(8)'s way: the packaged helper, as /etc/fstab would run it.
+  printf '%s\n' "$TIDEMARK_PASSWORD" >pw
+  TIDEMARK_BIN="$TIDEMARK" timeout 120 "$HELPER" repo mnt -o ro,password-file=pw,log=helper.log,timeout=60
+  echo "helper mounted: $(timeout 30 cat mnt/snapshots/latest/src/hello.txt)"
+  umount mnt
   """
