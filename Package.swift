@@ -96,8 +96,8 @@ let package = Package(
       name: "tidemark",
       dependencies: [
         "TidemarkCore", "TidemarkBackends", "TidemarkOperations", "TidemarkSystem",
-        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto", "TidemarkEngine", "TidemarkDaemon",
-        "TidemarkServe",
+        "TidemarkFUSE", "TidemarkSSH", "TidemarkMount", "TidemarkCrypto", "TidemarkZstd", "TidemarkEngine",
+        "TidemarkDaemon", "TidemarkServe",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(

@@ -25,12 +25,16 @@ if [ "${1:-}" = "--install" ]; then
   log "installing"
   install -D -m 0755 "$bin" /usr/local/bin/tidemark
   install -D -m 0755 mount/mount.tidemark /sbin/mount.tidemark
-  install -D -m 0644 mount/tidemark-mount@.service /etc/systemd/system/tidemark-mount@.service
-  for u in tidemark.service tidemark-replicate.service tidemark-replicate.timer tidemark-serve.service; do
-    install -D -m 0644 "scripts/systemd/$u" "/etc/systemd/system/$u"
+  # The unit files are the Debian package's (scripts/package.sh installs them as they are): they run
+  # /usr/bin/tidemark, which this installation puts in /usr/local.
+  mkdir -p /etc/systemd/system
+  for u in mount/tidemark-mount@.service scripts/systemd/tidemark.service scripts/systemd/tidemark-replicate.service \
+    scripts/systemd/tidemark-replicate.timer scripts/systemd/tidemark-serve.service; do
+    sed -e 's#/usr/bin/tidemark#/usr/local/bin/tidemark#g' \
+      -e 's#file:///usr/share/doc/tidemark/#file:///usr/local/share/doc/tidemark/#g' "$u" >"/etc/systemd/system/${u##*/}"
+    chmod 0644 "/etc/systemd/system/${u##*/}"
   done
   install -D -m 0644 docs/configuration.md /usr/local/share/doc/tidemark/configuration.md
-  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
   echo "installed /usr/local/bin/tidemark, /sbin/mount.tidemark and the systemd units (tidemark-mount@.service,"
   echo "tidemark.service, tidemark-replicate.service/.timer, tidemark-serve.service); enable one of: systemctl enable --now tidemark.service"
   echo "or tidemark-replicate.timer, after writing /etc/tidemark/tidemark.yaml (see docs/configuration.md)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need, lints, builds the release binary and runs the whole test suite.
+# Installs what the tests need, lints, builds the release binary and the Debian package, and runs the whole test
+# suite (the integration tests on the packaged binary, the one that ships).
 # Exit code: the test run's. Lint problems fail the run (TIDEMARK_STRICT_LINT=0 makes them warnings).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ensure_swift
 
-log "phase 1/4: system packages (with PostgreSQL, Redis and SQLite for the database sources), and moto_server (the S3-compatible server the S3 tests run on loopback)"
+log "phase 1/5: system packages (with PostgreSQL, Redis and SQLite for the database sources), and moto_server (the S3-compatible server the S3 tests run on loopback)"
 ensure_packages
 ensure_packages "${TIDEMARK_TEST_APT_PACKAGES[@]}"
 if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
@@ -16,7 +17,7 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   python3 -m pip install -q 'moto[server]' || die "cannot install moto[server] (pip): the S3 tests need it"
 fi
 
-log "phase 2/4: lint (swift format lint --strict, config .swift-format)"
+log "phase 2/5: lint (swift format lint --strict, config .swift-format)"
 lint_rc=0
 if swift format --version >/dev/null 2>&1; then
   swift format lint --strict --recursive Sources Tests Package.swift || lint_rc=$?
@@ -33,14 +34,22 @@ else
   echo "lint: skipped (swift format is not available in this toolchain)"
 fi
 
-log "phase 3/4: build (swift build -c release)"
+log "phase 3/5: build (swift build -c release)"
 swift build -c release
 
-# Integration tests run the real binary.
-export TIDEMARK_BIN="$PWD/.build/release/tidemark"
-[ -x "$TIDEMARK_BIN" ] || die "build finished but $TIDEMARK_BIN is missing"
+# The package's binary is linked with --static-swift-stdlib. SwiftPM passes that flag to every compilation and
+# `swift test` cannot take it (the tests link the toolchain's Testing and XCTest), so the static build has a
+# build directory of its own: each directory stays up to date instead of compiling everything again in turn.
+log "phase 4/5: the Debian package (scripts/package.sh, static build in .build/static)"
+TIDEMARK_SCRATCH_PATH="$PWD/.build/static" scripts/package.sh | tee .build/package.log
+deb=$(tail -n 1 .build/package.log)
+[ -f "$deb" ] || die "scripts/package.sh did not produce a package"
+export TIDEMARK_DEB="$deb"
+# Integration tests run the real binary: the packaged one (identical to it but for the symbols strip removed).
+export TIDEMARK_BIN="$PWD/.build/static/release/tidemark"
+[ -x "$TIDEMARK_BIN" ] || die "the package was built but $TIDEMARK_BIN is missing"
 
-log "phase 4/4: tests (swift test -c release, TIDEMARK_BIN=$TIDEMARK_BIN)"
+log "phase 5/5: tests (swift test -c release, TIDEMARK_BIN=$TIDEMARK_BIN, TIDEMARK_DEB=$TIDEMARK_DEB)"
 # The in-process engine tests (scheduler, metrics endpoint, child processes) run on their own first: the
 # integration tests wait on child processes from synchronous test functions, which would hold the cooperative
 # pool's threads and delay the in-process servers those tests time.

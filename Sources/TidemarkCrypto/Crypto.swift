@@ -25,6 +25,13 @@ public enum CryptoLibrary {
   public static func initialize() {
     _ = OPENSSL_init_crypto(UInt64(OPENSSL_INIT_NO_ATEXIT), nil)
   }
+
+  /// The version of the libcrypto loaded at run time (OpenSSL_version(OPENSSL_VERSION_STRING), e.g. "3.0.17"):
+  /// the library the system provides, which may be newer than the headers tidemark was built with.
+  public static var version: String {
+    guard let v = OpenSSL_version(OPENSSL_VERSION_STRING) else { return "unknown" }
+    return String(cString: v)
+  }
 }
 
 public enum SHA256 {

@@ -9,6 +9,9 @@ public struct ZstdError: Error, CustomStringConvertible {
 }
 
 public enum Zstd {
+  /// The version of the libzstd loaded at run time (ZSTD_versionString).
+  public static var version: String { String(cString: ZSTD_versionString()) }
+
   /// Compresses `input` into one frame at `level`, with the content size in the frame header.
   public static func compress(_ input: UnsafeRawBufferPointer, level: Int32) throws -> [UInt8] {
     let bound = ZSTD_compressBound(input.count)

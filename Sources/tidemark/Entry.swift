@@ -64,8 +64,14 @@ struct Tidemark: AsyncParsableCommand {
   }
 
   /// restic accepts global options before the verb (`tidemark -r REPO backup …`); ArgumentParser wants
-  /// them after it. Moves leading options behind the (sub)command path.
+  /// them after it. Moves leading options behind the (sub)command path. ArgumentParser's own root options stay
+  /// where they are: `--generate-completion-script fish` names a shell, not a command, and the completion
+  /// scripts call `tidemark ---completion SUBCOMMAND -- WORDS` at every Tab.
   static func hoistingGlobalOptions(_ args: [String]) -> [String] {
+    let parserOwn = ["--generate-completion-script", "---completion", "--experimental-dump-help"]
+    if let first = args.first, parserOwn.contains(where: { first == $0 || first.hasPrefix($0 + "=") }) {
+      return args
+    }
     let takesValue: Set<String> = [
       "-r", "--repo", "--password-file", "--password-command", "--config", "--compression", "--retry-lock", "-o",
       "--option",
@@ -152,12 +158,16 @@ struct VersionCommand: ParsableCommand {
   func run() {
     let fuse = FUSEVersion.string
     let ssh = SSHVersion.string
+    let openssl = OpenSSLVersion.string
+    let zstd = ZstdVersion.string
     if json {
       Out.line(
-        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\",\"libssh2\":\"\(ssh)\"}"
+        "{\"version\":\"\(Tidemark.version)\",\"go_arch\":\"amd64\",\"go_os\":\"linux\",\"libfuse\":\"\(fuse)\","
+          + "\"libssh2\":\"\(ssh)\",\"openssl\":\"\(openssl)\",\"zstd\":\"\(zstd)\"}"
       )
     } else {
-      Out.line("tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh))")
+      Out.line(
+        "tidemark \(Tidemark.version) on linux (libfuse \(fuse), libssh2 \(ssh), OpenSSL \(openssl), zstd \(zstd))")
     }
   }
 }
