@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Builds the Debian package dist/tidemark_<version>_amd64.deb: a binary that needs no Swift toolchain (the Swift
-# runtime and Foundation linked in with --static-swift-stdlib; Debian's libfuse3, libssh2, OpenSSL and zstd as
-# dependencies), mount.tidemark, the systemd units of scripts/systemd and mount/, man pages for every command,
-# bash/zsh/fish completions, and an example /etc/tidemark/tidemark.yaml (a conffile).
+# runtime and Foundation linked in statically; Debian's libfuse3, libssh2, OpenSSL and zstd as dependencies),
+# mount.tidemark, the systemd units of scripts/systemd and mount/, man pages for every command, bash/zsh/fish
+# completions, and an example /etc/tidemark/tidemark.yaml (a conffile).
+#
+# The binary is the usual release build's objects linked once more with the static Swift runtime and Foundation
+# (the link step of .build's release manifest, with -static-stdlib and Foundation's static libraries). SwiftPM's
+# --static-swift-stdlib would compile every module again, in a build directory of its own since `swift test`
+# cannot take the flag; linking again takes seconds and packages exactly what the tests ran.
 #
 # Environment:
-#   TIDEMARK_BIN     package this binary instead of building one (it must not need the toolchain's libraries)
-#   TIDEMARK_SCRATCH_PATH     SwiftPM's build directory for the static build (default .build). Every module is
-#                    compiled with -static-stdlib there, so a plain `swift build -c release` or `swift test` in the
-#                    same directory compiles everything again: give the static build its own (scripts/test.sh uses
-#                    .build/static) when you also build and test the usual way. Its dependency checkouts are copied
-#                    from .build when it has none.
+#   TIDEMARK_BIN     package this binary instead (it must not need the toolchain's libraries)
+#   TIDEMARK_SCRATCH_PATH     SwiftPM's build directory (default .build)
 #   TIDEMARK_DIST    where the .deb goes (default: dist/)
 #   TIDEMARK_DEBIAN_REVISION  the Debian revision appended to the version (default 1)
 #   TIDEMARK_MAINTAINER       the Maintainer field
 #   SOURCE_DATE_EPOCH         the packaged files' time and the man pages' date (default: the last commit's time)
-# Without TIDEMARK_BIN it runs `swift build -c release --static-swift-stdlib`, which does nothing when a previous
-# run built the same sources with the same flags. Prints the .deb's path last.
+# Without TIDEMARK_BIN it runs `swift build -c release --product tidemark` (nothing to do after a release build of
+# the same sources) and links release/tidemark-static. Prints the .deb's path last.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
@@ -68,8 +69,36 @@ generate_manual_tool() {
     fi
   done
   ensure_swift
-  swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product generate-manual >&2
+  swift build -c release --scratch-path "$scratch" --product generate-manual >&2
   echo "$scratch/release/generate-manual"
+}
+
+# static_relink OUT: links the release build's objects of tidemark into OUT with the static Swift runtime and
+# Foundation (the manifest's own link command, with -o OUT). Foundation's static libraries go in a group, and
+# CoreFoundation and ICU once more behind it, as the objects were compiled against the shared Foundation, whose
+# modules do not name them.
+static_relink() {
+  python3 - "$scratch/release.yaml" "$1" <<'PY'
+import json, subprocess, sys
+manifest, out = sys.argv[1:3]
+lines = open(manifest).read().split('\n')
+args = None
+for i, line in enumerate(lines):
+    t = line.strip()
+    if t.startswith('description: "Linking ') and t.endswith('/release/tidemark"'):
+        a = lines[i + 1].strip()
+        if a.startswith('args: '):
+            args = json.loads(a[len('args: '):])
+        break
+if args is None:
+    sys.exit(f'no link step of tidemark in {manifest}: build it with swift build -c release')
+args = [a for a in args if a != '-v']
+args[args.index('-o') + 1] = out
+args += ['-static-stdlib', '-Xlinker', '--start-group', '-lFoundation', '-lFoundationInternationalization',
+         '-lFoundationEssentials', '-l_FoundationICU', '-l_FoundationCShims', '-l_FoundationCollections',
+         '-lCoreFoundation', '-lswiftCore', '-Xlinker', '--end-group', '-lCoreFoundation', '-l_FoundationICU', '-lstdc++']
+sys.exit(subprocess.run(args).returncode)
+PY
 }
 
 if [ -n "${TIDEMARK_BIN:-}" ]; then
@@ -77,23 +106,18 @@ if [ -n "${TIDEMARK_BIN:-}" ]; then
   log "packaging $bin"
 else
   ensure_swift
-  if [ "$scratch" != "$root/.build" ] && [ ! -d "$scratch/checkouts" ] && [ -d "$root/.build/checkouts" ]; then
-    # The checkouts Package.resolved pins, without fetching them again.
-    mkdir -p "$scratch"
-    for f in checkouts repositories workspace-state.json; do
-      if [ -e "$root/.build/$f" ]; then cp -a "$root/.build/$f" "$scratch/"; fi
-    done
-  fi
-  log "building tidemark (swift build -c release --static-swift-stdlib --scratch-path $scratch)"
-  swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product tidemark
-  bin=$scratch/release/tidemark
+  log "building tidemark (swift build -c release --product tidemark --scratch-path $scratch)"
+  swift build -c release --scratch-path "$scratch" --product tidemark
+  bin=$scratch/release/tidemark-static
+  log "linking $bin with the static Swift runtime and Foundation"
+  static_relink "$bin"
 fi
 [ -x "$bin" ] || die "$bin is missing or not executable"
 toolchain_libs=$(needs_toolchain "$bin")
 if [ -n "$toolchain_libs" ]; then
   die "$bin loads libraries of the Swift toolchain, which the package's machines do not have:
 $toolchain_libs
-build it with: swift build -c release --static-swift-stdlib"
+run scripts/package.sh without TIDEMARK_BIN: it links the binary with the static Swift runtime"
 fi
 reported=$("$bin" version --json | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')
 [ "$reported" = "$upstream" ] || die "$bin reports version '$reported', the sources say $upstream: rebuild it"

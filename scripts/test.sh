@@ -37,16 +37,14 @@ fi
 log "phase 3/5: build (swift build -c release)"
 swift build -c release
 
-# The package's binary is linked with --static-swift-stdlib. SwiftPM passes that flag to every compilation and
-# `swift test` cannot take it (the tests link the toolchain's Testing and XCTest), so the static build has a
-# build directory of its own: each directory stays up to date instead of compiling everything again in turn.
-log "phase 4/5: the Debian package (scripts/package.sh, static build in .build/static)"
-TIDEMARK_SCRATCH_PATH="$PWD/.build/static" scripts/package.sh | tee .build/package.log
+# The package's binary is the release build above linked again with the static Swift runtime (seconds, no second
+# compilation); the integration tests run that binary, the one that ships.
+log "phase 4/5: the Debian package (scripts/package.sh)"
+scripts/package.sh | tee .build/package.log
 deb=$(tail -n 1 .build/package.log)
 [ -f "$deb" ] || die "scripts/package.sh did not produce a package"
 export TIDEMARK_DEB="$deb"
-# Integration tests run the real binary: the packaged one (identical to it but for the symbols strip removed).
-export TIDEMARK_BIN="$PWD/.build/static/release/tidemark"
+export TIDEMARK_BIN="$PWD/.build/release/tidemark-static"
 [ -x "$TIDEMARK_BIN" ] || die "the package was built but $TIDEMARK_BIN is missing"
 
 log "phase 5/5: tests (swift test -c release, TIDEMARK_BIN=$TIDEMARK_BIN, TIDEMARK_DEB=$TIDEMARK_DEB)"

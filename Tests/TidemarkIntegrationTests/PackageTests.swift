@@ -5,8 +5,9 @@ import Foundation
 import Testing
 import TidemarkCore
 
-/// The package under test: TIDEMARK_DEB (scripts/test.sh builds it once), else scripts/package.sh run on the
-/// binary the other integration tests use, which must then be built with --static-swift-stdlib.
+/// The package under test: TIDEMARK_DEB (scripts/test.sh builds it once), else scripts/package.sh run on
+/// .build/release/tidemark-static (the binary an earlier scripts/package.sh linked with the static Swift runtime),
+/// or, without one, on the binary the other integration tests use.
 enum BuiltPackage {
   static let result: Result<String, any Error> = Result {
     if let deb = ProcessInfo.processInfo.environment["TIDEMARK_DEB"], !deb.isEmpty { return deb }
@@ -15,13 +16,18 @@ enum BuiltPackage {
     try? FileManager.default.removeItem(atPath: dist)
     let r = try Tools.run(
       Tools.packageRoot.appendingPathComponent("scripts/package.sh").path, [],
-      env: ["TIDEMARK_BIN": Tools.tidemark, "TIDEMARK_DIST": dist])
+      env: ["TIDEMARK_BIN": staticBinary ?? Tools.tidemark, "TIDEMARK_DIST": dist])
     guard r.status == 0, let deb = r.out.split(separator: "\n").last.map(String.init), deb.hasSuffix(".deb") else {
       throw TidemarkError(.general, "scripts/package.sh failed (\(r.status)): \(r.stderr.suffix(2000))")
     }
     return deb
   }
   static func path() throws -> String { try result.get() }
+
+  static var staticBinary: String? {
+    let p = Tools.packageRoot.appendingPathComponent(".build/release/tidemark-static").path
+    return FileManager.default.isExecutableFile(atPath: p) ? p : nil
+  }
 }
 
 /// `dpkg-deb -x` of the package into a workspace; the packaged tidemark is `root/usr/bin/tidemark`.
