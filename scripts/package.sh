@@ -16,7 +16,7 @@
 #   TIDEMARK_DEBIAN_REVISION  the Debian revision appended to the version (default 1)
 #   TIDEMARK_MAINTAINER       the Maintainer field
 #   SOURCE_DATE_EPOCH         the packaged files' time and the man pages' date (default: the last commit's time)
-# Without TIDEMARK_BIN it runs `swift build -c release --product tidemark` (nothing to do after a release build of
+# Without TIDEMARK_BIN it runs `swift build -c release` (nothing to do after a release build of
 # the same sources) and links release/tidemark-static. Prints the .deb's path last.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -69,7 +69,7 @@ generate_manual_tool() {
     fi
   done
   ensure_swift
-  swift build -c release --scratch-path "$scratch" --product generate-manual >&2
+  swift build -c release --scratch-path "$scratch" >&2
   echo "$scratch/release/generate-manual"
 }
 
@@ -106,8 +106,8 @@ if [ -n "${TIDEMARK_BIN:-}" ]; then
   log "packaging $bin"
 else
   ensure_swift
-  log "building tidemark (swift build -c release --product tidemark --scratch-path $scratch)"
-  swift build -c release --scratch-path "$scratch" --product tidemark
+  log "building tidemark (swift build -c release --scratch-path $scratch)"
+  swift build -c release --scratch-path "$scratch"
   bin=$scratch/release/tidemark-static
   log "linking $bin with the static Swift runtime and Foundation"
   static_relink "$bin"
