@@ -104,12 +104,13 @@ public struct RestoreSelection: Sendable {
 
   /// Points `options` at this selection (destination, the one file, the directory's node). A whole tree
   /// restored onto `/` with `delete` is refused: it would remove everything the snapshot does not have.
-  /// `preserveRoot: false` (`--no-preserve-root`) lets it go ahead.
-  public func configure(_ options: inout RestoreOptions, preserveRoot: Bool = true) throws {
-    if options.delete && preserveRoot && destination.bytes == [47] && only == nil {
+  /// `preserveRoot: false` (`--no-preserve-root`) lets it go ahead; nil: the caller has no such override.
+  public func configure(_ options: inout RestoreOptions, preserveRoot: Bool? = nil) throws {
+    if options.delete && preserveRoot != false && destination.bytes == [47] && only == nil {
       throw TidemarkError(
         .usage, "refusing --delete on / (it would remove everything the snapshot does not have)",
-        hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead, or add --no-preserve-root")
+        hint: "restore a directory of the snapshot (SNAPSHOT:/srv/data) instead"
+          + (preserveRoot == nil ? "" : ", or add --no-preserve-root"))
     }
     (options.target, options.only, options.rootNode) = (destination, only, rootNode)
   }

@@ -1,0 +1,52 @@
+// What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the reads
+// timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal).
+import Foundation
+import TidemarkCore
+import TidemarkSystem
+
+public enum StageCosts {
+  /// The stages' costs over every regular file under `paths`, and the time their reads took.
+  public static func measure(paths: [BytePath], compression: Compression) throws -> (StageProbe.Costs, read: Duration) {
+    let probe = StageProbe(compression: compression)
+    let clock = ContinuousClock()
+    var read = Duration.zero
+    var stack = paths
+    // The read is timed as a backup reads: 2 MiB at a time into one reused buffer (copies from the page cache).
+    // The stages then get the whole file from a second, untimed read into a buffer grown to the largest file.
+    let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 << 20, alignment: 64)
+    defer { block.deallocate() }
+    var whole = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+    defer { whole.deallocate() }
+    func readAll(_ fd: Int32, into b: UnsafeMutableRawBufferPointer, limit: Int, wrap: Bool) throws -> Int {
+      var n = 0
+      while n < limit {
+        let at = wrap ? 0 : n
+        let k = try Sys.pread(
+          fd, UnsafeMutableRawBufferPointer(rebasing: b[at..<min(b.count, at + limit - n)]), offset: Int64(n))
+        if k == 0 { break }
+        n += k
+      }
+      return n
+    }
+    while let p = stack.popLast() {
+      let st = try Sys.lstat(p)
+      if st.isDirectory {
+        for name in try Sys.readDirectory(p).reversed() { stack.append(p.appending(name)) }
+      } else if st.isRegular {
+        let size = Int(st.size)
+        let t0 = clock.now
+        let fd = try Sys.open(p, O_RDONLY)
+        defer { Sys.close(fd) }
+        _ = try readAll(fd, into: block, limit: size, wrap: true)
+        read += clock.now - t0
+        if size > whole.count {
+          whole.deallocate()
+          whole = .allocate(byteCount: size, alignment: 64)
+        }
+        let n = try readAll(fd, into: whole, limit: size, wrap: false)
+        try probe.feed(file: UnsafeRawBufferPointer(rebasing: whole[0..<n]))
+      }
+    }
+    return (probe.costs, read)
+  }
+}
