@@ -57,8 +57,8 @@ needs_toolchain() {
     true
 }
 
-# A tool of swift-argument-parser that renders the binary's --experimental-dump-help as mdoc pages. Built with
-# the binary's flags, so it costs no second compilation of swift-argument-parser.
+# A tool of swift-argument-parser that renders the binary's --experimental-dump-help as mdoc pages, built in the
+# same build directory when it is not there yet.
 generate_manual_tool() {
   local c
   for c in "$scratch/release/generate-manual" "$root/.build/release/generate-manual" \
@@ -69,7 +69,8 @@ generate_manual_tool() {
     fi
   done
   ensure_swift
-  swift build -c release --scratch-path "$scratch" >&2
+  # A dependency's executable: a plain `swift build` does not build it.
+  swift build -c release --scratch-path "$scratch" --product generate-manual >&2
   echo "$scratch/release/generate-manual"
 }
 
