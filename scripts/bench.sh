@@ -384,6 +384,18 @@ stop_mount() {
   done
 }
 
+# wait_for_mount TOOL LOG DIR SECONDS: waits until DIR shows in the mount $MOUNT_PID serves; dies with the mount's
+# log when the process exits first or DIR has not appeared after SECONDS.
+wait_for_mount() {
+  local tool=$1 log=$2 dir=$3 n=0
+  until [ -d "$dir" ]; do
+    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$log"; die "$tool mount exited before the snapshot appeared"; }
+    n=$((n + 1))
+    [ $n -le $(($4 * 10)) ] || { cat "$log"; die "$tool mount: $dir did not appear within $4 s"; }
+    sleep 0.1
+  done
+}
+
 # mount_session TOOL OP RUN: cold page cache, fresh mount process, one timed operation; appends
 # "TOOL OP SECONDS VALUE VMHWM_KIB READY_SECONDS" to mount-results.txt.
 mount_session() {
@@ -406,13 +418,7 @@ mount_session() {
     tidemark) "$TM" -r repo-mount mount "$MNT" > "$log" 2>&1 & ;;
   esac
   MOUNT_PID=$!
-  n=0
-  until [ -d "$snap/mountcorpus/small" ]; do
-    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$log"; die "$tool mount exited before the snapshot appeared"; }
-    n=$((n + 1))
-    [ $n -le 600 ] || { cat "$log"; die "$tool mount: $snap/mountcorpus did not appear within 60 s"; }
-    sleep 0.1
-  done
+  wait_for_mount "$tool" "$log" "$snap/mountcorpus/small" 60
   ready=$(elapsed "$t0" "$(now)")
   [ "$(cat "/proc/$MOUNT_PID/comm")" = "$tool" ] || die "PID $MOUNT_PID is $(cat "/proc/$MOUNT_PID/comm"), not $tool"
 
@@ -1507,13 +1513,7 @@ scale_mount() {
     tidemark) "$TM" -r scale-repo-restic mount "$MNT" > "$log" 2>&1 & ;;
   esac
   MOUNT_PID=$!
-  n=0
-  until [ -d "$snap/$SCALE_CORPUS/large" ]; do
-    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$log"; die "$tool mount exited before the snapshot appeared"; }
-    n=$((n + 1))
-    [ $n -le 1200 ] || { cat "$log"; die "$tool mount: $snap/$SCALE_CORPUS did not appear within 120 s"; }
-    sleep 0.1
-  done
+  wait_for_mount "$tool" "$log" "$snap/$SCALE_CORPUS/large" 120
   ready=$(elapsed "$t0" "$(now)")
   [ "$(cat "/proc/$MOUNT_PID/comm")" = "$tool" ] || die "PID $MOUNT_PID is $(cat "/proc/$MOUNT_PID/comm"), not $tool"
   warm_memory "$WARM_MIB"

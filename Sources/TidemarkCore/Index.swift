@@ -84,18 +84,20 @@ struct IndexFileReader {
       try expect(UInt8(ascii: ":"), "':'")
       p.skipWS()
       try body(&self, key)
-      p.skipWS()
-      guard p.i < p.buf.count else { throw p.fail("unexpected end") }
-      if p.buf[p.i] == UInt8(ascii: ",") {
-        p.i += 1
-        continue
-      }
-      if p.buf[p.i] == UInt8(ascii: "}") {
-        p.i += 1
-        return
-      }
-      throw p.fail("expected ',' or '}'")
+      if try !another(before: UInt8(ascii: "}")) { return }
     }
+  }
+
+  /// After a member or element: true when a ',' follows (consumed), false at `close` (consumed).
+  private mutating func another(before close: UInt8) throws -> Bool {
+    p.skipWS()
+    guard p.i < p.buf.count else { throw p.fail("unexpected end") }
+    let c = p.buf[p.i]
+    guard c == UInt8(ascii: ",") || c == close else {
+      throw p.fail("expected ',' or '\(Character(UnicodeScalar(close)))'")
+    }
+    p.i += 1
+    return c == UInt8(ascii: ",")
   }
 
   /// Calls `body` for each element of an array (positioned at it); `body` must consume it. `null` is empty.
@@ -114,17 +116,7 @@ struct IndexFileReader {
     while true {
       p.skipWS()
       try body(&self)
-      p.skipWS()
-      guard p.i < p.buf.count else { throw p.fail("unexpected end") }
-      if p.buf[p.i] == UInt8(ascii: ",") {
-        p.i += 1
-        continue
-      }
-      if p.buf[p.i] == UInt8(ascii: "]") {
-        p.i += 1
-        return
-      }
-      throw p.fail("expected ',' or ']'")
+      if try !another(before: UInt8(ascii: "]")) { return }
     }
   }
 
