@@ -17,9 +17,18 @@ public final class BlobSaver: Sendable {
   /// Write an index file after this many packs so an interrupted run leaves reusable packs.
   static let packsPerIndex = 64
 
-  private struct PackBuffer {
+  struct PackBuffer {
     var bytes: [UInt8] = []
     var blobs: [PackedBlob] = []
+  }
+
+  /// A pack that filled in `saveNow`, to be stored with `store`. A class that gives its buffer up once:
+  /// however many references to it remain, `store` then holds the only reference to the 16 MiB of bytes
+  /// and appends the header in place instead of copying them.
+  public final class FilledPack: Sendable {
+    private let buffer: Mutex<PackBuffer?>
+    init(_ p: consuming PackBuffer) { buffer = Mutex(Optional(p)) }
+    func take() -> PackBuffer? { buffer.withLock { $0.take() } }
   }
 
   private struct State {
@@ -37,6 +46,8 @@ public final class BlobSaver: Sendable {
   public let repository: Repository
   private let state = Mutex(State())
   private let compressors = ZstdCompressorPool()
+  /// Sealing buffers, reused so that every blob does not fault in fresh pages.
+  private let scratch = BufferPool(keep: 2, largest: 2 << 20)
   /// Finished packs waiting to be stored hold 16 MiB each: store at most two at a time.
   private let packWrites = AsyncSemaphore(2)
 
@@ -57,11 +68,24 @@ public final class BlobSaver: Sendable {
   @discardableResult
   public func save(_ type: BlobType, _ plaintext: [UInt8], id knownID: BlobID? = nil) async throws -> Bool {
     let id = knownID ?? BlobID(RawID.hash(plaintext))
-    if deduplicateAgainstIndex && repository.index.has(id) { return false }
+    var sealed = scratch.take()
+    defer { scratch.give(sealed) }
+    let (fresh, full) = try plaintext.withUnsafeBytes { try saveNow(type, $0, id: id, scratch: &sealed) }
+    if let full { try await store(full) }
+    return fresh
+  }
+
+  /// The synchronous half of `save`, for callers that do their CPU work on a thread of their own (the
+  /// backup's small-file batches): deduplicates, compresses and seals the blob in `scratch` (reused from
+  /// call to call, so a batch allocates once) and appends it to its pack. Returns whether the blob was new,
+  /// and a pack that filled, which the caller must hand to `store` before it ends.
+  public func saveNow(_ type: BlobType, _ plaintext: UnsafeRawBufferPointer, id: BlobID, scratch: inout [UInt8])
+    throws -> (Bool, FilledPack?)
+  {
+    if deduplicateAgainstIndex && repository.index.has(id) { return (false, nil) }
     let fresh = state.withLock { $0.pending.insert(id).inserted }
-    guard fresh else { return false }
-    var sealed: [UInt8] = []
-    let (length, ulen) = try encode(type, plaintext, into: &sealed)
+    guard fresh else { return (false, nil) }
+    let (length, ulen) = try encode(type, plaintext, into: &scratch)
     var full: PackBuffer? = state.withLock { s in
       // Take the buffer out of the dictionary so the append below happens in place (no copy-on-write).
       var p = s.packers.removeValue(forKey: type) ?? PackBuffer()
@@ -76,7 +100,7 @@ public final class BlobSaver: Sendable {
       p.blobs.append(
         PackedBlob(
           id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(length), uncompressedLength: ulen))
-      p.bytes += sealed[0..<length]
+      p.bytes += scratch[0..<length]
       s.stats.blobsAdded[Int(type.rawValue)] += 1
       s.stats.bytesAdded += plaintext.count
       s.stats.bytesStored += length
@@ -84,21 +108,27 @@ public final class BlobSaver: Sendable {
       s.packers[type] = p
       return nil
     }
-    if full != nil { try await writePack(&full!) }
-    return true
+    guard full != nil else { return (true, nil) }
+    return (true, FilledPack(full.take()!))
+  }
+
+  /// Stores a pack that `saveNow` filled.
+  public func store(_ pack: FilledPack) async throws {
+    guard var p = pack.take() else { return }
+    try await writePack(&p)
   }
 
   /// Compresses (when worth it) and seals a blob into the first bytes of `out`: zstd writes at offset
   /// 16, the cipher runs in place, the MAC goes behind. A blob that does not compress is copied into
   /// the same array (no second allocation). Returns the sealed length and the uncompressed length
   /// (0: stored uncompressed).
-  private func encode(_ type: BlobType, _ plaintext: [UInt8], into out: inout [UInt8]) throws -> (Int, UInt32) {
+  private func encode(_ type: BlobType, _ plaintext: UnsafeRawBufferPointer, into out: inout [UInt8]) throws -> (
+    Int, UInt32
+  ) {
     let comp = repository.compression
     let n = plaintext.count
     if comp != .off && n > 0 {
-      let zlen = try plaintext.withUnsafeBytes {
-        try compressors.compress($0, level: comp.level, into: &out, at: 16, tailroom: 16)
-      }
+      let zlen = try compressors.compress(plaintext, level: comp.level, into: &out, at: 16, tailroom: 16)
       if zlen < n || type == .tree {
         try out.withUnsafeMutableBytes {
           try repository.key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(zlen + 32)]))
@@ -108,7 +138,7 @@ public final class BlobSaver: Sendable {
     }
     out.growCount(to: n + 32)
     try out.withUnsafeMutableBytes { o in
-      plaintext.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)]).copyMemory(from: $0) }
+      UnsafeMutableRawBufferPointer(rebasing: o[16..<(16 + n)]).copyMemory(from: plaintext)
       try repository.key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: o[0..<(n + 32)]))
     }
     return (n + 32, 0)

@@ -34,13 +34,15 @@ public final class StageProbe {
   public func feed(file data: UnsafeRawBufferPointer) throws {
     costs.files += 1
     costs.bytes += Int64(data.count)
-    var chunker = Chunker(tables: tables)
     var start = 0
     let clock = ContinuousClock()
     while start < data.count {
       var end = data.count
       let t0 = clock.now
-      if let cut = chunker.next(UnsafeRawBufferPointer(rebasing: data[start...])) { end = start + cut }
+      // The backup's own boundary search, over the chunk held contiguous in memory.
+      if let cut = Chunker.cut(in: UnsafeRawBufferPointer(rebasing: data[start...]), scanned: 0, tables: tables) {
+        end = start + cut
+      }
       costs.chunk += clock.now - t0
       try blob(UnsafeRawBufferPointer(rebasing: data[start..<end]))
       start = end

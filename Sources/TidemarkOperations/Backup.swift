@@ -120,10 +120,16 @@ public final class Backup: Sendable {
   /// Files of more than one chunk hold a read buffer: fewer of them run at once.
   let largeFilePermits: AsyncSemaphore
   let chunkPermits: AsyncSemaphore
+  /// Chunks on their way to the saver, reused so that every chunk does not fault in fresh pages.
+  let chunkBuffers: BufferPool
+  /// A small-file batch's read and sealing buffers (two per batch in flight).
+  let batchBuffers: BufferPool
   let state = Mutex(BackupStats())
   let readBuffers = Mutex<[ReadBuffer]>([])
   let journal: JournalPlan?
   let sawHardLinks = Atomic<Bool>(false)
+  /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
+  let batch = Mutex(SmallFileBatch())
 
   public init(repository: Repository, options: BackupOptions) {
     repo = repository
@@ -133,6 +139,8 @@ public final class Backup: Sendable {
     filePermits = AsyncSemaphore(cores + 2)
     largeFilePermits = AsyncSemaphore(cores)
     chunkPermits = AsyncSemaphore(cores)
+    chunkBuffers = BufferPool(keep: cores, largest: 2 << 20)
+    batchBuffers = BufferPool(keep: 2 * (cores + 2))
     journal = options.changes.map { JournalPlan($0, hardLinks: options.treeMayHoldHardLinks) }
   }
 
@@ -243,7 +251,14 @@ public final class Backup: Sendable {
       }
       cur.isTarget = true
     }
-    let pending = try await virtualChildren(root, parentTree: parentTree)
+    let pending: [PendingNode]
+    do {
+      pending = try await virtualChildren(root, parentTree: parentTree)
+      await flushBatch()
+    } catch {
+      abandonBatch(error)
+      throw error
+    }
     var nodes: [Node] = []
     for p in pending { if let n = try await p.value { nodes.append(n) } }
     return Tree(nodes: nodes)
@@ -288,11 +303,14 @@ public final class Backup: Sendable {
   enum PendingNode: Sendable {
     case ready(Node?)
     case task(Task<Node?, Error>)
+    /// The file at this index of a small-file batch.
+    case batched(Promise<[Node?]>, Int)
     var value: Node? {
       get async throws {
         switch self {
         case .ready(let n): return n
         case .task(let t): return try await t.value
+        case .batched(let p, let i): return try await p.value[i]
         }
       }
     }
@@ -361,21 +379,8 @@ public final class Backup: Sendable {
       return .ready(node)
     }
     let isNew = parentNode == nil
-    if node.size == 0 {
-      // Still open it: an unreadable empty file is an error like any other.
-      do {
-        let fd = try await Blocking.run { try Sys.open(path, O_RDONLY | O_NONBLOCK) }
-        Sys.close(fd)
-      } catch {
-        warn("\(path): \(error)")
-        return .ready(nil)
-      }
-      state.withLock {
-        if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
-        $0.filesDone += 1
-      }
-      return .ready(node)
-    }
+    // Empty files are opened too: an unreadable empty file is an error like any other.
+    if Backup.batches(node) { return await batched(path: path, node: node, isNew: isNew) }
     await filePermits.acquire()
     let task = Task<Node?, Error> {
       defer { self.filePermits.release() }
@@ -536,7 +541,10 @@ public final class Backup: Sendable {
       await chunkPermits.acquire()
       inflight.append(
         Task {
-          defer { self.chunkPermits.release() }
+          defer {
+            self.chunkBuffers.give(chunk)
+            self.chunkPermits.release()
+          }
           return try await self.storeChunk(chunk)
         })
       if inflight.count > 1 { ids.append(try await inflight.removeFirst().value) }
@@ -562,14 +570,14 @@ public final class Backup: Sendable {
           scanned = buf.end - buf.start
           break
         }
-        let chunk = buf.take(cut)
+        let chunk = buf.take(cut, from: chunkBuffers)
         scanned = 0
         state.withLock { $0.bytesDone += Int64(chunk.count) }
         try await emit(chunk)
       }
       if eof {
         if buf.end > buf.start {
-          let chunk = buf.take(buf.end - buf.start)
+          let chunk = buf.take(buf.end - buf.start, from: chunkBuffers)
           state.withLock { $0.bytesDone += Int64(chunk.count) }
           try await emit(chunk)
         }
@@ -669,9 +677,11 @@ final class ReadBuffer: @unchecked Sendable {
     UnsafeMutableRawBufferPointer(start: base + end, count: min(n, capacity - end))
   }
 
-  /// Copies out and consumes the next `n` bytes.
-  func take(_ n: Int) -> [UInt8] {
-    let out = [UInt8](UnsafeRawBufferPointer(start: base + start, count: n))
+  /// Copies out and consumes the next `n` bytes, into a buffer from `pool`.
+  func take(_ n: Int, from pool: BufferPool) -> [UInt8] {
+    var out = pool.take()
+    out.resizeReusing(n)
+    out.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: base + start, count: n)) }
     start += n
     return out
   }

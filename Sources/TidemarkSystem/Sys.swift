@@ -153,6 +153,11 @@ public enum Sys {
     return fd
   }
 
+  /// One pread(2), retried when interrupted: may return fewer bytes than asked (at the end of the file).
+  public static func preadOnce(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, offset: Int64) throws -> Int {
+    try systemCall("read", "") { try FileDescriptor(rawValue: fd).read(fromAbsoluteOffset: offset, into: buf) }
+  }
+
   /// pread(2) until `count` bytes or end of file; returns bytes read.
   public static func pread(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer, offset: Int64) throws -> Int {
     let file = FileDescriptor(rawValue: fd)

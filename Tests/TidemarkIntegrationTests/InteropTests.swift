@@ -68,6 +68,40 @@ import TidemarkSystem
     #expect(!FileManager.default.fileExists(atPath: ws.sub("inc/src/sub/random.bin")))
   }
 
+  /// Small files are stored in batches that span directories: many of them, of every size up to one chunk,
+  /// empty ones and copies among them, must come back byte for byte, and count as restic counts them.
+  @Test func batchesOfSmallFilesAcrossDirectoriesRestoreExactly() throws {
+    let ws = try Workspace("batches")
+    let r = try Tools.sh(
+      """
+      python3 -c '
+      import os, random
+      g = random.Random(7)
+      for d in range(6):
+          os.makedirs(f"data/d{d}/sub", exist_ok=True)
+          for i in range(120):
+              n = g.choice([0, 1, 200, 4000, 70000, 524287])
+              p = f"data/d{d}/sub/f{i}" if i % 3 else f"data/d{d}/f{i}"
+              with open(p, "wb") as f: f.write(bytes(g.getrandbits(8) for _ in range(n)) if i % 7 else b"same" * 50)
+      with open("data/large", "wb") as f: f.write(os.urandom(600000))
+      '
+      """, cwd: ws.path)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "data", "--json"])
+    #expect(b.status == 0, "\(b.stderr)")
+    #expect(b.out.contains("\"files_new\":721"), "\(b.out)")
+    let check = try ws.restic(["-r", "repo", "check", "--read-data"])
+    #expect(check.status == 0, "restic check failed: \(check.out) \(check.stderr)")
+    let rr = try ws.restic(["-r", "repo", "restore", "latest", "--target", "out"])
+    #expect(rr.status == 0, "\(rr.stderr)")
+    let d = differences(try describeTree(ws.sub("data")), try describeTree(ws.sub("out/data")))
+    #expect(d.isEmpty, "restic restore differs:\n\(d.joined(separator: "\n"))")
+    // Unchanged: every file is taken from the parent, none is read.
+    let again = try ws.tidemark(["-r", "repo", "backup", "data", "--json"])
+    #expect(again.out.contains("\"files_unmodified\":721"), "\(again.out)")
+  }
+
   @Test func unchangedDataDeduplicatesAcrossTheTools() throws {
     let ws = try Workspace("dedup")
     let r = try Tools.sh(

@@ -1,0 +1,45 @@
+// A small-file batch reads each file whole with one read when the file still has the size it was listed
+// with, and notices when it has grown or shrunk since.
+import Foundation
+import Testing
+import TidemarkCore
+import TidemarkSystem
+
+@testable import TidemarkOperations
+
+@Suite struct SmallFileReadTests {
+  func withFile(_ bytes: [UInt8], _ body: (BytePath) throws -> Void) throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tidemark-read-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let path = dir.appendingPathComponent("f")
+    try Data(bytes).write(to: path)
+    try body(BytePath(path.path))
+  }
+
+  func read(_ path: BytePath, buffer: Int, expected: Int) throws -> [UInt8] {
+    var b = [UInt8](repeating: 0xEE, count: buffer)
+    let n = try b.withUnsafeMutableBytes { try Backup.readWhole(path, into: $0, expected: expected) }
+    return Array(b[0..<n])
+  }
+
+  @Test func readsWhatTheFileHoldsWhateverSizeWasListed() throws {
+    let content = (0..<5000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+    try withFile(content) { (p: BytePath) throws in
+      #expect(try read(p, buffer: 8192, expected: 5000) == content)
+      // Grown since it was listed: read to its end.
+      #expect(try read(p, buffer: 8192, expected: 100) == content)
+      // Shrunk since it was listed.
+      #expect(try read(p, buffer: 8192, expected: 7000) == content)
+      // Longer than the buffer: the buffer fills, and the caller treats the file as a large one.
+      #expect(try read(p, buffer: 4096, expected: 100) == Array(content[0..<4096]))
+    }
+    try withFile([]) { (p: BytePath) throws in #expect(try read(p, buffer: 64, expected: 0).isEmpty) }
+  }
+
+  @Test func aFileThatCannotBeOpenedIsASystemError() throws {
+    #expect(throws: SystemError.self) {
+      _ = try read(BytePath("/nonexistent/tidemark-test"), buffer: 64, expected: 1)
+    }
+  }
+}
