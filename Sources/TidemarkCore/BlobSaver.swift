@@ -128,7 +128,7 @@ public final class BlobSaver: Sendable {
     let comp = repository.compression
     let n = plaintext.count
     if comp != .off && n > 0 {
-      let zlen = try compressors.compress(plaintext, level: comp.level, into: &out, at: 16, tailroom: 16)
+      let zlen = try compressors.compress(plaintext, level: comp.level(forSize: n), into: &out, at: 16, tailroom: 16)
       if zlen < n || type == .tree {
         try out.withUnsafeMutableBytes {
           try repository.key.sealInPlace(region: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(zlen + 32)]))

@@ -27,7 +27,7 @@ public struct JSONWriter {
 
   /// A Go string value: HTML-escaped, U+2028/9 escaped, invalid UTF-8 replaced by U+FFFD.
   public mutating func string(bytes s: UnsafeBufferPointer<UInt8>) {
-    let hex = Array("0123456789abcdef".utf8)
+    @inline(__always) func hex(_ v: UInt8) -> UInt8 { v < 10 ? 48 + v : 87 + v }
     out.append(UInt8(ascii: "\""))
     var i = 0
     while i < s.count {
@@ -42,8 +42,8 @@ public struct JSONWriter {
         case 9: raw("\\t")
         case 0..<0x20, UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "&"):
           raw("\\u00")
-          out.append(hex[Int(c >> 4)])
-          out.append(hex[Int(c & 15)])
+          out.append(hex(c >> 4))
+          out.append(hex(c & 15))
         default: out.append(c)
         }
         i += 1
@@ -64,9 +64,12 @@ public struct JSONWriter {
     out.append(UInt8(ascii: "\""))
   }
 
-  public mutating func number(_ v: UInt64) { raw(String(v)) }
-  public mutating func number(_ v: Int64) { raw(String(v)) }
-  public mutating func number(_ v: Int) { raw(String(v)) }
+  public mutating func number(_ v: UInt64) { out.appendDecimal(v) }
+  public mutating func number(_ v: Int64) {
+    if v < 0 { out.append(UInt8(ascii: "-")) }
+    out.appendDecimal(v.magnitude)
+  }
+  public mutating func number(_ v: Int) { number(Int64(v)) }
   public mutating func bool(_ v: Bool) { v ? raw("true") : raw("false") }
 
   /// A float64 as Go's `encoding/json` writes it: the shortest decimal that reads back the same, without an
@@ -112,4 +115,41 @@ public struct JSONWriter {
     out.append(UInt8(ascii: "]"))
   }
   public mutating func comma() { out.append(UInt8(ascii: ",")) }
+}
+
+extension [UInt8] {
+  /// Appends `v` in decimal, without building a String.
+  public mutating func appendDecimal(_ v: UInt64) {
+    var n = 1
+    var x = v
+    while x >= 10 {
+      x /= 10
+      n += 1
+    }
+    let start = count
+    append(contentsOf: repeatElement(48, count: n))
+    x = v
+    withUnsafeMutableBufferPointer { b in
+      var i = start + n - 1
+      repeat {
+        b[i] = 48 + UInt8(x % 10)
+        x /= 10
+        i -= 1
+      } while x > 0
+    }
+  }
+
+  /// Appends `v` in decimal with at least `width` digits (zeros after the sign, as Go pads a year).
+  mutating func appendDecimal(_ v: Int, width: Int) {
+    if v < 0 { append(UInt8(ascii: "-")) }
+    let v = v.magnitude
+    var w = 1
+    var x = v
+    while x >= 10 {
+      x /= 10
+      w += 1
+    }
+    for _ in w..<Swift.max(w, width) { append(48) }
+    appendDecimal(UInt64(v))
+  }
 }

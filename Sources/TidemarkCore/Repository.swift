@@ -16,6 +16,17 @@ public enum Compression: String, Sendable {
     case .off: return 0
     }
   }
+
+  /// Blobs up to this size compress at level 1 under `auto`.
+  static let smallBlob = 32 << 10
+
+  /// The zstd level for a blob of `size` bytes. Under `auto`, a small blob (a small file, a tree) takes
+  /// level 1: on inputs of a few KiB zstd's level 1 and 2 make the same frames to within half a percent
+  /// (the window is the input either way), and level 1 makes them about 1.5x as fast. Larger blobs take
+  /// level 2, which leaves compressible data (logs, databases) about 12% smaller than level 1 does.
+  public func level(forSize size: Int) -> Int32 {
+    self == .auto && size <= Compression.smallBlob ? 1 : level
+  }
 }
 
 public final class Repository: Sendable {

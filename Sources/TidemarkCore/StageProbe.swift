@@ -59,7 +59,7 @@ public final class StageProbe {
     t0 = clock.now
     var length = b.count
     if compression != .off && b.count > 0 {
-      let z = try compressors.compress(b, level: compression.level, into: &out, at: 16, tailroom: 16)
+      let z = try compressors.compress(b, level: compression.level(forSize: b.count), into: &out, at: 16, tailroom: 16)
       if z < b.count { length = z }
     } else {
       out.growCount(to: b.count + 32)

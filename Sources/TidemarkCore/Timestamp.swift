@@ -63,21 +63,46 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
   public var rfc3339: String { format(fraction: false) }
 
   private func format(fraction: Bool) -> String {
+    var out: [UInt8] = []
+    out.reserveCapacity(35)
+    append(to: &out, fraction: fraction)
+    return String(decoding: out, as: UTF8.self)
+  }
+
+  /// Appends Go's RFC3339 text (RFC3339Nano with `fraction`) to `out`: trees hold three timestamps per node,
+  /// so this writes bytes and builds no String.
+  public func append(to out: inout [UInt8], fraction: Bool = true) {
     let c = civil
-    var s = pad(c.year, 4) + "-" + pad(c.month, 2) + "-" + pad(c.day, 2) + "T" + pad(c.hour, 2) + ":"
-    s += pad(c.minute, 2) + ":" + pad(c.second, 2)
+    out.appendDecimal(c.year, width: 4)
+    out.append(UInt8(ascii: "-"))
+    out.appendDecimal(c.month, width: 2)
+    out.append(UInt8(ascii: "-"))
+    out.appendDecimal(c.day, width: 2)
+    out.append(UInt8(ascii: "T"))
+    out.appendDecimal(c.hour, width: 2)
+    out.append(UInt8(ascii: ":"))
+    out.appendDecimal(c.minute, width: 2)
+    out.append(UInt8(ascii: ":"))
+    out.appendDecimal(c.second, width: 2)
     if fraction && nanoseconds != 0 {
-      var f = pad(Int(nanoseconds), 9)
-      while f.hasSuffix("0") { f.removeLast() }
-      s += "." + f
+      var f = Int(nanoseconds)
+      var digits = 9
+      while f % 10 == 0 {
+        f /= 10
+        digits -= 1
+      }
+      out.append(UInt8(ascii: "."))
+      out.appendDecimal(f, width: digits)
     }
     if offset == 0 {
-      s += "Z"
+      out.append(UInt8(ascii: "Z"))
     } else {
       let o = abs(Int(offset)) / 60
-      s += (offset < 0 ? "-" : "+") + pad(o / 60, 2) + ":" + pad(o % 60, 2)
+      out.append(offset < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
+      out.appendDecimal(o / 60, width: 2)
+      out.append(UInt8(ascii: ":"))
+      out.appendDecimal(o % 60, width: 2)
     }
-    return s
   }
 
   /// Parses RFC3339 with optional fraction, `Z` or ±hh:mm.
@@ -139,11 +164,6 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
   }
 
   public var description: String { rfc3339Nano }
-}
-
-private func pad(_ v: Int, _ width: Int) -> String {
-  let s = String(v)
-  return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
 }
 
 extension Duration {

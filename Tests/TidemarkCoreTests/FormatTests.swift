@@ -185,6 +185,27 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
 }
 
 @Suite struct JSONFormatTests {
+  /// Timestamps and numbers are written as bytes, as Go writes them: the trees' IDs depend on every byte.
+  @Test func timestampsAndNumbersAreWrittenAsGoWritesThem() {
+    for text in [
+      "2024-01-02T03:04:05Z", "2024-01-02T03:04:05.5+02:00", "2024-01-02T03:04:05.123456789-07:30",
+      "1999-12-31T23:59:59.000000001Z", "0001-01-01T00:00:00Z", "2262-04-11T23:47:16.8547758+05:45",
+    ] {
+      #expect(Timestamp(rfc3339: text)?.rfc3339Nano == text)
+    }
+    #expect(Timestamp(rfc3339: "2024-01-02T03:04:05.120Z")?.rfc3339Nano == "2024-01-02T03:04:05.12Z")
+    #expect(Timestamp(rfc3339: "2024-01-02T03:04:05.120Z")?.rfc3339 == "2024-01-02T03:04:05Z")
+    var w = JSONWriter()
+    for v: Int64 in [0, 7, -42, 1_000_000, .min, .max] {
+      w.number(v)
+      w.comma()
+    }
+    w.number(UInt64.max)
+    #expect(
+      String(decoding: w.out, as: UTF8.self)
+        == "0,7,-42,1000000,-9223372036854775808,9223372036854775807,18446744073709551615")
+  }
+
   @Test func resticTreeReencodesByteForByte() throws {
     let json = Array(try Data(contentsOf: fixtures.appendingPathComponent("restic-0.14-tree.json")))
     let id = try String(contentsOf: fixtures.appendingPathComponent("restic-0.14-tree.id"), encoding: .utf8)
