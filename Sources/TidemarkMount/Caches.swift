@@ -173,8 +173,11 @@ final class BlobStore: Sendable {
   }
 
   /// Starts loading whichever of `ids` (the blobs a reader will want next, in order) are neither in
-  /// memory nor on their way; ids that lie next to each other in one pack share one load.
-  func prefetch(_ ids: some Collection<BlobID>) {
+  /// memory nor on their way; ids that lie next to each other in one pack share one load. `extend`: each
+  /// load also takes the pack's blobs after them, up to a window (see `loadWindow`); off when `ids` are a
+  /// file's next blobs and the file goes on after them, since those neighbours may be another file's
+  /// (backups write files concurrently into the same packs) and would be decoded for nothing.
+  func prefetch(_ ids: some Collection<BlobID>, extend: Bool = true) {
     var starts: [(pack: PackID, claims: [Claim])] = []
     state.withLock { s in
       var group: [Claim] = []
@@ -199,18 +202,18 @@ final class BlobStore: Sendable {
       }
       if let r = run, !group.isEmpty { starts.append((r.pack, group)) }
     }
-    for (pack, claims) in starts { Task { await self.loadWindow(pack, claims) } }
+    for (pack, claims) in starts { Task { await self.loadWindow(pack, claims, extend: extend) } }
   }
 
   /// Loads the window of `pack` that starts at the first of `claimed` (blobs next to each other, registered as
-  /// loading under their jobs' Pendings), extended by the blobs after them in the pack, up to `window` bytes;
-  /// then hands the blobs to the workers, a job at a time in pack order, and returns without waiting for them.
-  /// Each job stores the blobs that decode and finishes its Pending.
-  private func loadWindow(_ pack: PackID, _ claimed: [Claim]) async {
+  /// loading under their jobs' Pendings), if `extend`, extended by the blobs after them in the pack, up to
+  /// `window` bytes; then hands the blobs to the workers, a job at a time in pack order, and returns without
+  /// waiting for them. Each job stores the blobs that decode and finishes its Pending.
+  private func loadWindow(_ pack: PackID, _ claimed: [Claim], extend: Bool = true) async {
     guard let first = claimed.first?.blob, let last = claimed.last?.blob else { return }
     var chosen = claimed
     // Extend with the pack's following blobs (from its header) that nobody has or loads yet.
-    if let header = try? await packHeader(pack) {
+    if extend, let header = try? await packHeader(pack) {
       var end = last.offset + last.length
       var i = header.partitioningIndex { $0.offset >= end }
       var jobs = JobCutter()

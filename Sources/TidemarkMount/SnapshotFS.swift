@@ -352,6 +352,9 @@ public final class SnapshotFS: FUSEFilesystem {
   }
 
   /// Starts loading the blobs a read needs (`first...last`), and for a sequential reader the blobs after them.
+  /// While the file goes on past those, its loads take no other blobs of their packs: the file's own next blobs
+  /// follow with the next reads. Random reads, and reads that reach the end of the file (a walk through small
+  /// files), keep the pack window (`BlobStore.prefetch`).
   private func fetch(_ ino: UInt64, _ f: OpenFile, _ first: Int, _ last: Int, _ offset: Int64, _ end: Int64) {
     var stop = last + 1
     let ahead = readAheadBytes(ino, offset, end)
@@ -359,7 +362,7 @@ public final class SnapshotFS: FUSEFilesystem {
       let limit = f.ends[last] + ahead
       while stop < f.content.count && f.ends[stop] <= limit { stop += 1 }
     }
-    blobs.prefetch(f.content[first..<stop])
+    blobs.prefetch(f.content[first..<stop], extend: ahead == 0 || stop == f.content.count)
   }
 
   /// The blobs a read needs (`first...last` of the file's content), or the inline answer.
