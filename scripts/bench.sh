@@ -456,7 +456,7 @@ mount_session() {
   if is_mounted "$DEST"; then umount "$DEST"; fi
 
   echo "$tool $op $secs $value $hwm $ready" >> mount-results.txt
-  printf '  %-8s %-6s %8s s  (%s)  ready after %s s  VmHWM %s MiB\n' "$tool" "$op" "$secs" "$value" "$ready" "$((hwm / 1024))"
+  printf '  %-8s %-7s %8s s  (%s)  ready after %s s  VmHWM %s MiB\n' "$tool" "$op" "$secs" "$value" "$ready" "$((hwm / 1024))"
 }
 
 bench_mount() {
