@@ -325,11 +325,10 @@ public final class SnapshotFS: FUSEFilesystem {
   public func release(ino: UInt64, handle: UInt64) { _ = handles.withLock { $0.open.removeValue(forKey: handle) } }
 
   /// Bytes of plaintext decoded ahead of a sequential reader: `readAheadFirst` once a read follows on from the
-  /// previous one (or starts the file), doubled with every further such read up to `readAhead` (or half the blob
-  /// cache, if that is less: blobs a reader has read are dropped from it, so the blobs decoded ahead are most of
-  /// what it holds and are not evicted before they are read). Enough to keep every worker busy with the blobs
-  /// the reader wants next; reads elsewhere in the file (random access) fetch only the blobs they need and the
-  /// rest of their pack window.
+  /// previous one (or starts the file), doubled with every further such read up to `readAhead` (or a quarter of
+  /// the blob cache, if that is less, so that blobs decoded ahead are not evicted before they are read). Enough
+  /// to keep every worker busy with the blobs the reader wants next; reads elsewhere in the file (random access)
+  /// fetch only the blobs they need and the rest of their pack window.
   static let readAhead: Int64 = 32 << 20
   static let readAheadFirst: Int64 = 4 << 20
   /// How far from where the reads so far ended a read may start and still count as following on: the kernel's
@@ -338,7 +337,7 @@ public final class SnapshotFS: FUSEFilesystem {
 
   /// Notes a read of `offset..<end` of `ino`; returns how many bytes after `end` to decode ahead.
   private func readAheadBytes(_ ino: UInt64, _ offset: Int64, _ end: Int64) -> Int64 {
-    let most = min(SnapshotFS.readAhead, Int64(blobs.limit / 2))
+    let most = min(SnapshotFS.readAhead, Int64(blobs.limit / 4))
     return readers.withLock { r in
       var s = r.get(ino) ?? ReadStream()
       if offset >= s.end - SnapshotFS.sequentialSlack && offset <= s.end + SnapshotFS.sequentialSlack {
