@@ -5,8 +5,10 @@
 // blobs read next sit right after the one asked for, in the same pack. Reading a few MiB of the pack
 // at once and decoding every blob in it turns thousands of small reads (each a trip to a blocking
 // thread and back) into a handful, and lets later requests be answered straight from memory on the
-// FUSE thread. Concurrent requests for blobs of one window wait for that one load; requests for
-// other blobs never wait on it.
+// FUSE thread. The window is read at once, but its blobs are decrypted, decompressed and verified by
+// the mount's workers (Workers.swift), a job of one large blob or a run of small ones at a time, on
+// every core: a request waits for the job that holds its blob, not for the whole window, and a large
+// file's read-ahead is decoded in parallel. Requests for other blobs never wait on it.
 import Synchronization
 import TidemarkCore
 
@@ -71,11 +73,14 @@ struct ClockCache<Key: Hashable, Value> {
   }
 }
 
-/// Completion of one window load that many requests may wait for.
+/// Completion of one decode job (a few neighbouring blobs of a pack) that many requests may wait for. It carries
+/// the blobs it decoded, so a waiter gets its blob even when the cache has let it go again in the meantime.
 final class Pending: Sendable {
-  private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+  private let state = Mutex<(done: Bool, blobs: [(BlobID, [UInt8])], waiters: [CheckedContinuation<Void, Never>])>(
+    (false, [], []))
 
-  func wait() async {
+  /// Waits until the job is done; then `id`'s plaintext, or nil when it did not load or decode.
+  func wait(for id: BlobID) async -> [UInt8]? {
     await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
       let resumeNow = state.withLock { s in
         if s.done { return true }
@@ -84,11 +89,13 @@ final class Pending: Sendable {
       }
       if resumeNow { c.resume() }
     }
+    return state.withLock { s in s.blobs.first { $0.0 == id }?.1 }
   }
 
-  func finish() {
+  func finish(_ blobs: [(BlobID, [UInt8])]) {
     let w = state.withLock { s in
       s.done = true
+      s.blobs = blobs
       defer { s.waiters = [] }
       return s.waiters
     }
@@ -102,15 +109,26 @@ final class BlobStore: Sendable {
     var loading: [BlobID: Pending] = [:]
     var headers = ClockCache<PackID, [PackedBlob]>(limit: 64)
   }
+  /// A blob on its way, with the job that decodes it.
+  private typealias Claim = (blob: PackedBlob, pending: Pending)
   private let state: Mutex<State>
   let repo: Repository
   /// Bytes of pack read per load (at least the blob asked for).
   let window: Int
+  /// Bytes of plaintext the cache holds at most.
+  let limit: Int
+  /// Where blobs are decoded: on every core at once, off the cooperative pool.
+  let workers: Workers
+  /// Stored bytes per decode job, about: a job is one large blob or a run of small ones, so that a window's
+  /// blobs are decoded in parallel without a hand-off for every small file.
+  static let jobBytes = 256 << 10
 
-  init(repository: Repository, limit: Int, window: Int = 4 << 20) {
+  init(repository: Repository, limit: Int, window: Int = 4 << 20, workers: Workers = Workers()) {
     repo = repository
     state = Mutex(State(cache: ClockCache(limit: limit)))
     self.window = window
+    self.limit = limit
+    self.workers = workers
   }
 
   /// The blob's plaintext if it is in memory (never waits).
@@ -126,36 +144,44 @@ final class BlobStore: Sendable {
   }
 
   func get(_ id: BlobID) async throws -> [UInt8] {
-    for _ in 0..<3 {
+    for _ in 0..<2 {
       enum Step {
         case hit([UInt8])
         case wait(Pending)
-        case load(Pending)
+        case load(PackID, PackedBlob, Pending)
       }
-      let step: Step = state.withLock { s in
+      let step: Step? = state.withLock { s in
         if let v = s.cache.get(id) { return .hit(v) }
         if let p = s.loading[id] { return .wait(p) }
+        guard let e = repo.index.lookup(id) else { return nil }
         let p = Pending()
         s.loading[id] = p
-        return .load(p)
+        return .load(e.pack, e.blob, p)
       }
+      guard let step else { break }
       switch step {
       case .hit(let v): return v
-      case .wait(let p): await p.wait()
-      case .load(let p): await loadWindow(id, [id], p)
+      case .wait(let p):
+        if let v = await p.wait(for: id) { return v }
+      case .load(let pack, let b, let p):
+        await loadWindow(pack, [(b, p)])
+        if let v = await p.wait(for: id) { return v }
       }
     }
-    // Not in memory after its window was loaded: damaged (the direct load reports why) or evicted at once.
+    // Not in the index, or its load or decode failed: the direct load reports why.
     return try await repo.loadBlob(id)
   }
 
   /// Starts loading whichever of `ids` (the blobs a reader will want next, in order) are neither in
-  /// memory nor on their way; ids that lie next to each other in one pack share one load.
-  func prefetch(_ ids: some Collection<BlobID>) {
-    var starts: [(ids: [BlobID], pending: Pending)] = []
+  /// memory nor on their way; ids that lie next to each other in one pack share one load. `extend`: each
+  /// load also takes the pack's blobs after them, up to a window (see `loadWindow`); off when `ids` are a
+  /// file's next blobs and the file goes on after them, since those neighbours may be another file's
+  /// (backups write files concurrently into the same packs) and would be decoded for nothing.
+  func prefetch(_ ids: some Collection<BlobID>, extend: Bool = true) {
+    var starts: [(pack: PackID, claims: [Claim])] = []
     state.withLock { s in
-      var group: [BlobID] = []
-      var pending = Pending()
+      var group: [Claim] = []
+      var jobs = JobCutter()
       var run: (pack: PackID, end: UInt32, start: UInt32)? = nil
       for id in ids where !s.cache.contains(id) && s.loading[id] == nil {
         guard let e = repo.index.lookup(id) else { continue }
@@ -163,75 +189,100 @@ final class BlobStore: Sendable {
         if let r = run, r.pack == e.pack, r.end == e.blob.offset, Int(end - r.start) <= window {
           run = (e.pack, end, r.start)
         } else {
-          if !group.isEmpty {
-            starts.append((group, pending))
-            pending = Pending()
+          if let r = run, !group.isEmpty {
+            starts.append((r.pack, group))
             group = []
+            jobs = JobCutter()
           }
           run = (e.pack, end, e.blob.offset)
         }
-        group.append(id)
-        s.loading[id] = pending
+        let p = jobs.pending(for: e.blob)
+        group.append((e.blob, p))
+        s.loading[id] = p
       }
-      if !group.isEmpty { starts.append((group, pending)) }
+      if let r = run, !group.isEmpty { starts.append((r.pack, group)) }
     }
-    for (ids, p) in starts { Task { await self.loadWindow(ids[0], ids, p) } }
+    for (pack, claims) in starts { Task { await self.loadWindow(pack, claims, extend: extend) } }
   }
 
-  /// Loads the window that starts at `first`: `claimed` (registered as loading under `pending`) and
-  /// the blobs after it in the same pack, up to `window` bytes; stores every blob that decodes.
-  private func loadWindow(_ first: BlobID, _ claimed: [BlobID], _ pending: Pending) async {
-    var chosen: [PackedBlob] = []
-    var pack: PackID? = nil
-    defer {
-      state.withLock { s in
-        for id in claimed where s.loading[id] === pending { s.loading[id] = nil }
-        for b in chosen where s.loading[b.id] === pending { s.loading[b.id] = nil }
-      }
-      pending.finish()
-    }
-    guard let e = repo.index.lookup(first) else { return }
-    pack = e.pack
-    chosen = claimed.compactMap { repo.index.lookup($0)?.blob }
+  /// Loads the window of `pack` that starts at the first of `claimed` (blobs next to each other, registered as
+  /// loading under their jobs' Pendings), if `extend`, extended by the blobs after them in the pack, up to
+  /// `window` bytes; then hands the blobs to the workers, a job at a time in pack order, and returns without
+  /// waiting for them. Each job stores the blobs that decode and finishes its Pending.
+  private func loadWindow(_ pack: PackID, _ claimed: [Claim], extend: Bool = true) async {
+    guard let first = claimed.first?.blob, let last = claimed.last?.blob else { return }
+    var chosen = claimed
     // Extend with the pack's following blobs (from its header) that nobody has or loads yet.
-    if let header = try? await packHeader(e.pack), var end = chosen.last.map({ $0.offset + $0.length }) {
+    if extend, let header = try? await packHeader(pack) {
+      var end = last.offset + last.length
       var i = header.partitioningIndex { $0.offset >= end }
+      var jobs = JobCutter()
       state.withLock { s in
-        while i < header.count, header[i].offset == end, header[i].type == e.blob.type,
-          Int(header[i].offset + header[i].length - e.blob.offset) <= window,
+        while i < header.count, header[i].offset == end, header[i].type == first.type,
+          Int(header[i].offset + header[i].length - first.offset) <= window,
           !s.cache.contains(header[i].id), s.loading[header[i].id] == nil
         {
-          s.loading[header[i].id] = pending
-          chosen.append(header[i])
+          let p = jobs.pending(for: header[i])
+          s.loading[header[i].id] = p
+          chosen.append((header[i], p))
           end += header[i].length
           i += 1
         }
       }
     }
-    guard let pack, let last = chosen.last else { return }
-    let start = Int(e.blob.offset)
-    guard
-      var sealed = try? await repo.backend.load(
-        Handle(.pack, pack.hex), offset: start, length: Int(last.offset + last.length) - start)
-    else { return }
+    let start = Int(first.offset)
+    let length = Int(chosen.last!.blob.offset + chosen.last!.blob.length) - start
+    guard let sealed = try? await repo.backend.load(Handle(.pack, pack.hex), offset: start, length: length) else {
+      var k = 0
+      while k < chosen.count {
+        let j = nextJob(chosen, k)
+        done(chosen[k..<j].map(\.blob), [], chosen[k].pending)
+        k = j
+      }
+      return
+    }
+    var k = 0
+    while k < chosen.count {
+      let j = nextJob(chosen, k)
+      let blobs = chosen[k..<j].map(\.blob)
+      let p = chosen[k].pending
+      workers.submit { self.decode(blobs, sealed, start, pack, p) }
+      k = j
+    }
+  }
+
+  /// The end of the job that starts at `k` (its blobs share one Pending).
+  private func nextJob(_ chosen: [Claim], _ k: Int) -> Int {
+    var j = k + 1
+    while j < chosen.count && chosen[j].pending === chosen[k].pending { j += 1 }
+    return j
+  }
+
+  /// Decodes `blobs` out of `sealed` (the pack's bytes from offset `start`), on a worker thread. The sealed
+  /// bytes are shared by the window's jobs and only read: each job decrypts into the plaintext it returns.
+  private func decode(_ blobs: [PackedBlob], _ sealed: [UInt8], _ start: Int, _ pack: PackID, _ p: Pending) {
     var decoded: [(BlobID, [UInt8])] = []
-    decoded.reserveCapacity(chosen.count)
-    sealed.withUnsafeMutableBytes { raw in
-      for b in chosen {
+    decoded.reserveCapacity(blobs.count)
+    sealed.withUnsafeBytes { raw in
+      for b in blobs {
         let from = Int(b.offset) - start
         let to = from + Int(b.length)
         guard from >= 0, to <= raw.count else { continue }
-        if let plain = try? repo.decodeBlob(
-          inPlace: UnsafeMutableRawBufferPointer(rebasing: raw[from..<to]), b, pack: pack)
-        {
+        if let plain = try? repo.decodeBlob(UnsafeRawBufferPointer(rebasing: raw[from..<to]), b, pack: pack) {
           decoded.append((b.id, plain))
         }
       }
     }
+    done(blobs, decoded, p)
+  }
+
+  /// Stores what a job decoded and lets its waiters go.
+  private func done(_ blobs: [PackedBlob], _ decoded: [(BlobID, [UInt8])], _ p: Pending) {
     state.withLock { s in
-      // The blob asked for goes in last, so that a small cache keeps it rather than its neighbours.
-      for (id, v) in decoded.reversed() { s.cache.insert(id, v, cost: v.count + 64, wanted: true) }
+      for (id, v) in decoded { s.cache.insert(id, v, cost: v.count + 64, wanted: true) }
+      for b in blobs where s.loading[b.id] === p { s.loading[b.id] = nil }
     }
+    p.finish(decoded)
   }
 
   /// The pack's blobs sorted by offset (cached for the last packs used).
@@ -240,6 +291,23 @@ final class BlobStore: Sendable {
     let h = try await repo.loadPackHeader(pack).sorted { $0.offset < $1.offset }
     state.withLock { $0.headers.insert(pack, h, cost: 1) }
     return h
+  }
+}
+
+/// Cuts a run of neighbouring blobs into decode jobs of about `BlobStore.jobBytes` stored bytes: a large blob is a
+/// job of its own, small ones share one.
+private struct JobCutter {
+  private var current = Pending()
+  private var bytes = 0
+
+  /// The job (its Pending) that `b`, the next blob of the run, belongs to.
+  mutating func pending(for b: PackedBlob) -> Pending {
+    if bytes >= BlobStore.jobBytes {
+      current = Pending()
+      bytes = 0
+    }
+    bytes += Int(b.length)
+    return current
   }
 }
 

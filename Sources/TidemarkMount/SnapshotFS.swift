@@ -49,6 +49,8 @@ public final class SnapshotFS: FUSEFilesystem {
   /// Files being read, by inode: opens are stateless (the kernel sends none), so reads find their
   /// blob list here, made on first use.
   let files: Mutex<ClockCache<UInt64, OpenFile>>
+  /// How each file is being read (sequentially or not), by inode, for the most recently read files.
+  let readers = Mutex(ClockCache<UInt64, ReadStream>(limit: 1024))
   /// Listings of snapshot directories by inode (immutable), bounded in bytes.
   let listings: Mutex<ClockCache<UInt64, [FUSEDirEntry]>>
   /// Paths below `versions/<host>/` across the host's snapshots, by inode, bounded in bytes.
@@ -322,8 +324,46 @@ public final class SnapshotFS: FUSEFilesystem {
 
   public func release(ino: UInt64, handle: UInt64) { _ = handles.withLock { $0.open.removeValue(forKey: handle) } }
 
-  /// Bytes of plaintext fetched ahead of a sequential reader.
-  static let readAhead: Int64 = 16 << 20
+  /// Bytes of plaintext decoded ahead of a sequential reader: `readAheadFirst` once a read follows on from the
+  /// previous one (or starts the file), doubled with every further such read up to `readAhead` (or a quarter of
+  /// the blob cache, if that is less, so that blobs decoded ahead are not evicted before they are read). Enough
+  /// to keep every worker busy with the blobs the reader wants next; reads elsewhere in the file (random access)
+  /// fetch only the blobs they need and the rest of their pack window.
+  static let readAhead: Int64 = 32 << 20
+  static let readAheadFirst: Int64 = 4 << 20
+  /// How far from where the reads so far ended a read may start and still count as following on: the kernel's
+  /// own read-ahead (1 MiB) sends requests that are answered out of order when some wait for a blob.
+  static let sequentialSlack: Int64 = 2 << 20
+
+  /// Notes a read of `offset..<end` of `ino`; returns how many bytes after `end` to decode ahead.
+  private func readAheadBytes(_ ino: UInt64, _ offset: Int64, _ end: Int64) -> Int64 {
+    let most = min(SnapshotFS.readAhead, Int64(blobs.limit / 4))
+    return readers.withLock { r in
+      var s = r.get(ino) ?? ReadStream()
+      if offset >= s.end - SnapshotFS.sequentialSlack && offset <= s.end + SnapshotFS.sequentialSlack {
+        s.ahead = min(max(s.ahead * 2, SnapshotFS.readAheadFirst), most)
+        s.end = max(s.end, end)
+      } else {
+        s = ReadStream(end: end, ahead: 0)
+      }
+      r.insert(ino, s, cost: 1)
+      return s.ahead
+    }
+  }
+
+  /// Starts loading the blobs a read needs (`first...last`), and for a sequential reader the blobs after them.
+  /// While the file goes on past those, its loads take no other blobs of their packs: the file's own next blobs
+  /// follow with the next reads. Random reads, and reads that reach the end of the file (a walk through small
+  /// files), keep the pack window (`BlobStore.prefetch`).
+  private func fetch(_ ino: UInt64, _ f: OpenFile, _ first: Int, _ last: Int, _ offset: Int64, _ end: Int64) {
+    var stop = last + 1
+    let ahead = readAheadBytes(ino, offset, end)
+    if ahead > 0 {
+      let limit = f.ends[last] + ahead
+      while stop < f.content.count && f.ends[stop] <= limit { stop += 1 }
+    }
+    blobs.prefetch(f.content[first..<stop], extend: ahead == 0 || stop == f.content.count)
+  }
 
   /// The blobs a read needs (`first...last` of the file's content), or the inline answer.
   private enum Plan {
@@ -345,7 +385,7 @@ public final class SnapshotFS: FUSEFilesystem {
     return .blobs(f, first: first, last: last, end: end)
   }
 
-  /// Copies `offset..<end` out of blobs `first...` and starts fetching what comes next.
+  /// Copies `offset..<end` out of blobs `first...`.
   private func assemble(_ f: OpenFile, _ first: Int, _ offset: Int64, _ end: Int64, _ data: [[UInt8]]) throws
     -> [ArraySlice<UInt8>]
   {
@@ -364,14 +404,6 @@ public final class SnapshotFS: FUSEFilesystem {
     // Blobs this answer reads up to their last byte are done with (see `BlobStore.release`); a blob the
     // answer starts in but does not finish stays for the next request.
     blobs.release((first..<first + data.count).lazy.filter { f.ends[$0] <= end }.map { f.content[$0] })
-    // Read-ahead: the blobs after this answer, up to `readAhead` bytes, while the caller consumes it.
-    let next = first + data.count
-    if next < f.content.count {
-      var stop = next
-      let limit = f.ends[next - 1] + SnapshotFS.readAhead
-      while stop < f.content.count && f.ends[stop] <= limit { stop += 1 }
-      blobs.prefetch(f.content[next..<max(stop, next + 1)])
-    }
     return out
   }
 
@@ -380,12 +412,10 @@ public final class SnapshotFS: FUSEFilesystem {
     switch plan(file, offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
+      fetch(ino, f, first, last, offset, end)
       var data: [[UInt8]] = []
       for i in first...last {
-        guard let b = blobs.cached(f.content[i]) else {
-          blobs.prefetch(f.content[i...last])
-          return nil
-        }
+        guard let b = blobs.cached(f.content[i]) else { return nil }
         data.append(b)
       }
       return try assemble(f, first, offset, end, data)
@@ -398,7 +428,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case .blobs(let f, let first, let last, let end):
       // Every blob the request needs, concurrently (a request rarely spans more than two).
       let ids = Array(f.content[first...last])
-      blobs.prefetch(ids)
+      fetch(ino, f, first, last, offset, end)
       let fetched = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
         for (k, id) in ids.enumerated() { g.addTask { (k, try await self.blobs.get(id)) } }
         var r = [[UInt8]](repeating: [], count: ids.count)
@@ -570,6 +600,13 @@ struct OpenFile: Sendable {
     self.ends = ends
   }
   init(inline: [UInt8]) { self.inline = inline }
+}
+
+/// How one file is being read: where the reads that followed on from each other have got to, and how far ahead
+/// of them blobs are decoded (0: the file is read at random).
+struct ReadStream {
+  var end: Int64 = 0
+  var ahead: Int64 = 0
 }
 
 extension Array {

@@ -289,6 +289,60 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     }
   }
 
+  /// A large compressible file (log lines, many blobs over several pack windows) read front to back through the
+  /// mount, where blobs are decoded ahead of the reader on every core, then read at random places with the
+  /// kernel's copy of its pages dropped: every byte matches. Once with the default cache and once with a cache
+  /// too small to hold a read-ahead, so decoded blobs are evicted before they are read.
+  @Test func sequentialAndRandomReadsOfALargeCompressibleFileMatch() throws {
+    let ws = try Workspace("mount-read-ahead")
+    try FileManager.default.createDirectory(atPath: ws.sub("src"), withIntermediateDirectories: true)
+    let original = compressibleLog(bytes: 24 << 20, seed: 20_261_207)
+    try Data(original).write(to: URL(fileURLWithPath: ws.sub("src/app.log")))
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "src"])
+    try #require(b.status == 0, "\(b.stderr)")
+    // Several blobs, stored compressed (well under the file's size).
+    let stored = try ws.size("repo/data")
+    #expect(stored < Int64(original.count) / 2, "the log file was not stored compressed: \(stored) bytes")
+
+    for cache in ["128m", "2m"] {
+      let mnt = ws.sub("mnt-\(cache)")
+      let m = try MountProcess(ws, ["-r", "repo", "mount", "--cache-size", cache], mountpoint: mnt)
+      let file = mnt + "/snapshots/latest/src/app.log"
+      #expect(m.wait(for: file), "the mount never showed the snapshot")
+
+      // Front to back in 128 KiB reads, as cat does.
+      let fd = open(file, O_RDONLY)
+      try #require(fd >= 0, "open: \(errno)")
+      defer { close(fd) }
+      var read: [UInt8] = []
+      read.reserveCapacity(original.count)
+      var chunk = [UInt8](repeating: 0, count: 128 << 10)
+      while true {
+        let n = chunk.withUnsafeMutableBytes { Foundation.read(fd, $0.baseAddress, $0.count) }
+        try #require(n >= 0, "read: \(errno)")
+        if n == 0 { break }
+        read += chunk[0..<n]
+      }
+      #expect(read.count == original.count, "cache \(cache): read \(read.count) bytes of \(original.count)")
+      #expect(read == original, "cache \(cache): the sequential read differs from the file")
+
+      // Random places (70,000 bytes each, some across blob ends), the start and the end, after the kernel has
+      // dropped the pages the sequential read left, so that the mount answers them.
+      #expect(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+      var rng = SplitMix(seed: 7)
+      var offsets = (0..<24).map { _ in Int(rng.next() % UInt64(original.count)) }
+      offsets += [0, original.count - 10]
+      for off in offsets {
+        let want = Array(original[off..<min(original.count, off + 70_000)])
+        var got = [UInt8](repeating: 0, count: want.count)
+        let n = got.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(off)) }
+        #expect(n == want.count && got == want, "cache \(cache): read at \(off) differs (\(n) bytes)")
+      }
+      #expect(m.isMounted())
+    }
+  }
+
   @Test func mountHelperServesMountTypeTidemark() throws {
     // mount(8) runs /sbin/mount.tidemark; install ours there for the test when nothing else is.
     let helper = "/sbin/mount.tidemark"
@@ -342,5 +396,38 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     }
     #expect(released, "the server kept its lock after umount")
     #expect(!(try String(contentsOfFile: "/proc/mounts", encoding: .utf8)).contains(" \(mnt) "))
+  }
+}
+
+/// Log lines of a few services with their own numbers and identifiers: compressible about threefold, as logs are,
+/// and the same for the same seed.
+func compressibleLog(bytes: Int, seed: UInt64) -> [UInt8] {
+  var rng = SplitMix(seed: seed)
+  let services = ["nginx", "sshd", "app", "cron"]
+  let words = ["GET /api/v1/orders", "Accepted publickey for", "level=info op=read", "level=warn msg=retrying"]
+  var out: [UInt8] = []
+  out.reserveCapacity(bytes + 200)
+  var t: UInt64 = 0
+  while out.count < bytes {
+    t += rng.next() % 3
+    let k = Int(rng.next() % 4)
+    let line =
+      "Dec \(1 + t / 86400 % 28) \(t % 86400) host-\(rng.next() % 16) \(services[k])[\(rng.next() % 30000)]: "
+      + "\(words[k]) id=\(rng.next() % 1_000_000) req=\(String(rng.next(), radix: 16)) ms=\(rng.next() % 900)\n"
+    out += line.utf8
+  }
+  return Array(out[0..<bytes])
+}
+
+/// A small deterministic generator (splitmix64) for test data.
+struct SplitMix {
+  var state: UInt64
+  init(seed: UInt64) { state = seed }
+  mutating func next() -> UInt64 {
+    state &+= 0x9e37_79b9_7f4a_7c15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+    z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+    return z ^ (z >> 31)
   }
 }
