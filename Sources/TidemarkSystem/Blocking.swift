@@ -6,13 +6,39 @@ import Synchronization
 /// Runs blocking calls on dedicated threads, never on the cooperative pool.
 public enum Blocking {
   private static let queues: [DispatchQueue] = (0..<16).map { DispatchQueue(label: "tidemark.blocking.\($0)") }
-  private static let next = Atomic<Int>(0)
+  /// Calls queued or running on each queue. Each queue is serial: a call sent to a busy one waits for the
+  /// calls before it, however long they take (a batch of small files, a pack read), so a call goes to an idle
+  /// queue whenever one is idle, and otherwise to the least busy.
+  private static let load = Mutex(Load())
+
+  private struct Load {
+    var pending = [Int](repeating: 0, count: 16)
+    var start = 0
+
+    mutating func pick() -> Int {
+      var best = start
+      for k in 0..<16 {
+        let i = (start + k) & 15
+        if pending[i] == 0 {
+          best = i
+          break
+        }
+        if pending[i] < pending[best] { best = i }
+      }
+      start = (best + 1) & 15
+      pending[best] += 1
+      return best
+    }
+  }
 
   public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    let i = next.add(1, ordering: .relaxed).oldValue
-    let q = queues[i & 15]
+    let i = load.withLock { $0.pick() }
     return try await withCheckedThrowingContinuation { c in
-      q.async { c.resume(with: Result { try body() }) }
+      queues[i].async {
+        let r = Result { try body() }
+        load.withLock { $0.pending[i] -= 1 }
+        c.resume(with: r)
+      }
     }
   }
 
