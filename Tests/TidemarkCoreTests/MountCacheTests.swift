@@ -52,6 +52,18 @@ import TidemarkSystem
 /// The mount's inode table and cache budget, and a walk of a real repository under a budget far smaller than
 /// its trees: every cache stays within its share, and what was evicted is loaded again, unchanged.
 @Suite struct MountMemoryTests {
+  /// Runs Debian's restic on the repository `repo` under `dir` (password "pw", no cache), from `dir`.
+  static func restic(in dir: URL, _ args: [String]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/restic")
+    p.arguments = ["-q", "-r", dir.appendingPathComponent("repo").path, "--no-cache"] + args
+    p.environment = ["RESTIC_PASSWORD": "pw", "PATH": "/usr/bin:/bin"]
+    p.currentDirectoryURL = dir
+    try p.run()
+    p.waitUntilExit()
+    try #require(p.terminationStatus == 0, "restic \(args)")
+  }
+
   @Test func inodeTableCountsLookupsSharesDirectoriesAndForgets() {
     var t = InodeTable()
     let a = BlobID(RawID.hash([1])), b = BlobID(RawID.hash([2])), sub = BlobID(RawID.hash([3]))
@@ -115,16 +127,7 @@ import TidemarkSystem
         expected["g\(d % 4)/d\(d)/file-\(f).bin"] = bytes
       }
     }
-    for args in [["init"], ["backup", "data"]] {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: "/usr/bin/restic")
-      p.arguments = ["-q", "-r", dir.appendingPathComponent("repo").path, "--no-cache"] + args
-      p.environment = ["RESTIC_PASSWORD": "pw", "PATH": "/usr/bin:/bin"]
-      p.currentDirectoryURL = dir
-      try p.run()
-      p.waitUntilExit()
-      try #require(p.terminationStatus == 0, "restic \(args)")
-    }
+    for args in [["init"], ["backup", "data"]] { try Self.restic(in: dir, args) }
     let repo = try await Repository.open(
       backend: LocalBackend(path: BytePath(dir.appendingPathComponent("repo").path)), password: Array("pw".utf8))
     var options = MountOptions()
@@ -195,16 +198,7 @@ extension MountMemoryTests {
     try FileManager.default.createDirectory(at: big, withIntermediateDirectories: true)
     // 300 names make the directory's tree far larger than the tree cache's share.
     for f in 0..<300 { try Data("\(f)".utf8).write(to: big.appendingPathComponent("other-\(f).txt")) }
-    func restic(_ args: [String]) throws {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: "/usr/bin/restic")
-      p.arguments = ["-q", "-r", dir.appendingPathComponent("repo").path, "--no-cache"] + args
-      p.environment = ["RESTIC_PASSWORD": "pw", "PATH": "/usr/bin:/bin"]
-      p.currentDirectoryURL = dir
-      try p.run()
-      p.waitUntilExit()
-      try #require(p.terminationStatus == 0, "restic \(args)")
-    }
+    func restic(_ args: [String]) throws { try MountMemoryTests.restic(in: dir, args) }
     try restic(["init"])
     let versions = ["one", "two", "three"]
     for v in versions {
