@@ -25,6 +25,15 @@ public final class AsyncSemaphore: Sendable {
     }
   }
 
+  /// Takes a permit if one is free now; never waits.
+  public func tryAcquire() -> Bool {
+    state.withLock { s in
+      guard s.permits > 0 else { return false }
+      s.permits -= 1
+      return true
+    }
+  }
+
   public func release() {
     let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
       if !s.waiters.isEmpty { return s.waiters.removeFirst() }

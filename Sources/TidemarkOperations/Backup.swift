@@ -130,6 +130,10 @@ public final class Backup: Sendable {
   let sawHardLinks = Atomic<Bool>(false)
   /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
   let batch = Mutex(SmallFileBatch())
+  /// Subdirectories walked beside the main walk: without them the walk is one chain of directory listings,
+  /// one after the other, while the other cores wait for it.
+  let sideWalks: AsyncSemaphore
+  let sideWalkLimit: Int
 
   public init(repository: Repository, options: BackupOptions) {
     repo = repository
@@ -141,6 +145,8 @@ public final class Backup: Sendable {
     chunkPermits = AsyncSemaphore(cores)
     chunkBuffers = BufferPool(keep: cores, largest: 2 << 20)
     batchBuffers = BufferPool(keep: 2 * (cores + 2))
+    sideWalkLimit = cores
+    sideWalks = AsyncSemaphore(cores)
     journal = options.changes.map { JournalPlan($0, hardLinks: options.treeMayHoldHardLinks) }
   }
 
@@ -254,8 +260,10 @@ public final class Backup: Sendable {
     let pending: [PendingNode]
     do {
       pending = try await virtualChildren(root, parentTree: parentTree)
+      await sideWalksFinished()
       await flushBatch()
     } catch {
+      await sideWalksFinished()
       abandonBatch(error)
       throw error
     }
@@ -437,11 +445,36 @@ public final class Backup: Sendable {
     children.reserveCapacity(entries.count)
     for (name, st, node) in entries {
       let childPath = path.appending(name)
+      if node?.type == .dir, sideWalks.tryAcquire() {
+        // Walked beside this one; its files join the batches as they are found.
+        let parentNode = parentByName[name]
+        let task = Task<Node?, Error> {
+          let pending: PendingNode
+          do {
+            pending = try await self.entry(
+              path: childPath, name: name, stat: st, parentNode: parentNode, node: node, journal: journal)
+          } catch {
+            self.sideWalks.release()
+            throw error
+          }
+          self.sideWalks.release()
+          return try await pending.value
+        }
+        children.append(.task(task))
+        continue
+      }
       children.append(
         try await entry(
           path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node, journal: journal))
     }
     return assemble(node: node, children: children, parentSubtree: parentNode?.subtree)
+  }
+
+  /// Waits until no subdirectory is being walked beside the main walk, so that no file joins a batch after
+  /// the last one is flushed (or abandoned).
+  func sideWalksFinished() async {
+    for _ in 0..<sideWalkLimit { await sideWalks.acquire() }
+    for _ in 0..<sideWalkLimit { sideWalks.release() }
   }
 
   /// The directory's node once its children are done: their tree stored, the counts kept.
