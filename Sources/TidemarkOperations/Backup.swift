@@ -422,9 +422,8 @@ public final class Backup: Sendable {
       let excludes = !options.excludes.isEmpty
       entries = try await Blocking.run { [names] in
         var out: [([UInt8], FileStat, Node?)] = []
-        for n in try Sys.readDirectory(path) {
+        for (n, st) in try Sys.readDirectoryWithStats(path) {
           let p = path.appending(n)
-          guard let st = try? Sys.lstat(p) else { continue }
           if excludes && self.excluded(p) { continue }
           out.append((n, st, try? Node.from(path: p, name: n, stat: st, names: names)))
         }

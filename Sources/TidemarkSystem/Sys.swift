@@ -63,6 +63,29 @@ public enum Sys {
     return names
   }
 
+  /// opendir/readdir and fstatat(2) relative to the open directory: every entry (without `.` and `..`,
+  /// unsorted) with its lstat, resolving only the entry's own name rather than its whole path. An entry that
+  /// cannot be stat'ed (gone since it was listed) is left out.
+  public static func readDirectoryWithStats(_ p: BytePath) throws -> [([UInt8], FileStat)] {
+    guard let d = p.withCString({ opendir($0) }) else { throw SystemError(errno, "opendir", p.description) }
+    defer { closedir(d) }
+    let fd = dirfd(d)
+    var out: [([UInt8], FileStat)] = []
+    while true {
+      errno = 0
+      guard let e = readdir(d) else {
+        if errno != 0 { throw SystemError(errno, "readdir", p.description) }
+        break
+      }
+      let name: [UInt8] = withUnsafeBytes(of: e.pointee.d_name) { raw in
+        Array(raw.prefix { $0 != 0 })
+      }
+      if name == [46] || name == [46, 46] { continue }
+      if let st = try? lstat(at: fd, name) { out.append((name, st)) }
+    }
+    return out
+  }
+
   /// readlink(2): the raw target bytes.
   public static func readlink(_ p: BytePath) throws -> [UInt8] {
     var size = 256
