@@ -102,6 +102,62 @@ import TidemarkSystem
     #expect(again.out.contains("\"files_unmodified\":721"), "\(again.out)")
   }
 
+  /// Subdirectories are walked beside the main walk, so the order in which a wide tree is read changes from
+  /// run to run. The snapshot must not: every backup of the same tree, read in full (`--force`) or taken from
+  /// its parent, has the root tree restic writes for it.
+  @Test func aWideTreeWalkedInParallelGivesResticsTree() throws {
+    let ws = try Workspace("wide")
+    let r = try Tools.sh(
+      """
+      python3 -c '
+      import os, random
+      g = random.Random(11)
+      for a in range(12):
+          for b in range(6):
+              for c in range(4):
+                  d = f"data/a{a}/b{b}/c{c}"
+                  os.makedirs(d, exist_ok=True)
+                  for i in range(g.randrange(0, 6)):
+                      with open(f"{d}/f{i}", "wb") as f: f.write(bytes(g.getrandbits(8) for _ in range(g.randrange(0, 3000))))
+              if b % 2: os.symlink(f"../b{b - 1}", f"data/a{a}/b{b}/up")
+      os.makedirs("data/empty/deeper", exist_ok=True)
+      '
+      find data -exec touch -h -d "2026-01-02 03:04:05" {} +
+      """, cwd: ws.path)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    let rb = try ws.restic(["-r", "repo", "backup", "data", "--json"])
+    #expect(rb.status == 0, "\(rb.stderr)")
+    func snapshotID(_ out: String) -> String? {
+      out.split(separator: "\n").compactMap { line -> String? in
+        guard line.contains("\"message_type\":\"summary\""),
+          let v = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+          let id = v["snapshot_id"] as? String
+        else { return nil }
+        return id
+      }.last
+    }
+    guard let resticSnap = snapshotID(rb.out) else {
+      Issue.record("no summary from restic: \(rb.out)")
+      return
+    }
+    func tree(_ json: String) -> String? {
+      (try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["tree"] as? String
+    }
+    let resticTree = tree(try ws.restic(["-r", "repo", "cat", "snapshot", resticSnap]).out)
+    #expect(resticTree != nil)
+    for args in [["--force"], ["--force"], []] {
+      let b = try ws.tidemark(["-r", "repo", "backup", "data", "--json"] + args)
+      #expect(b.status == 0, "\(b.stderr)")
+      guard let snap = snapshotID(b.out) else {
+        Issue.record("no summary from tidemark: \(b.out)")
+        continue
+      }
+      let cat = try ws.restic(["-r", "repo", "cat", "snapshot", snap])
+      #expect(tree(cat.out) == resticTree, "backup \(args): \(cat.out)")
+    }
+  }
+
   @Test func unchangedDataDeduplicatesAcrossTheTools() throws {
     let ws = try Workspace("dedup")
     let r = try Tools.sh(
