@@ -33,12 +33,26 @@ public enum Blocking {
 
   public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     let i = load.withLock { $0.pick() }
+    let call = OneCall(body)
     return try await withCheckedThrowingContinuation { c in
       queues[i].async {
-        let r = Result { try body() }
+        let r = call.run()
         load.withLock { $0.pending[i] -= 1 }
         c.resume(with: r)
       }
+    }
+  }
+
+  /// A call that lets go of its closure (and whatever the closure captured) before its caller resumes. The
+  /// dispatch block is released only after it returns, which is after the resume, so a buffer the closure
+  /// captured would otherwise still be shared when the caller reuses it (and `removeAll(keepingCapacity:)`
+  /// would then give it fresh, unfaulted pages of the same size every time).
+  private final class OneCall<T>: @unchecked Sendable {
+    private var body: (() throws -> T)?
+    init(_ body: @escaping () throws -> T) { self.body = body }
+    func run() -> Result<T, Error> {
+      let body = self.body.take()!
+      return Result { try body() }
     }
   }
 
