@@ -45,45 +45,39 @@ public enum Sys {
 
   /// opendir/readdir: entry names without `.` and `..`, unsorted.
   public static func readDirectory(_ p: BytePath) throws -> [[UInt8]] {
-    guard let d = p.withCString({ opendir($0) }) else { throw SystemError(errno, "opendir", p.description) }
-    defer { closedir(d) }
     var names: [[UInt8]] = []
-    while true {
-      errno = 0
-      guard let e = readdir(d) else {
-        if errno != 0 { throw SystemError(errno, "readdir", p.description) }
-        break
-      }
-      let name: [UInt8] = withUnsafeBytes(of: e.pointee.d_name) { raw in
-        Array(raw.prefix { $0 != 0 })
-      }
-      if name == [46] || name == [46, 46] { continue }
-      names.append(name)
-    }
+    try forEachEntry(p) { _, name in names.append(name) }
     return names
   }
 
-  /// opendir/readdir and fstatat(2) relative to the open directory: every entry (without `.` and `..`,
-  /// unsorted) with its lstat, resolving only the entry's own name rather than its whole path. An entry that
-  /// cannot be stat'ed (gone since it was listed) is left out.
+  /// readDirectory with each entry's lstat, by fstatat(2) relative to the open directory: only the entry's
+  /// own name is resolved, not its whole path. An entry that cannot be stat'ed (gone since it was listed) is
+  /// left out.
   public static func readDirectoryWithStats(_ p: BytePath) throws -> [([UInt8], FileStat)] {
+    var out: [([UInt8], FileStat)] = []
+    try forEachEntry(p) { fd, name in
+      if let st = try? lstat(at: fd, name) { out.append((name, st)) }
+    }
+    return out
+  }
+
+  /// Calls `body` with the open directory's descriptor and each entry's name but `.` and `..`.
+  private static func forEachEntry(_ p: BytePath, _ body: (Int32, [UInt8]) -> Void) throws {
     guard let d = p.withCString({ opendir($0) }) else { throw SystemError(errno, "opendir", p.description) }
     defer { closedir(d) }
     let fd = dirfd(d)
-    var out: [([UInt8], FileStat)] = []
     while true {
       errno = 0
       guard let e = readdir(d) else {
         if errno != 0 { throw SystemError(errno, "readdir", p.description) }
-        break
+        return
       }
       let name: [UInt8] = withUnsafeBytes(of: e.pointee.d_name) { raw in
         Array(raw.prefix { $0 != 0 })
       }
       if name == [46] || name == [46, 46] { continue }
-      if let st = try? lstat(at: fd, name) { out.append((name, st)) }
+      body(fd, name)
     }
-    return out
   }
 
   /// readlink(2): the raw target bytes.
