@@ -1,14 +1,30 @@
 // What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the reads
-// timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal).
+// timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal, each pack's
+// SHA-256 and its write into the page cache of a scratch file), and one key derivation.
 import Foundation
 import TidemarkCore
 import TidemarkSystem
 
 public enum StageCosts {
-  /// The stages' costs over every regular file under `paths`, and the time their reads took.
-  public static func measure(paths: [BytePath], compression: Compression) throws -> (StageProbe.Costs, read: Duration) {
-    let probe = StageProbe(compression: compression)
+  /// The stages' costs over every regular file under `paths`, the time their reads took, and the time the packs'
+  /// writes took: into the page cache of an unlinked file in `scratch` (no fsync: the disk's own time is I/O, which
+  /// the floor overlaps), truncated after each pack so that the page cache does not grow.
+  public static func measure(paths: [BytePath], compression: Compression, scratch: BytePath) throws -> (
+    StageProbe.Costs, read: Duration, write: Duration
+  ) {
     let clock = ContinuousClock()
+    let sinkPath = scratch.appending(Array("stage-costs-\(getpid()).tmp".utf8))
+    let sink = try Sys.open(sinkPath, O_RDWR | O_CREAT | O_EXCL, 0o600)
+    defer { Sys.close(sink) }
+    try? Sys.unlink(sinkPath)
+    var write = Duration.zero
+    let probe = StageProbe(compression: compression) { bytes in
+      let t0 = clock.now
+      try Sys.pwrite(sink, bytes, offset: 0)
+      write += clock.now - t0
+      _ = ftruncate(sink, 0)
+    }
+    try probe.measureKeyOpen()
     var read = Duration.zero
     var stack = paths
     // The read is timed as a backup reads: 2 MiB at a time into one reused buffer (copies from the page cache).
@@ -47,6 +63,7 @@ public enum StageCosts {
         try probe.feed(file: UnsafeRawBufferPointer(rebasing: whole[0..<n]))
       }
     }
-    return (probe.costs, read)
+    try probe.finish()
+    return (probe.costs, read, write)
   }
 }

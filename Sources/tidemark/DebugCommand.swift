@@ -16,21 +16,26 @@ struct DebugCommand: AsyncParsableCommand {
       abstract: "What a backup's CPU-bound stages cost on one core of this machine, over the given files.",
       discussion: """
         Reads every regular file under PATH (from the page cache when it is warm), then chunks, hashes, \
-        compresses and seals it as a backup does, timing each stage on its own on one core. Prints one JSON \
-        object: files, chunks, bytes, stored_bytes and the seconds of read, chunk, hash, compress and seal. \
-        scripts/bench.sh divides their sum by the cores to get a corpus's floor.
+        compresses and seals it as a backup does, hashes each 16 MiB pack of sealed blobs and writes it into the \
+        page cache of a scratch file (no fsync), timing each stage on its own on one core; and derives one key \
+        with the scrypt parameters of `tidemark init`. Prints one JSON object: files, chunks, bytes, \
+        stored_bytes and the seconds of read, chunk, hash, compress, seal, pack_hash, write and key_open (CPU \
+        seconds). scripts/bench.sh divides their sum by the cores to get a corpus's floor.
         """)
     @Option(help: "Compression: auto (default), off or max.") var compression: String = "auto"
+    @Option(help: "Directory for the scratch file the packs are written to (default: $TMPDIR or /tmp).")
+    var scratch: String = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
     @Argument(help: "Files or directories.") var paths: [String]
 
     func run() async throws {
       guard let comp = Compression(rawValue: compression) else {
         throw TidemarkError(.usage, "unknown compression \(compression)", hint: "use auto, off or max")
       }
-      let (c, read) = try StageCosts.measure(paths: paths.map { BytePath($0) }, compression: comp)
+      let (c, read, write) = try StageCosts.measure(
+        paths: paths.map { BytePath($0) }, compression: comp, scratch: BytePath(scratch))
       func s(_ d: Duration) -> String { String(format: "%.3f", d.inSeconds) }
       Out.line(
-        "{\"files\":\(c.files),\"chunks\":\(c.chunks),\"bytes\":\(c.bytes),\"stored_bytes\":\(c.storedBytes),\"read_seconds\":\(s(read)),\"chunk_seconds\":\(s(c.chunk)),\"hash_seconds\":\(s(c.hash)),\"compress_seconds\":\(s(c.compress)),\"seal_seconds\":\(s(c.seal))}"
+        "{\"files\":\(c.files),\"chunks\":\(c.chunks),\"bytes\":\(c.bytes),\"stored_bytes\":\(c.storedBytes),\"read_seconds\":\(s(read)),\"chunk_seconds\":\(s(c.chunk)),\"hash_seconds\":\(s(c.hash)),\"compress_seconds\":\(s(c.compress)),\"seal_seconds\":\(s(c.seal)),\"pack_hash_seconds\":\(s(c.packHash)),\"write_seconds\":\(s(write)),\"key_open_seconds\":\(s(c.keyOpen))}"
       )
     }
   }
