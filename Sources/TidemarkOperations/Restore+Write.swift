@@ -44,7 +44,15 @@ extension Restore {
         off += Int64(e.blob.plainLength)
       }
     }
-    let packs = Array(byPack)
+    // The workers take runs of blobs, not whole packs: a pack of thousands of small files is many runs, so
+    // its files are written on every core rather than by one worker at the end while the others idle.
+    var runs: [(PackID, [(PackedBlob, [(FileJob, Int64)])])] = []
+    for (pack, blobs) in byPack {
+      for run in Restore.runs(blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) }) {
+        runs.append((pack, run))
+      }
+    }
+    byPack = [:]
     // Files rebuilt from large unchanged ranges of the old one: start those copies now, beside the
     // fetching, rather than when their first fetched blob arrives (a write waits for its file's copy).
     let large = writing.filter { job in
@@ -54,8 +62,8 @@ extension Restore {
     async let copied: Void = forEachConcurrently(large, limit: 1) { job in
       _ = try? await Blocking.run { try job.create() }  // on failure, the first write tries again and reports
     }
-    try await forEachConcurrently(packs, limit: Restore.packLimit) { (pack, blobs) in
-      await self.restorePack(pack, blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) })
+    try await forEachConcurrently(runs, limit: Restore.packLimit) { (pack, run) in
+      await self.restoreRun(pack, run)
     }
     try await copied
   }
@@ -75,18 +83,20 @@ extension Restore {
     return true
   }
 
-  func restorePack(_ pack: PackID, _ blobs: [(PackedBlob, [(FileJob, Int64)])]) async {
-    // Read the pack in runs of blobs spanning at most 4 MiB (a larger blob is a run of its own): the
-    // buffers in flight stay small, and the page cache serves the reads either way.
-    var run: [(PackedBlob, [(FileJob, Int64)])] = []
+  /// A pack's blobs cut into runs to read at once: sorted by offset, each run spanning at most 4 MiB (a larger
+  /// blob is a run of its own), so the buffers in flight stay small; the page cache serves the reads either way.
+  static func runs<T>(_ blobs: [(PackedBlob, T)]) -> [[(PackedBlob, T)]] {
+    var runs: [[(PackedBlob, T)]] = []
+    var run: [(PackedBlob, T)] = []
     for blob in blobs.sorted(by: { $0.0.offset < $1.0.offset }) {
       if let first = run.first, blob.0.offset + blob.0.length - first.0.offset > 4 << 20 {
-        await restoreRun(pack, run)
-        run.removeAll(keepingCapacity: true)
+        runs.append(run)
+        run = []
       }
       run.append(blob)
     }
-    if !run.isEmpty { await restoreRun(pack, run) }
+    if !run.isEmpty { runs.append(run) }
+    return runs
   }
 
   /// Restores blobs that lie close together in one pack (sorted by offset): one read, one blocking hop.
