@@ -16,6 +16,9 @@ extern int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flag
 #define CPOSIX_SYNC_FILE_RANGE_WRITE 2
 // O_DIRECT is _GNU_SOURCE too; glibc's bits define its per-architecture value as __O_DIRECT.
 #define CPOSIX_O_DIRECT __O_DIRECT
+// O_TMPFILE (an unnamed file in a directory, given a name later with linkat) and AT_EMPTY_PATH are _GNU_SOURCE too.
+static inline int cposix_o_tmpfile(void) { return __O_TMPFILE; }
+#define CPOSIX_AT_EMPTY_PATH 0x1000
 #include <stdint.h>
 #include <errno.h>
 #include <sys/syscall.h>

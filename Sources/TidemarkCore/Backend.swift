@@ -76,9 +76,28 @@ public protocol Backend: Sendable {
   /// `-o s3.object-lock-extend=true`) and less than half of that period is left; returns the new date, or nil
   /// when nothing was changed. The default: nil, no I/O.
   func extendRetention(_ h: Handle) async throws -> Date?
+  /// A pack to write piece by piece as it fills (see `PackUpload`), so that no whole pack waits in memory; nil
+  /// when the backend takes packs whole, through `save` (the default). Cheap: no I/O until the first append.
+  func makePackUpload() -> (any PackUpload)?
+}
+
+/// A pack on its way into a backend in pieces (`Backend.makePackUpload`). Nothing of it is visible in the
+/// repository until `commit`, which publishes all of it at once under its name, durably; `discard` (or an
+/// interrupted process) leaves nothing behind.
+///
+/// Contract: `append` is called in the order of the pack's bytes, by one thread at a time, and blocks (call it off
+/// the cooperative pool); after the last `append`, exactly one of `commit` or `discard` is called, once.
+public protocol PackUpload: AnyObject, Sendable {
+  /// Writes `bytes` after everything appended before. Blocking.
+  func append(_ bytes: UnsafeRawBufferPointer) throws
+  /// Makes the appended bytes durable and visible as `h` (a pack whose name is their SHA-256).
+  func commit(as h: Handle) async throws
+  /// Drops the appended bytes.
+  func discard() async
 }
 
 extension Backend {
+  public func makePackUpload() -> (any PackUpload)? { nil }
   public func retainedUntil(_ h: Handle) async throws -> Date? { nil }
   public func extendRetention(_ h: Handle) async throws -> Date? { nil }
 

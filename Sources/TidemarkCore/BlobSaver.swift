@@ -2,7 +2,14 @@
 // and collect them into packs (data and tree blobs never share one). Full packs are stored as they
 // fill; `finish` stores the rest and then the index that names them. Packs always land before the
 // index that names them, and the index before any snapshot that needs it.
+//
+// Where the backend takes packs piece by piece (`Backend.makePackUpload`: the local backend), a pack is
+// handed over in pieces of about 2 MiB as it fills, hashed and written on one serial queue in the order
+// the pieces were cut, so a backup holds a few MiB of pack bytes rather than several whole packs. Other
+// backends get each pack whole, from memory.
+import Dispatch
 import Synchronization
+import TidemarkCrypto
 import TidemarkZstd
 
 public struct BlobSaverStats: Sendable {
@@ -17,9 +24,18 @@ public final class BlobSaver: Sendable {
   /// Write an index file after this many packs so an interrupted run leaves reusable packs.
   static let packsPerIndex = 64
 
+  /// A streamed pack is handed over whenever this many of its bytes are waiting.
+  static let pieceSize = 2 << 20
+  /// Pieces handed over but not yet written before savers wait for them (`throttle`).
+  static let piecesAhead = 2
+
   struct PackBuffer {
+    /// The pack's bytes; when streamed, only those not yet handed to `stream`.
     var bytes: [UInt8] = []
     var blobs: [PackedBlob] = []
+    /// The pack's length so far (all of `bytes`, and what `stream` was handed before).
+    var length = 0
+    var stream: PackStream?
   }
 
   /// A pack that filled in `saveNow`, to be stored with `store`. A class that gives its buffer up once:
@@ -40,6 +56,8 @@ public final class BlobSaver: Sendable {
     /// Emptied pack buffers, kept for reuse: freeing 16 MiB buffers makes glibc raise its mmap
     /// threshold and then fragment its heap, which costs far more memory than keeping a few.
     var spare: [[UInt8]] = []
+    /// Emptied piece buffers of streamed packs, kept for reuse likewise.
+    var spareHandovers: [[UInt8]] = []
     var indexFiles = Set<String>()
   }
 
@@ -47,9 +65,14 @@ public final class BlobSaver: Sendable {
   private let state = Mutex(State())
   private let compressors = ZstdCompressorPool()
   /// Sealing buffers, reused so that every blob does not fault in fresh pages.
-  private let scratch = BufferPool(keep: 2, largest: 2 << 20)
-  /// Finished packs waiting to be stored hold 16 MiB each: store at most two at a time.
+  /// Up to the largest chunk: a larger chunk's buffer, freed, would be faulted in afresh for the next one.
+  private let scratch = BufferPool(keep: 2, largest: 9 << 20)
+  /// Finished packs waiting to be stored hold 16 MiB each (streamed ones: their durable commit): two at a time.
   private let packWrites = AsyncSemaphore(2)
+  /// Hashes and writes the pieces of streamed packs, in the order they were handed over.
+  private let pieceWriter = DispatchQueue(label: "tidemark.pack-pieces")
+  /// Pieces handed over and not yet written.
+  private let piecesPending = Backlog()
 
   /// With `deduplicateAgainstIndex: false` (prune's repacking), blobs the index already names are stored
   /// again: their old packs are about to go.
@@ -72,8 +95,13 @@ public final class BlobSaver: Sendable {
     defer { scratch.give(sealed) }
     let (fresh, full) = try plaintext.withUnsafeBytes { try saveNow(type, $0, id: id, scratch: &sealed) }
     if let full { try await store(full) }
+    await throttle()
     return fresh
   }
+
+  /// Waits while more than a few pieces of streamed packs are waiting to be written, so that a saver faster than
+  /// the disk does not pile them up in memory. `save` does this itself; callers of `saveNow` call it after theirs.
+  public func throttle() async { await piecesPending.wait(below: BlobSaver.piecesAhead + 1) }
 
   /// The synchronous half of `save`, for callers that do their CPU work on a thread of their own (the
   /// backup's small-file batches): deduplicates, compresses and seals the blob in `scratch` (reused from
@@ -89,27 +117,64 @@ public final class BlobSaver: Sendable {
     var full: PackBuffer? = state.withLock { s in
       // Take the buffer out of the dictionary so the append below happens in place (no copy-on-write).
       var p = s.packers.removeValue(forKey: type) ?? PackBuffer()
+      if p.blobs.isEmpty && p.stream == nil, let upload = repository.backend.makePackUpload() {
+        p.stream = PackStream(upload, queue: pieceWriter)
+      }
       if p.bytes.capacity == 0 {
-        if let b = s.spare.popLast() {
+        if p.stream != nil {
+          p.bytes = s.spareHandovers.popLast() ?? BlobSaver.handoverBuffer()
+        } else if let b = s.spare.popLast() {
           p.bytes = b
         } else {
           // Room for the largest blob and the header: never reallocate (untouched pages cost no memory).
           p.bytes.reserveCapacity(BlobSaver.targetPackSize + Chunker.maxSize + (2 << 20))
         }
       }
+      if p.stream != nil && p.bytes.count + length > BlobSaver.pieceSize {
+        // Handed over under the lock: pieces reach the writer in the order of the pack's bytes. A piece is at most
+        // `pieceSize`, or one larger blob.
+        handOver(&p, &s)
+      }
       p.blobs.append(
-        PackedBlob(
-          id: id, type: type, offset: UInt32(p.bytes.count), length: UInt32(length), uncompressedLength: ulen))
+        PackedBlob(id: id, type: type, offset: UInt32(p.length), length: UInt32(length), uncompressedLength: ulen))
       p.bytes += scratch[0..<length]
+      p.length += length
       s.stats.blobsAdded[Int(type.rawValue)] += 1
       s.stats.bytesAdded += plaintext.count
       s.stats.bytesStored += length
-      if p.bytes.count >= BlobSaver.targetPackSize { return p }
+      if p.stream != nil && (p.bytes.count >= BlobSaver.pieceSize || p.length >= BlobSaver.targetPackSize) {
+        handOver(&p, &s)
+      }
+      if p.length >= BlobSaver.targetPackSize { return p }
       s.packers[type] = p
       return nil
     }
     guard full != nil else { return (true, nil) }
     return (true, FilledPack(full.take()!))
+  }
+
+  private static func handoverBuffer() -> [UInt8] {
+    var b: [UInt8] = []
+    // Room for a piece and the largest sealed blob after it.
+    b.reserveCapacity(BlobSaver.pieceSize + Chunker.maxSize + 4096)
+    return b
+  }
+
+  /// Hands `p`'s waiting bytes to its stream, and gives `p` an empty buffer for the next ones. The piece's buffer
+  /// comes back to `spareHandovers` once written.
+  private func handOver(_ p: inout PackBuffer, _ s: inout State) {
+    guard let stream = p.stream, !p.bytes.isEmpty else { return }
+    var piece = s.spareHandovers.popLast() ?? BlobSaver.handoverBuffer()
+    swap(&piece, &p.bytes)
+    piecesPending.add()
+    stream.append(piece) { (written: consuming [UInt8]) in
+      var empty = consume written
+      empty.removeAll(keepingCapacity: true)
+      self.state.withLock { [empty] s in
+        if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(empty) }
+      }
+      self.piecesPending.remove()
+    }
   }
 
   /// Stores a pack that `saveNow` filled.
@@ -147,6 +212,10 @@ public final class BlobSaver: Sendable {
   /// Takes the buffer out of `p` (leaving it empty) so that this is the only reference to its bytes: appending
   /// the header to a shared pack would copy all 16 MiB of it.
   private func writePack(_ p: inout PackBuffer) async throws {
+    if p.stream != nil {
+      try await writeStreamedPack(&p)
+      return
+    }
     let blobs = p.blobs
     var bytes: [UInt8] = []
     swap(&bytes, &p.bytes)
@@ -166,8 +235,54 @@ public final class BlobSaver: Sendable {
       throw error
     }
     bytes.removeAll(keepingCapacity: true)
-    let indexNow: IndexFile? = state.withLock { s in
+    state.withLock { s in
       if s.spare.count < 3 && bytes.capacity >= BlobSaver.targetPackSize { s.spare.append(bytes) }
+    }
+    try await stored(packID, blobs)
+  }
+
+  /// Hands over what is left of a streamed pack, then its header, and publishes it under its hash.
+  private func writeStreamedPack(_ p: inout PackBuffer) async throws {
+    guard let stream = p.stream else { return }
+    let blobs = p.blobs
+    if !p.bytes.isEmpty {
+      // `p` is out of `packers`: nothing else hands over pieces of this pack, so the order holds.
+      state.withLock { s in handOver(&p, &s) }
+    }
+    p.blobs = []
+    p.stream = nil
+    p.length = 0
+    if p.bytes.capacity > 0 {
+      var rest: [UInt8] = []
+      swap(&rest, &p.bytes)
+      rest.removeAll(keepingCapacity: true)
+      state.withLock { s in if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(rest) } }
+    }
+    let packID: PackID
+    do {
+      var trailer = try repository.key.seal(PackHeader.encode(blobs))
+      let n = UInt32(trailer.count)
+      for s in [0, 8, 16, 24] as [UInt32] { trailer.append(UInt8(truncatingIfNeeded: n >> s)) }
+      packID = try await stream.close(trailer: trailer)
+      await packWrites.acquire()
+      do {
+        try await repository.writeGate.pass()
+        try await stream.upload.commit(as: Handle(.pack, packID.hex))
+        packWrites.release()
+      } catch {
+        packWrites.release()
+        throw error
+      }
+    } catch {
+      await stream.upload.discard()
+      throw error
+    }
+    try await stored(packID, blobs)
+  }
+
+  /// Records a pack that is stored, and writes an index file when enough packs wait for one.
+  private func stored(_ packID: PackID, _ blobs: [PackedBlob]) async throws {
+    let indexNow: IndexFile? = state.withLock { s in
       s.unindexed.packs.append((packID, blobs))
       s.unindexedBlobs += blobs.count
       s.stats.packsWritten += 1
@@ -206,5 +321,92 @@ public final class BlobSaver: Sendable {
       return f
     }
     if !f.packs.isEmpty { try await writeIndex(f) }
+  }
+}
+
+/// A pack being handed to a `PackUpload` in pieces: each piece is hashed and appended on `queue` (serial, off the
+/// cooperative pool) in the order `append` was called, which `BlobSaver` keeps by calling it under its lock. The
+/// first failure sticks: later pieces are dropped and `close` reports it.
+final class PackStream: @unchecked Sendable {
+  let upload: any PackUpload
+  private let queue: DispatchQueue
+  // Touched only on `queue`.
+  private let hasher = SHA256.Hasher()
+  private var failure: Error?
+
+  init(_ upload: any PackUpload, queue: DispatchQueue) {
+    self.upload = upload
+    self.queue = queue
+  }
+
+  /// Hashes and appends `piece` after the pieces handed over before; then gives it back to `done` (on `queue`),
+  /// as the only reference to its storage, so that emptying it for reuse keeps that storage (a second
+  /// reference would make `removeAll(keepingCapacity:)` allocate, and fault in, a fresh buffer for every piece).
+  func append(_ piece: consuming [UInt8], done: @escaping @Sendable (consuming [UInt8]) -> Void) {
+    let box = Mutex<[UInt8]?>(piece)
+    queue.async {
+      var bytes = box.withLock { $0.take() } ?? []
+      self.write(bytes)
+      done(consume bytes)
+      bytes = []
+    }
+  }
+
+  /// After every piece handed over: appends `trailer` (the pack's header and its length) and returns the pack's
+  /// ID, the SHA-256 of all its bytes.
+  func close(trailer: [UInt8]) async throws -> PackID {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<PackID, Error>) in
+      queue.async {
+        self.write(trailer)
+        if let f = self.failure {
+          c.resume(throwing: f)
+        } else {
+          c.resume(returning: PackID(RawID(bytes: self.hasher.finalize())))
+        }
+      }
+    }
+  }
+
+  private func write(_ bytes: [UInt8]) {
+    guard failure == nil else { return }
+    bytes.withUnsafeBytes { b in
+      hasher.update(b)
+      do { try upload.append(b) } catch { failure = error }
+    }
+  }
+}
+
+/// A count of work handed over and not yet done, and tasks waiting for it to fall.
+final class Backlog: Sendable {
+  private struct State {
+    var count = 0
+    var waiters: [(limit: Int, c: CheckedContinuation<Void, Never>)] = []
+  }
+  private let state = Mutex(State())
+
+  func add() { state.withLock { $0.count += 1 } }
+
+  func remove() {
+    let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+      s.count -= 1
+      let n = s.count
+      let ready = s.waiters.filter { n < $0.limit }.map(\.c)
+      s.waiters.removeAll { n < $0.limit }
+      return ready
+    }
+    for c in ready { c.resume() }
+  }
+
+  /// Returns once fewer than `limit` are pending.
+  func wait(below limit: Int) async {
+    if state.withLock({ $0.count < limit }) { return }
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+      let now = state.withLock { s -> Bool in
+        if s.count < limit { return true }
+        s.waiters.append((limit, c))
+        return false
+      }
+      if now { c.resume() }
+    }
   }
 }

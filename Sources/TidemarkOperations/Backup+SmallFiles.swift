@@ -172,6 +172,7 @@ extension Backup {
       return out
     }
     for p in read.packs { try await saver.store(p) }
+    await saver.throttle()
     var nodes = read.nodes
     state.withLock {
       $0.errors += read.errors

@@ -235,6 +235,26 @@ public enum Sys {
     (try? p.withCString { try Stat($0, followTargetSymlink: false) }) != nil
   }
 
+  /// Opens an unnamed regular file in directory `dir` for writing (O_TMPFILE): it has no name, so nobody sees it,
+  /// and it vanishes when closed, or when the process dies, until `linkUnnamed` names it. Throws (EOPNOTSUPP,
+  /// EISDIR or EINVAL) where the filesystem has no unnamed files.
+  public static func openUnnamed(in dir: BytePath, mode: UInt32) throws -> Int32 {
+    try check("open", dir.description) {
+      dir.withCString { Glibc.open($0, cposix_o_tmpfile() | O_WRONLY | O_CLOEXEC, mode_t(mode)) }
+    }
+  }
+
+  /// Names the unnamed file `fd` (see `openUnnamed`) `p`, atomically: linkat through /proc/self/fd, or with
+  /// AT_EMPTY_PATH where /proc is not mounted. Throws EEXIST when `p` exists, ENOENT when its directory does not.
+  public static func linkUnnamed(_ fd: Int32, to p: BytePath) throws {
+    let viaProc = "/proc/self/fd/\(fd)"
+    var r = p.withCString { linkat(AT_FDCWD, viaProc, AT_FDCWD, $0, AT_SYMLINK_FOLLOW) }
+    if r != 0 && errno == ENOENT && access("/proc/self/fd", F_OK) != 0 {
+      r = p.withCString { linkat(fd, "", AT_FDCWD, $0, CPOSIX_AT_EMPTY_PATH) }
+    }
+    if r != 0 { throw SystemError(errno, "link", p.description) }
+  }
+
   /// fsync of a directory, so a rename in it is durable.
   public static func fsyncDirectory(_ p: BytePath) throws {
     let fd = try open(p, O_RDONLY | O_DIRECTORY)

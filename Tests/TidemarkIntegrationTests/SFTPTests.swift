@@ -169,12 +169,64 @@ func checkBackendContract(_ b: any Backend) async throws {
   #expect(try await b.exists(h) == false)
   #expect(try await b.list(.pack).isEmpty)
   #expect(try await b.list(.snapshot).isEmpty)
+
+  // Where the backend takes packs piece by piece: nothing is visible before the commit, then exactly the bytes
+  // appended, under the pack's name; committing a pack that is there already keeps it; a discarded one leaves
+  // nothing.
+  if let upload = b.makePackUpload() {
+    for piece in [data[0..<1], data[1..<100_000], data[100_000...]] {
+      try Array(piece).withUnsafeBytes { try upload.append($0) }
+    }
+    #expect(try await b.list(.pack).isEmpty)
+    try await upload.commit(as: h)
+    #expect(try await b.load(h) == data)
+    #expect(try await b.list(.pack).map(\.name) == [id])
+    let again = try #require(b.makePackUpload())
+    try data.withUnsafeBytes { try again.append($0) }
+    try await again.commit(as: h)
+    #expect(try await b.load(h) == data)
+    let dropped = try #require(b.makePackUpload())
+    try Array("never stored".utf8).withUnsafeBytes { try dropped.append($0) }
+    await dropped.discard()
+    #expect(try await b.list(.pack).map(\.name) == [id])
+    try await b.remove(h)
+    #expect(try await b.list(.pack).isEmpty)
+  }
 }
 
 @Suite(.serialized) struct BackendTests {
   @Test func localBackendKeepsTheContract() async throws {
     let ws = try Workspace("contract-local")
     try await checkBackendContract(LocalBackend(path: BytePath(ws.sub("repo"))))
+  }
+
+  /// The local backend writes a pack piece by piece into an unnamed file and names it once durable: read-only
+  /// like every repository file, in data/XX (made if an older tool left it out), and nothing else in data/
+  /// before, after, or after a discard.
+  @Test func localPackUploadLeavesOnlyTheNamedPack() async throws {
+    let ws = try Workspace("pack-upload-local")
+    let b = LocalBackend(path: BytePath(ws.sub("repo")))
+    try await b.create()
+    let data = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 17) }
+    let id = RawID.hash(data).hex
+    try FileManager.default.removeItem(atPath: ws.sub("repo/data/\(id.prefix(2))"))
+    func entries() throws -> [String] {
+      try FileManager.default.subpathsOfDirectory(atPath: ws.sub("repo/data")).filter { $0.count > 2 }.sorted()
+    }
+    let upload = try #require(b.makePackUpload())
+    for k in stride(from: 0, to: data.count, by: 1 << 20) {
+      try Array(data[k..<(k + (1 << 20))]).withUnsafeBytes { try upload.append($0) }
+    }
+    #expect(try entries().isEmpty)
+    try await upload.commit(as: Handle(.pack, id))
+    #expect(try entries() == ["\(id.prefix(2))/\(id)"])
+    let attrs = try FileManager.default.attributesOfItem(atPath: ws.sub("repo/data/\(id.prefix(2))/\(id)"))
+    #expect((attrs[.posixPermissions] as? Int) == 0o400)
+    #expect(try Data(contentsOf: URL(fileURLWithPath: ws.sub("repo/data/\(id.prefix(2))/\(id)"))) == Data(data))
+    let dropped = try #require(b.makePackUpload())
+    try data.withUnsafeBytes { try dropped.append($0) }
+    await dropped.discard()
+    #expect(try entries() == ["\(id.prefix(2))/\(id)"])
   }
 
   @Test func sftpBackendKeepsTheContract() async throws {
