@@ -22,26 +22,45 @@ extension Restore {
         return (k, self.metadataChanges(p, st, items[k].node))
       }
     }
-    var made: [BytePath] = []
+    var made: [Int: [BytePath]] = [:]  // by depth
     for (k, c) in looked {
       if let c {
         if !c.isEmpty { note(c.code(".", "d"), items[k].components, dir: true, action: "updated") }
       } else {
         note("cd+++++++++", items[k].components, dir: true, action: "created")
-        made.append(path(items[k].components))
+        made[items[k].components.count, default: []].append(path(items[k].components))
       }
     }
-    if !options.dryRun && !made.isEmpty {
-      try await Blocking.run { [made] in for p in made { try Restore.ensureDirectory(p) } }
+    guard !options.dryRun else { return }
+    // Parents before children: depth by depth, each depth shared among the cores.
+    let cores = Restore.packLimit
+    for depth in made.keys.sorted() {
+      let dirs = made[depth]!
+      let share = (dirs.count + cores - 1) / cores
+      let shares = stride(from: 0, to: dirs.count, by: share).map { Array(dirs[$0..<min(dirs.count, $0 + share)]) }
+      try await forEachConcurrently(shares, limit: cores) { share in
+        try await Blocking.run { for p in share { try Restore.ensureDirectory(p) } }
+      }
     }
   }
 
-  /// Directory metadata goes last, deepest first, so restoring contents does not disturb their times.
+  /// Directory metadata goes last, so restoring contents does not disturb their times; deepest first, so a mode
+  /// without search permission does not lock a user out of what is below before it is done. The directories of
+  /// one depth do not touch each other (chmod, chown and utimensat change only the directory's own inode): each
+  /// depth is shared among the cores, in one blocking hop per share.
   func applyDirectoryMetadata(_ run: RunContext) async {
-    for item in run.items.reversed() where item.node.type == .dir {
-      let p = path(item.components)
-      let n = item.node
-      try? await Blocking.run { self.applyMetadata(p, n) }
+    var byDepth: [Int: [(BytePath, Node)]] = [:]
+    for item in run.items where item.node.type == .dir {
+      byDepth[item.components.count, default: []].append((path(item.components), item.node))
+    }
+    let cores = Restore.packLimit
+    for depth in byDepth.keys.sorted(by: >) {
+      let dirs = byDepth[depth]!
+      let share = (dirs.count + cores - 1) / cores
+      let shares = stride(from: 0, to: dirs.count, by: share).map { Array(dirs[$0..<min(dirs.count, $0 + share)]) }
+      try? await forEachConcurrently(shares, limit: cores) { share in
+        try? await Blocking.run { for (p, n) in share { self.applyMetadata(p, n) } }
+      }
     }
     let target = options.target
     if let root = options.rootNode { try? await Blocking.run { self.applyMetadata(target, root) } }
