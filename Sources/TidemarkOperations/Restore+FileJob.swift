@@ -87,6 +87,15 @@ extension Restore {
       }
     }
 
+    /// Blocking: runs `body` with the open descriptor (not after a failure closed it); returns whether it ran.
+    func withOpenDescriptor(_ body: (Int32) -> Void) -> Bool {
+      fd.withLock { fd in
+        guard fd >= 0 else { return false }
+        body(fd)
+        return true
+      }
+    }
+
     /// Closes the descriptor; returns whether a temp file had been created.
     @discardableResult
     func close() -> Bool {

@@ -67,6 +67,30 @@ extension Restore {
   }
 
   /// Ownership (as root), xattrs, mode, then times. Best effort: failures are recorded, not fatal.
+  /// `applyMetadata` through the open descriptor of a regular file (`p` only names it in messages): the same
+  /// steps in the same order, without looking the path up for each.
+  func applyMetadata(fd: Int32, _ p: BytePath, _ n: Node) {
+    if isRoot {
+      var uid = n.uid
+      var gid = n.gid
+      if let u = names.uid(named: n.user) { uid = u }
+      if let g = names.gid(named: n.group) { gid = g }
+      if fchown(fd, uid, gid) != 0 { fail("\(p): lchown: \(String(cString: strerror(errno)))") }
+    }
+    for x in n.xattrs {
+      let r = BytePath(bytes: x.name).withCString { name in x.value.withUnsafeBytes { v in Sys.setXattr(fd, name, v) } }
+      if r != 0 && errno != ENOTSUP {
+        fail("\(p): setxattr \(BytePath.display(x.name)): \(String(cString: strerror(errno)))")
+      }
+    }
+    if fchmod(fd, mode_t(GoMode.permissions(n.mode))) != 0 { fail("\(p): chmod: \(String(cString: strerror(errno)))") }
+    var times = [
+      timespec(tv_sec: Int(n.atime.seconds), tv_nsec: Int(n.atime.nanoseconds)),
+      timespec(tv_sec: Int(n.mtime.seconds), tv_nsec: Int(n.mtime.nanoseconds)),
+    ]
+    if futimens(fd, &times) != 0 { fail("\(p): utimensat: \(String(cString: strerror(errno)))") }
+  }
+
   func applyMetadata(_ p: BytePath, _ n: Node) {
     p.withCString { c in
       if isRoot {

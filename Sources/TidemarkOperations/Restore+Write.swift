@@ -197,18 +197,24 @@ extension Restore {
   /// Blocking: `finishFile` on this thread (the pack writer finishes its files in the same hop).
   func finishFileNow(_ job: FileJob) {
     do {
+      // Metadata through the descriptor, before the rename: the path is not looked up four more times (a
+      // rename keeps owner, mode and times).
+      var applied = false
       if case .inplace = job.mode {
         try job.truncateInPlace()
+        applied = job.withOpenDescriptor { applyMetadata(fd: $0, job.path, job.item.node) }
         job.close()
       } else {
-        job.close()
         if let st = try? Sys.lstat(job.path), st.isDirectory {
+          job.close()
           throw SystemError(EISDIR, "replace", job.path.description)
         }
+        applied = job.withOpenDescriptor { applyMetadata(fd: $0, job.path, job.item.node) }
+        job.close()
         // Atomic: whoever looks at the path sees the old file or the new one, never a mix.
         try Sys.rename(job.temp, job.path)
       }
-      applyMetadata(job.path, job.item.node)
+      if !applied { applyMetadata(job.path, job.item.node) }
       state.withLock { $0.filesRestored += 1 }
     } catch {
       if job.close() { try? Sys.unlink(job.temp) }

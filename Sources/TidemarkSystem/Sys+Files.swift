@@ -13,6 +13,11 @@ extension Sys {
   ) -> Int32 {
     lsetxattr(path, name, value.baseAddress, value.count, 0)
   }
+
+  /// fsetxattr(2); returns 0 or -1 with errno set.
+  public static func setXattr(_ fd: Int32, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer) -> Int32 {
+    fsetxattr(fd, name, value.baseAddress, value.count, 0)
+  }
 }
 
 extension Sys {
