@@ -73,6 +73,10 @@ public final class BlobSaver: Sendable {
   private let pieceWriter = DispatchQueue(label: "tidemark.pack-pieces")
   /// Pieces handed over and not yet written.
   private let piecesPending = Backlog()
+  /// Streamed packs being finished beside their savers (`store`), at most a few at a time.
+  private let commits = Mutex<[Task<Void, Error>]>([])
+  private let commitSlots = AsyncSemaphore(4)
+  private let commitFailure = Mutex<Error?>(nil)
 
   /// With `deduplicateAgainstIndex: false` (prune's repacking), blobs the index already names are stored
   /// again: their old packs are about to go.
@@ -177,10 +181,31 @@ public final class BlobSaver: Sendable {
     }
   }
 
-  /// Stores a pack that `saveNow` filled.
+  /// Stores a pack that `saveNow` filled. A streamed pack's bytes are written already: what is left (its header, the
+  /// fsync and its name) goes on beside the caller, which need not wait for the disk; `finish` waits for it.
   public func store(_ pack: FilledPack) async throws {
     guard var p = pack.take() else { return }
-    try await writePack(&p)
+    guard p.stream != nil else {
+      try await writePack(&p)
+      return
+    }
+    if let failed = commitFailure.withLock({ $0 }) { throw failed }
+    await commitSlots.acquire()
+    let t = Task {
+      defer { self.commitSlots.release() }
+      do {
+        try await self.writeStreamedPack(&p)
+      } catch {
+        self.commitFailure.withLock { if $0 == nil { $0 = error } }
+        throw error
+      }
+    }
+    commits.withLock { $0.append(t) }
+  }
+
+  /// Waits for the streamed packs `store` left to finish; throws the first failure.
+  private func commitsFinished() async throws {
+    while let t = commits.withLock({ $0.popLast() }) { try await t.value }
   }
 
   /// Compresses (when worth it) and seals a blob into the first bytes of `out`: zstd writes at offset
@@ -314,6 +339,7 @@ public final class BlobSaver: Sendable {
       return r
     }
     for i in rest.indices where !rest[i].blobs.isEmpty { try await writePack(&rest[i]) }
+    try await commitsFinished()
     let f = state.withLock { s in
       let f = s.unindexed
       s.unindexed = IndexFile()
