@@ -245,10 +245,7 @@ public final class BlobSaver: Sendable {
     var bytes: [UInt8] = []
     swap(&bytes, &p.bytes)
     p.blobs = []
-    let header = try repository.key.seal(PackHeader.encode(blobs))
-    bytes += header
-    let n = UInt32(header.count)
-    for s in [0, 8, 16, 24] as [UInt32] { bytes.append(UInt8(truncatingIfNeeded: n >> s)) }
+    bytes += try trailer(blobs)
     let packID = PackID(RawID.hash(bytes))
     await packWrites.acquire()
     do {
@@ -285,10 +282,7 @@ public final class BlobSaver: Sendable {
     }
     let packID: PackID
     do {
-      var trailer = try repository.key.seal(PackHeader.encode(blobs))
-      let n = UInt32(trailer.count)
-      for s in [0, 8, 16, 24] as [UInt32] { trailer.append(UInt8(truncatingIfNeeded: n >> s)) }
-      packID = try await stream.close(trailer: trailer)
+      packID = try await stream.close(trailer: try trailer(blobs))
       await packWrites.acquire()
       do {
         try await repository.writeGate.pass()
@@ -303,6 +297,14 @@ public final class BlobSaver: Sendable {
       throw error
     }
     try await stored(packID, blobs)
+  }
+
+  /// What ends a pack: its sealed header and the header's length (4 bytes, little-endian).
+  private func trailer(_ blobs: [PackedBlob]) throws -> [UInt8] {
+    var t = try repository.key.seal(PackHeader.encode(blobs))
+    let n = UInt32(t.count)
+    for s in [0, 8, 16, 24] as [UInt32] { t.append(UInt8(truncatingIfNeeded: n >> s)) }
+    return t
   }
 
   /// Records a pack that is stored, and writes an index file when enough packs wait for one.

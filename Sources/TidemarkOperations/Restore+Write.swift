@@ -44,22 +44,19 @@ extension Restore {
         off += Int64(e.blob.plainLength)
       }
     }
-    // The workers take runs of blobs, not whole packs: a pack of thousands of small files is many runs, so
-    // its files are written on every core rather than by one worker at the end while the others idle.
-    var perPack: [[(PackID, [(PackedBlob, [(FileJob, Int64)])])]] = []
-    for (pack, blobs) in byPack {
-      perPack.append(Restore.runs(blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) }).map { (pack, $0) })
-    }
-    // Interleaved across packs: workers running at once then mostly write files of different directories (a pack
-    // holds the files of a few directories, in the order they were backed up), and do not queue on one
-    // directory's lock to create and rename files in it.
-    var runs: [(PackID, [(PackedBlob, [(FileJob, Int64)])])] = []
-    var k = 0
-    while runs.count < perPack.reduce(0, { $0 + $1.count }) {
-      for p in perPack where k < p.count { runs.append(p[k]) }
-      k += 1
+    // The workers take runs of blobs, not whole packs, so a pack of thousands of small files is written on every
+    // core rather than by one worker at the end; and the runs are interleaved across packs, so workers running at
+    // once mostly write files of different directories (a pack holds the files of a few directories, in the order
+    // they were backed up) rather than queue on one directory's lock to create and rename files in it.
+    let perPack = byPack.map { (pack, blobs) in
+      Restore.runs(blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) }).map { (pack, $0) }
     }
     byPack = [:]
+    var runs: [(PackID, [(PackedBlob, [(FileJob, Int64)])])] = []
+    runs.reserveCapacity(perPack.reduce(0) { $0 + $1.count })
+    for k in 0..<(perPack.map(\.count).max() ?? 0) {
+      for p in perPack where k < p.count { runs.append(p[k]) }
+    }
     // Files rebuilt from large unchanged ranges of the old one: start those copies now, beside the
     // fetching, rather than when their first fetched blob arrives (a write waits for its file's copy).
     let large = writing.filter { job in
