@@ -66,15 +66,24 @@ extension Restore {
     }
   }
 
-  /// Ownership (as root), xattrs, mode, then times. Best effort: failures are recorded, not fatal.
+  /// The owner to give `n`: its user and group by name where this system knows them, else its uid and gid.
+  private func owner(_ n: Node) -> (uid_t, gid_t) {
+    (names.uid(named: n.user) ?? n.uid, names.gid(named: n.group) ?? n.gid)
+  }
+
+  /// Access and modification times of `n`, as utimensat and futimens take them.
+  private static func times(_ n: Node) -> [timespec] {
+    [
+      timespec(tv_sec: Int(n.atime.seconds), tv_nsec: Int(n.atime.nanoseconds)),
+      timespec(tv_sec: Int(n.mtime.seconds), tv_nsec: Int(n.mtime.nanoseconds)),
+    ]
+  }
+
   /// `applyMetadata` through the open descriptor of a regular file (`p` only names it in messages): the same
   /// steps in the same order, without looking the path up for each.
   func applyMetadata(fd: Int32, _ p: BytePath, _ n: Node) {
     if isRoot {
-      var uid = n.uid
-      var gid = n.gid
-      if let u = names.uid(named: n.user) { uid = u }
-      if let g = names.gid(named: n.group) { gid = g }
+      let (uid, gid) = owner(n)
       if fchown(fd, uid, gid) != 0 { fail("\(p): lchown: \(String(cString: strerror(errno)))") }
     }
     for x in n.xattrs {
@@ -84,20 +93,15 @@ extension Restore {
       }
     }
     if fchmod(fd, mode_t(GoMode.permissions(n.mode))) != 0 { fail("\(p): chmod: \(String(cString: strerror(errno)))") }
-    var times = [
-      timespec(tv_sec: Int(n.atime.seconds), tv_nsec: Int(n.atime.nanoseconds)),
-      timespec(tv_sec: Int(n.mtime.seconds), tv_nsec: Int(n.mtime.nanoseconds)),
-    ]
+    var times = Restore.times(n)
     if futimens(fd, &times) != 0 { fail("\(p): utimensat: \(String(cString: strerror(errno)))") }
   }
 
+  /// Ownership (as root), xattrs, mode, then times. Best effort: failures are recorded, not fatal.
   func applyMetadata(_ p: BytePath, _ n: Node) {
     p.withCString { c in
       if isRoot {
-        var uid = n.uid
-        var gid = n.gid
-        if let u = names.uid(named: n.user) { uid = u }
-        if let g = names.gid(named: n.group) { gid = g }
+        let (uid, gid) = owner(n)
         if lchown(c, uid, gid) != 0 { fail("\(p): lchown: \(String(cString: strerror(errno)))") }
       }
       if n.type != .symlink {
@@ -113,10 +117,7 @@ extension Restore {
           fail("\(p): chmod: \(String(cString: strerror(errno)))")
         }
       }
-      var times = [
-        timespec(tv_sec: Int(n.atime.seconds), tv_nsec: Int(n.atime.nanoseconds)),
-        timespec(tv_sec: Int(n.mtime.seconds), tv_nsec: Int(n.mtime.nanoseconds)),
-      ]
+      var times = Restore.times(n)
       if utimensat(AT_FDCWD, c, &times, AT_SYMLINK_NOFOLLOW) != 0 {
         fail("\(p): utimensat: \(String(cString: strerror(errno)))")
       }
