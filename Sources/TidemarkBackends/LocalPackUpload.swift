@@ -7,11 +7,11 @@ import TidemarkCore
 import TidemarkSystem
 
 extension LocalBackend {
-  public func makePackUpload() -> (any PackUpload)? { LocalPackUpload(root: root) }
+  public func makePackUpload() -> (any PackUpload)? { LocalPackUpload(self) }
 }
 
 final class LocalPackUpload: PackUpload, @unchecked Sendable {
-  let root: BytePath
+  let backend: LocalBackend
   // Touched by `append` (one thread at a time, in order, per the contract), then by `commit` or `discard`,
   // each of which starts after the last `append` returned.
   private var fd: Int32 = -1
@@ -19,7 +19,7 @@ final class LocalPackUpload: PackUpload, @unchecked Sendable {
   private var temp: BytePath?
   private var written: Int64 = 0
 
-  init(root: BytePath) { self.root = root }
+  init(_ backend: LocalBackend) { self.backend = backend }
 
   deinit { if fd >= 0 { Sys.close(fd) } }
 
@@ -30,7 +30,7 @@ final class LocalPackUpload: PackUpload, @unchecked Sendable {
   }
 
   private func open() throws {
-    let data = root.appending("data")
+    let data = backend.dir(.pack)
     do {
       fd = try Sys.openUnnamed(in: data, mode: 0o600)
     } catch let e as SystemError where [EOPNOTSUPP, EISDIR, EINVAL].contains(e.errno) {
@@ -41,8 +41,8 @@ final class LocalPackUpload: PackUpload, @unchecked Sendable {
   }
 
   func commit(as h: Handle) async throws {
-    let final = root.appending("data").appending(String(h.name.prefix(2))).appending(h.name)
-    let dir = root.appending("data").appending(String(h.name.prefix(2)))
+    let final = backend.path(h)
+    let dir = backend.dir(.pack).appending(String(h.name.prefix(2)))
     let (fd, temp, size) = (self.fd, self.temp, written)
     self.fd = -1
     guard fd >= 0 else { throw SystemError(EBADF, "commit", final.description) }
