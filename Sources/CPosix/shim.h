@@ -68,3 +68,24 @@ static inline int cposix_fsid(int fd, uint64_t *out) {
   *out = ((uint64_t)b << 32) | a;
   return 0;
 }
+// listxattrat(2) and getxattrat(2) (Linux 6.13; syscalls 465 and 464 on x86-64 and arm64): extended
+// attributes of a directory entry named relative to the directory's descriptor, without following a
+// symlink, so a walk that holds the directory open does not look up the whole path again. -1 with errno
+// ENOSYS where the kernel (or a seccomp filter) lacks them.
+static inline long cposix_listxattrat(int dfd, const char *path, char *list, size_t size) {
+#if defined(__x86_64__) || defined(__aarch64__)
+  return syscall(465, dfd, path, AT_SYMLINK_NOFOLLOW, list, size);
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+static inline long cposix_getxattrat(int dfd, const char *path, const char *name, void *value, size_t size) {
+#if defined(__x86_64__) || defined(__aarch64__)
+  struct { uint64_t value; uint32_t size; uint32_t flags; } args = { (uint64_t)(uintptr_t)value, (uint32_t)size, 0 };
+  return syscall(464, dfd, path, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}

@@ -67,11 +67,11 @@ extension Restore {
   }
 
   static func ensureDirectory(_ p: BytePath) throws {
-    if let st = try? Sys.lstat(p) {
-      if st.isDirectory { return }
-      // A file or symlink stands where the snapshot has a directory: replace it (never follow it).
-      try Sys.unlink(p)
-    }
+    // Mostly nothing stands there: one mkdir, and a look only when something does.
+    if try Sys.makeDirectory(p, 0o700) { return }
+    if let st = try? Sys.lstat(p), st.isDirectory { return }
+    // A file or symlink stands where the snapshot has a directory: replace it (never follow it).
+    try Sys.unlink(p)
     try Sys.mkdir(p, 0o700)
   }
 }

@@ -4,6 +4,7 @@
 // failure elsewhere unable to close it under a write.
 import Foundation
 import Synchronization
+import TidemarkCore
 import TidemarkSystem
 
 extension Restore {
@@ -17,6 +18,10 @@ extension Restore {
     let failed = Mutex<Bool>(false)
     /// The file being written, opened on first use; -1 until then, -2 once closed.
     let fd = Mutex<Int32>(-1)
+    /// The end of the furthest write into a new file (changed only under `fd`'s lock). A new file is not
+    /// sized up front: most are written whole by one write, and `finishSize` extends the others (a
+    /// trailing all-zero blob left as a hole) before the rename.
+    let extent = Atomic<Int64>(0)
     /// Where writeback of large copied ranges is started (see `open`).
     let writeback: DispatchQueue
 
@@ -31,8 +36,10 @@ extension Restore {
       if case .inplace = mode { return try Sys.open(path, O_WRONLY | O_NOFOLLOW) }
       let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
       do {
-        if ftruncate(f, off_t(item.node.size)) != 0 { throw SystemError(errno, "ftruncate", temp.description) }
         if case .rebuild(let old, let copies) = mode, !copies.isEmpty {
+          // Sized first: the copies land anywhere in it.
+          if ftruncate(f, off_t(item.node.size)) != 0 { throw SystemError(errno, "ftruncate", temp.description) }
+          extent.store(Int64(item.node.size), ordering: .relaxed)
           let src = try Sys.open(old, O_RDONLY | O_NOFOLLOW)
           defer { Sys.close(src) }
           // ext4 writes a file out before a rename over another file returns (auto_da_alloc). For a
@@ -69,11 +76,27 @@ extension Restore {
       try fd.withLock { fd in
         if fd == -2 { return false }
         if fd == -1 { fd = try open() }
-        // A new file was sized up front: an all-zero blob left unwritten reads as zeros (a hole).
+        // In a new file an all-zero blob left unwritten reads as zeros (a hole; `finishSize` covers
+        // one at the end).
         let hole: Bool
         if case .inplace = mode { hole = false } else { hole = zero && sparse }
-        if !hole { try Sys.pwrite(fd, data, offset: offset) }
+        if !hole {
+          try Sys.pwrite(fd, data, offset: offset)
+          let end = offset + Int64(data.count)
+          if end > extent.load(ordering: .relaxed) { extent.store(end, ordering: .relaxed) }
+        }
         return true
+      }
+    }
+
+    /// Extends a new file to its size when its last write ended short of it (before `close`).
+    func finishSize() throws {
+      if case .inplace = mode { return }
+      try fd.withLock { fd in
+        let size = Int64(item.node.size)
+        if fd >= 0 && extent.load(ordering: .relaxed) < size && ftruncate(fd, off_t(size)) != 0 {
+          throw SystemError(errno, "ftruncate", temp.description)
+        }
       }
     }
 
@@ -121,10 +144,16 @@ extension Restore {
     }
   }
 
-  static func tempPath(_ p: BytePath, _ name: [UInt8]) -> BytePath {
+  /// A temp name beside `p` (whose last component is `name`): this restore's random tag and a counter,
+  /// unique within the restore and unlikely to meet another's; created with O_EXCL all the same.
+  func tempPath(_ p: BytePath, _ name: [UInt8]) -> BytePath {
     var tmp = p.bytes
     tmp.removeLast(name.count)
-    tmp += tempPrefix + Array("\(UInt32.random(in: 0...UInt32.max))-".utf8) + name.prefix(100)
+    let n = tempCounter.add(1, ordering: .relaxed).newValue
+    tmp += Restore.tempPrefix + tempTag
+    tmp.appendDecimal(n)
+    tmp.append(45)  // "-"
+    tmp += name.prefix(100)
     return BytePath(bytes: tmp)
   }
 }

@@ -86,7 +86,7 @@ extension Restore {
     }
     let fetches = mask.map { $0.filter { $0 }.count } ?? (n.content ?? []).count
     let job = FileJob(
-      item: item, path: p, temp: Restore.tempPath(p, item.components.last!), mode: mode, sparse: options.sparse,
+      item: item, path: p, temp: tempPath(p, item.components.last!), mode: mode, sparse: options.sparse,
       blobs: fetches, writeback: writeback)
     if let mask { run.fetchMask[ObjectIdentifier(job)] = mask }
     run.jobs.append(job)

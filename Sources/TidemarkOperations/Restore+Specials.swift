@@ -82,7 +82,7 @@ extension Restore {
       let p = path(item.components)
       do {
         try await Blocking.run {
-          let tmp = Restore.tempPath(p, item.components.last!)
+          let tmp = self.tempPath(p, item.components.last!)
           _ = try first.withCString { a in
             try tmp.withCString { b in try check("link", p.description) { link(a, b) } }
           }
@@ -112,7 +112,7 @@ extension Restore {
           removed = try Sys.removeTree(p)
         }
         // Made under a temporary name and renamed over whatever stands at the path (atomic).
-        let tmp = Restore.tempPath(p, item.components.last!)
+        let tmp = self.tempPath(p, item.components.last!)
         switch n.type {
         case .symlink:
           _ = try BytePath(bytes: n.linkTarget).withCString { t in

@@ -202,14 +202,17 @@ extension Restore {
         applied = job.withOpenDescriptor { applyMetadata(fd: $0, job.path, job.item.node) }
         job.close()
       } else {
-        if let st = try? Sys.lstat(job.path), st.isDirectory {
-          job.close()
-          throw SystemError(EISDIR, "replace", job.path.description)
-        }
+        try job.finishSize()
         applied = job.withOpenDescriptor { applyMetadata(fd: $0, job.path, job.item.node) }
         job.close()
-        // Atomic: whoever looks at the path sees the old file or the new one, never a mix.
-        try Sys.rename(job.temp, job.path)
+        // Atomic: whoever looks at the path sees the old file or the new one, never a mix. A directory
+        // that appeared in the way since the plan makes the rename fail (EISDIR); it is left alone.
+        do {
+          try Sys.rename(job.temp, job.path)
+        } catch let e as SystemError where e.errno == EISDIR {
+          try? Sys.unlink(job.temp)
+          throw SystemError(EISDIR, "replace", job.path.description)
+        }
       }
       if !applied { applyMetadata(job.path, job.item.node) }
       state.withLock { $0.filesRestored += 1 }

@@ -148,6 +148,9 @@ public final class Restore: Sendable {
   /// flight only adds memory (measured).
   static let packLimit = max(2, ProcessInfo.processInfo.activeProcessorCount)
   static let tempPrefix = Array(".tidemark-restore-".utf8)
+  /// This restore's part of its temp names (see `tempPath`), and their counter.
+  let tempTag = Array("\(UInt32.random(in: 0...UInt32.max))-".utf8)
+  let tempCounter = Atomic<UInt64>(0)
   /// Large copies into a new file are made, and their writeback started, in pieces of this size.
   static let writebackPiece = 8 << 20
   /// Starts writeback of copied pieces off the restore's threads (see `FileJob.open`).

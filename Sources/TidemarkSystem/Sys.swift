@@ -61,6 +61,26 @@ public enum Sys {
     return out
   }
 
+  /// Lists a directory and lstats each entry relative to it, like `readDirectoryWithStats`, and calls `body`
+  /// with the open directory's descriptor (valid only during the call), the entry's name and its lstat; keeps
+  /// what `body` returns. For work on each entry by its name rather than its whole path (`*at` calls).
+  public static func readDirectory<T>(
+    _ p: BytePath, statting body: (Int32, [UInt8], FileStat) throws -> T?
+  ) throws -> [T] {
+    var out: [T] = []
+    var failure: Error? = nil
+    try forEachEntry(p) { fd, name in
+      guard failure == nil, let st = try? lstat(at: fd, name) else { return }
+      do {
+        if let v = try body(fd, name, st) { out.append(v) }
+      } catch {
+        failure = error
+      }
+    }
+    if let failure { throw failure }
+    return out
+  }
+
   /// Calls `body` with the open directory's descriptor and each entry's name but `.` and `..`.
   private static func forEachEntry(_ p: BytePath, _ body: (Int32, [UInt8]) -> Void) throws {
     guard let d = p.withCString({ opendir($0) }) else { throw SystemError(errno, "opendir", p.description) }
@@ -77,6 +97,24 @@ public enum Sys {
       }
       if name == [46] || name == [46, 46] { continue }
       body(fd, name)
+    }
+  }
+
+  /// readlinkat(2) of entry `name` of the open directory `dirfd` (`path`: its full path, for messages).
+  public static func readlink(at dirfd: Int32, _ name: [UInt8], path: BytePath) throws -> [UInt8] {
+    var size = 256
+    while true {
+      var buf = [UInt8](repeating: 0, count: size)
+      let n = try check("readlink", path.description) {
+        BytePath(bytes: name).withCString { c in
+          buf.withUnsafeMutableBufferPointer {
+            Glibc.readlinkat(
+              dirfd, c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size)
+          }
+        }
+      }
+      if n < size { return Array(buf[0..<n]) }
+      size *= 4
     }
   }
 
@@ -99,28 +137,51 @@ public enum Sys {
 
   /// llistxattr(2) + lgetxattr(2): every extended attribute, sorted by name. Unsupported → [].
   public static func extendedAttributes(_ p: BytePath) throws -> [(name: [UInt8], value: [UInt8])] {
-    let len = p.withCString { llistxattr($0, nil, 0) }
+    try p.withCString { c in
+      try extendedAttributes(
+        p, call: "llistxattr", list: { llistxattr(c, $0, $1) }, get: { lgetxattr(c, $0, $1, $2) })
+    }
+  }
+
+  /// Whether listxattrat(2) and getxattrat(2) work here (Linux 6.13, and no seccomp filter refusing them).
+  static let xattrsAtWork: Bool = cposix_listxattrat(AT_FDCWD, "/", nil, 0) >= 0
+
+  /// `extendedAttributes` of entry `name` of the open directory `dirfd` (`path` is the entry's full path, for
+  /// messages and for kernels without listxattrat): only the name is looked up, not the whole path again.
+  public static func extendedAttributes(at dirfd: Int32, _ name: [UInt8], path: BytePath) throws -> [(
+    name: [UInt8], value: [UInt8]
+  )] {
+    guard xattrsAtWork else { return try extendedAttributes(path) }
+    return try BytePath(bytes: name).withCString { c in
+      try extendedAttributes(
+        path, call: "listxattrat", list: { cposix_listxattrat(dirfd, c, $0, $1) },
+        get: { cposix_getxattrat(dirfd, c, $0, $1, $2) })
+    }
+  }
+
+  /// The list-then-get walk over one file's attributes, whichever calls name the file.
+  private static func extendedAttributes(
+    _ p: BytePath, call: String, list: (UnsafeMutablePointer<CChar>?, Int) -> Int,
+    get: (UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int
+  ) throws -> [(name: [UInt8], value: [UInt8])] {
+    let len = list(nil, 0)
     if len <= 0 {
-      if len < 0 && errno != ENOTSUP && errno != ENODATA { throw SystemError(errno, "llistxattr", p.description) }
+      if len < 0 && errno != ENOTSUP && errno != ENODATA { throw SystemError(errno, call, p.description) }
       return []
     }
     var buf = [UInt8](repeating: 0, count: len + 256)
-    let n = p.withCString { c in
-      buf.withUnsafeMutableBufferPointer {
-        llistxattr(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count)
-      }
+    let n = buf.withUnsafeMutableBufferPointer {
+      list(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count)
     }
-    if n < 0 { throw SystemError(errno, "llistxattr", p.description) }
+    if n < 0 { throw SystemError(errno, call, p.description) }
     var out: [(name: [UInt8], value: [UInt8])] = []
     for nm in buf[0..<n].split(separator: 0) {
       let name = Array(nm)
       let cname = BytePath(bytes: name)
-      let vlen = p.withCString { c in cname.withCString { lgetxattr(c, $0, nil, 0) } }
+      let vlen = cname.withCString { get($0, nil, 0) }
       if vlen < 0 { continue }
       var value = [UInt8](repeating: 0, count: vlen)
-      let got = p.withCString { c in
-        cname.withCString { cn in value.withUnsafeMutableBytes { lgetxattr(c, cn, $0.baseAddress, vlen) } }
-      }
+      let got = cname.withCString { cn in value.withUnsafeMutableBytes { get(cn, $0.baseAddress, vlen) } }
       if got < 0 { continue }
       out.append((name, Array(value[0..<got])))
     }
@@ -216,6 +277,13 @@ public enum Sys {
   public static func mkdir(_ p: BytePath, _ mode: UInt32) throws {
     let r = p.withCString { Glibc.mkdir($0, mode_t(mode)) }
     if r != 0 && errno != EEXIST { throw SystemError(errno, "mkdir", p.description) }
+  }
+
+  /// mkdir(2): true when made, false when something (of any type) already stands at `p`.
+  public static func makeDirectory(_ p: BytePath, _ mode: UInt32) throws -> Bool {
+    if p.withCString({ Glibc.mkdir($0, mode_t(mode)) }) == 0 { return true }
+    if errno == EEXIST { return false }
+    throw SystemError(errno, "mkdir", p.description)
   }
 
   /// mkdir -p
