@@ -1949,20 +1949,21 @@ floors = {}
 for line in open('corpora-floors.txt'):
     c, cold_read, costs = line.split(' ', 2)
     k = json.loads(costs)
-    cpu = sum(k.get(f, 0) for f in ['read_seconds', 'chunk_seconds', 'hash_seconds', 'compress_seconds', 'seal_seconds',
+    cpu = sum(k.get(f, 0) for f in ['walk_seconds', 'read_seconds', 'chunk_seconds', 'hash_seconds', 'compress_seconds', 'seal_seconds',
                                      'pack_hash_seconds', 'write_seconds', 'key_open_seconds'])
     floors[c] = (float(cold_read), cpu, k)
 med = statistics.median
 print(f'Measured {day} on {ncpu} cores: {restic_v.split(" compiled")[0]} against {tm_v.split(" on ")[0]}, {runs} runs each,')
 print(f'alternating which tool goes first; corpora at scale {scale} (`BENCH_CORPORA_SCALE`). Time: median wall seconds')
 print('(min-max); CPU: median user + system seconds; busy: tidemark\'s CPU / (wall x cores); RSS: largest peak, MiB.')
-print('Floor: the stages\' CPU on one core (`tidemark debug stage-costs`: read from the page cache, chunk, SHA-256, zstd,')
+print('Floor: the stages\' CPU on one core (`tidemark debug stage-costs`: the walk (list, lstat and list xattrs of every')
+print('entry), read from the page cache, chunk, SHA-256, zstd,')
 print('seal, each pack\'s SHA-256 and its write into the page cache, one key derivation) spread over every core, or for a')
 print('cold cache the cold read alone (`tar` of the corpus) when that is longer.\n')
 for c in dict.fromkeys(k[0] for k in rows):
     cold_read, cpu, k = floors[c]
     print(f'**{c}**: {k["files"]:,} files, {k["bytes"] / 2**20:,.0f} MiB, zstd leaves {100 * k["stored_bytes"] / max(1, k["bytes"]):.0f}%; '
-          f'stage CPU {cpu:.2f} s (read {k["read_seconds"]:.2f}, chunk {k["chunk_seconds"]:.2f}, hash {k["hash_seconds"]:.2f}, '
+          f'stage CPU {cpu:.2f} s (walk {k.get("walk_seconds", 0):.2f}, read {k["read_seconds"]:.2f}, chunk {k["chunk_seconds"]:.2f}, hash {k["hash_seconds"]:.2f}, '
           f'zstd {k["compress_seconds"]:.2f}, seal {k["seal_seconds"]:.2f}, pack hash {k.get("pack_hash_seconds", 0):.2f}, '
           f'write {k.get("write_seconds", 0):.2f}, key {k.get("key_open_seconds", 0):.2f}); cold read {cold_read:.2f} s\n')
     print('| step | cache | restic | tidemark | ratio | CPU restic / tidemark | busy | RSS restic / tidemark | floor | tidemark / floor |')

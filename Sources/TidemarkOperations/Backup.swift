@@ -422,11 +422,10 @@ public final class Backup: Sendable {
     do {
       let excludes = !options.excludes.isEmpty
       entries = try await Blocking.run { [names] in
-        var out: [([UInt8], FileStat, Node?)] = []
-        for (n, st) in try Sys.readDirectoryWithStats(path) {
+        let out = try Sys.readDirectory(path) { dir, n, st -> ([UInt8], FileStat, Node?)? in
           let p = path.appending(n)
-          if excludes && self.excluded(p) { continue }
-          out.append((n, st, try? Node.from(path: p, name: n, stat: st, names: names)))
+          if excludes && self.excluded(p) { return nil }
+          return (n, st, try? Node.from(path: p, name: n, stat: st, names: names, directory: dir))
         }
         return out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
       }

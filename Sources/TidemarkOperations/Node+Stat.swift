@@ -3,8 +3,11 @@ import TidemarkCore
 import TidemarkSystem
 
 extension Node {
-  /// A node for `path` from its lstat result: metadata, xattrs, link target, device number.
-  static func from(path: BytePath, name: [UInt8], stat st: FileStat, names: NameCache) throws -> Node {
+  /// A node for `path` from its lstat result: metadata, xattrs, link target, device number. With `directory`
+  /// (the open parent directory, whose entry `name` is), the link target and xattrs are read by the name alone.
+  static func from(path: BytePath, name: [UInt8], stat st: FileStat, names: NameCache, directory: Int32? = nil)
+    throws -> Node
+  {
     let type: NodeType
     switch st.fileType {
     case 0o100000: type = .file
@@ -34,14 +37,16 @@ extension Node {
       n.links = st.links
       n.content = []
     case .symlink:
-      n.linkTarget = try Sys.readlink(path)
+      n.linkTarget = try directory.map { try Sys.readlink(at: $0, name, path: path) } ?? Sys.readlink(path)
       n.links = st.links
     case .dev, .chardev:
       n.device = st.rdev
       n.links = st.links
     default: break
     }
-    n.xattrs = ((try? Sys.extendedAttributes(path)) ?? []).map { ExtendedAttribute(name: $0.name, value: $0.value) }
+    let xattrs =
+      try? directory.map { try Sys.extendedAttributes(at: $0, name, path: path) } ?? Sys.extendedAttributes(path)
+    n.xattrs = (xattrs ?? []).map { ExtendedAttribute(name: $0.name, value: $0.value) }
     return n
   }
 }

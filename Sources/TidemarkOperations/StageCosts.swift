@@ -1,16 +1,16 @@
-// What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the reads
-// timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal, each pack's
+// What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the walk
+// (every directory listed, every entry's lstat and extended attributes), the reads timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal, each pack's
 // SHA-256 and its write into the page cache of a scratch file), and one key derivation.
 import Foundation
 import TidemarkCore
 import TidemarkSystem
 
 public enum StageCosts {
-  /// The stages' costs over every regular file under `paths`, the time their reads took, and the time the packs'
-  /// writes took: into the page cache of an unlinked file in `scratch` (no fsync: the disk's own time is I/O, which
-  /// the floor overlaps), truncated after each pack so that the page cache does not grow.
+  /// The stages' costs over every regular file under `paths`, the time the walk over them and their reads took, and
+  /// the time the packs' writes took: into the page cache of an unlinked file in `scratch` (no fsync: the disk's own
+  /// time is I/O, which the floor overlaps), truncated after each pack so that the page cache does not grow.
   public static func measure(paths: [BytePath], compression: Compression, scratch: BytePath) throws -> (
-    StageProbe.Costs, read: Duration, write: Duration
+    StageProbe.Costs, walk: Duration, read: Duration, write: Duration
   ) {
     let clock = ContinuousClock()
     let sinkPath = scratch.appending(Array("stage-costs-\(getpid()).tmp".utf8))
@@ -25,6 +25,18 @@ public enum StageCosts {
       _ = ftruncate(sink, 0)
     }
     try probe.measureKeyOpen()
+    // The walk every backup makes whatever the files hold (restic's too): each directory listed, each entry
+    // lstat'ed and its extended attributes listed, by name relative to the open directory as a backup does.
+    let w0 = clock.now
+    var dirs = paths.filter { (try? Sys.lstat($0))?.isDirectory ?? false }
+    while let d = dirs.popLast() {
+      dirs += try Sys.readDirectory(d) { fd, name, st -> BytePath? in
+        let p = d.appending(name)
+        _ = try? Sys.extendedAttributes(at: fd, name, path: p)
+        return st.isDirectory ? p : nil
+      }
+    }
+    let walk = clock.now - w0
     var read = Duration.zero
     var stack = paths
     // The read is timed as a backup reads: 2 MiB at a time into one reused buffer (copies from the page cache).
@@ -64,6 +76,6 @@ public enum StageCosts {
       }
     }
     try probe.finish()
-    return (probe.costs, read, write)
+    return (probe.costs, walk, read, write)
   }
 }
