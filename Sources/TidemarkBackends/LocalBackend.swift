@@ -53,24 +53,51 @@ public struct LocalBackend: Backend {
     try await load(h, offset: offset, length: length, reusing: [])
   }
 
-  public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
-    -> [UInt8]
-  {
-    let p = path(h)
-    let direct = self.direct
-    return try await Blocking.run(moving: consume buffer) { (out: inout [UInt8]) in
-      let fd: Int32
-      do {
-        fd = try Sys.open(p, O_RDONLY)
-      } catch let e as SystemError where e.errno == ENOENT {
-        throw BackendNotFound(h)
-      }
-      defer { Sys.close(fd) }
+  /// Blocking: opens `h` for a load of `length` bytes at `offset` (0: to the end); returns the descriptor (the
+  /// caller closes it) and the length.
+  private func openRange(_ h: Handle, offset: Int, length: Int) throws -> (Int32, Int) {
+    let fd: Int32
+    do {
+      fd = try Sys.open(path(h), O_RDONLY)
+    } catch let e as SystemError where e.errno == ENOENT {
+      throw BackendNotFound(h)
+    }
+    do {
       let size = Int(try Sys.fstat(fd).size)
       let n = length == 0 ? size - offset : length
       guard offset >= 0, n >= 0, offset + n <= size else {
         throw TidemarkError.corrupt("\(h) is shorter than expected (\(size) bytes, wanted \(offset)+\(n))")
       }
+      return (fd, n)
+    } catch {
+      Sys.close(fd)
+      throw error
+    }
+  }
+
+  public func loadBytes(_ h: Handle, offset: Int, length: Int) async throws -> LoadedBytes {
+    let direct = self.direct
+    let straight = try await Blocking.run { () throws -> LoadedBytes? in
+      let (fd, n) = try openRange(h, offset: offset, length: length)
+      defer { Sys.close(fd) }
+      guard let owned = try direct.readOwned(fd, offset: Int64(offset), count: n) else { return nil }
+      guard owned.count == n else {
+        owned.free()
+        throw TidemarkError.corrupt("\(h): short read")
+      }
+      return LoadedBytes(base: owned.start, count: n, release: owned.free)
+    }
+    if let straight { return straight }
+    return LoadedBytes(try await load(h, offset: offset, length: length))
+  }
+
+  public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
+    -> [UInt8]
+  {
+    let direct = self.direct
+    return try await Blocking.run(moving: consume buffer) { (out: inout [UInt8]) in
+      let (fd, n) = try openRange(h, offset: offset, length: length)
+      defer { Sys.close(fd) }
       out.resizeReusing(n)
       let got = try out.withUnsafeMutableBytes { b in
         try direct.read(fd, into: b, offset: Int64(offset)) ?? Sys.pread(fd, b, offset: Int64(offset))

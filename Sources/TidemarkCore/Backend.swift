@@ -63,6 +63,10 @@ public protocol Backend: Sendable {
   /// The same as `load`, but may fill `buffer`'s storage instead of allocating (hot paths pass a buffer
   /// back to avoid page-faulting 16 MiB per pack). The default ignores `buffer`.
   func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws -> [UInt8]
+  /// The same bytes as `load`, held however the backend read them (a local backend reads a large uncached range
+  /// straight from the disk into memory it then hands over, where `load` would copy it into an array). For
+  /// ranges shared read-only by several consumers, as the mount's pack windows are. The default wraps `load`.
+  func loadBytes(_ h: Handle, offset: Int, length: Int) async throws -> LoadedBytes
   func size(_ h: Handle) async throws -> Int
   func list(_ type: FileType) async throws -> [FileInfo]
   func remove(_ h: Handle) async throws
@@ -79,6 +83,38 @@ public protocol Backend: Sendable {
   /// A pack to write piece by piece as it fills (see `PackUpload`), so that no whole pack waits in memory; nil
   /// when the backend takes packs whole, through `save` (the default). Cheap: no I/O until the first append.
   func makePackUpload() -> (any PackUpload)?
+}
+
+/// Bytes a backend loaded (`Backend.loadBytes`), owned by this object: an array, or memory the backend allocated
+/// its own way (page-aligned, for direct I/O), released when the object goes. Never changed after it is made, so
+/// any number of threads may read it at once.
+public final class LoadedBytes: @unchecked Sendable {
+  private let array: [UInt8]
+  private let base: UnsafeRawPointer?
+  private let release: (@Sendable () -> Void)?
+  public let count: Int
+
+  public init(_ bytes: [UInt8]) {
+    array = bytes
+    base = nil
+    release = nil
+    count = bytes.count
+  }
+
+  /// `count` bytes at `base`, which `release` frees once this object is gone.
+  public init(base: UnsafeRawPointer, count: Int, release: @escaping @Sendable () -> Void) {
+    array = []
+    self.base = base
+    self.release = release
+    self.count = count
+  }
+
+  deinit { release?() }
+
+  public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    if let base { return try body(UnsafeRawBufferPointer(start: base, count: count)) }
+    return try array.withUnsafeBytes(body)
+  }
 }
 
 /// A pack on its way into a backend in pieces (`Backend.makePackUpload`). Nothing of it is visible in the
@@ -109,6 +145,10 @@ extension Backend {
   {
     _ = consume buffer
     return try await load(h, offset: offset, length: length)
+  }
+
+  public func loadBytes(_ h: Handle, offset: Int, length: Int) async throws -> LoadedBytes {
+    LoadedBytes(try await load(h, offset: offset, length: length))
   }
 
   public func exists(_ h: Handle) async throws -> Bool {

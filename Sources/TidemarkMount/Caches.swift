@@ -232,7 +232,8 @@ final class BlobStore: Sendable {
     }
     let start = Int(first.offset)
     let length = Int(chosen.last!.blob.offset + chosen.last!.blob.length) - start
-    guard let sealed = try? await repo.backend.load(Handle(.pack, pack.hex), offset: start, length: length) else {
+    guard let sealed = try? await repo.backend.loadBytes(Handle(.pack, pack.hex), offset: start, length: length)
+    else {
       var k = 0
       while k < chosen.count {
         let j = nextJob(chosen, k)
@@ -260,7 +261,7 @@ final class BlobStore: Sendable {
 
   /// Decodes `blobs` out of `sealed` (the pack's bytes from offset `start`), on a worker thread. The sealed
   /// bytes are shared by the window's jobs and only read: each job decrypts into the plaintext it returns.
-  private func decode(_ blobs: [PackedBlob], _ sealed: [UInt8], _ start: Int, _ pack: PackID, _ p: Pending) {
+  private func decode(_ blobs: [PackedBlob], _ sealed: LoadedBytes, _ start: Int, _ pack: PackID, _ p: Pending) {
     var decoded: [(BlobID, [UInt8])] = []
     decoded.reserveCapacity(blobs.count)
     sealed.withUnsafeBytes { raw in

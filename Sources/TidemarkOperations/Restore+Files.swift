@@ -38,8 +38,7 @@ extension Restore {
   }
 
   /// Acts on one file's decision: lists and counts it, clears a directory in its way, and queues a job
-  /// unless the file stays as it is. New files go to a temp file sized on creation and renamed into
-  /// place when complete.
+  /// unless the file stays as it is. New files go to a temp file renamed into place when complete.
   func queueFile(_ item: Item, at p: BytePath, _ decision: FileDecision, into run: inout RunContext) async {
     let n = item.node
     var mode = FileMode.fresh

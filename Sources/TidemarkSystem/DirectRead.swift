@@ -61,6 +61,55 @@ public final class DirectReader: Sendable {
   }
 }
 
+extension DirectReader {
+  /// A range read by `readOwned`: `count` bytes at `start`, inside a page-aligned allocation that `free` releases.
+  public struct Owned: @unchecked Sendable {
+    // The allocation is handed over whole: whoever takes this value frees it, once.
+    public let start: UnsafeRawPointer
+    public let count: Int
+    private let allocation: UnsafeMutableRawPointer
+
+    init(allocation: UnsafeMutableRawPointer, lead: Int, count: Int) {
+      self.allocation = allocation
+      start = UnsafeRawPointer(allocation + lead)
+      self.count = count
+    }
+
+    public func free() { allocation.deallocate() }
+  }
+
+  /// Like `read`, but into a page-aligned allocation of its own that it hands over, so that the bytes the disk
+  /// wrote are used where they landed instead of being copied out. Nil when the range should be read through the
+  /// page cache (small, cached, or refused by the file system).
+  public func readOwned(_ fd: Int32, offset: Int64, count: Int) throws -> Owned? {
+    guard count >= minimum, offset >= 0 else { return nil }
+    if cposix_cached_pages(fd, UInt64(offset), UInt64(count)) > 0 { return nil }
+    let flags = fcntl(fd, F_GETFL)
+    guard flags >= 0, fcntl(fd, F_SETFL, flags | CPOSIX_O_DIRECT) == 0 else { return nil }
+    let a = Int64(Self.alignment)
+    let from = offset & ~(a - 1)
+    let span = Int((offset + Int64(count) - from + a - 1) & ~(a - 1))
+    let memory = UnsafeMutableRawPointer.allocate(byteCount: span, alignment: Self.alignment)
+    var got = 0
+    while got < span {
+      let n = Glibc.pread(fd, memory + got, span - got, off_t(from + Int64(got)))
+      if n < 0 {
+        if errno == EINTR { continue }
+        let e = errno
+        memory.deallocate()
+        // EINVAL at once: this file system (or file) takes no direct I/O.
+        if e == EINVAL && got == 0 { return nil }
+        throw SystemError(e, "read", "")
+      }
+      got += n
+      // Short: the end of the file (a direct read goes on only from an aligned offset).
+      if n == 0 || got % Self.alignment != 0 { break }
+    }
+    let lead = Int(offset - from)
+    return Owned(allocation: memory, lead: lead, count: max(0, min(count, got - lead)))
+  }
+}
+
 /// One page-aligned allocation, freed with its owner.
 private final class AlignedBuffer: @unchecked Sendable {
   // Used by one reader at a time (taken from the pool, given back after).

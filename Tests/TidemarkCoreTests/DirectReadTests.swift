@@ -60,6 +60,36 @@ import TidemarkSystem
     #expect(direct && same, "the tail read \(got.count) bytes, direct: \(direct)")
   }
 
+  /// The mount's pack windows are read into memory the reader hands over (no copy out of a bounce buffer): the same
+  /// bytes, where the disk wrote them, for unaligned ranges and at the end of the file.
+  @Test func rangesReadIntoMemoryOfTheirOwnGiveTheSameBytes() throws {
+    let (path, data) = try Self.coldFile(size: 9 << 20 + 12345)
+    let r = DirectReader()
+    for (offset, count) in [(0, 1 << 20), (4095, (5 << 20) + 7), (1, (9 << 20) + 12344), (777, 200_000)] {
+      try Self.dropCache(path)
+      let fd = try Sys.open(path, O_RDONLY)
+      defer { Sys.close(fd) }
+      let owned = try #require(try r.readOwned(fd, offset: Int64(offset), count: count))
+      defer { owned.free() }
+      #expect(owned.count == count)
+      let same =
+        Array(UnsafeRawBufferPointer(start: owned.start, count: owned.count)) == Array(data[offset..<offset + count])
+      #expect(same, "bytes differ at \(offset)+\(count)")
+    }
+    // Past the end: what there is.
+    try Self.dropCache(path)
+    let fd = try Sys.open(path, O_RDONLY)
+    defer { Sys.close(fd) }
+    let tail = data.count - 150_000
+    let owned = try #require(try r.readOwned(fd, offset: Int64(tail), count: 300_000))
+    defer { owned.free() }
+    #expect(Array(UnsafeRawBufferPointer(start: owned.start, count: owned.count)) == Array(data[tail...]))
+    // Cached or small: nil, for the page cache to serve.
+    _ = try Sys.readFile(path)
+    #expect(try r.readOwned(fd, offset: 5, count: 2 << 20) == nil)
+    #expect(try r.readOwned(fd, offset: 5, count: 1000) == nil)
+  }
+
   @Test func cachedOrSmallRangesGoThroughThePageCache() throws {
     let (path, data) = try Self.coldFile(size: 3 << 20)
     let r = DirectReader()

@@ -138,6 +138,13 @@ func checkBackendContract(_ b: any Backend) async throws {
   #expect(try await b.load(h, offset: 1000, length: 5000) == Array(data[1000..<6000]))
   #expect(try await b.load(h, offset: 299_000, length: 0) == Array(data[299_000...]))
   await #expect(throws: (any Error).self) { _ = try await b.load(h, offset: 299_000, length: 5000) }
+  // loadBytes: the same bytes as load, however the backend holds them.
+  for (offset, length) in [(0, 0), (1000, 5000), (4097, 200_000), (299_000, 0)] {
+    let bytes = try await b.loadBytes(h, offset: offset, length: length)
+    let got = bytes.withUnsafeBytes { Array($0) }
+    #expect(got == Array(data[offset..<(length == 0 ? data.count : offset + length)]), "loadBytes \(offset)+\(length)")
+  }
+  await #expect(throws: (any Error).self) { _ = try await b.loadBytes(h, offset: 299_000, length: 5000) }
   // Saving the same name again (same content: names are content hashes) is fine.
   try await b.save(h, data: data)
   #expect(try await b.list(.pack).map(\.name) == [id])
@@ -198,6 +205,26 @@ func checkBackendContract(_ b: any Backend) async throws {
   @Test func localBackendKeepsTheContract() async throws {
     let ws = try Workspace("contract-local")
     try await checkBackendContract(LocalBackend(path: BytePath(ws.sub("repo"))))
+  }
+
+  /// A cold range of a local pack is read straight from the disk into memory the loaded bytes own (the mount's
+  /// windows): the same bytes as `load`, at unaligned offsets, and after the page cache has the file again.
+  @Test func localLoadBytesOfAColdPackMatchesLoad() async throws {
+    let ws = try Workspace("load-bytes-local")
+    let b = LocalBackend(path: BytePath(ws.sub("repo")))
+    try await b.create()
+    let data = (0..<(5 << 20)).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 11) }
+    let h = Handle(.pack, RawID.hash(data).hex)
+    try await b.save(h, data: data)
+    let file = BytePath(ws.sub("repo/data/\(h.name.prefix(2))/\(h.name)"))
+    for (offset, length) in [(3, 4 << 20), (4096, 300_000), (5_000_000, 0)] {
+      let fd = try Sys.open(file, O_RDONLY)
+      #expect(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+      Sys.close(fd)
+      let cold = try await b.loadBytes(h, offset: offset, length: length).withUnsafeBytes { Array($0) }
+      let warm = try await b.load(h, offset: offset, length: length)
+      #expect(cold == warm && warm == Array(data[offset..<(length == 0 ? data.count : offset + length)]))
+    }
   }
 
   /// The local backend writes a pack piece by piece into an unnamed file and names it once durable: read-only
