@@ -1957,9 +1957,9 @@ print(f'Measured {day} on {ncpu} cores: {restic_v.split(" compiled")[0]} against
 print(f'alternating which tool goes first; corpora at scale {scale} (`BENCH_CORPORA_SCALE`). Time: median wall seconds')
 print('(min-max); CPU: median user + system seconds; busy: tidemark\'s CPU / (wall x cores); RSS: largest peak, MiB.')
 print('Floor: the stages\' CPU on one core (`tidemark debug stage-costs`: the walk (list, lstat and list xattrs of every')
-print('entry), read from the page cache, chunk, SHA-256, zstd,')
-print('seal, each pack\'s SHA-256 and its write into the page cache, one key derivation) spread over every core, or for a')
-print('cold cache the cold read alone (`tar` of the corpus) when that is longer.\n')
+print('entry), read from the page cache, chunk, SHA-256, zstd, seal, each pack\'s SHA-256 and its write into the page')
+print('cache, one key derivation) spread over every core, or for a cold cache the cold read alone (`tar` of the corpus)')
+print('when that is longer.\n')
 for c in dict.fromkeys(k[0] for k in rows):
     cold_read, cpu, k = floors[c]
     print(f'**{c}**: {k["files"]:,} files, {k["bytes"] / 2**20:,.0f} MiB, zstd leaves {100 * k["stored_bytes"] / max(1, k["bytes"]):.0f}%; '
