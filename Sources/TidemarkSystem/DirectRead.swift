@@ -20,6 +20,8 @@ public final class DirectReader: Sendable {
   static let alignment = 4096
   /// Size of each aligned buffer (a range longer than this is read in pieces).
   static let piece = 4 << 20
+  /// Buffers kept for reuse: as many as a mount's windows in flight, so that none faults its pages in afresh.
+  static let pooled = 8
   /// Smaller ranges are read through the page cache (where neighbouring reads may find them).
   public let minimum: Int
   private let pool = Mutex<[AlignedBuffer]>([])
@@ -36,7 +38,7 @@ public final class DirectReader: Sendable {
     let flags = fcntl(fd, F_GETFL)
     guard flags >= 0, fcntl(fd, F_SETFL, flags | CPOSIX_O_DIRECT) == 0 else { return nil }
     let buffer = pool.withLock { $0.popLast() } ?? AlignedBuffer(size: Self.piece, alignment: Self.alignment)
-    defer { pool.withLock { if $0.count < 4 { $0.append(buffer) } } }
+    defer { recycle(buffer) }
     let a = Int64(Self.alignment)
     let end = offset + Int64(out.count)
     var pos = offset  // next byte to deliver
@@ -62,25 +64,28 @@ public final class DirectReader: Sendable {
 }
 
 extension DirectReader {
-  /// A range read by `readOwned`: `count` bytes at `start`, inside a page-aligned allocation that `free` releases.
+  /// A range read by `readOwned`: `count` bytes at `start`, inside a page-aligned buffer that `free` hands back
+  /// (to the reader's pool, where later reads reuse it without faulting its pages in again).
   public struct Owned: @unchecked Sendable {
-    // The allocation is handed over whole: whoever takes this value frees it, once.
+    // The buffer is handed over whole: whoever takes this value frees it, once.
     public let start: UnsafeRawPointer
     public let count: Int
-    private let allocation: UnsafeMutableRawPointer
+    private let buffer: AlignedBuffer
+    private let reader: DirectReader
 
-    init(allocation: UnsafeMutableRawPointer, lead: Int, count: Int) {
-      self.allocation = allocation
-      start = UnsafeRawPointer(allocation + lead)
+    fileprivate init(buffer: AlignedBuffer, reader: DirectReader, lead: Int, count: Int) {
+      self.buffer = buffer
+      self.reader = reader
+      start = UnsafeRawPointer(buffer.base + lead)
       self.count = count
     }
 
-    public func free() { allocation.deallocate() }
+    public func free() { reader.recycle(buffer) }
   }
 
-  /// Like `read`, but into a page-aligned allocation of its own that it hands over, so that the bytes the disk
-  /// wrote are used where they landed instead of being copied out. Nil when the range should be read through the
-  /// page cache (small, cached, or refused by the file system).
+  /// Like `read`, but into a page-aligned buffer that it hands over, so that the bytes the disk wrote are used
+  /// where they landed instead of being copied out. Nil when the range should be read through the page cache
+  /// (small, cached, or refused by the file system).
   public func readOwned(_ fd: Int32, offset: Int64, count: Int) throws -> Owned? {
     guard count >= minimum, offset >= 0 else { return nil }
     if cposix_cached_pages(fd, UInt64(offset), UInt64(count)) > 0 { return nil }
@@ -89,14 +94,17 @@ extension DirectReader {
     let a = Int64(Self.alignment)
     let from = offset & ~(a - 1)
     let span = Int((offset + Int64(count) - from + a - 1) & ~(a - 1))
-    let memory = UnsafeMutableRawPointer.allocate(byteCount: span, alignment: Self.alignment)
+    let buffer =
+      span <= Self.piece
+      ? pool.withLock { $0.popLast() } ?? AlignedBuffer(size: Self.piece, alignment: Self.alignment)
+      : AlignedBuffer(size: span, alignment: Self.alignment)
     var got = 0
     while got < span {
-      let n = Glibc.pread(fd, memory + got, span - got, off_t(from + Int64(got)))
+      let n = Glibc.pread(fd, buffer.base + got, span - got, off_t(from + Int64(got)))
       if n < 0 {
         if errno == EINTR { continue }
         let e = errno
-        memory.deallocate()
+        recycle(buffer)
         // EINVAL at once: this file system (or file) takes no direct I/O.
         if e == EINVAL && got == 0 { return nil }
         throw SystemError(e, "read", "")
@@ -106,7 +114,13 @@ extension DirectReader {
       if n == 0 || got % Self.alignment != 0 { break }
     }
     let lead = Int(offset - from)
-    return Owned(allocation: memory, lead: lead, count: max(0, min(count, got - lead)))
+    return Owned(buffer: buffer, reader: self, lead: lead, count: max(0, min(count, got - lead)))
+  }
+
+  /// Keeps a buffer of the usual size for the next read (a few at most); a larger one is freed.
+  fileprivate func recycle(_ buffer: AlignedBuffer) {
+    guard buffer.size == Self.piece else { return }
+    pool.withLock { if $0.count < Self.pooled { $0.append(buffer) } }
   }
 }
 
@@ -114,9 +128,11 @@ extension DirectReader {
 private final class AlignedBuffer: @unchecked Sendable {
   // Used by one reader at a time (taken from the pool, given back after).
   let base: UnsafeMutableRawPointer
+  let size: Int
 
   init(size: Int, alignment: Int) {
     base = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: alignment)
+    self.size = size
   }
   deinit { base.deallocate() }
 }
