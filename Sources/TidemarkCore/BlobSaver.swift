@@ -62,7 +62,8 @@ public final class BlobSaver: Sendable {
   }
 
   public let repository: Repository
-  private let state = Mutex(State())
+  /// Taken once or twice per blob by every batch and chunk thread (see `SleepingMutex`).
+  private let state = SleepingMutex(State())
   private let compressors = ZstdCompressorPool()
   /// Sealing buffers, reused so that every blob does not fault in fresh pages.
   /// Up to the largest chunk: a larger chunk's buffer, freed, would be faulted in afresh for the next one.
