@@ -77,18 +77,23 @@ public struct LocalBackend: Backend {
 
   public func loadBytes(_ h: Handle, offset: Int, length: Int) async throws -> LoadedBytes {
     let direct = self.direct
-    let straight = try await Blocking.run { () throws -> LoadedBytes? in
+    return try await Blocking.run {
       let (fd, n) = try openRange(h, offset: offset, length: length)
       defer { Sys.close(fd) }
-      guard let owned = try direct.readOwned(fd, offset: Int64(offset), count: n) else { return nil }
-      guard owned.count == n else {
-        owned.free()
-        throw TidemarkError.corrupt("\(h): short read")
+      if let owned = try direct.readOwned(fd, offset: Int64(offset), count: n) {
+        guard owned.count == n else {
+          owned.free()
+          throw TidemarkError.corrupt("\(h): short read")
+        }
+        return LoadedBytes(base: owned.start, count: n, release: owned.free)
       }
-      return LoadedBytes(base: owned.start, count: n, release: owned.free)
+      // Small or cached: through the page cache, on the same descriptor.
+      var out: [UInt8] = []
+      out.resizeReusing(n)
+      let got = try out.withUnsafeMutableBytes { try Sys.pread(fd, $0, offset: Int64(offset)) }
+      guard got == n else { throw TidemarkError.corrupt("\(h): short read") }
+      return LoadedBytes(out)
     }
-    if let straight { return straight }
-    return LoadedBytes(try await load(h, offset: offset, length: length))
   }
 
   public func load(_ h: Handle, offset: Int, length: Int, reusing buffer: consuming [UInt8]) async throws
