@@ -50,20 +50,10 @@ public enum Sys {
     return names
   }
 
-  /// readDirectory with each entry's lstat, by fstatat(2) relative to the open directory: only the entry's
-  /// own name is resolved, not its whole path. An entry that cannot be stat'ed (gone since it was listed) is
-  /// left out.
-  public static func readDirectoryWithStats(_ p: BytePath) throws -> [([UInt8], FileStat)] {
-    var out: [([UInt8], FileStat)] = []
-    try forEachEntry(p) { fd, name in
-      if let st = try? lstat(at: fd, name) { out.append((name, st)) }
-    }
-    return out
-  }
-
-  /// Lists a directory and lstats each entry relative to it, like `readDirectoryWithStats`, and calls `body`
-  /// with the open directory's descriptor (valid only during the call), the entry's name and its lstat; keeps
-  /// what `body` returns. For work on each entry by its name rather than its whole path (`*at` calls).
+  /// Lists a directory and lstats each entry by fstatat(2) relative to the open directory (only the entry's own
+  /// name is resolved, not its whole path; an entry that cannot be stat'ed, gone since it was listed, is left out).
+  /// Calls `body` with the open directory's descriptor (valid only during the call), the entry's name and its
+  /// lstat, and keeps what it returns: work on each entry goes by its name too (`*at` calls).
   public static func readDirectory<T>(
     _ p: BytePath, statting body: (Int32, [UInt8], FileStat) throws -> T?
   ) throws -> [T] {
@@ -102,32 +92,22 @@ public enum Sys {
 
   /// readlinkat(2) of entry `name` of the open directory `dirfd` (`path`: its full path, for messages).
   public static func readlink(at dirfd: Int32, _ name: [UInt8], path: BytePath) throws -> [UInt8] {
-    var size = 256
-    while true {
-      var buf = [UInt8](repeating: 0, count: size)
-      let n = try check("readlink", path.description) {
-        BytePath(bytes: name).withCString { c in
-          buf.withUnsafeMutableBufferPointer {
-            Glibc.readlinkat(
-              dirfd, c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size)
-          }
-        }
-      }
-      if n < size { return Array(buf[0..<n]) }
-      size *= 4
-    }
+    try BytePath(bytes: name).withCString { c in try readlink(path) { readlinkat(dirfd, c, $0, $1) } }
   }
 
   /// readlink(2): the raw target bytes.
   public static func readlink(_ p: BytePath) throws -> [UInt8] {
+    try p.withCString { c in try readlink(p) { Glibc.readlink(c, $0, $1) } }
+  }
+
+  /// The target of a link, however `call` names it, into a buffer grown until it fits.
+  private static func readlink(_ p: BytePath, _ call: (UnsafeMutablePointer<CChar>, Int) -> Int) throws -> [UInt8] {
     var size = 256
     while true {
       var buf = [UInt8](repeating: 0, count: size)
       let n = try check("readlink", p.description) {
-        p.withCString { c in
-          buf.withUnsafeMutableBufferPointer {
-            Glibc.readlink(c, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size)
-          }
+        buf.withUnsafeMutableBufferPointer {
+          call(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), size)
         }
       }
       if n < size { return Array(buf[0..<n]) }
@@ -274,10 +254,8 @@ public enum Sys {
     _ = try check("rename", b.description) { a.withCString { ca in b.withCString { Glibc.rename(ca, $0) } } }
   }
 
-  public static func mkdir(_ p: BytePath, _ mode: UInt32) throws {
-    let r = p.withCString { Glibc.mkdir($0, mode_t(mode)) }
-    if r != 0 && errno != EEXIST { throw SystemError(errno, "mkdir", p.description) }
-  }
+  /// mkdir(2); something already at `p` is fine.
+  public static func mkdir(_ p: BytePath, _ mode: UInt32) throws { _ = try makeDirectory(p, mode) }
 
   /// mkdir(2): true when made, false when something (of any type) already stands at `p`.
   public static func makeDirectory(_ p: BytePath, _ mode: UInt32) throws -> Bool {
