@@ -169,9 +169,8 @@ public struct KeyFile: Sendable {
     MasterKey(derived: try KeyFile.scrypt(password, salt, n, r, p))
   }
 
-  /// scrypt for key files. Several lanes (p > 1) and cores: two lanes at a time, each in half the
-  /// memory (Scrypt.deriveParallel), so opening a repository takes ~0.6x the time at the same peak
-  /// memory. One lane or one core: OpenSSL's implementation.
+  /// scrypt for key files. Several lanes (p > 1) and cores: two lanes at a time (Scrypt.deriveParallel),
+  /// so opening a repository takes ~0.6x the time. One lane or one core: OpenSSL's implementation.
   static func scrypt(_ password: [UInt8], _ salt: [UInt8], _ n: UInt64, _ r: UInt64, _ p: UInt64) throws -> [UInt8] {
     let cores = ProcessInfo.processInfo.activeProcessorCount
     if p >= 2 && cores >= 2 && n >= 1024 {

@@ -3,10 +3,10 @@ import TidemarkCore
 import TidemarkSystem
 
 extension Restore {
-  /// Makes the snapshot's missing directories, private until their metadata is applied at the end. A
-  /// file or link in the way is replaced, never followed. The target itself is compared first, when it
-  /// stands for a directory.
-  func createDirectories(_ run: RunContext) async throws {
+  /// Decides which of the snapshot's directories are missing and lists every directory change; returns the
+  /// missing ones by depth, for `makeDirectories`. The target itself is compared first, when it stands for a
+  /// directory.
+  func decideDirectories(_ run: RunContext) async throws -> [Int: [BytePath]] {
     let target = options.target
     if let root = options.rootNode, let st = try? await Blocking.run({ try Sys.lstat(target) }), st.isDirectory {
       let c = (try? await Blocking.run { self.metadataChanges(target, st, root) }) ?? []
@@ -31,7 +31,13 @@ extension Restore {
         made[items[k].components.count, default: []].append(path(items[k].components))
       }
     }
-    guard !options.dryRun else { return }
+    return options.dryRun ? [:] : made
+  }
+
+  /// Makes the missing directories (`decideDirectories`), private until their metadata is applied at the end. A
+  /// file or link in the way is replaced, never followed. Only paths the snapshot has as directories are
+  /// touched: this runs beside the files' decisions, which touch only paths it has as files.
+  func makeDirectories(_ made: [Int: [BytePath]]) async throws {
     // Parents before children: depth by depth, each depth shared among the cores.
     let cores = Restore.packLimit
     for depth in made.keys.sorted() {

@@ -15,6 +15,7 @@ extension Restore {
       case .file:
         let n = item.node
         let p = path(item.components)
+        var isFirst = false
         if n.links > 1 && n.inode != 0 {
           let key = "\(n.deviceID):\(n.inode)"
           if let first = firstLink[key] {
@@ -22,13 +23,19 @@ extension Restore {
             continue
           }
           firstLink[key] = p
+          isFirst = true
         }
         state.withLock {
           $0.totalFiles += 1
           $0.totalBytes += Int64(n.size)
         }
         switch decided[k] {
-        case .success(let decision): await queueFile(item, at: p, decision, into: &run)
+        case .success(let decision):
+          let queued = run.jobs.count
+          await queueFile(item, at: p, decision, into: &run)
+          if isFirst, run.jobs.count > queued, let job = run.jobs.last {
+            if case .inplace = job.mode {} else { run.renewed.insert(p.bytes) }
+          }
         case .failure(let error): fail("\(p): \(error)")
         }
       default:

@@ -48,12 +48,7 @@ extension Restore {
   func decideHardLinks(_ run: inout RunContext) async {
     let target = options.target
     let real = run.real
-    // A file written anew (not patched in place) gets a new inode: its other names must follow.
-    var renewed = Set<[UInt8]>()
-    for job in run.jobs {
-      if case .inplace = job.mode { continue }
-      renewed.insert(job.path.bytes)
-    }
+    let renewed = run.renewed
     for (item, first) in run.hardlinks {
       let p = path(item.components)
       let same: Bool =

@@ -6,30 +6,29 @@ import TidemarkCore
 import TidemarkSystem
 
 extension Restore {
-  /// Writes the queued files: those that fetch nothing are completed at once; every blob to fetch is
-  /// grouped by pack, so each pack is read once and its blobs fanned out to every file that needs them.
-  func writeContent(_ run: RunContext) async throws {
+  /// The queued files' content, sorted out before anything is written: the files that fetch nothing, those
+  /// that do, and the runs of blobs to read for them.
+  struct ContentPlan: Sendable {
+    var ready: [FileJob] = []
     var writing: [FileJob] = []
+    var runs: [(PackID, [(PackedBlob, [(FileJob, Int64)])])] = []
+  }
+
+  /// Groups every blob to fetch by pack, so each pack is read once and its blobs fanned out to every file that
+  /// needs them. Looks at nothing on disk (it runs while the directories are being made).
+  func planContent(_ run: RunContext) -> ContentPlan {
+    var plan = ContentPlan()
     for job in run.jobs {
       if job.remaining.withLock({ $0 }) == 0 {
-        do {
-          try await Blocking.run { try job.create() }
-        } catch {
-          fail("\(job.path): \(error)")
-          job.close()
-          continue
-        }
-        await finishFile(job)
+        plan.ready.append(job)
       } else {
-        writing.append(job)  // opened on its first write
+        plan.writing.append(job)  // opened on its first write
       }
     }
-    struct Target: Sendable {
-      let job: FileJob
-      let offset: Int64
-    }
-    var byPack: [PackID: [BlobID: (PackedBlob, [Target])]] = [:]
-    for job in writing {
+    // Every blob to write, by pack; a blob several files need (or one file at several offsets) is listed once
+    // per place and merged below, so it is decrypted once.
+    var byPack: [PackID: [(blob: PackedBlob, job: FileJob, offset: Int64)]] = [:]
+    for job in plan.writing {
       var off: Int64 = 0
       let mask = run.fetchMask[ObjectIdentifier(job)]
       for (k, id) in (job.item.node.content ?? []).enumerated() {
@@ -38,9 +37,7 @@ extension Restore {
           job.failed.withLock { $0 = true }
           break
         }
-        if mask?[k] ?? true {
-          byPack[e.pack, default: [:]][id, default: (e.blob, [])].1.append(Target(job: job, offset: off))
-        }
+        if mask?[k] ?? true { byPack[e.pack, default: []].append((e.blob, job, off)) }
         off += Int64(e.blob.plainLength)
       }
     }
@@ -48,15 +45,50 @@ extension Restore {
     // core rather than by one worker at the end; and the runs are interleaved across packs, so workers running at
     // once mostly write files of different directories (a pack holds the files of a few directories, in the order
     // they were backed up) rather than queue on one directory's lock to create and rename files in it.
-    let perPack = byPack.map { (pack, blobs) in
-      Restore.runs(blobs.values.map { ($0.0, $0.1.map { ($0.job, $0.offset) }) }).map { (pack, $0) }
+    let perPack = byPack.map { (pack, wanted) in
+      var blobs: [(PackedBlob, [(FileJob, Int64)])] = []
+      for w in wanted.sorted(by: { $0.blob.offset < $1.blob.offset }) {
+        if let last = blobs.last, last.0.offset == w.blob.offset {
+          blobs[blobs.count - 1].1.append((w.job, w.offset))
+        } else {
+          blobs.append((w.blob, [(w.job, w.offset)]))
+        }
+      }
+      return Restore.runs(blobs).map { (pack, $0) }
     }
     byPack = [:]
-    var runs: [(PackID, [(PackedBlob, [(FileJob, Int64)])])] = []
-    runs.reserveCapacity(perPack.reduce(0) { $0 + $1.count })
+    plan.runs.reserveCapacity(perPack.reduce(0) { $0 + $1.count })
     for k in 0..<(perPack.map(\.count).max() ?? 0) {
-      for p in perPack where k < p.count { runs.append(p[k]) }
+      for p in perPack where k < p.count { plan.runs.append(p[k]) }
     }
+    return plan
+  }
+
+  /// Writes the files of `plan` (their directories made): those that fetch nothing are completed at once, then
+  /// the runs of blobs are read and written, `packLimit` at a time.
+  func writeContent(_ plan: ContentPlan) async throws {
+    // Empty files (and files whose every blob the old file holds): shared among the cores, one hop per share.
+    let cores = Restore.packLimit
+    let share = max(1, (plan.ready.count + cores - 1) / cores)
+    let shares = stride(from: 0, to: plan.ready.count, by: share).map {
+      Array(plan.ready[$0..<min(plan.ready.count, $0 + share)])
+    }
+    try await forEachConcurrently(shares, limit: cores) { share in
+      try await Blocking.run {
+        for job in share {
+          do {
+            try job.create()
+          } catch {
+            self.fail("\(job.path): \(error)")
+            job.close()
+            continue
+          }
+          self.finishFileNow(job)
+        }
+      }
+    }
+    let writing = plan.writing
+    let runs = plan.runs
     // Files rebuilt from large unchanged ranges of the old one: start those copies now, beside the
     // fetching, rather than when their first fetched blob arrives (a write waits for its file's copy).
     let large = writing.filter { job in
@@ -186,12 +218,8 @@ extension Restore {
     }
   }
 
-  /// Moves a complete file into place and applies its metadata.
-  func finishFile(_ job: FileJob) async {
-    try? await Blocking.run { self.finishFileNow(job) }
-  }
-
-  /// Blocking: `finishFile` on this thread (the pack writer finishes its files in the same hop).
+  /// Blocking: moves a complete file into place and applies its metadata (on the thread that wrote its last
+  /// bytes, in the same hop).
   func finishFileNow(_ job: FileJob) {
     do {
       // Metadata through the descriptor, before the rename: the path is not looked up four more times (a

@@ -196,6 +196,9 @@ public final class Restore: Sendable {
     var fetchMask: [ObjectIdentifier: [Bool]] = [:]
     /// Further names of a hard-linked file, with the path of its first name.
     var hardlinks: [(Item, BytePath)] = []
+    /// First names of hard-linked files that are written anew (not patched in place): they get a new inode,
+    /// so their other names must follow.
+    var renewed: Set<[UInt8]> = []
     /// Entries that are neither directories nor files (symlinks, fifos, devices, sockets).
     var others: [Item] = []
     /// Entries that stay, but whose metadata differs.
@@ -216,15 +219,21 @@ public final class Restore: Sendable {
     }
     let listings = try await listRealDirectories(&run)
     await deleteExtraneous(listings, known: run.known)
-    try await createDirectories(run)
+    // The missing directories are made while the files are decided and their blobs sorted by pack: the two
+    // touch different paths (see `makeDirectories`), and the decisions are mostly work on one core.
+    let missing = try await decideDirectories(run)
+    async let directories: Void = makeDirectories(missing)
     try await queueFiles(&run)
     await decideSpecials(&run)
     await decideHardLinks(&run)
     if options.dryRun {
+      try await directories
       countDryRunBytes(run)
       return stats
     }
-    try await writeContent(run)
+    let content = planContent(run)
+    try await directories
+    try await writeContent(content)
     await makeSpecials(run)
     await makeHardLinks(run)
     await applyKeptMetadata(run)

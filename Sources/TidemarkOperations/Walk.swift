@@ -56,8 +56,8 @@ public func expectedPackSize(_ blobs: [PackedBlob]) -> Int {
   return n
 }
 
-/// Loads every tree reachable from `roots` exactly once, breadth first, `limit` at a time, and passes it to
-/// `visit` (from several tasks at once). A tree that cannot be loaded goes to `failed` when given (and its
+/// Loads every tree reachable from `roots` exactly once, `limit` at a time, and passes it to `visit` (from several
+/// tasks at once, in no particular order). A tree that cannot be loaded goes to `failed` when given (and its
 /// subtrees are not visited); otherwise the error is thrown.
 public func walkTrees(
   _ repo: Repository, roots: [BlobID], limit: Int = 8,
@@ -70,39 +70,48 @@ public func walkTrees(
 /// `walkTrees` that also passes each tree's stored plaintext (to copy it byte for byte), skips the trees in
 /// `seen` and everything below them, and returns `seen` with every tree it reached added (so several walks,
 /// one per snapshot, visit each tree once).
+///
+/// A tree's subtrees are started as soon as it is loaded, not level by level: a long chain of single
+/// directories (a deep path, the snapshot's own prefix) is walked beside the wide levels instead of adding
+/// one load after another to the walk's length. The most recently found trees go first (depth first), so
+/// the trees waiting to be loaded stay few.
 public func walkTreeBlobs(
   _ repo: Repository, roots: [BlobID], seen alreadySeen: Set<BlobID> = [], limit: Int = 8,
   failed: (@Sendable (BlobID, any Error) -> Void)? = nil,
   visit: @escaping @Sendable (BlobID, Tree, [UInt8]) async throws -> Void
 ) async throws -> Set<BlobID> {
-  let seen = Mutex(alreadySeen)
-  var frontier = seen.withLock { s in Set(roots).filter { s.insert($0).inserted } }.map { $0 }
-  while !frontier.isEmpty {
-    let next = Mutex([BlobID]())
-    try await forEachConcurrently(frontier, limit: limit) { id in
-      let raw: [UInt8]
-      let tree: Tree
-      do {
-        raw = try await repo.loadBlob(id)
-        do {
-          tree = try Tree(json: raw)
-        } catch {
-          throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
+  var seen = alreadySeen
+  var waiting = Set(roots).filter { seen.insert($0).inserted }.map { $0 }
+  try await withThrowingTaskGroup(of: [BlobID].self) { group in
+    var running = 0
+    while true {
+      while running < limit, let id = waiting.popLast() {
+        running += 1
+        group.addTask {
+          let raw: [UInt8]
+          let tree: Tree
+          do {
+            raw = try await repo.loadBlob(id)
+            do {
+              tree = try Tree(json: raw)
+            } catch {
+              throw TidemarkError.corrupt("tree \(id.short) is not valid: \(error)")
+            }
+          } catch {
+            guard let failed else { throw error }
+            failed(id, error)
+            return []
+          }
+          try await visit(id, tree, raw)
+          return tree.nodes.compactMap(\.subtree)
         }
-      } catch {
-        guard let failed else { throw error }
-        failed(id, error)
-        return
       }
-      try await visit(id, tree, raw)
-      let subtrees = tree.nodes.compactMap(\.subtree)
-      guard !subtrees.isEmpty else { return }
-      let fresh = seen.withLock { s in subtrees.filter { s.insert($0).inserted } }
-      if !fresh.isEmpty { next.withLock { $0 += fresh } }
+      guard let subtrees = try await group.next() else { break }
+      running -= 1
+      for id in subtrees where seen.insert(id).inserted { waiting.append(id) }
     }
-    frontier = next.withLock { $0 }
   }
-  return seen.withLock { $0 }
+  return seen
 }
 
 /// Every blob (trees and file contents) the given snapshots need.

@@ -59,7 +59,8 @@ let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appen
         .replacingOccurrences(of: " ", with: ""))
   }
 
-  /// The parallel, half-memory scrypt gives exactly OpenSSL's output (RFC 7914 vector and odd shapes).
+  /// The parallel scrypt (half tables, and whole ones for the workers with one lane more) gives exactly OpenSSL's
+  /// output (RFC 7914 vector and odd shapes).
   @Test func parallelScryptMatchesOpenSSL() throws {
     let rfc = try Scrypt.deriveParallel(
       password: Array("password".utf8), salt: Array("NaCl".utf8), n: 1024, r: 8, p: 16, length: 64, threads: 2)
