@@ -25,9 +25,10 @@ TIDEMARK_APT_PACKAGES=(
 #   openssl curl                the serve tests' private CA and certificates, raw HTTP requests
 #   lintian dpkg-dev man-db     the package tests: scripts/package.sh (dpkg-shlibdeps), lintian on the .deb (it
 #                               reads the man pages with man-db's man)
+#   strace                      which files a backup opens (a hard-linked file is read under one name)
 # On a machine where services start on installation, Debian also starts its own postgres and redis; the tests do
 # not use them. The serve tests also mount a small tmpfs (as root) for a full disk.
-TIDEMARK_TEST_APT_PACKAGES=(postgresql redis-server redis-tools sqlite3 openssl curl lintian dpkg-dev man-db)
+TIDEMARK_TEST_APT_PACKAGES=(postgresql redis-server redis-tools sqlite3 openssl curl lintian dpkg-dev man-db strace)
 
 # log MESSAGE...: one progress line, easy to spot among build output.
 log() { printf '\n==> %s\n' "$*"; }

@@ -129,6 +129,10 @@ public final class Backup: Sendable {
   let readBuffers = Mutex<[ReadBuffer]>([])
   let journal: JournalPlan?
   let sawHardLinks = Atomic<Bool>(false)
+  /// The first name read of each hard-linked file (too large to batch): its reading, and what `lstat` said
+  /// before it. A further name with the same size and times is the same file, unchanged: it takes that content
+  /// instead of reading the file again.
+  let hardLinkReads = Mutex<[HardLinkKey: (seen: Node, read: Task<Node?, Error>)]>([:])
   /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
   let batch = Mutex(SmallFileBatch())
   /// Subdirectories walked beside the main walk: without them the walk is one chain of directory listings,
@@ -391,25 +395,70 @@ public final class Backup: Sendable {
     // Empty files are opened too: an unreadable empty file is an error like any other.
     if Backup.batches(node) { return await batched(path: path, node: node, isNew: isNew) }
     await filePermits.acquire()
-    let task = Task<Node?, Error> {
-      defer { self.filePermits.release() }
-      self.state.withLock { _ = $0.currentFiles.insert(path.description) }
-      defer { self.state.withLock { _ = $0.currentFiles.remove(path.description) } }
-      do {
-        let (content, size) = try await self.saveContent(path: path, expectedSize: Int64(node.size), sparse: true)
-        node.content = content
-        node.size = UInt64(size)
-      } catch let e as SystemError {
-        self.warn("\(path): \(e)")
-        return nil
+    let start = { [node] in
+      Task<Node?, Error> {
+        defer { self.filePermits.release() }
+        return try await self.read(path: path, node: node, isNew: isNew)
       }
-      self.state.withLock {
-        if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
-        $0.filesDone += 1
-      }
-      return node
     }
-    return .task(task)
+    guard node.links > 1 && node.inode != 0 else { return .task(start()) }
+    // Looked up and recorded in one step: of names walked at once in different directories, one reads.
+    let key = HardLinkKey(device: node.deviceID, inode: node.inode)
+    let (task, reused) = hardLinkReads.withLock { reads -> (Task<Node?, Error>, Bool) in
+      if let f = reads[key] {
+        if f.seen.size == node.size && f.seen.mtime == node.mtime && f.seen.ctime == node.ctime {
+          return (f.read, true)
+        }
+        return (start(), false)
+      }
+      let t = start()
+      reads[key] = (node, t)
+      return (t, false)
+    }
+    guard reused else { return .task(task) }
+    filePermits.release()
+    return .task(sameContent(as: task, path: path, node: node, isNew: isNew))
+  }
+
+  /// A further name of a hard-linked file read under another name in this backup, with the same size and
+  /// times: the content of that read. When that read failed, this name is read itself.
+  func sameContent(as first: Task<Node?, Error>, path: BytePath, node: Node, isNew: Bool) -> Task<Node?, Error> {
+    Task {
+      var node = node
+      if let read = try? await first.value, let content = read.content {
+        node.content = content
+        node.size = read.size
+        self.state.withLock {
+          if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+          $0.filesDone += 1
+          $0.bytesDone += Int64(read.size)
+        }
+        return node
+      }
+      await self.filePermits.acquire()
+      defer { self.filePermits.release() }
+      return try await self.read(path: path, node: node, isNew: isNew)
+    }
+  }
+
+  /// Reads and stores one file's content (holding a file permit); nil, with a warning, when it cannot be read.
+  func read(path: BytePath, node: Node, isNew: Bool) async throws -> Node? {
+    var node = node
+    state.withLock { _ = $0.currentFiles.insert(path.description) }
+    defer { state.withLock { _ = $0.currentFiles.remove(path.description) } }
+    do {
+      let (content, size) = try await saveContent(path: path, expectedSize: Int64(node.size), sparse: true)
+      node.content = content
+      node.size = UInt64(size)
+    } catch let e as SystemError {
+      warn("\(path): \(e)")
+      return nil
+    }
+    state.withLock {
+      if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+      $0.filesDone += 1
+    }
+    return node
   }
 
   func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {
@@ -717,4 +766,10 @@ final class ReadBuffer: @unchecked Sendable {
     start += n
     return out
   }
+}
+
+/// A file's identity on this machine: the device and inode its names share.
+struct HardLinkKey: Hashable, Sendable {
+  var device: UInt64
+  var inode: UInt64
 }

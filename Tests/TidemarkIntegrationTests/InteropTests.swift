@@ -126,6 +126,44 @@ import TidemarkSystem
       """, cwd: ws.path)
     #expect(r.status == 0, "\(r.stderr)")
     #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    try expectResticsTree(ws, runs: [["--force"], ["--force"], []])
+  }
+
+  /// A file with several names (too large to batch) is read once per backup: its other names, with the same
+  /// size and times, take the content of that read. restic reads every name; the snapshot must be the same.
+  @Test func hardLinkedLargeFilesGiveResticsTree() throws {
+    let ws = try Workspace("hardlinks")
+    let r = try Tools.sh(
+      """
+      mkdir -p data/a data/b/c data/d
+      head -c 3000000 /dev/urandom > data/a/big
+      ln data/a/big data/b/big-too && ln data/a/big data/b/c/big-three && ln data/a/big data/d/big-four
+      seq 1 300000 > data/b/numbers && ln data/b/numbers data/a/numbers-link
+      head -c 3000000 /dev/urandom > data/d/single
+      find data -exec touch -h -d "2026-01-02 03:04:05" {} +
+      """, cwd: ws.path)
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(try ws.tidemark(["-r", "repo", "init"]).status == 0)
+    try expectResticsTree(ws, runs: [["--force"], ["--force"]])
+    // Read under one name: of the four names of `big` one is opened, of the two of `numbers` one.
+    let traced = try Tools.run(
+      "/usr/bin/strace",
+      [
+        "-f", "-qq", "-e", "trace=openat", "-o", ws.sub("opens"), Tools.tidemark, "-r", "repo", "backup", "data",
+        "--force",
+      ],
+      env: ["TIDEMARK_PASSWORD": "test-pw"], cwd: ws.path)
+    #expect(traced.status == 0, "\(traced.stderr)")
+    let opens = try String(contentsOfFile: ws.sub("opens"), encoding: .utf8)
+    func opened(_ names: [String]) -> [String] { names.filter { opens.contains("/data/\($0)\"") } }
+    #expect(opened(["a/big", "b/big-too", "b/c/big-three", "d/big-four"]).count == 1, "\(opens.suffix(3000))")
+    #expect(opened(["b/numbers", "a/numbers-link"]).count == 1)
+    #expect(opened(["d/single"]).count == 1)
+  }
+
+  /// restic backs up `data`, then tidemark once per entry of `runs` (extra arguments); every tidemark snapshot
+  /// must have restic's root tree.
+  func expectResticsTree(_ ws: Workspace, runs: [[String]]) throws {
     let rb = try ws.restic(["-r", "repo", "backup", "data", "--json"])
     #expect(rb.status == 0, "\(rb.stderr)")
     func snapshotID(_ out: String) -> String? {
@@ -146,7 +184,7 @@ import TidemarkSystem
     }
     let resticTree = tree(try ws.restic(["-r", "repo", "cat", "snapshot", resticSnap]).out)
     #expect(resticTree != nil)
-    for args in [["--force"], ["--force"], []] {
+    for args in runs {
       let b = try ws.tidemark(["-r", "repo", "backup", "data", "--json"] + args)
       #expect(b.status == 0, "\(b.stderr)")
       guard let snap = snapshotID(b.out) else {
