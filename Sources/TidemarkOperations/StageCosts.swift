@@ -1,6 +1,7 @@
-// What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the walk
-// (every directory listed, every entry's lstat and extended attributes), the reads timed as a backup reads, then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal, each pack's
-// SHA-256 and its write into the page cache of a scratch file), and one key derivation.
+// What a backup's CPU-bound stages cost on one core over a set of files (`tidemark debug stage-costs`): the
+// walk (every directory listed, every entry's lstat and extended attributes), the reads timed as a backup reads,
+// then each file's content through `StageProbe` (chunk, SHA-256, zstd, seal, each pack's SHA-256 and its write
+// into the page cache of a scratch file), and one key derivation.
 import Foundation
 import TidemarkCore
 import TidemarkSystem
@@ -56,11 +57,16 @@ public enum StageCosts {
       }
       return n
     }
+    // A file with several names, too large to batch, is read once per backup (the others take its content).
+    var readOnce = Set<[UInt64]>()
     while let p = stack.popLast() {
       let st = try Sys.lstat(p)
       if st.isDirectory {
         for name in try Sys.readDirectory(p).reversed() { stack.append(p.appending(name)) }
       } else if st.isRegular {
+        if st.links > 1 && st.size >= Int64(Chunker.minSize) && !readOnce.insert([st.device, st.inode]).inserted {
+          continue
+        }
         let size = Int(st.size)
         let t0 = clock.now
         let fd = try Sys.open(p, O_RDONLY)
