@@ -90,10 +90,15 @@ public protocol FUSEFilesystem: Sendable {
   /// contents may stay cached across opens. The kernel is then told not to send opens and releases
   /// at all (two round trips fewer per file).
   var statelessOpen: Bool { get }
+  /// Called once the session is mounted, with a way to put a file's whole content into the kernel's page cache
+  /// (`FUSESession.store`), so that reads of it are answered without a request. Only for files whose content
+  /// never changes, and only with `statelessOpen` (opens then keep cached pages).
+  func attach(store: @escaping @Sendable (_ ino: UInt64, _ content: [UInt8]) -> Bool)
 }
 
 extension FUSEFilesystem {
   public var statelessOpen: Bool { false }
+  public func attach(store: @escaping @Sendable (_ ino: UInt64, _ content: [UInt8]) -> Bool) {}
   public func lookupNow(parent: UInt64, name: [UInt8]) throws -> FUSEAttributes? { nil }
   public func readNow(ino: UInt64, handle: UInt64, offset: Int64, size: Int) throws -> [ArraySlice<UInt8>]? {
     nil
@@ -143,7 +148,38 @@ public final class FUSESession: @unchecked Sendable {
     }
     session = se
     context = ctx
+    filesystem.attach { [weak self] ino, content in self?.store(ino: ino, content: content) ?? false }
   }
+
+  /// Puts `content` into the kernel's page cache as the whole of file `ino` (FUSE_NOTIFY_STORE): the kernel then
+  /// answers reads of it from memory, without a request, for as long as it keeps the pages. False when the
+  /// kernel holds no such inode (not looked up yet, or forgotten), or the session has ended. A write to the
+  /// FUSE device: call it off Swift's cooperative pool.
+  ///
+  /// It may wait: the kernel locks each page it fills, and a page that a read is fetching stays locked until that
+  /// read is answered. So the caller must not hold anything the answer to a read needs (a lock, or a thread of a
+  /// pool that reads are served from), and no lock is held here during the call.
+  public func store(ino: UInt64, content: [UInt8]) -> Bool {
+    guard !content.isEmpty else { return true }
+    let entered = storing.withLock { s in
+      if s.open { s.calls += 1 }
+      return s.open
+    }
+    guard entered else { return false }
+    defer { storing.withLock { $0.calls -= 1 } }
+    return content.withUnsafeBytes { b in
+      var v = fuse_bufvec()
+      v.count = 1
+      v.buf.size = b.count
+      v.buf.mem = UnsafeMutableRawPointer(mutating: b.baseAddress)
+      v.buf.fd = -1
+      return fuse_lowlevel_notify_store(session, ino, 0, &v, fuse_buf_copy_flags(0)) == 0
+    }
+  }
+
+  /// Whether `store` may still use the session (not from the end of the loop on), and its calls under way (the
+  /// session is freed only when none is).
+  private let storing = Mutex((open: true, calls: 0))
 
   /// Serves requests on the calling thread until unmounted; then unmounts and frees the session.
   /// Call once, from a thread that may block (not from Swift's cooperative pool).
@@ -163,7 +199,10 @@ public final class FUSESession: @unchecked Sendable {
     loopThread.withLock { $0 = pthread_self() }
     _ = fuse_session_loop(session)
     loopThread.withLock { $0 = nil }
+    storing.withLock { $0.open = false }
+    // Unmounting ends the kernel's pending requests, and so any store waiting on a page one of them locked.
     fuse_session_unmount(session)
+    while storing.withLock({ $0.calls }) > 0 { usleep(1000) }
     fuse_session_destroy(session)
     context.release()
   }

@@ -58,6 +58,16 @@ public final class SnapshotFS: FUSEFilesystem {
   /// The versions directories the kernel holds.
   let versionsTable = Mutex(VersionsTable())
   let mountTime = Timestamp.now()
+  /// Puts a file's content into the kernel's page cache (`FUSESession.store`), once mounted. (In a struct: a
+  /// function stored as a Mutex's value itself is wrapped in two more conversion thunks at every `withLock`.)
+  let store = Mutex<KernelStore?>(nil)
+  /// The inode each recently listed directory tree was listed under (to name its files' inodes), and the
+  /// directory trees whose small files were put into the kernel already (see `putSiblings`).
+  let listedUnder = Mutex(ClockCache<InodeTable.Place, UInt64>(limit: 16384))
+  let siblingsPut = Mutex(ClockCache<InodeTable.Place, Bool>(limit: 16384))
+  /// The thread that puts files into the kernel: a put may wait for a read to be answered (see
+  /// `FUSESession.store`), so it never runs where reads are answered (the blocking threads, the workers).
+  let putter = DispatchQueue(label: "tidemark.mount.put")
 
   static let rootIno: UInt64 = 1
 
@@ -250,6 +260,10 @@ public final class SnapshotFS: FUSEFilesystem {
   /// Reads identify files by inode; the kernel keeps their pages across opens.
   public var statelessOpen: Bool { true }
 
+  public func attach(store: @escaping @Sendable (UInt64, [UInt8]) -> Bool) {
+    self.store.withLock { $0 = KernelStore(put: store) }
+  }
+
   /// Used only when the kernel cannot do stateless opens.
   public func openNow(ino: UInt64) throws -> (handle: UInt64, keepCache: Bool)? {
     try openFileNow(ino).map(register)
@@ -412,6 +426,7 @@ public final class SnapshotFS: FUSEFilesystem {
     switch plan(file, offset, size) {
     case .done(let d): return d
     case .blobs(let f, let first, let last, let end):
+      if offset == 0 { putSiblings(of: ino) }
       fetch(ino, f, first, last, offset, end)
       var data: [[UInt8]] = []
       for i in first...last {
@@ -428,6 +443,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case .blobs(let f, let first, let last, let end):
       // Every blob the request needs, concurrently (a request rarely spans more than two).
       let ids = Array(f.content[first...last])
+      if offset == 0 { putSiblings(of: ino) }
       fetch(ino, f, first, last, offset, end)
       let fetched = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
         for (k, id) in ids.enumerated() { g.addTask { (k, try await self.blobs.get(id)) } }
@@ -447,7 +463,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case .tree(let root, let id):
       if let l = listings.withLock({ $0.get(ino) }) { return (l, true) }
       guard let t = try cachedTree(id) else { return nil }
-      return (listTree(parent: ino, root: root, tree: t), true)
+      return (listTree(parent: ino, root: root, treeID: id, tree: t), true)
     }
   }
 
@@ -457,7 +473,7 @@ public final class SnapshotFS: FUSEFilesystem {
     case .top: return (topListing(ino), false)
     case .tree(let root, let id):
       if let l = listings.withLock({ $0.get(ino) }) { return (l, true) }
-      return (listTree(parent: ino, root: root, tree: try await loadTree(id)), true)
+      return (listTree(parent: ino, root: root, treeID: id, tree: try await loadTree(id)), true)
     }
   }
 
@@ -472,8 +488,9 @@ public final class SnapshotFS: FUSEFilesystem {
 
   /// Lists a snapshot directory, and keeps the listing (directories are opened again and again: each
   /// `ls`, each pass of a walker), bounded by entry count.
-  private func listTree(parent: UInt64, root: UInt64, tree: Tree) -> [FUSEDirEntry] {
+  private func listTree(parent: UInt64, root: UInt64, treeID: BlobID, tree: Tree) -> [FUSEDirEntry] {
     trees.prefetch(tree.nodes.lazy.compactMap(\.subtree))
+    listedUnder.withLock { $0.insert(InodeTable.Place(tree: treeID, root: root), parent, cost: 1) }
     let l = tree.nodes.map {
       FUSEDirEntry(
         name: $0.name, ino: SnapshotFS.inode(parent: parent, root: root, node: $0), mode: SnapshotFS.stMode($0))
@@ -508,6 +525,73 @@ public final class SnapshotFS: FUSEFilesystem {
   private static func xattr(_ name: [UInt8], of n: Node) throws -> [UInt8] {
     guard let x = n.xattrs.first(where: { $0.name == name }) else { throw FUSEError(ENODATA) }
     return x.value
+  }
+
+  // MARK: Small files ahead of their reader
+
+  /// Files up to this size are put into the kernel's page cache when a file of their directory is read.
+  static let putFileLimit: UInt64 = 256 << 10
+  /// At most this much of one directory's content is put there.
+  static let putDirectoryLimit: UInt64 = 16 << 20
+
+  /// The first read of a file (at offset 0) says its directory's files are being read: a copy (rsync, cp -r,
+  /// tar) goes on with the next one at once, and each would cost a round trip through the kernel, most of a small
+  /// file's time. So the files after this one in the listing, those of at most `putFileLimit`, are decoded (their
+  /// pack windows mostly are already) and put into the kernel's page cache in listing order, a few at a time, and
+  /// their reads never reach the mount. Once per directory tree (until forgotten); a file whose inode the kernel
+  /// does not hold, or that is read before it is put, is read as usual. A listing alone (`find`, `ls -l`) puts
+  /// nothing: reading is the signal.
+  private func putSiblings(of ino: UInt64) {
+    guard let store = store.withLock({ $0 }), let (place, slot) = nodes.withLock({ $0.locate(ino) }) else { return }
+    let first = siblingsPut.withLock { p -> Bool in
+      if p.contains(place) { return false }
+      p.insert(place, true, cost: 1)
+      return true
+    }
+    guard first, let parent = listedUnder.withLock({ $0.get(place) }),
+      let entries = listings.withLock({ $0.get(parent) }), let tree = try? cachedTree(place.tree),
+      entries.count == tree.nodes.count
+    else { return }
+    var files: [(ino: UInt64, node: Node)] = []
+    var total: UInt64 = 0
+    for k in tree.nodes.indices where k > slot {
+      let n = tree.nodes[k]
+      guard n.type == .file, n.size > 0, n.size <= SnapshotFS.putFileLimit, entries[k].name == n.name else {
+        continue
+      }
+      total += n.size
+      if total > SnapshotFS.putDirectoryLimit { break }
+      files.append((entries[k].ino, n))
+    }
+    guard !files.isEmpty else { return }
+    Task {
+      // Set by the putter when a whole batch was refused (the session ended, or the kernel let the inodes go).
+      let refused = Atomic<Bool>(false)
+      var k = 0
+      while k < files.count && !refused.load(ordering: .relaxed) {
+        let batch = files[k..<min(files.count, k + 8)]
+        k += batch.count
+        blobs.prefetch(batch.flatMap { $0.node.content ?? [] })
+        var ready: [(UInt64, [UInt8])] = []
+        for (ino, node) in batch {
+          var content: [UInt8] = []
+          content.reserveCapacity(Int(node.size))
+          for id in node.content ?? [] {
+            guard let b = try? await blobs.get(id) else { break }
+            content += b
+          }
+          guard content.count == Int(node.size) else { continue }
+          ready.append((ino, content))
+        }
+        // Writes to the FUSE device, in order on the putter, while the next batch is decoded.
+        putter.async { [ready, blobs] in
+          let stored = ready.map { store.put($0.0, $0.1) }
+          if !stored.isEmpty && !stored.contains(true) { refused.store(true, ordering: .relaxed) }
+          // Their pages now answer reads; a read already on its way still finds its blobs until here.
+          blobs.release(batch.flatMap { $0.node.content ?? [] })
+        }
+      }
+    }
   }
 
   // MARK: Helpers
@@ -649,4 +733,9 @@ struct InodeHasher {
     z &= (1 << 62) - 1  // keep clear of the top bits some tools treat as signed
     return z < 16 ? z + 16 : z
   }
+}
+
+/// `FUSESession.store`, as handed to `SnapshotFS.attach`.
+struct KernelStore: Sendable {
+  let put: @Sendable (UInt64, [UInt8]) -> Bool
 }

@@ -343,6 +343,45 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     }
   }
 
+  /// Reading the first file of a directory puts the directory's other small files into the kernel's page cache
+  /// (a copy reads them next): they are resident before anyone reads them, with the right bytes; a directory that
+  /// was only listed gets nothing.
+  @Test func smallFilesOfADirectoryBeingReadAreInTheKernelBeforeTheirReads() throws {
+    let ws = try Workspace("mount-put")
+    let gen = """
+      for d in read listed; do mkdir -p src/$d; for f in $(seq 1 60); do
+        head -c $(( (f * 977) % 9000 + 1 )) /dev/urandom > src/$d/file-$(printf %02d $f); done; done
+      head -c 600000 /dev/urandom > src/read/zz-large
+      """
+    let g = try Tools.sh(gen, cwd: ws.path)
+    try #require(g.status == 0, "\(g.stderr)")
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    let b = try ws.tidemark(["-r", "repo", "backup", "src"])
+    try #require(b.status == 0, "\(b.stderr)")
+    let mnt = ws.sub("mnt")
+    let m = try MountProcess(ws, ["-r", "repo", "mount"], mountpoint: mnt)
+    let top = mnt + "/snapshots/latest/src"
+    #expect(m.wait(for: top + "/read"), "the mount never showed the snapshot")
+    let ls = try Tools.run("/bin/ls", ["-l", top + "/read", top + "/listed"])
+    #expect(ls.status == 0, "\(ls.stderr)")
+    let names = (1...60).map { String(format: "file-%02d", $0) }
+    let first = try Data(contentsOf: URL(fileURLWithPath: top + "/read/file-01"))
+    #expect(first == (try Data(contentsOf: URL(fileURLWithPath: ws.sub("src/read/file-01")))))
+    var resident: [String] = []
+    for _ in 0..<50 {
+      resident = names.dropFirst().filter { residentPages(top + "/read/" + $0) > 0 }
+      if resident.count == names.count - 1 { break }
+      usleep(100_000)
+    }
+    #expect(resident.count == names.count - 1, "resident after reading file-01: \(resident)")
+    #expect(residentPages(top + "/read/zz-large") == 0, "a file above the limit was put")
+    #expect(names.allSatisfy { residentPages(top + "/listed/" + $0) == 0 }, "a listed directory's files were put")
+    for n in names {
+      let a = try Data(contentsOf: URL(fileURLWithPath: top + "/read/" + n))
+      #expect(a == (try Data(contentsOf: URL(fileURLWithPath: ws.sub("src/read/" + n)))), "\(n) differs")
+    }
+  }
+
   @Test func mountHelperServesMountTypeTidemark() throws {
     // mount(8) runs /sbin/mount.tidemark; install ours there for the test when nothing else is.
     let helper = "/sbin/mount.tidemark"
@@ -397,6 +436,22 @@ func rsyncItemize(from: String, to: String) throws -> RunResult {
     #expect(released, "the server kept its lock after umount")
     #expect(!(try String(contentsOfFile: "/proc/mounts", encoding: .utf8)).contains(" \(mnt) "))
   }
+}
+
+/// How many of the file's pages the kernel holds in its page cache (mincore over a read-only mapping: nothing is
+/// read), or -1 when the file cannot be mapped.
+func residentPages(_ path: String) -> Int {
+  let fd = open(path, O_RDONLY)
+  guard fd >= 0 else { return -1 }
+  defer { close(fd) }
+  let size = Int(lseek(fd, 0, SEEK_END))
+  guard size > 0 else { return 0 }
+  guard let p = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else { return -1 }
+  defer { munmap(p, size) }
+  let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+  var vec = [UInt8](repeating: 0, count: (size + page - 1) / page)
+  guard mincore(p, size, &vec) == 0 else { return -1 }
+  return vec.filter { $0 & 1 != 0 }.count
 }
 
 /// Log lines of a few services with their own numbers and identifiers: compressible about threefold, as logs are,
