@@ -199,21 +199,36 @@ public final class FUSESession: @unchecked Sendable {
     loopThread.withLock { $0 = pthread_self() }
     _ = fuse_session_loop(session)
     loopThread.withLock { $0 = nil }
-    storing.withLock { $0.open = false }
-    // Unmounting ends the kernel's pending requests, and so any store waiting on a page one of them locked.
+    // `exit()` let the stores under way finish while the loop still answered reads; when the kernel ended the
+    // loop (an unmount from outside), it ended the pending requests too, so no store waits on one of their pages.
+    let idle = stopStoring()
     fuse_session_unmount(session)
-    while storing.withLock({ $0.calls }) > 0 { usleep(1000) }
-    fuse_session_destroy(session)
+    // A store still waiting uses the session when it returns: then the session is left to the process's exit.
+    if idle { fuse_session_destroy(session) }
     context.release()
+  }
+
+  /// Lets no new store start and waits (up to 5 s) for those under way; true when none is left.
+  private func stopStoring() -> Bool {
+    storing.withLock { $0.open = false }
+    for _ in 0..<5000 {
+      if storing.withLock({ $0.calls }) == 0 { return true }
+      usleep(1000)
+    }
+    return false
   }
 
   private let loopThread = Mutex<pthread_t?>(nil)
 
-  /// Stops the loop (from any thread, e.g. a signal handler's queue); `run()` then unmounts and returns.
+  /// Stops the loop (from any thread, without waiting); `run()` then unmounts and returns. Stores under way finish
+  /// first, while the loop still answers the reads whose pages they may be waiting for.
   public func exit() {
-    fuse_session_exit(session)
-    loopThread.withLock { t in
-      if let t { pthread_kill(t, SIGUSR2) }
+    Thread.detachNewThread { [self] in
+      _ = stopStoring()
+      fuse_session_exit(session)
+      loopThread.withLock { t in
+        if let t { pthread_kill(t, SIGUSR2) }
+      }
     }
   }
 

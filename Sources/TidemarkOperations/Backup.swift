@@ -132,7 +132,8 @@ public final class Backup: Sendable {
   /// The first name read of each hard-linked file (too large to batch): its reading, and what `lstat` said
   /// before it. A further name with the same size and times is the same file, unchanged: it takes that content
   /// instead of reading the file again.
-  let hardLinkReads = Mutex<[HardLinkKey: (seen: Node, read: Task<Node?, Error>)]>([:])
+  /// An entry goes once all the file's other names took its content.
+  let hardLinkReads = Mutex<[HardLinkKey: (seen: Node, read: Task<Node?, Error>, left: UInt64)]>([:])
   /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
   let batch = Mutex(SmallFileBatch())
   /// Subdirectories walked beside the main walk: without them the walk is one chain of directory listings,
@@ -407,12 +408,13 @@ public final class Backup: Sendable {
     let (task, reused) = hardLinkReads.withLock { reads -> (Task<Node?, Error>, Bool) in
       if let f = reads[key] {
         if f.seen.size == node.size && f.seen.mtime == node.mtime && f.seen.ctime == node.ctime {
+          if f.left <= 1 { reads[key] = nil } else { reads[key]?.left -= 1 }
           return (f.read, true)
         }
         return (start(), false)
       }
       let t = start()
-      reads[key] = (node, t)
+      reads[key] = (node, t, node.links - 1)
       return (t, false)
     }
     guard reused else { return .task(task) }
