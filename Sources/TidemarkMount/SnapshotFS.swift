@@ -571,7 +571,8 @@ public final class SnapshotFS: FUSEFilesystem {
       while k < files.count && !refused.load(ordering: .relaxed) {
         let batch = files[k..<min(files.count, k + 8)]
         k += batch.count
-        blobs.prefetch(batch.flatMap { $0.node.content ?? [] })
+        let ids = batch.flatMap { $0.node.content ?? [] }
+        blobs.prefetch(ids)
         var ready: [(UInt64, [UInt8])] = []
         for (ino, node) in batch {
           var content: [UInt8] = []
@@ -584,11 +585,11 @@ public final class SnapshotFS: FUSEFilesystem {
           ready.append((ino, content))
         }
         // Writes to the FUSE device, in order on the putter, while the next batch is decoded.
-        putter.async { [ready, blobs] in
+        putter.async { [ready, ids, blobs] in
           let stored = ready.map { store.put($0.0, $0.1) }
           if !stored.isEmpty && !stored.contains(true) { refused.store(true, ordering: .relaxed) }
           // Their pages now answer reads; a read already on its way still finds its blobs until here.
-          blobs.release(batch.flatMap { $0.node.content ?? [] })
+          blobs.release(ids)
         }
       }
     }

@@ -183,20 +183,7 @@ extension Backup {
     }
     for i in read.grown {
       let item = items[i]
-      var node = item.node
-      do {
-        let (content, size) = try await saveContent(path: item.path, expectedSize: Int64(node.size), sparse: true)
-        node.content = content
-        node.size = UInt64(size)
-      } catch let e as SystemError {
-        warn("\(item.path): \(e)")
-        continue
-      }
-      state.withLock {
-        if item.isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
-        $0.filesDone += 1
-      }
-      nodes[i] = node
+      if let node = try await self.read(path: item.path, node: item.node, isNew: item.isNew) { nodes[i] = node }
     }
     return nodes
   }

@@ -430,11 +430,7 @@ public final class Backup: Sendable {
       if let read = try? await first.value, let content = read.content {
         node.content = content
         node.size = read.size
-        self.state.withLock {
-          if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
-          $0.filesDone += 1
-          $0.bytesDone += Int64(read.size)
-        }
+        self.countDone(isNew: isNew, bytes: Int64(read.size))
         return node
       }
       await self.filePermits.acquire()
@@ -456,11 +452,17 @@ public final class Backup: Sendable {
       warn("\(path): \(e)")
       return nil
     }
+    countDone(isNew: isNew)
+    return node
+  }
+
+  /// Counts a file whose content is stored; `bytes` when they were not counted as they were read.
+  func countDone(isNew: Bool, bytes: Int64 = 0) {
     state.withLock {
       if isNew { $0.filesNew += 1 } else { $0.filesChanged += 1 }
       $0.filesDone += 1
+      $0.bytesDone += bytes
     }
-    return node
   }
 
   func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {

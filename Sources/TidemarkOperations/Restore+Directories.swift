@@ -42,9 +42,7 @@ extension Restore {
     let cores = Restore.packLimit
     for depth in made.keys.sorted() {
       let dirs = made[depth]!
-      let share = (dirs.count + cores - 1) / cores
-      let shares = stride(from: 0, to: dirs.count, by: share).map { Array(dirs[$0..<min(dirs.count, $0 + share)]) }
-      try await forEachConcurrently(shares, limit: cores) { share in
+      try await forEachConcurrently(Restore.shares(dirs, among: cores), limit: cores) { share in
         try await Blocking.run { for p in share { try Restore.ensureDirectory(p) } }
       }
     }
@@ -62,9 +60,7 @@ extension Restore {
     let cores = Restore.packLimit
     for depth in byDepth.keys.sorted(by: >) {
       let dirs = byDepth[depth]!
-      let share = (dirs.count + cores - 1) / cores
-      let shares = stride(from: 0, to: dirs.count, by: share).map { Array(dirs[$0..<min(dirs.count, $0 + share)]) }
-      try? await forEachConcurrently(shares, limit: cores) { share in
+      try? await forEachConcurrently(Restore.shares(dirs, among: cores), limit: cores) { share in
         try? await Blocking.run { for (p, n) in share { self.applyMetadata(p, n) } }
       }
     }

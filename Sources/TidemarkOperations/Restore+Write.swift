@@ -69,11 +69,7 @@ extension Restore {
   func writeContent(_ plan: ContentPlan) async throws {
     // Empty files (and files whose every blob the old file holds): shared among the cores, one hop per share.
     let cores = Restore.packLimit
-    let share = max(1, (plan.ready.count + cores - 1) / cores)
-    let shares = stride(from: 0, to: plan.ready.count, by: share).map {
-      Array(plan.ready[$0..<min(plan.ready.count, $0 + share)])
-    }
-    try await forEachConcurrently(shares, limit: cores) { share in
+    try await forEachConcurrently(Restore.shares(plan.ready, among: cores), limit: cores) { share in
       try await Blocking.run {
         for job in share {
           do {

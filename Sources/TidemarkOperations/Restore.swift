@@ -250,6 +250,13 @@ public final class Restore: Sendable {
 
   func fail(_ msg: String) { state.withLock { $0.errors.append(msg) } }
 
+  /// `items` cut into `n` contiguous shares of nearly equal size (fewer when there are fewer items): work on
+  /// many small entries spread over the cores, one blocking hop per share.
+  static func shares<T>(_ items: [T], among n: Int) -> [[T]] {
+    let size = max(1, (items.count + n - 1) / n)
+    return stride(from: 0, to: items.count, by: size).map { Array(items[$0..<min(items.count, $0 + size)]) }
+  }
+
   static func rel(_ comps: [[UInt8]], dir: Bool = false) -> [UInt8] {
     var out: [UInt8] = []
     for (i, c) in comps.enumerated() {
