@@ -7,9 +7,17 @@ public struct RawID: Hashable, Comparable, Sendable {
 
   public init(bytes: some Collection<UInt8>) {
     precondition(bytes.count == 32, "an ID has 32 bytes")
-    var w: [UInt64] = [0, 0, 0, 0]
-    for (i, b) in bytes.enumerated() { w[i / 8] = (w[i / 8] << 8) | UInt64(b) }
-    (w0, w1, w2, w3) = (w[0], w[1], w[2], w[3])
+    (w0, w1, w2, w3) = (0, 0, 0, 0)
+    var i = 0
+    for b in bytes {
+      switch i >> 3 {
+      case 0: w0 = w0 << 8 | UInt64(b)
+      case 1: w1 = w1 << 8 | UInt64(b)
+      case 2: w2 = w2 << 8 | UInt64(b)
+      default: w3 = w3 << 8 | UInt64(b)
+      }
+      i += 1
+    }
   }
 
   /// The four big-endian words of the 32 bytes.
@@ -36,14 +44,23 @@ public struct RawID: Hashable, Comparable, Sendable {
   }
 
   public var hex: String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out = [UInt8]()
-    out.reserveCapacity(64)
-    for b in bytes {
-      out.append(digits[Int(b >> 4)])
-      out.append(digits[Int(b & 15)])
+    String(unsafeUninitializedCapacity: 64) { b in
+      writeHex(into: UnsafeMutableRawBufferPointer(b))
+      return 64
     }
-    return String(decoding: out, as: UTF8.self)
+  }
+
+  /// Writes the 64 lowercase hex digits into the first 64 bytes of `b`, without allocating.
+  @inline(__always) func writeHex(into b: UnsafeMutableRawBufferPointer) {
+    let digits: StaticString = "0123456789abcdef"
+    let d = digits.utf8Start
+    @inline(__always) func word(_ w: UInt64, at start: Int) {
+      for k in 0..<16 { b[start + k] = d[Int(truncatingIfNeeded: (w >> UInt64(60 - 4 * k)) & 15)] }
+    }
+    word(w0, at: 0)
+    word(w1, at: 16)
+    word(w2, at: 32)
+    word(w3, at: 48)
   }
 
   public static func < (a: RawID, b: RawID) -> Bool {

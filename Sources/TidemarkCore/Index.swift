@@ -28,12 +28,12 @@ public struct IndexFile: Sendable {
     for (pi, p) in packs.enumerated() {
       if pi > 0 { w.comma() }
       w.raw("{\"id\":\"")
-      w.raw(p.id.hex)
+      w.hex(p.id)
       w.raw("\",\"blobs\":[")
       for (bi, b) in p.blobs.enumerated() {
         if bi > 0 { w.comma() }
         w.raw("{\"id\":\"")
-        w.raw(b.id.hex)
+        w.hex(b.id)
         w.raw(b.type == .data ? "\",\"type\":\"data\",\"offset\":" : "\",\"type\":\"tree\",\"offset\":")
         w.number(UInt64(b.offset))
         w.raw(",\"length\":")

@@ -65,6 +65,9 @@ public struct JSONWriter {
   }
 
   public mutating func number(_ v: UInt64) { out.appendDecimal(v) }
+  /// An ID's hex digits, unquoted (callers write the quotes around them with the text before and after).
+  public mutating func hex(_ id: RawID) { out.appendHex(id) }
+  public mutating func hex<Kind>(_ id: ID<Kind>) { out.appendHex(id.raw) }
   public mutating func number(_ v: Int64) {
     if v < 0 { out.append(UInt8(ascii: "-")) }
     out.appendDecimal(v.magnitude)
@@ -118,6 +121,13 @@ public struct JSONWriter {
 }
 
 extension [UInt8] {
+  /// Appends the ID's 64 lowercase hex digits, without building a String.
+  public mutating func appendHex(_ id: RawID) {
+    let start = count
+    append(contentsOf: repeatElement(48, count: 64))
+    withUnsafeMutableBytes { id.writeHex(into: UnsafeMutableRawBufferPointer(rebasing: $0[start..<(start + 64)])) }
+  }
+
   /// Appends `v` in decimal, without building a String.
   public mutating func appendDecimal(_ v: UInt64) {
     var n = 1

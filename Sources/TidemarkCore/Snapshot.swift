@@ -30,11 +30,11 @@ public struct Snapshot: Sendable {
     w.raw("\"")
     if let parent {
       w.raw(",\"parent\":\"")
-      w.raw(parent.hex)
+      w.hex(parent)
       w.raw("\"")
     }
     w.raw(",\"tree\":\"")
-    w.raw(tree.hex)
+    w.hex(tree)
     w.raw("\",\"paths\":")
     w.stringArray(paths)
     if !hostname.isEmpty {
@@ -63,7 +63,7 @@ public struct Snapshot: Sendable {
     }
     if let original {
       w.raw(",\"original\":\"")
-      w.raw(original.hex)
+      w.hex(original)
       w.raw("\"")
     }
     if !programVersion.isEmpty {
@@ -100,7 +100,7 @@ public struct Snapshot: Sendable {
     w.out += body
     if let id {
       w.raw(",\"id\":\"")
-      w.raw(id.hex)
+      w.hex(id)
       w.raw("\",\"short_id\":\"")
       w.raw(id.short)
       w.raw("\"")

@@ -158,7 +158,7 @@ public struct Node: Sendable {
       for (i, c) in content.enumerated() {
         if i > 0 { w.comma() }
         w.raw("\"")
-        w.raw(c.hex)
+        w.hex(c)
         w.raw("\"")
       }
       w.raw("]")
@@ -167,7 +167,7 @@ public struct Node: Sendable {
     }
     if let subtree {
       w.raw(",\"subtree\":\"")
-      w.raw(subtree.hex)
+      w.hex(subtree)
       w.raw("\"")
     }
     w.raw("}")

@@ -53,6 +53,8 @@ struct SmallFileBatch: Sendable {
     var path: BytePath
     var node: Node
     var isNew: Bool
+    /// The file's directory, still open: the file is opened by its name there.
+    var directory: OpenDirectory?
   }
   /// A batch holds at most this many files or bytes: enough to make the hops rare, few enough that a
   /// cold read still keeps several batches (and so several reads) in flight.
@@ -71,9 +73,9 @@ extension Backup {
   static func batches(_ node: Node) -> Bool { node.size < UInt64(Chunker.minSize) }
 
   /// Adds a file (its content not yet stored) to the current batch; starts the batch when it is full.
-  func batched(path: BytePath, node: Node, isNew: Bool) async -> PendingNode {
+  func batched(path: BytePath, node: Node, isNew: Bool, in dir: OpenDirectory? = nil) async -> PendingNode {
     let (promise, index, full) = batch.withLock { b -> (Promise<[Node?]>, Int, SmallFileBatch?) in
-      b.items.append(SmallFileBatch.Item(path: path, node: node, isNew: isNew))
+      b.items.append(SmallFileBatch.Item(path: path, node: node, isNew: isNew, directory: dir))
       b.bytes += Int(node.size)
       let r = (b.promise, b.items.count - 1)
       guard b.isFull else { return (r.0, r.1, nil) }
@@ -140,7 +142,10 @@ extension Backup {
         var node = item.node
         let n: Int
         do {
-          n = try buffer.withUnsafeMutableBytes { try Backup.readWhole(item.path, into: $0, expected: Int(node.size)) }
+          n = try buffer.withUnsafeMutableBytes {
+            try Backup.readWhole(
+              item.path, at: item.directory.map { ($0, node.name) }, into: $0, expected: Int(node.size))
+          }
         } catch let e as SystemError {
           out.errors.append("\(item.path): \(e)")
           out.nodes.append(nil)
@@ -188,14 +193,22 @@ extension Backup {
     return nodes
   }
 
-  /// Opens a file and reads it from the start into `buffer`: all of it, or `buffer.count` bytes when it is
-  /// at least that long. One read suffices when the file still has the size it was listed with.
-  static func readWhole(_ path: BytePath, into buffer: UnsafeMutableRawBufferPointer, expected: Int) throws -> Int {
+  /// Opens a file (by its name in its directory, when that is still open) and reads it from the start into
+  /// `buffer`: all of it, or `buffer.count` bytes when it is at least that long. One read suffices when the file
+  /// still has the size it was listed with.
+  static func readWhole(
+    _ path: BytePath, at entry: (directory: OpenDirectory, name: [UInt8])? = nil,
+    into buffer: UnsafeMutableRawBufferPointer, expected: Int
+  ) throws -> Int {
+    func open(_ flags: Int32) throws -> Int32 {
+      guard let entry else { return try Sys.open(path, flags) }
+      return try Sys.openat(entry.directory.fd, entry.name, flags)
+    }
     let fd: Int32
     do {
-      fd = try Sys.open(path, O_RDONLY | Sys.oNoAtime | O_NOFOLLOW | O_NONBLOCK)
+      fd = try open(O_RDONLY | Sys.oNoAtime | O_NOFOLLOW | O_NONBLOCK)
     } catch let e as SystemError where e.errno == EPERM {
-      fd = try Sys.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+      fd = try open(O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
     }
     defer { Sys.close(fd) }
     let want = min(buffer.count, expected + 1)

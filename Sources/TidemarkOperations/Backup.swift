@@ -140,6 +140,9 @@ public final class Backup: Sendable {
   /// one after the other, while the other cores wait for it.
   let sideWalks: AsyncSemaphore
   let sideWalkLimit: Int
+  /// Directories kept open while their small files wait in batches, so that a batch opens each file by its
+  /// name in its open directory. A few hundred: a batch in flight spans a few dozen directories at most.
+  let openDirectories = DescriptorBudget(256)
 
   public init(repository: Repository, options: BackupOptions) {
     repo = repository
@@ -339,7 +342,7 @@ public final class Backup: Sendable {
   /// Starts backing up one filesystem entry; returns its node now or a task that yields it.
   func entry(
     path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?, node prebuilt: Node? = nil,
-    journal: Bool = false
+    journal: Bool = false, in dir: OpenDirectory? = nil
   ) async throws -> PendingNode {
     let node: Node
     if let prebuilt {
@@ -359,13 +362,13 @@ public final class Backup: Sendable {
       }
       return try await directory(path: path, node: node, parentNode: parentNode)
     case .file:
-      return try await file(path: path, node: node, parentNode: parentNode)
+      return try await file(path: path, node: node, parentNode: parentNode, in: dir)
     default:
       return .ready(node)
     }
   }
 
-  func file(path: BytePath, node: Node, parentNode: Node?) async throws -> PendingNode {
+  func file(path: BytePath, node: Node, parentNode: Node?, in dir: OpenDirectory? = nil) async throws -> PendingNode {
     var node = node
     state.withLock {
       $0.totalFiles += 1
@@ -394,7 +397,7 @@ public final class Backup: Sendable {
     }
     let isNew = parentNode == nil
     // Empty files are opened too: an unreadable empty file is an error like any other.
-    if Backup.batches(node) { return await batched(path: path, node: node, isNew: isNew) }
+    if Backup.batches(node) { return await batched(path: path, node: node, isNew: isNew, in: dir) }
     await filePermits.acquire()
     let start = { [node] in
       Task<Node?, Error> {
@@ -472,15 +475,17 @@ public final class Backup: Sendable {
     }
     // One blocking hop per directory: list it, stat every entry and build the nodes.
     let entries: [([UInt8], FileStat, Node?)]
+    let openDirectory: OpenDirectory?
     do {
       let excludes = !options.excludes.isEmpty
-      entries = try await Blocking.run { [names] in
-        let out = try Sys.readDirectory(path) { dir, n, st -> ([UInt8], FileStat, Node?)? in
+      (entries, openDirectory) = try await Blocking.run { [names, openDirectories] in
+        let (out, kept) = try Sys.readDirectory(path, keepingOpen: openDirectories) {
+          dir, n, st -> ([UInt8], FileStat, Node?)? in
           let p = path.appending(n)
           if excludes && self.excluded(p) { return nil }
           return (n, st, try? Node.from(path: p, name: n, stat: st, names: names, directory: dir))
         }
-        return out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
+        return (out.sorted { $0.0.lexicographicallyPrecedes($1.0) }, kept)
       }
     } catch {
       parentTreeLoad?.cancel()
@@ -517,7 +522,8 @@ public final class Backup: Sendable {
       }
       children.append(
         try await entry(
-          path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node, journal: journal))
+          path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node, journal: journal,
+          in: openDirectory))
     }
     return assemble(node: node, children: children, parentSubtree: parentNode?.subtree)
   }

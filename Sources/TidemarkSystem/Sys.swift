@@ -71,8 +71,39 @@ public enum Sys {
     return out
   }
 
-  /// Calls `body` with the open directory's descriptor and each entry's name but `.` and `..`.
-  private static func forEachEntry(_ p: BytePath, _ body: (Int32, [UInt8]) -> Void) throws {
+  /// `readDirectory(_:statting:)` that also keeps the directory open, when `budget` allows, for `*at` calls on
+  /// its entries after the listing (`openat` of an entry resolves one name instead of its whole path).
+  public static func readDirectory<T>(
+    _ p: BytePath, keepingOpen budget: DescriptorBudget, statting body: (Int32, [UInt8], FileStat) throws -> T?
+  ) throws -> ([T], OpenDirectory?) {
+    var kept: OpenDirectory? = nil
+    var out: [T] = []
+    var failure: Error? = nil
+    try forEachEntry(p) { fd, name in
+      guard failure == nil, let st = try? lstat(at: fd, name) else { return }
+      do {
+        if let v = try body(fd, name, st) { out.append(v) }
+      } catch {
+        failure = error
+      }
+    } last: { fd in
+      guard budget.take() else { return }
+      let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+      if copy < 0 {
+        budget.give()
+      } else {
+        kept = OpenDirectory(fd: copy, budget: budget)
+      }
+    }
+    if let failure { throw failure }
+    return (out, kept)
+  }
+
+  /// Calls `body` with the open directory's descriptor and each entry's name but `.` and `..`, then `last` with the
+  /// descriptor once every entry was seen.
+  private static func forEachEntry(
+    _ p: BytePath, _ body: (Int32, [UInt8]) -> Void, last: (Int32) -> Void = { _ in }
+  ) throws {
     guard let d = p.withCString({ opendir($0) }) else { throw SystemError(errno, "opendir", p.description) }
     defer { closedir(d) }
     let fd = dirfd(d)
@@ -80,6 +111,7 @@ public enum Sys {
       errno = 0
       guard let e = readdir(d) else {
         if errno != 0 { throw SystemError(errno, "readdir", p.description) }
+        last(fd)
         return
       }
       let name: [UInt8] = withUnsafeBytes(of: e.pointee.d_name) { raw in

@@ -1,5 +1,6 @@
 // A small-file batch reads each file whole with one read when the file still has the size it was listed
-// with, and notices when it has grown or shrunk since.
+// with, and notices when it has grown or shrunk since. It opens the file by its name in its directory, kept
+// open since the listing, as long as the budget of such directories allows, and by its path otherwise.
 import Foundation
 import Testing
 import TidemarkCore
@@ -35,6 +36,33 @@ import TidemarkSystem
       #expect(try read(p, buffer: 4096, expected: 100) == Array(content[0..<4096]))
     }
     try withFile([]) { (p: BytePath) throws in #expect(try read(p, buffer: 64, expected: 0).isEmpty) }
+  }
+
+  @Test func aDirectoryKeptOpenReadsItsFilesByNameWithinItsBudget() throws {
+    let content = Array("kept open".utf8)
+    try withFile(content) { (p: BytePath) throws in
+      let dir = BytePath(p.description.dropLast(2).description)
+      let budget = DescriptorBudget(1)
+      var (names, kept) = try Sys.readDirectory(dir, keepingOpen: budget) { _, n, _ in n }
+      #expect(names == [Array("f".utf8)])
+      names = []
+      var open: OpenDirectory? = try #require(kept)
+      kept = nil
+      // The budget is spent: a second listing works as before, without keeping its directory.
+      let (_, second) = try Sys.readDirectory(dir, keepingOpen: budget) { _, n, _ in n }
+      #expect(second == nil)
+      var b = [UInt8](repeating: 0, count: 64)
+      // Opened by name in the kept directory: the path given is not used.
+      let n = try b.withUnsafeMutableBytes {
+        try Backup.readWhole(
+          BytePath("/nonexistent/tidemark-test"), at: (open!, Array("f".utf8)), into: $0, expected: content.count)
+      }
+      #expect(Array(b[0..<n]) == content)
+      // The last holder lets go: the descriptor is closed and given back to the budget.
+      #expect(!budget.take())
+      open = nil
+      #expect(budget.take())
+    }
   }
 
   @Test func aFileThatCannotBeOpenedIsASystemError() throws {
