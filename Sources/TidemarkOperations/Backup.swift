@@ -137,7 +137,8 @@ public final class Backup: Sendable {
   /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
   let batch = Mutex(SmallFileBatch())
   /// Subdirectories walked beside the main walk: without them the walk is one chain of directory listings,
-  /// one after the other, while the other cores wait for it.
+  /// one after the other, while the other cores wait for it. Three per core: a walk waits for its listings'
+  /// blocking threads and for the batches' permits, and the batches are filled only as fast as the walks go.
   let sideWalks: AsyncSemaphore
   let sideWalkLimit: Int
   /// Directories kept open while their small files wait in batches, so that a batch opens each file by its
@@ -154,8 +155,8 @@ public final class Backup: Sendable {
     chunkPermits = AsyncSemaphore(cores)
     chunkBuffers = BufferPool(keep: cores, largest: 9 << 20)
     batchBuffers = BufferPool(keep: 2 * (cores + 2))
-    sideWalkLimit = cores
-    sideWalks = AsyncSemaphore(cores)
+    sideWalkLimit = 3 * cores
+    sideWalks = AsyncSemaphore(3 * cores)
     journal = options.changes.map { JournalPlan($0, hardLinks: options.treeMayHoldHardLinks) }
   }
 
@@ -342,7 +343,7 @@ public final class Backup: Sendable {
   /// Starts backing up one filesystem entry; returns its node now or a task that yields it.
   func entry(
     path: BytePath, name: [UInt8], stat st: FileStat, parentNode: Node?, node prebuilt: Node? = nil,
-    journal: Bool = false, in dir: OpenDirectory? = nil
+    journal: Bool = false, in dir: OpenDirectory? = nil, listed: Listing? = nil
   ) async throws -> PendingNode {
     let node: Node
     if let prebuilt {
@@ -360,7 +361,7 @@ public final class Backup: Sendable {
       if journal, let plan = self.journal {
         return try await journalDirectory(path: path, node: node, parentNode: parentNode, plan: plan)
       }
-      return try await directory(path: path, node: node, parentNode: parentNode)
+      return try await directory(path: path, node: node, parentNode: parentNode, listed: listed)
     case .file:
       return try await file(path: path, node: node, parentNode: parentNode, in: dir)
     default:
@@ -468,30 +469,70 @@ public final class Backup: Sendable {
     }
   }
 
-  func directory(path: BytePath, node: Node, parentNode: Node?, journal: Bool = false) async throws -> PendingNode {
+  /// A directory listed (each entry lstat'ed, its node built), sorted by name; with the listings of the
+  /// subdirectories made in the same blocking call.
+  final class Listing: Sendable {
+    let entries: [([UInt8], FileStat, Node?)]
+    let directory: OpenDirectory?
+    let subdirectories: [[UInt8]: Listing]
+    init(entries: [([UInt8], FileStat, Node?)], directory: OpenDirectory?, subdirectories: [[UInt8]: Listing]) {
+      self.entries = entries
+      self.directory = directory
+      self.subdirectories = subdirectories
+    }
+  }
+
+  /// Entries one blocking call lists at most, going on into the subdirectories (depth first, in name order)
+  /// while fewer have been listed. A tree of small directories is then walked with one hop to a blocking thread
+  /// per few hundred entries instead of one per directory: each hop waits for a thread and then for a core, and
+  /// the batches that keep the cores busy are filled only as fast as the walk goes.
+  static let listAhead = 512
+
+  /// Lists `path` and, within `budget` entries, its subdirectories (on the calling, blocking thread).
+  func list(_ path: BytePath, budget: inout Int) throws -> Listing {
+    let excludes = !options.excludes.isEmpty
+    let (out, kept) = try Sys.readDirectory(path, keepingOpen: openDirectories) {
+      [names] dir, n, st -> ([UInt8], FileStat, Node?)? in
+      let p = path.appending(n)
+      if excludes && self.excluded(p) { return nil }
+      return (n, st, try? Node.from(path: p, name: n, stat: st, names: names, directory: dir))
+    }
+    let entries = out.sorted { $0.0.lexicographicallyPrecedes($1.0) }
+    budget -= entries.count
+    var subdirectories: [[UInt8]: Listing] = [:]
+    for (name, _, node) in entries where node?.type == .dir {
+      guard budget > 0 else { break }
+      // A subdirectory that cannot be listed now is listed again when the walk reaches it, which warns.
+      if let sub = try? list(path.appending(name), budget: &budget) { subdirectories[name] = sub }
+    }
+    return Listing(entries: entries, directory: kept, subdirectories: subdirectories)
+  }
+
+  func directory(
+    path: BytePath, node: Node, parentNode: Node?, journal: Bool = false, listed: Listing? = nil
+  ) async throws -> PendingNode {
     // The parent snapshot's tree of this directory loads while the directory is listed.
     let parentTreeLoad = (parentNode?.type == .dir ? parentNode?.subtree : nil).map { sub in
       Task { try? await self.repo.loadTree(sub) }
     }
-    // One blocking hop per directory: list it, stat every entry and build the nodes.
-    let entries: [([UInt8], FileStat, Node?)]
-    let openDirectory: OpenDirectory?
-    do {
-      let excludes = !options.excludes.isEmpty
-      (entries, openDirectory) = try await Blocking.run { [names, openDirectories] in
-        let (out, kept) = try Sys.readDirectory(path, keepingOpen: openDirectories) {
-          dir, n, st -> ([UInt8], FileStat, Node?)? in
-          let p = path.appending(n)
-          if excludes && self.excluded(p) { return nil }
-          return (n, st, try? Node.from(path: p, name: n, stat: st, names: names, directory: dir))
+    // One blocking hop lists the directory, and its subdirectories ahead of the walk, unless listed already.
+    // Following a change journal, only this directory is listed: which subdirectories to walk is the journal's.
+    let listing: Listing
+    if let listed {
+      listing = listed
+    } else {
+      do {
+        listing = try await Blocking.run {
+          var budget = journal ? 0 : Backup.listAhead
+          return try self.list(path, budget: &budget)
         }
-        return (out.sorted { $0.0.lexicographicallyPrecedes($1.0) }, kept)
+      } catch {
+        parentTreeLoad?.cancel()
+        warn("\(path): \(error)")
+        return .ready(nil)
       }
-    } catch {
-      parentTreeLoad?.cancel()
-      warn("\(path): \(error)")
-      return .ready(nil)
     }
+    let entries = listing.entries
     let ptree = await parentTreeLoad?.value ?? nil
     var parentByName: [[UInt8]: Node] = [:]
     for n in ptree?.nodes ?? [] { parentByName[n.name] = n }
@@ -509,7 +550,8 @@ public final class Backup: Sendable {
           let pending: PendingNode
           do {
             pending = try await self.entry(
-              path: childPath, name: name, stat: st, parentNode: parentNode, node: node, journal: journal)
+              path: childPath, name: name, stat: st, parentNode: parentNode, node: node, journal: journal,
+              listed: listing.subdirectories[name])
           } catch {
             self.sideWalks.release()
             throw error
@@ -523,7 +565,7 @@ public final class Backup: Sendable {
       children.append(
         try await entry(
           path: childPath, name: name, stat: st, parentNode: parentByName[name], node: node, journal: journal,
-          in: openDirectory))
+          in: listing.directory, listed: listing.subdirectories[name]))
     }
     return assemble(node: node, children: children, parentSubtree: parentNode?.subtree)
   }
