@@ -137,8 +137,7 @@ public final class Backup: Sendable {
   /// Small files waiting for their batch to fill (see Backup+SmallFiles.swift).
   let batch = Mutex(SmallFileBatch())
   /// Subdirectories walked beside the main walk: without them the walk is one chain of directory listings,
-  /// one after the other, while the other cores wait for it. Three per core: a walk waits for its listings'
-  /// blocking threads and for the batches' permits, and the batches are filled only as fast as the walks go.
+  /// one after the other, while the other cores wait for it.
   let sideWalks: AsyncSemaphore
   let sideWalkLimit: Int
   /// Directories kept open while their small files wait in batches, so that a batch opens each file by its
@@ -155,8 +154,8 @@ public final class Backup: Sendable {
     chunkPermits = AsyncSemaphore(cores)
     chunkBuffers = BufferPool(keep: cores, largest: 9 << 20)
     batchBuffers = BufferPool(keep: 2 * (cores + 2))
-    sideWalkLimit = 3 * cores
-    sideWalks = AsyncSemaphore(3 * cores)
+    sideWalkLimit = cores
+    sideWalks = AsyncSemaphore(cores)
     journal = options.changes.map { JournalPlan($0, hardLinks: options.treeMayHoldHardLinks) }
   }
 
