@@ -57,18 +57,7 @@ public enum Sys {
   public static func readDirectory<T>(
     _ p: BytePath, statting body: (Int32, [UInt8], FileStat) throws -> T?
   ) throws -> [T] {
-    var out: [T] = []
-    var failure: Error? = nil
-    try forEachEntry(p) { fd, name in
-      guard failure == nil, let st = try? lstat(at: fd, name) else { return }
-      do {
-        if let v = try body(fd, name, st) { out.append(v) }
-      } catch {
-        failure = error
-      }
-    }
-    if let failure { throw failure }
-    return out
+    try readDirectory(p, statting: body, last: { _ in })
   }
 
   /// `readDirectory(_:statting:)` that also keeps the directory open, when `budget` allows, for `*at` calls on
@@ -77,6 +66,23 @@ public enum Sys {
     _ p: BytePath, keepingOpen budget: DescriptorBudget, statting body: (Int32, [UInt8], FileStat) throws -> T?
   ) throws -> ([T], OpenDirectory?) {
     var kept: OpenDirectory? = nil
+    let out = try readDirectory(p, statting: body) { fd in
+      guard budget.take() else { return }
+      let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+      if copy < 0 {
+        budget.give()
+      } else {
+        kept = OpenDirectory(fd: copy, budget: budget)
+      }
+    }
+    return (out, kept)
+  }
+
+  /// The listing both `readDirectory(_:statting:)` forms share; `last` gets the open directory's descriptor after
+  /// the last entry.
+  private static func readDirectory<T>(
+    _ p: BytePath, statting body: (Int32, [UInt8], FileStat) throws -> T?, last: (Int32) -> Void
+  ) throws -> [T] {
     var out: [T] = []
     var failure: Error? = nil
     try forEachEntry(p) { fd, name in
@@ -87,16 +93,10 @@ public enum Sys {
         failure = error
       }
     } last: { fd in
-      guard budget.take() else { return }
-      let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-      if copy < 0 {
-        budget.give()
-      } else {
-        kept = OpenDirectory(fd: copy, budget: budget)
-      }
+      if failure == nil { last(fd) }
     }
     if let failure { throw failure }
-    return (out, kept)
+    return out
   }
 
   /// Calls `body` with the open directory's descriptor and each entry's name but `.` and `..`, then `last` with the
