@@ -510,7 +510,8 @@ public final class Backup: Sendable {
   func directory(
     path: BytePath, node: Node, parentNode: Node?, journal: Bool = false, listed: Listing? = nil
   ) async throws -> PendingNode {
-    // The parent snapshot's tree of this directory loads while the directory is listed.
+    // The parent snapshot's tree of this directory loads while the directory is listed (when it was not listed
+    // ahead with its parent).
     let parentTreeLoad = (parentNode?.type == .dir ? parentNode?.subtree : nil).map { sub in
       Task { try? await self.repo.loadTree(sub) }
     }
