@@ -24,6 +24,13 @@ extension Restore {
     let extent = Atomic<Int64>(0)
     /// Where writeback of large copied ranges is started (see `open`).
     let writeback: DispatchQueue
+    /// Set when nothing stood at the path when the restore looked: the new file may then be written unnamed
+    /// (O_TMPFILE) and linked at the path once complete. Nobody sees it before, no temp name is made or
+    /// renamed, and an interrupted restore leaves nothing behind. (A file replacing another goes through a named
+    /// temp file and a rename, which replaces atomically.)
+    let unnamedFiles: UnnamedFiles?
+    /// Whether the open descriptor is an unnamed file (set under `fd`'s lock, before anything is written).
+    let isUnnamed = Atomic<Bool>(false)
 
     /// Blocking: opens (and prepares) the file unless that happened already.
     func create() throws {
@@ -34,6 +41,15 @@ extension Restore {
 
     private func open() throws -> Int32 {
       if case .inplace = mode { return try Sys.open(path, O_WRONLY | O_NOFOLLOW) }
+      if case .fresh = mode, let unnamedFiles {
+        let dir = path.parent
+        // Any failure (no unnamed files on this filesystem, a missing directory) falls through to the named
+        // temp file, whose open reports what is wrong.
+        if unnamedFiles.available(in: dir), let f = try? Sys.openUnnamed(in: dir, mode: 0o600) {
+          isUnnamed.store(true, ordering: .relaxed)
+          return f
+        }
+      }
       let f = try Sys.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
       do {
         if case .rebuild(let old, let copies) = mode, !copies.isEmpty {
@@ -119,12 +135,27 @@ extension Restore {
       }
     }
 
-    /// Closes the descriptor; returns whether a temp file had been created.
+    /// Blocking: names the complete unnamed file at its path (before `close`). Something that appeared at the
+    /// path since the restore looked is replaced as by a named temp file (a directory stays: EISDIR).
+    func linkIntoPlace() throws {
+      try fd.withLock { fd in
+        guard fd >= 0 else { throw SystemError(EBADF, "link", path.description) }
+        do {
+          try Sys.linkUnnamed(fd, to: path)
+        } catch let e as SystemError where e.errno == EEXIST {
+          try Sys.linkUnnamed(fd, to: temp)
+          try Restore.replace(path, with: temp)
+        }
+      }
+    }
+
+    /// Closes the descriptor; returns whether a named temp file had been created.
     @discardableResult
     func close() -> Bool {
       fd.withLock { fd in
         var created = fd >= 0
         if case .inplace = mode { created = false }
+        if isUnnamed.load(ordering: .relaxed) { created = false }
         if fd >= 0 { Sys.close(fd) }
         fd = -2
         return created
@@ -132,15 +163,49 @@ extension Restore {
     }
 
     init(
-      item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int, writeback: DispatchQueue
+      item: Item, path: BytePath, temp: BytePath, mode: FileMode, sparse: Bool, blobs: Int, writeback: DispatchQueue,
+      unnamedFiles: UnnamedFiles?
     ) {
       self.writeback = writeback
+      self.unnamedFiles = unnamedFiles
       self.item = item
       self.path = path
       self.temp = temp
       self.mode = mode
       self.sparse = sparse
       remaining = Mutex(blobs)
+    }
+  }
+
+  /// Whether a restore's new files can be written unnamed and linked into place (`Sys.canLinkUnnamed`), tried
+  /// once, in the directory of the first new file.
+  final class UnnamedFiles: Sendable {
+    private let decided = Mutex<Bool?>(nil)
+    private let probeName: [UInt8]
+
+    init(probeName: [UInt8]) { self.probeName = probeName }
+
+    /// Blocking (the first call makes and removes a file in `dir`).
+    func available(in dir: BytePath) -> Bool {
+      decided.withLock { d in
+        if let d { return d }
+        let yes = Sys.canLinkUnnamed(in: dir, probeName: probeName)
+        d = yes
+        return yes
+      }
+    }
+  }
+
+  /// Blocking: renames the complete temp file `temp` over `p`, atomically: whoever looks at the path sees the
+  /// old file or the new one, never a mix. A directory that appeared in the way since the plan makes the rename
+  /// fail (EISDIR); it is left alone. The temp file is gone either way.
+  static func replace(_ p: BytePath, with temp: BytePath) throws {
+    do {
+      try Sys.rename(temp, p)
+    } catch let e as SystemError {
+      try? Sys.unlink(temp)
+      if e.errno == EISDIR { throw SystemError(EISDIR, "replace", p.description) }
+      throw e
     }
   }
 

@@ -45,7 +45,8 @@ extension Restore {
   }
 
   /// Acts on one file's decision: lists and counts it, clears a directory in its way, and queues a job
-  /// unless the file stays as it is. New files go to a temp file renamed into place when complete.
+  /// unless the file stays as it is. A file where nothing stood is written unnamed where the filesystem allows
+  /// and linked at its path when complete; one that replaces another goes to a temp file renamed over it.
   func queueFile(_ item: Item, at p: BytePath, _ decision: FileDecision, into run: inout RunContext) async {
     let n = item.node
     var mode = FileMode.fresh
@@ -85,7 +86,10 @@ extension Restore {
       mask = fetch
       state.withLock { $0.bytesReused += reused }
     }
-    if case .update = decision {
+    // A file that replaces another on disk goes through a named temp file and a rename.
+    var replacing = false
+    if case .update = decision { replacing = true }
+    if replacing {
       state.withLock { $0.filesUpdated += 1 }
     } else {
       state.withLock { $0.filesCreated += 1 }
@@ -93,7 +97,7 @@ extension Restore {
     let fetches = mask.map { $0.filter { $0 }.count } ?? (n.content ?? []).count
     let job = FileJob(
       item: item, path: p, temp: tempPath(p, item.components.last!), mode: mode, sparse: options.sparse,
-      blobs: fetches, writeback: writeback)
+      blobs: fetches, writeback: writeback, unnamedFiles: replacing ? nil : unnamedFiles)
     if let mask { run.fetchMask[ObjectIdentifier(job)] = mask }
     run.jobs.append(job)
   }

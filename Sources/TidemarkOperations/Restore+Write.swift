@@ -228,14 +228,12 @@ extension Restore {
       } else {
         try job.finishSize()
         applied = job.withOpenDescriptor { applyMetadata(fd: $0, job.path, job.item.node) }
-        job.close()
-        // Atomic: whoever looks at the path sees the old file or the new one, never a mix. A directory
-        // that appeared in the way since the plan makes the rename fail (EISDIR); it is left alone.
-        do {
-          try Sys.rename(job.temp, job.path)
-        } catch let e as SystemError where e.errno == EISDIR {
-          try? Sys.unlink(job.temp)
-          throw SystemError(EISDIR, "replace", job.path.description)
+        if job.isUnnamed.load(ordering: .relaxed) {
+          defer { job.close() }
+          try job.linkIntoPlace()
+        } else {
+          job.close()
+          try Restore.replace(job.path, with: job.temp)
         }
       }
       if !applied { applyMetadata(job.path, job.item.node) }

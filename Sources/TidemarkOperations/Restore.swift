@@ -155,11 +155,14 @@ public final class Restore: Sendable {
   static let writebackPiece = 8 << 20
   /// Starts writeback of copied pieces off the restore's threads (see `FileJob.open`).
   let writeback = DispatchQueue(label: "tidemark-restore-writeback")
+  /// Whether new files can be written unnamed (see `FileJob.unnamedFiles`).
+  let unnamedFiles: UnnamedFiles
   let isRoot = getuid() == 0
 
   public init(repository: Repository, options: RestoreOptions) {
     repo = repository
     self.options = options
+    unnamedFiles = UnnamedFiles(probeName: Restore.tempPrefix + tempTag + Array("probe".utf8))
   }
 
   public var stats: RestoreStats { state.withLock { $0 } }
@@ -172,7 +175,8 @@ public final class Restore: Sendable {
 
   /// How a file's new content comes together.
   enum FileMode: Sendable {
-    /// A new file beside the path, renamed over it when complete.
+    /// A new file: unnamed and linked at the path when nothing stood there, else a temp file beside the path
+    /// renamed over it, when complete.
     case fresh
     /// Like `fresh`, but ranges the old file still holds are copied from it first.
     case rebuild(old: BytePath, copies: [(from: Int64, to: Int64, count: Int)])

@@ -322,13 +322,27 @@ public enum Sys {
     }
   }
 
-  /// Names the unnamed file `fd` (see `openUnnamed`) `p`, atomically: linkat through /proc/self/fd, or with
-  /// AT_EMPTY_PATH where /proc is not mounted. Throws EEXIST when `p` exists, ENOENT when its directory does not.
+  /// Whether this process can name unnamed files (`linkUnnamed`): it needs /proc mounted or the capability
+  /// to link by descriptor (CAP_DAC_READ_SEARCH). Tried once in `dir` with a file made and removed there;
+  /// false also where the filesystem has no unnamed files.
+  public static func canLinkUnnamed(in dir: BytePath, probeName: [UInt8]) -> Bool {
+    guard let fd = try? openUnnamed(in: dir, mode: 0o600) else { return false }
+    defer { close(fd) }
+    let probe = dir.appending(probeName)
+    guard (try? linkUnnamed(fd, to: probe)) != nil else { return false }
+    try? unlink(probe)
+    return true
+  }
+
+  /// Names the unnamed file `fd` (see `openUnnamed`) `p`, atomically: linkat by descriptor (AT_EMPTY_PATH), which
+  /// needs CAP_DAC_READ_SEARCH, else through /proc/self/fd (a walk of three more path components). Throws EEXIST
+  /// when `p` exists, ENOENT when its directory does not (or when neither way is open to this process).
   public static func linkUnnamed(_ fd: Int32, to p: BytePath) throws {
-    let viaProc = "/proc/self/fd/\(fd)"
-    var r = p.withCString { linkat(AT_FDCWD, viaProc, AT_FDCWD, $0, AT_SYMLINK_FOLLOW) }
-    if r != 0 && errno == ENOENT && access("/proc/self/fd", F_OK) != 0 {
-      r = p.withCString { linkat(fd, "", AT_FDCWD, $0, CPOSIX_AT_EMPTY_PATH) }
+    var r = p.withCString { linkat(fd, "", AT_FDCWD, $0, CPOSIX_AT_EMPTY_PATH) }
+    if r != 0 && errno == ENOENT {
+      // Without the capability the kernel answers ENOENT, as it does for a missing directory.
+      let viaProc = "/proc/self/fd/\(fd)"
+      r = p.withCString { linkat(AT_FDCWD, viaProc, AT_FDCWD, $0, AT_SYMLINK_FOLLOW) }
     }
     if r != 0 { throw SystemError(errno, "link", p.description) }
   }

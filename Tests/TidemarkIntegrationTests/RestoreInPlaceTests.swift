@@ -373,4 +373,74 @@ func itemized(_ r: RunResult) -> [String] {
       #expect(d.isEmpty, "after the rerun: \(d.prefix(5))")
     }
   }
+
+  @Test func killedRestoreOfNewFilesLeavesEachWholeOrAbsentAndNoTempFiles() throws {
+    let ws = try Workspace("restore-kill-new")
+    _ = try Tools.sh(
+      "mkdir -p src && for i in $(seq 1 24); do head -c 4000000 /dev/urandom > src/f$i; done", cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "src"]).status == 0)
+    let snapshot = try describeTree(ws.sub("src"))
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Tools.tidemark)
+    p.arguments = ["-r", "repo", "restore", "latest:src", "--target", "out", "-q"]
+    p.environment = ["TIDEMARK_PASSWORD": "test-pw", "PATH": "/usr/bin:/bin"]
+    p.currentDirectoryURL = URL(fileURLWithPath: ws.path)
+    try p.run()
+    // Killed as soon as the first file has a name, while the others are being written.
+    let deadline = Date().addingTimeInterval(60)
+    while Date() < deadline && p.isRunning {
+      let names = (try? FileManager.default.contentsOfDirectory(atPath: ws.sub("out"))) ?? []
+      if !names.isEmpty { break }
+      usleep(500)
+    }
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+    // A new file is written unnamed and linked at its path when complete: whatever has a name is whole, and
+    // no temp file is left.
+    let names = try FileManager.default.contentsOfDirectory(atPath: ws.sub("out"))
+    #expect(names.allSatisfy { $0.hasPrefix("f") }, "left behind: \(names)")
+    #expect(!names.isEmpty && names.count < 24, "killed at \(names.count) of 24 files: not in the middle")
+    let now = try describeTree(ws.sub("out"))
+    for (name, facts) in now where name.hasPrefix("f") {
+      #expect(facts.content == snapshot[name]?.content, "\(name) is torn")
+    }
+  }
+
+  @Test func newFilesAreLinkedWithoutPrivilegeAndWhatAppearedAtTheirPathIsReplaced() throws {
+    let ws = try Workspace("restore-unnamed")
+    _ = try Tools.sh(
+      "mkdir -p src/d && head -c 300000 /dev/urandom > src/d/big && echo small > src/d/small && echo x > src/x",
+      cwd: ws.path)
+    #expect(try ws.tidemark(["init", "-r", "repo"]).status == 0)
+    #expect(try ws.tidemark(["-r", "repo", "backup", "src"]).status == 0)
+    let snapshot = try describeTree(ws.sub("src"))
+
+    // As a user without CAP_DAC_READ_SEARCH (new files named through /proc/self/fd where the kernel wants it).
+    _ = try Tools.sh("mkdir out && chown 65534:65534 out && chmod 755 . && chown -R 65534:65534 repo", cwd: ws.path)
+    let r = try Tools.run(
+      "/usr/bin/setpriv",
+      [
+        "--reuid=65534", "--regid=65534", "--clear-groups", Tools.tidemark, "-r", "repo", "restore", "latest:src",
+        "--target", "out",
+      ],
+      env: ["TIDEMARK_PASSWORD": "test-pw"], cwd: ws.path)
+    #expect(r.status == 0, "\(r.stderr)")
+    let asUser = try describeTree(ws.sub("out"))
+    #expect(asUser["d/big"]?.content == snapshot["d/big"]?.content)
+    #expect(asUser["d/small"]?.content == snapshot["d/small"]?.content)
+    #expect(asUser["x"]?.content == snapshot["x"]?.content)
+
+    // A symlink standing where the snapshot has a file is replaced (the unnamed file cannot be linked over it,
+    // so it is named beside and renamed), never followed.
+    _ = try Tools.sh(
+      "echo keep > precious && rm src/x && ln -s \(ws.sub("precious")) src/x && rm src/d/small && ln -s ../../precious src/d/small",
+      cwd: ws.path)
+    let again = try ws.tidemark(["-r", "repo", "restore", "latest:src", "--in-place"])
+    #expect(again.status == 0, "\(again.stderr)")
+    #expect(differences(snapshot, try describeTree(ws.sub("src")), ignoreRootMtime: true).isEmpty)
+    #expect(try String(contentsOfFile: ws.sub("precious"), encoding: .utf8) == "keep\n")
+    let left = try Tools.sh("find src -name '.tidemark-restore-*' | wc -l", cwd: ws.path).out
+    #expect(left.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+  }
 }
