@@ -103,7 +103,7 @@ public struct LocalBackend: Backend {
     return try await Blocking.run(moving: consume buffer) { (out: inout [UInt8]) in
       let (fd, n) = try openRange(h, offset: offset, length: length)
       defer { Sys.close(fd) }
-      out.resizeReusing(n)
+      out.resizeReusing(n, roomToGrow: true)
       let got = try out.withUnsafeMutableBytes { b in
         try direct.read(fd, into: b, offset: Int64(offset)) ?? Sys.pread(fd, b, offset: Int64(offset))
       }

@@ -168,8 +168,16 @@ extension [UInt8] {
   }
 
   /// Sets `count` to `n`, keeping the storage when its capacity suffices (no reallocation, no page
-  /// faults) and not initialising fresh storage beyond what is needed. New bytes are unspecified.
-  public mutating func resizeReusing(_ n: Int) {
+  /// faults) and not initialising fresh storage beyond what is needed. New bytes are unspecified. With
+  /// `roomToGrow`, a buffer in use that is outgrown is replaced by one of twice its capacity (at least `n`): for
+  /// buffers handed from one use to the next whose sizes vary (the runs of a pack a restore reads), where each
+  /// replacement costs fresh pages, a fault for each.
+  public mutating func resizeReusing(_ n: Int, roomToGrow: Bool = false) {
+    if roomToGrow && capacity > 0 && capacity < n {
+      let c = Swift.max(n, capacity * 2)
+      self = [UInt8](unsafeUninitializedCapacity: c) { _, k in k = n }
+      return
+    }
     if capacity >= n {
       if count > n {
         removeLast(count - n)

@@ -97,8 +97,9 @@ public final class BlobSaver: Sendable {
   public func save(_ type: BlobType, _ plaintext: [UInt8], id knownID: BlobID? = nil) async throws -> Bool {
     let id = knownID ?? BlobID(RawID.hash(plaintext))
     var sealed = scratch.take()
-    defer { scratch.give(sealed) }
-    let (fresh, full) = try plaintext.withUnsafeBytes { try saveNow(type, $0, id: id, scratch: &sealed) }
+    let saved = Result { try plaintext.withUnsafeBytes { try saveNow(type, $0, id: id, scratch: &sealed) } }
+    scratch.give(consume sealed)  // moved: see `BufferPool.give`
+    let (fresh, full) = try saved.get()
     if let full { try await store(full) }
     await throttle()
     return fresh
@@ -172,11 +173,14 @@ public final class BlobSaver: Sendable {
     var piece = s.spareHandovers.popLast() ?? BlobSaver.handoverBuffer()
     swap(&piece, &p.bytes)
     piecesPending.add()
-    stream.append(piece) { (written: consuming [UInt8]) in
+    stream.append(consume piece) { (written: consuming [UInt8]) in
       var empty = consume written
       empty.removeAll(keepingCapacity: true)
-      self.state.withLock { [empty] s in
-        if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(empty) }
+      // Moved into the spares under the lock: a reference left in this closure would make the saver that takes
+      // it next copy it, onto fresh pages (see `BufferPool.give`).
+      var moving: [UInt8]? = consume empty
+      self.state.withLock { s in
+        if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(moving.take()!) }
       }
       self.piecesPending.remove()
     }
@@ -258,8 +262,11 @@ public final class BlobSaver: Sendable {
       throw error
     }
     bytes.removeAll(keepingCapacity: true)
-    state.withLock { s in
-      if s.spare.count < 3 && bytes.capacity >= BlobSaver.targetPackSize { s.spare.append(bytes) }
+    if bytes.capacity >= BlobSaver.targetPackSize {
+      // Moved, not copied, into the spares (see `BufferPool.give`).
+      var moving: [UInt8]? = []
+      swap(&moving!, &bytes)
+      state.withLock { s in if s.spare.count < 3 { s.spare.append(moving.take()!) } }
     }
     try await stored(packID, blobs)
   }
@@ -279,7 +286,10 @@ public final class BlobSaver: Sendable {
       var rest: [UInt8] = []
       swap(&rest, &p.bytes)
       rest.removeAll(keepingCapacity: true)
-      state.withLock { s in if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(rest) } }
+      var moving: [UInt8]? = consume rest
+      state.withLock { s in
+        if s.spareHandovers.count < BlobSaver.piecesAhead + 1 { s.spareHandovers.append(moving.take()!) }
+      }
     }
     let packID: PackID
     do {

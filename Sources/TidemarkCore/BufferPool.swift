@@ -16,11 +16,16 @@ public final class BufferPool: Sendable {
 
   public func take() -> [UInt8] { free.withLock { $0.popLast() } ?? [] }
 
+  /// Takes `b` back. It must be moved in (`give(consume b)`) by a caller that keeps no other reference to it:
+  /// the next `take` writes into it, and a buffer still referenced elsewhere would be copied (fresh pages,
+  /// a fault for each).
   public func give(_ b: consuming [UInt8]) {
-    let b = consume b
     guard b.capacity <= largest else { return }
+    // Moved into the pool under the lock: a reference left in this frame until it returns would keep the
+    // buffer shared while a thread that was waiting for the lock takes it.
+    var moving: [UInt8]? = consume b
     free.withLock { f in
-      if f.count < keep { f.append(b) }
+      if f.count < keep { f.append(moving.take()!) }
     }
   }
 }

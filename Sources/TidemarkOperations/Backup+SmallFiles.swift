@@ -134,46 +134,48 @@ extension Backup {
       var buffer = pool.take()
       buffer.resizeReusing(Chunker.minSize)
       var scratch = pool.take()
-      defer {
-        pool.give(buffer)
-        pool.give(scratch)
-      }
-      for (i, item) in items.enumerated() {
-        var node = item.node
-        let n: Int
-        do {
-          n = try buffer.withUnsafeMutableBytes {
-            try Backup.readWhole(
-              item.path, at: item.directory.map { ($0, node.name) }, into: $0, expected: Int(node.size))
+      let stored = Result { () throws -> Void in
+        for (i, item) in items.enumerated() {
+          var node = item.node
+          let n: Int
+          do {
+            n = try buffer.withUnsafeMutableBytes {
+              try Backup.readWhole(
+                item.path, at: item.directory.map { ($0, node.name) }, into: $0, expected: Int(node.size))
+            }
+          } catch let e as SystemError {
+            out.errors.append("\(item.path): \(e)")
+            out.nodes.append(nil)
+            continue
           }
-        } catch let e as SystemError {
-          out.errors.append("\(item.path): \(e)")
-          out.nodes.append(nil)
-          continue
-        }
-        if n >= Chunker.minSize {
-          // The file grew past one chunk since it was listed: it is stored as a large file.
-          out.grown.append(i)
-          out.nodes.append(nil)
-          continue
-        }
-        node.size = UInt64(n)
-        if n == 0 {
-          node.content = []
-        } else {
-          let (id, full) = try buffer.withUnsafeBytes { all -> (BlobID, BlobSaver.FilledPack?) in
-            let data = UnsafeRawBufferPointer(rebasing: all[0..<n])
-            let id = BlobID(RawID.hash(data))
-            if dryRun { return (id, nil) }
-            return (id, try saver.saveNow(.data, data, id: id, scratch: &scratch).1)
+          if n >= Chunker.minSize {
+            // The file grew past one chunk since it was listed: it is stored as a large file.
+            out.grown.append(i)
+            out.nodes.append(nil)
+            continue
           }
-          node.content = [id]
-          if let full { out.packs.append(full) }
+          node.size = UInt64(n)
+          if n == 0 {
+            node.content = []
+          } else {
+            let (id, full) = try buffer.withUnsafeBytes { all -> (BlobID, BlobSaver.FilledPack?) in
+              let data = UnsafeRawBufferPointer(rebasing: all[0..<n])
+              let id = BlobID(RawID.hash(data))
+              if dryRun { return (id, nil) }
+              return (id, try saver.saveNow(.data, data, id: id, scratch: &scratch).1)
+            }
+            node.content = [id]
+            if let full { out.packs.append(full) }
+          }
+          out.bytes += Int64(n)
+          if item.isNew { out.new += 1 } else { out.changed += 1 }
+          out.nodes.append(node)
         }
-        out.bytes += Int64(n)
-        if item.isNew { out.new += 1 } else { out.changed += 1 }
-        out.nodes.append(node)
       }
+      // Moved back into the pool (see `BufferPool.give`).
+      pool.give(consume buffer)
+      pool.give(consume scratch)
+      try stored.get()
       return out
     }
     for p in read.packs { try await saver.store(p) }

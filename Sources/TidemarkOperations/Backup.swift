@@ -670,15 +670,23 @@ public final class Backup: Sendable {
     var inflight: [Task<BlobID, Error>] = []
     var ids: [BlobID] = []
     var eof = false
-    func emit(_ chunk: [UInt8]) async throws {
+    func emit(_ chunk: consuming [UInt8]) async throws {
       await chunkPermits.acquire()
+      // Moved into the task and from it back into the pool: a reference left in the task's context until it
+      // ends would make the next chunk read into this buffer copy it first, onto fresh pages.
+      let box = MoveBox(consume chunk)
       inflight.append(
         Task {
-          defer {
-            self.chunkBuffers.give(chunk)
-            self.chunkPermits.release()
+          let chunk = box.take()
+          let id: Result<BlobID, Error>
+          do {
+            id = .success(try await self.storeChunk(chunk))
+          } catch {
+            id = .failure(error)
           }
-          return try await self.storeChunk(chunk)
+          self.chunkBuffers.give(consume chunk)
+          self.chunkPermits.release()
+          return try id.get()
         })
       if inflight.count > 1 { ids.append(try await inflight.removeFirst().value) }
     }
@@ -706,13 +714,13 @@ public final class Backup: Sendable {
         let chunk = buf.take(cut, from: chunkBuffers)
         scanned = 0
         state.withLock { $0.bytesDone += Int64(chunk.count) }
-        try await emit(chunk)
+        try await emit(consume chunk)
       }
       if eof {
         if buf.end > buf.start {
           let chunk = buf.take(buf.end - buf.start, from: chunkBuffers)
           state.withLock { $0.bytesDone += Int64(chunk.count) }
-          try await emit(chunk)
+          try await emit(consume chunk)
         }
         break
       }

@@ -155,45 +155,48 @@ extension Restore {
     }
     let repo = self.repo
     let scratchPool = self.blobBuffers
+    let packPool = self.packBuffers
+    // The buffers go back to their pools from the blocking thread, moved: one still referenced anywhere (a
+    // result on its way back, say) would be copied by the next thread to write into it.
+    let box = MoveBox(consume data)
     guard
-      let (buffer, outcome) = try? await Blocking.run(
-        moving: consume data,
-        { (data: inout [UInt8]) -> Outcome in
-          var out = Outcome()
-          var scratch = scratchPool.take()
-          defer { scratchPool.give(scratch) }
-          data.withUnsafeMutableBytes { d in
-            for (b, targets) in live {
-              let sealed = UnsafeMutableRawBufferPointer(
-                rebasing: d[Int(b.offset - lo)..<Int(b.offset - lo + b.length)])
-              do {
-                try repo.decodeBlob(inPlace: sealed, b, pack: pack, scratch: &scratch) { plain in
-                  let zero = Restore.isAllZero(plain)
-                  for (job, off) in targets where !job.failed.withLock({ $0 }) {
-                    do {
-                      guard try job.write(plain, at: off, zero: zero) else { continue }
-                    } catch {
-                      out.failed.append(([(job, off)], "\(job.path): \(error)"))
-                      continue
-                    }
-                    out.bytes += Int64(plain.count)
-                    if job.remaining.withLock({ r in
-                      r -= 1
-                      return r == 0
-                    }) {
-                      self.finishFileNow(job)
-                    }
+      let outcome = try? await Blocking.run({ () -> Outcome in
+        var data = box.take()
+        var out = Outcome()
+        var scratch = scratchPool.take()
+        data.withUnsafeMutableBytes { d in
+          for (b, targets) in live {
+            let sealed = UnsafeMutableRawBufferPointer(
+              rebasing: d[Int(b.offset - lo)..<Int(b.offset - lo + b.length)])
+            do {
+              try repo.decodeBlob(inPlace: sealed, b, pack: pack, scratch: &scratch) { plain in
+                let zero = Restore.isAllZero(plain)
+                for (job, off) in targets where !job.failed.withLock({ $0 }) {
+                  do {
+                    guard try job.write(plain, at: off, zero: zero) else { continue }
+                  } catch {
+                    out.failed.append(([(job, off)], "\(job.path): \(error)"))
+                    continue
+                  }
+                  out.bytes += Int64(plain.count)
+                  if job.remaining.withLock({ r in
+                    r -= 1
+                    return r == 0
+                  }) {
+                    self.finishFileNow(job)
                   }
                 }
-              } catch {
-                out.failed.append((targets, "\(error)"))
               }
+            } catch {
+              out.failed.append((targets, "\(error)"))
             }
           }
-          return out
-        })
+        }
+        scratchPool.give(consume scratch)
+        packPool.give(consume data)
+        return out
+      })
     else { return }
-    packBuffers.give(buffer)
     state.withLock { $0.bytesRestored += outcome.bytes }
     for (targets, why) in outcome.failed { await failTargets(targets, why) }
   }

@@ -34,26 +34,32 @@ public enum Blocking {
   public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     let i = load.withLock { $0.pick() }
     let call = OneCall(body)
-    return try await withCheckedThrowingContinuation { c in
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
       queues[i].async {
-        let r = call.run()
+        call.run()
         load.withLock { $0.pending[i] -= 1 }
-        c.resume(with: r)
+        c.resume()
       }
     }
+    return try call.take().get()
   }
 
-  /// A call that lets go of its closure (and whatever the closure captured) before its caller resumes. The
-  /// dispatch block is released only after it returns, which is after the resume, so a buffer the closure
-  /// captured would otherwise still be shared when the caller reuses it (and `removeAll(keepingCapacity:)`
-  /// would then give it fresh, unfaulted pages of the same size every time).
+  /// A call that lets go of its closure (and whatever the closure captured) before its caller resumes, and keeps
+  /// its result until the caller takes it out. The dispatch block is released only after it returns, which is
+  /// after the resume: a buffer the closure captured, or one in a result handed to the continuation, would
+  /// otherwise still be shared when the caller goes on, and the next thread to write into it (a pooled buffer
+  /// handed on) would copy it, onto fresh pages.
   private final class OneCall<T>: @unchecked Sendable {
     private var body: (() throws -> T)?
+    private var result: Result<T, Error>?
     init(_ body: @escaping () throws -> T) { self.body = body }
-    func run() -> Result<T, Error> {
+    /// On the blocking thread, before the resume.
+    func run() {
       let body = self.body.take()!
-      return Result { try body() }
+      result = Result { try body() }
     }
+    /// In the caller, after the resume: moves the result out.
+    func take() -> Result<T, Error> { result.take()! }
   }
 
   /// Moves `value` to the blocking thread, lets `body` mutate it there, and moves it back with the
@@ -71,11 +77,12 @@ public enum Blocking {
   }
 }
 
-/// Hands a value to exactly one other thread (see `Blocking.run(moving:)`).
-private final class MoveBox<V>: @unchecked Sendable {
+/// Hands a value to exactly one other thread, moved (see `Blocking.run(moving:)`): `take` is called once, by the
+/// thread the box was handed to, so the value is never referenced twice and a buffer in it is not copied on write.
+public final class MoveBox<V>: @unchecked Sendable {
   private var value: V?
-  init(_ v: consuming V) { value = consume v }
-  func take() -> V {
+  public init(_ v: consuming V) { value = consume v }
+  public func take() -> V {
     defer { value = nil }
     return value.take()!
   }
