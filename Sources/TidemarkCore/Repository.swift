@@ -222,8 +222,9 @@ public final class Repository: Sendable {
     return data
   }
 
-  /// Like `decodeBlob`, but decrypts in place (destroying `sealed`) and decompresses into `scratch`
-  /// (its storage reused), then passes the verified plaintext to `body`. For hot loops (restore, mount).
+  /// Like `decodeBlob`, but decrypts in place (destroying `sealed`) and decompresses into the start of `scratch`
+  /// (its storage reused; it may end up longer than the blob), then passes the verified plaintext to `body`. For hot
+  /// loops (restore).
   public func decodeBlob<R>(
     inPlace sealed: UnsafeMutableRawBufferPointer, _ b: PackedBlob, pack: PackID, scratch: inout [UInt8],
     _ body: (UnsafeRawBufferPointer) throws -> R
@@ -239,19 +240,25 @@ public final class Repository: Sendable {
       return try body(UnsafeRawBufferPointer(plain))
     }
     let size = Int(b.uncompressedLength)
-    scratch.resizeReusing(size)
+    // Only grown, never cut: the plaintext is its first `size` bytes, so a blob larger than the one before does
+    // not zero-fill the difference only to have zstd overwrite it.
+    if scratch.count < size { scratch.resizeReusing(size) }
     do {
       let got = try scratch.withUnsafeMutableBytes { o in
-        try decompressors.decompress(UnsafeRawBufferPointer(plain), into: o)
+        try decompressors.decompress(
+          UnsafeRawBufferPointer(plain), into: UnsafeMutableRawBufferPointer(rebasing: o[..<size]))
       }
       guard got == size else { throw TidemarkError.corrupt("decompressed \(got) bytes, expected \(size)") }
     } catch {
       throw TidemarkError.corrupt("\(damaged) does not decompress: \(error)")
     }
-    guard RawID.hash(scratch) == b.id.raw else {
-      throw TidemarkError.corrupt("\(damaged) has wrong content (hash mismatch)")
+    return try scratch.withUnsafeBytes { all in
+      let plain = UnsafeRawBufferPointer(rebasing: all[..<size])
+      guard RawID.hash(plain) == b.id.raw else {
+        throw TidemarkError.corrupt("\(damaged) has wrong content (hash mismatch)")
+      }
+      return try body(plain)
     }
-    return try scratch.withUnsafeBytes { try body($0) }
   }
 
   /// Like `decodeBlob`, but decrypts in place (destroying `sealed`): the plaintext is written once,
