@@ -9,6 +9,8 @@ public struct LocalBackend: Backend {
   public var location: String { root.description }
   /// Large loads of uncached pack ranges bypass the page cache (see `DirectReader`).
   private let direct = DirectReader()
+  /// Packs written piece by piece bypass it too (see `DirectWriter`).
+  let directWrites = DirectWriteBuffers()
 
   public init(path: BytePath) { root = path }
 

@@ -125,7 +125,7 @@ extension DirectReader {
 }
 
 /// One page-aligned allocation, freed with its owner.
-private final class AlignedBuffer: @unchecked Sendable {
+final class AlignedBuffer: @unchecked Sendable {
   // Used by one reader at a time (taken from the pool, given back after).
   let base: UnsafeMutableRawPointer
   let size: Int
