@@ -127,6 +127,8 @@ public final class Backup: Sendable {
   let batchBuffers: BufferPool
   let state = Mutex(BackupStats())
   let readBuffers = Mutex<[ReadBuffer]>([])
+  /// Large files' stretches the page cache does not hold are read with O_DIRECT (see `DirectReader`).
+  let directReads = DirectReader(minimum: 1 << 20)
   let journal: JournalPlan?
   let sawHardLinks = Atomic<Bool>(false)
   /// The first name read of each hard-linked file (too large to batch): its reading, and what `lstat` said
@@ -664,6 +666,13 @@ public final class Backup: Sendable {
       readBuffers.withLock { $0.append(buf) }
       if !few { largeFilePermits.release() }
     }
+    // A second descriptor of the same file for direct reads (O_DIRECT is a property of the descriptor): a stretch
+    // the page cache does not hold goes straight from the disk into a reused buffer, without filling pages of the
+    // page cache that nobody will read again.
+    let direct: Int32 =
+      stream || sparse || few ? -1 : (try? Sys.open(BytePath("/proc/self/fd/\(fd)"), O_RDONLY | Sys.oNoAtime)) ?? -1
+    defer { if direct >= 0 { Sys.close(direct) } }
+    let directReads = self.directReads
     let tables = repo.chunkerTables
     var offset: Int64 = 0
     var scanned = 0  // bytes of the current chunk (from buf.start) already examined for a cut
@@ -694,9 +703,10 @@ public final class Backup: Sendable {
       if !eof {
         buf.compactIfNeeded(room: Backup.readSize)
         let got = try await Blocking.run { [offset] in
-          stream
-            ? try Sys.read(fd, buf.freeSpace(max: Backup.readSize))
-            : try Backup.readBlock(fd: fd, offset: offset, into: buf.freeSpace(max: Backup.readSize), sparse: sparse)
+          if stream { return try Sys.read(fd, buf.freeSpace(max: Backup.readSize)) }
+          let space = buf.freeSpace(max: Backup.readSize)
+          if direct >= 0, let n = try directReads.read(direct, into: space, offset: offset) { return n }
+          return try Backup.readBlock(fd: fd, offset: offset, into: space, sparse: sparse)
         }
         buf.end += got
         offset += Int64(got)

@@ -262,6 +262,33 @@ import TidemarkSystem
     let tsnap = try #require(try await tm.listSnapshots().last)
     let tids = try #require(try await tm.loadTree(tsnap.tree).node(named: Array("big.bin".utf8))?.content)
     #expect(tids == resticIDs)
+
+    // Read with a cold page cache, the file goes straight from the disk (O_DIRECT) into the same blobs, and the
+    // backup leaves none of it in the page cache.
+    let drop = """
+      import os
+      fd = os.open('big.bin', os.O_RDONLY)
+      os.fsync(fd)
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+      """
+    #expect(try Tools.run("/usr/bin/env", ["python3", "-c", drop], cwd: ws.path).status == 0)
+    #expect(
+      try ws.tidemark(
+        ["-r", "cold", "init", "--copy-chunker-params", "--from-repo", "rs"], env: ["TIDEMARK_FROM_PASSWORD": "test-pw"]
+      ).status == 0)
+    #expect(try ws.tidemark(["-r", "cold", "backup", "big.bin"]).status == 0)
+    let resident = try Tools.run(
+      "/usr/bin/fincore", ["--bytes", "--noheadings", "--output", "RES", "big.bin"], cwd: ws.path)
+    let residentBytes =
+      Int(String(decoding: resident.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    #expect(residentBytes >= 0 && residentBytes < 1 << 20, "\(residentBytes) bytes stayed in the page cache")
+    let cold = try await Repository.open(
+      backend: LocalBackend(path: BytePath(ws.sub("cold"))), password: Array("test-pw".utf8))
+    try await cold.loadIndex()
+    let csnap = try #require(try await cold.listSnapshots().last)
+    let cids = try #require(try await cold.loadTree(csnap.tree).node(named: Array("big.bin".utf8))?.content)
+    #expect(cids == resticIDs)
+    #expect(try ws.restic(["-r", "cold", "check", "--read-data"]).status == 0)
   }
 }
 
