@@ -242,12 +242,15 @@ import TidemarkSystem
     #expect(try ws.restic(["-r", "rs", "init"]).status == 0)
     #expect(try ws.restic(["-r", "rs", "backup", "big.bin"]).status == 0)
 
-    let repo = try await Repository.open(
-      backend: LocalBackend(path: BytePath(ws.sub("rs"))), password: Array("test-pw".utf8))
-    try await repo.loadIndex()
-    let snap = try #require(try await repo.listSnapshots().last)
-    let root = try await repo.loadTree(snap.tree)
-    let resticIDs = try #require(root.node(named: Array("big.bin".utf8))?.content)
+    /// The blobs of big.bin in the latest snapshot of the repository `dir`.
+    func content(_ dir: String) async throws -> [BlobID] {
+      let repo = try await Repository.open(
+        backend: LocalBackend(path: BytePath(ws.sub(dir))), password: Array("test-pw".utf8))
+      try await repo.loadIndex()
+      let snap = try #require(try await repo.listSnapshots().last)
+      return try #require(try await repo.loadTree(snap.tree).node(named: Array("big.bin".utf8))?.content)
+    }
+    let resticIDs = try await content("rs")
     #expect(resticIDs.count > 20)
 
     // tidemark, in a repository that copied restic's chunker polynomial, stores the same blobs.
@@ -256,12 +259,7 @@ import TidemarkSystem
         ["-r", "tm", "init", "--copy-chunker-params", "--from-repo", "rs"], env: ["TIDEMARK_FROM_PASSWORD": "test-pw"]
       ).status == 0)
     #expect(try ws.tidemark(["-r", "tm", "backup", "big.bin"]).status == 0)
-    let tm = try await Repository.open(
-      backend: LocalBackend(path: BytePath(ws.sub("tm"))), password: Array("test-pw".utf8))
-    try await tm.loadIndex()
-    let tsnap = try #require(try await tm.listSnapshots().last)
-    let tids = try #require(try await tm.loadTree(tsnap.tree).node(named: Array("big.bin".utf8))?.content)
-    #expect(tids == resticIDs)
+    #expect(try await content("tm") == resticIDs)
 
     // Read with a cold page cache, the file goes straight from the disk (O_DIRECT) into the same blobs, and the
     // backup leaves none of it in the page cache.
@@ -282,12 +280,7 @@ import TidemarkSystem
     let residentBytes =
       Int(String(decoding: resident.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     #expect(residentBytes >= 0 && residentBytes < 1 << 20, "\(residentBytes) bytes stayed in the page cache")
-    let cold = try await Repository.open(
-      backend: LocalBackend(path: BytePath(ws.sub("cold"))), password: Array("test-pw".utf8))
-    try await cold.loadIndex()
-    let csnap = try #require(try await cold.listSnapshots().last)
-    let cids = try #require(try await cold.loadTree(csnap.tree).node(named: Array("big.bin".utf8))?.content)
-    #expect(cids == resticIDs)
+    #expect(try await content("cold") == resticIDs)
     #expect(try ws.restic(["-r", "cold", "check", "--read-data"]).status == 0)
   }
 }
