@@ -37,9 +37,8 @@ public final class DirectWriteBuffers: Sendable {
 /// exactly one of `finish` or `abandon`, which wait for the writes under way: the descriptor must stay open until
 /// they return. Blocking.
 public final class DirectWriter: @unchecked Sendable {
-  /// Direct I/O needs offsets, lengths and addresses aligned to the device's logical block; 4 KiB suits every
-  /// device.
-  static let alignment = 4096
+  /// Offsets, lengths and addresses aligned as for direct reads.
+  static var alignment: Int { DirectReader.alignment }
   /// Each write (but the last) is one full buffer.
   static let bufferSize = 1 << 20
   /// Buffers handed to the device and not yet written before `write` waits.
